@@ -1,0 +1,330 @@
+//! Who may connect: PgBouncer's `userlist.txt`, and the client-side login exchange (the pooler
+//! authenticates clients itself; Postgres never sees them).
+//!
+//! Secrets may be plain, `md5…` or `SCRAM-SHA-256$…`. As in PgBouncer, `auth_type = md5` falls
+//! back to SCRAM for users whose secret is SCRAM, and SCRAM works with plain secrets too.
+
+pub mod scram;
+
+use bytes::BytesMut;
+use md5::{Digest, Md5};
+use rand::RngExt;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use crate::config::{AuthType, ConfigError};
+use crate::error::{PoolerError, Result};
+use crate::protocol;
+pub use scram::{ScramKeys, ScramSecret};
+
+/// A password as stored in the auth file.
+#[derive(Clone)]
+pub enum Secret {
+    Plain(String),
+    /// `md5` followed by 32 hex digits: md5(password || username).
+    Md5(String),
+    Scram(ScramSecret),
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Secrets never reach logs, whatever prints them.
+        let kind = match self {
+            Secret::Plain(_) => "plain",
+            Secret::Md5(_) => "md5",
+            Secret::Scram(_) => "scram",
+        };
+        write!(f, "Secret({kind}, <redacted>)")
+    }
+}
+
+impl Secret {
+    pub fn parse(s: &str) -> Secret {
+        if let Some(hex) = s.strip_prefix("md5")
+            && hex.len() == 32
+            && hex.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Secret::Md5(s.to_ascii_lowercase());
+        }
+        if let Some(secret) = ScramSecret::parse(s) {
+            return Secret::Scram(secret);
+        }
+        Secret::Plain(s.to_string())
+    }
+}
+
+#[derive(Debug)]
+pub struct User {
+    pub name: String,
+    pub secret: Secret,
+    /// A SCRAM secret derived once from a plain password: PBKDF2 is too slow to run per login.
+    scram_from_plain: OnceLock<ScramSecret>,
+}
+
+impl User {
+    pub fn new(name: &str, secret: Secret) -> User {
+        User {
+            name: name.to_string(),
+            secret,
+            scram_from_plain: OnceLock::new(),
+        }
+    }
+
+    fn scram_secret(&self) -> Option<&ScramSecret> {
+        match &self.secret {
+            Secret::Scram(s) => Some(s),
+            Secret::Plain(p) => Some(
+                self.scram_from_plain
+                    .get_or_init(|| ScramSecret::from_password(p)),
+            ),
+            Secret::Md5(_) => None,
+        }
+    }
+}
+
+/// The users of the auth file, by name.
+#[derive(Debug, Default)]
+pub struct AuthFile {
+    users: HashMap<String, Arc<User>>,
+}
+
+impl AuthFile {
+    pub fn load(path: &Path) -> std::result::Result<AuthFile, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.display().to_string(),
+            source,
+        })?;
+        AuthFile::parse(&text).map_err(|message| ConfigError::Invalid {
+            file: path.display().to_string(),
+            message,
+        })
+    }
+
+    /// PgBouncer's format: `"user" "secret"` per line, `""` for a quote inside; lines that do
+    /// not start with a quote are comments.
+    pub fn parse(text: &str) -> std::result::Result<AuthFile, String> {
+        let mut users = HashMap::new();
+        for (lineno, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if !line.starts_with('"') {
+                continue;
+            }
+            let mut rest = line;
+            let mut fields = Vec::new();
+            while fields.len() < 2 {
+                rest = rest.trim_start();
+                let Some(after) = rest.strip_prefix('"') else {
+                    break;
+                };
+                let (field, tail) = quoted(after)
+                    .ok_or_else(|| format!("line {}: unterminated quote", lineno + 1))?;
+                fields.push(field);
+                rest = tail;
+            }
+            match fields.as_slice() {
+                [user, secret] => {
+                    users.insert(
+                        user.clone(),
+                        Arc::new(User::new(user, Secret::parse(secret))),
+                    );
+                }
+                _ => {
+                    return Err(format!(
+                        "line {}: expected \"user\" \"password\"",
+                        lineno + 1
+                    ));
+                }
+            }
+        }
+        Ok(AuthFile { users })
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<User>> {
+        self.users.get(name).cloned()
+    }
+
+    pub fn insert(&mut self, user: User) {
+        self.users.insert(user.name.clone(), Arc::new(user));
+    }
+}
+
+/// The body of a quoted field up to its closing quote, and what follows it.
+fn quoted(s: &str) -> Option<(String, &str)> {
+    let mut out = String::new();
+    let mut chars = s.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        if c == '"' {
+            if let Some(&(_, '"')) = chars.peek() {
+                chars.next();
+                out.push('"');
+            } else {
+                return Some((out, &s[i + 1..]));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    None
+}
+
+fn md5_hex(parts: &[&[u8]]) -> String {
+    let mut h = Md5::new();
+    for p in parts {
+        h.update(p);
+    }
+    h.finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>()
+}
+
+/// `md5` || md5(md5(password || user) || salt) given the inner `md5…` hash.
+pub fn md5_response(md5_secret: &str, salt: [u8; 4]) -> String {
+    format!("md5{}", md5_hex(&[&md5_secret.as_bytes()[3..], &salt]))
+}
+
+/// The `md5…` form of a plain password.
+pub fn md5_secret(user: &str, password: &str) -> String {
+    format!("md5{}", md5_hex(&[password.as_bytes(), user.as_bytes()]))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn send<S: AsyncWrite + Unpin>(stream: &mut S, buf: &mut BytesMut) -> Result<()> {
+    stream.write_all(buf).await?;
+    stream.flush().await?;
+    buf.clear();
+    Ok(())
+}
+
+async fn read_password<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Vec<u8>> {
+    let (tag, body) = protocol::read_message(stream, protocol::MAX_LOGIN_MESSAGE_LEN).await?;
+    if tag != b'p' {
+        return Err(PoolerError::protocol(format!(
+            "expected password response, got message type '{}'",
+            tag.escape_ascii()
+        )));
+    }
+    Ok(body)
+}
+
+/// Runs the login exchange with the client up to (not including) AuthenticationOk.
+/// `user` is `None` when the name is not in the auth file: the exchange still runs, so an
+/// outsider cannot tell an unknown user from a wrong password.
+/// Returns the client's SCRAM keys when SCRAM was used.
+pub async fn authenticate_client<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    auth_type: AuthType,
+    name: &str,
+    user: Option<&User>,
+) -> Result<Option<ScramKeys>> {
+    let failed = || PoolerError::AuthFailed(name.to_string());
+    let mut out = BytesMut::with_capacity(128);
+    let use_scram = match auth_type {
+        AuthType::Trust => return Ok(None),
+        AuthType::ScramSha256 => true,
+        AuthType::Md5 => matches!(user.map(|u| &u.secret), Some(Secret::Scram(_))),
+        AuthType::Plain => false,
+    };
+    if use_scram {
+        let decoy;
+        let secret = match user.and_then(User::scram_secret) {
+            Some(s) => s,
+            None => {
+                decoy = ScramSecret::decoy(name);
+                &decoy
+            }
+        };
+        protocol::auth_sasl(&mut out, scram::MECHANISM);
+        send(stream, &mut out).await?;
+        let initial = read_password(stream).await?;
+        let mut body = &initial[..];
+        let mechanism = protocol::take_cstr(&mut body)?;
+        if mechanism != scram::MECHANISM {
+            return Err(PoolerError::protocol(format!(
+                "unsupported SASL mechanism {mechanism}"
+            )));
+        }
+        if body.len() < 4 {
+            return Err(PoolerError::protocol("malformed SASLInitialResponse"));
+        }
+        let data = &body[4..];
+        let (server, server_first) = scram::ScramServer::start(data, secret)?;
+        protocol::auth_sasl_continue(&mut out, server_first.as_bytes());
+        send(stream, &mut out).await?;
+        let client_final = read_password(stream).await?;
+        return match server.finish(&client_final, secret)? {
+            Some((server_final, keys)) if user.is_some() => {
+                protocol::auth_sasl_final(&mut out, server_final.as_bytes());
+                send(stream, &mut out).await?;
+                Ok(Some(keys))
+            }
+            _ => Err(failed()),
+        };
+    }
+    if auth_type == AuthType::Plain {
+        protocol::auth_cleartext(&mut out);
+        send(stream, &mut out).await?;
+        let body = read_password(stream).await?;
+        let given = body.strip_suffix(&[0]).unwrap_or(&body);
+        let given = std::str::from_utf8(given).map_err(|_| failed())?;
+        let ok = match user.map(|u| &u.secret) {
+            Some(Secret::Plain(p)) => constant_time_eq(p.as_bytes(), given.as_bytes()),
+            Some(Secret::Md5(m)) => {
+                constant_time_eq(m.as_bytes(), md5_secret(name, given).as_bytes())
+            }
+            Some(Secret::Scram(s)) => scram::verify_password(s, given),
+            None => false,
+        };
+        return if ok { Ok(None) } else { Err(failed()) };
+    }
+    // md5
+    let salt: [u8; 4] = rand::rng().random();
+    protocol::auth_md5(&mut out, salt);
+    send(stream, &mut out).await?;
+    let body = read_password(stream).await?;
+    let given = body.strip_suffix(&[0]).unwrap_or(&body);
+    let expected = match user.map(|u| &u.secret) {
+        Some(Secret::Plain(p)) => Some(md5_response(&md5_secret(name, p), salt)),
+        Some(Secret::Md5(m)) => Some(md5_response(m, salt)),
+        _ => None,
+    };
+    match expected {
+        Some(e) if constant_time_eq(e.as_bytes(), given) => Ok(None),
+        _ => Err(failed()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn userlist_formats() {
+        let f = AuthFile::parse(
+            "; comment\n\"app\" \"app\"\n\"a\"\"b\" \"md5AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\"\n\n\"s\" \"SCRAM-SHA-256$4096:c2FsdHNhbHRzYWx0c2FsdA==$eTT1VzE/mbe6+B3lRIBw9F2zWhUVIn1ayr8pBbMT0Us=:hiK7ZGnF/ZRklQFIUMAzhZjmbMVn5IsHYfJ7M1ZTzP8=\"\n",
+        )
+        .unwrap();
+        assert!(matches!(f.get("app").unwrap().secret, Secret::Plain(ref p) if p == "app"));
+        assert!(matches!(f.get("a\"b").unwrap().secret, Secret::Md5(_)));
+        assert!(matches!(f.get("s").unwrap().secret, Secret::Scram(_)));
+        assert!(AuthFile::parse("\"unterminated").is_err());
+        assert!(AuthFile::parse("\"only-user\"").is_err());
+    }
+
+    #[test]
+    fn md5_matches_postgres_protocol() {
+        let salt = [1, 2, 3, 4];
+        let ours = md5_response(&md5_secret("u", "p"), salt);
+        let theirs = postgres_protocol::authentication::md5_hash(b"u", b"p", salt);
+        assert_eq!(ours, theirs);
+        assert_eq!(
+            md5_secret("u", "p"),
+            postgres_protocol::password::md5(b"p", "u")
+        );
+    }
+}

@@ -1,0 +1,326 @@
+//! One client connection, from startup packet to goodbye, as one task.
+//!
+//! Login: the pooler answers SSL/GSS requests with 'N', checks the startup parameters and the
+//! password itself, then greets the client with the pool's server parameters and its own
+//! BackendKeyData. After that the session loops: wait for a request, check a server out,
+//! make the server's session parameters match the client's, relay, give the server back.
+
+use bytes::BytesMut;
+use rand::RngExt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::app::App;
+use crate::auth::{self, Secret, User};
+use crate::config::{PoolMode, secs};
+use crate::error::{PoolerError, Result};
+use crate::pool::Pool;
+use crate::protocol::{self, StartupRequest};
+use crate::relay::{self, ClientScan, Flow, Relay, RelayEnd, ServerScan};
+use crate::server::{Params, ServerConn, ServerCredential};
+
+/// A logged-in client.
+struct Session {
+    pool: Arc<Pool>,
+    user: String,
+    database: String,
+    /// The values this client expects of the tracked parameters, kept true on every server.
+    params: Params,
+}
+
+/// Serves one accepted connection to the end. Never panics on client input; every refusal
+/// is a FATAL ErrorResponse with a SQLSTATE.
+pub async fn serve(app: Arc<App>, mut stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let (_slot, count) = app.client_connected();
+    let started = Instant::now();
+    let login = login(&app, &mut stream, count);
+    let login = match secs(app.config.pooler.client_login_timeout) {
+        Some(t) => tokio::time::timeout(t, login)
+            .await
+            .unwrap_or(Err(PoolerError::ClientLoginTimeout)),
+        None => login.await,
+    };
+    let session = match login {
+        Ok(Some(session)) => session,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::info!(%peer, error = %e, "login refused");
+            refuse(&mut stream, &e).await;
+            return;
+        }
+    };
+    if app.config.pooler.log_connections {
+        tracing::info!(%peer, db = %session.database, user = %session.user, "login");
+    }
+    let result = run_session(&app, &mut stream, &session).await;
+    if let Err(e) = &result {
+        refuse(&mut stream, e).await;
+    }
+    if app.config.pooler.log_disconnections {
+        let reason = match &result {
+            Ok(()) => "client close request".to_string(),
+            Err(e) => e.to_string(),
+        };
+        tracing::info!(
+            %peer, db = %session.database, user = %session.user,
+            age_s = started.elapsed().as_secs_f64(), %reason, "closing"
+        );
+    }
+}
+
+async fn refuse(stream: &mut TcpStream, e: &PoolerError) {
+    if matches!(e, PoolerError::Io(_)) {
+        return;
+    }
+    let msg = e.to_fatal();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+        let _ = stream.write_all(&msg).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}
+
+/// Runs the login exchange; `Ok(None)` for connections that were not logins (cancel requests).
+async fn login(
+    app: &Arc<App>,
+    stream: &mut TcpStream,
+    client_count: usize,
+) -> Result<Option<Session>> {
+    let params = loop {
+        match protocol::read_startup(stream).await? {
+            // No TLS yet: 'N' tells the client to go on in cleartext (or give up if it insists).
+            StartupRequest::Ssl | StartupRequest::GssEnc => stream.write_all(b"N").await?,
+            StartupRequest::Cancel { .. } => return Ok(None),
+            StartupRequest::Startup { params } => break params,
+        }
+    };
+    if client_count > app.config.pooler.max_client_conn {
+        return Err(PoolerError::TooManyClients);
+    }
+    let mut user_name = None;
+    let mut database = None;
+    let mut requested = Params::default();
+    for (name, value) in params {
+        match name.as_str() {
+            "user" => user_name = Some(value),
+            "database" => database = Some(value),
+            _ => {
+                if let Some(canonical) = app.tracked_name(&name) {
+                    requested.set(canonical, &value);
+                } else if !app.is_ignored(&name) {
+                    return Err(PoolerError::UnsupportedStartupParameter(name));
+                }
+            }
+        }
+    }
+    let user_name = user_name
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| PoolerError::protocol("no user name specified in startup packet"))?;
+    let database = database
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| user_name.clone());
+
+    let auth_type = app.config.pooler.auth_type;
+    let user = app.users.get(&user_name);
+    let keys = auth::authenticate_client(stream, auth_type, &user_name, user.as_deref()).await?;
+    let user = match user {
+        Some(u) => u,
+        // trust: a user not in the auth file may still log in; the server decides.
+        None => Arc::new(User::new(&user_name, Secret::Plain(String::new()))),
+    };
+    // Authenticated: from here on, telling which databases exist reveals nothing.
+    let Some(db) = app.config.databases.get(&database) else {
+        return Err(PoolerError::NoSuchDatabase(database));
+    };
+    let pool = app.pool(&database, db, &user);
+    if let Some(keys) = keys
+        && db.user.is_none()
+    {
+        pool.offer_credential(ServerCredential::ScramKeys(keys));
+    }
+    if pool.defaults().is_none() {
+        // First client of this pool: learn the server's parameters to greet it with.
+        let server = pool.checkout().await?;
+        pool.checkin(server);
+    }
+    let defaults = pool.defaults().cloned().unwrap_or_default();
+
+    let mut session_params = Params::default();
+    for name in &app.tracked {
+        if let Some(v) = requested.get(name).or_else(|| defaults.get(name)) {
+            session_params.set(name, v);
+        }
+    }
+    let mut out = BytesMut::with_capacity(512);
+    protocol::auth_ok(&mut out);
+    for (name, value) in &defaults.0 {
+        let value = requested.get(name).unwrap_or(value);
+        protocol::parameter_status(&mut out, name, value);
+    }
+    let (pid, secret) = {
+        let mut rng = rand::rng();
+        (rng.random::<i32>() & 0x7fff_ffff, rng.random::<i32>())
+    };
+    protocol::backend_key_data(&mut out, pid, secret);
+    protocol::ready_for_query(&mut out, b'I');
+    stream.write_all(&out).await?;
+    Ok(Some(Session {
+        pool,
+        user: user_name,
+        database,
+        params: session_params,
+    }))
+}
+
+/// The session loop: one checkout per transaction (or one for the session).
+async fn run_session(app: &App, stream: &mut TcpStream, session: &Session) -> Result<()> {
+    let pool = &session.pool;
+    let mut params = session.params.clone();
+    let mut up = Flow::default();
+    let mut down = Flow::default();
+    let mut client_scan = ClientScan::default();
+    let release_on_idle = pool.settings.mode == PoolMode::Transaction;
+    loop {
+        up.shrink_if_empty();
+        down.shrink_if_empty();
+        if !relay::read_request(stream, &mut up, &mut client_scan).await? {
+            return Ok(());
+        }
+        let mut server = pool.checkout().await?;
+        if let Err(e) = sync_params(app, &mut server, &mut params).await {
+            pool.discard(server);
+            return Err(e);
+        }
+        let mut server_scan = ServerScan::default();
+        let ServerConn {
+            stream: server_stream,
+            params: server_params,
+            ..
+        } = &mut server;
+        let mut on_param = |name: &str, value: &str| {
+            server_params.set(name, value);
+            if let Some(canonical) = app.tracked_name(name) {
+                params.set(canonical, value);
+            }
+        };
+        let end = Relay {
+            client: stream,
+            server: server_stream,
+            up: &mut up,
+            down: &mut down,
+            client_scan: &mut client_scan,
+            server_scan: &mut server_scan,
+        }
+        .run(release_on_idle, &mut on_param)
+        .await;
+        match end {
+            Ok(RelayEnd::Idle) => {
+                pool.checkin(server);
+                down.flush(stream).await?;
+            }
+            Ok(RelayEnd::ClientGone { server_clean: true }) => {
+                release_after_client(pool, server).await;
+                return Ok(());
+            }
+            Ok(RelayEnd::ClientGone {
+                server_clean: false,
+            }) => {
+                // Mid-transaction: closing the server makes Postgres roll back, and no other
+                // client can ever see this transaction.
+                pool.discard(server);
+                return Ok(());
+            }
+            Ok(RelayEnd::ServerGone) => {
+                pool.discard(server);
+                let _ = down.flush(stream).await;
+                return Err(PoolerError::ServerGone);
+            }
+            Err(e) => {
+                pool.discard(server);
+                return Err(e);
+            }
+        }
+    }
+}
+
+/// A clean server whose client left: in session mode it is reset before anyone else gets it.
+async fn release_after_client(pool: &Arc<Pool>, mut server: ServerConn) {
+    if pool.settings.mode == PoolMode::Session && !pool.settings.reset_query.is_empty() {
+        match server.run_internal(&pool.settings.reset_query).await {
+            Ok(None) => {}
+            Ok(Some((code, message))) => {
+                tracing::warn!(%code, %message, "server_reset_query failed; closing server");
+                pool.discard(server);
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "server_reset_query failed; closing server");
+                pool.discard(server);
+                return;
+            }
+        }
+        // DISCARD ALL resets every parameter to the server's defaults.
+        if let Some(defaults) = pool.defaults() {
+            server.params = defaults.clone();
+        }
+    }
+    pool.checkin(server);
+}
+
+/// Makes the server's tracked parameters equal the client's, in one round trip when needed.
+async fn sync_params(app: &App, server: &mut ServerConn, wanted: &mut Params) -> Result<()> {
+    let mut sets = Vec::new();
+    let mut resets = Vec::new();
+    for name in &app.tracked {
+        match (wanted.get(name), server.params.get(name)) {
+            (Some(w), have) if have != Some(w) => sets.push((name.as_str(), w.to_string())),
+            (None, Some(_)) => resets.push(name.as_str()),
+            _ => {}
+        }
+    }
+    if sets.is_empty() && resets.is_empty() {
+        return Ok(());
+    }
+    let mut sql = String::new();
+    if !sets.is_empty() {
+        sql.push_str("SELECT ");
+        for (i, (name, value)) in sets.iter().enumerate() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!(
+                "pg_catalog.set_config({}, {}, false)",
+                protocol::quote_literal(name),
+                protocol::quote_literal(value)
+            ));
+        }
+        sql.push(';');
+    }
+    for name in &resets {
+        sql.push_str(&format!("RESET \"{}\";", name.replace('"', "\"\"")));
+    }
+    if let Some((code, message)) = server.run_internal(&sql).await? {
+        tracing::warn!(%code, %message, "could not apply client parameters on server");
+        return Err(PoolerError::ServerLogin { code, message });
+    }
+    for (name, value) in &sets {
+        // Parameters Postgres does not report are recorded as set; reported ones already
+        // arrived as ParameterStatus in Postgres's spelling, which the client adopts so the
+        // next comparison matches.
+        match server.params.get(name) {
+            Some(v) => {
+                let v = v.to_string();
+                wanted.set(name, &v);
+            }
+            None => server.params.set(name, value),
+        }
+    }
+    for name in resets {
+        server.params.remove(name);
+    }
+    Ok(())
+}

@@ -1,0 +1,89 @@
+//! One error type for everything that can end a client's session, and the one place where an
+//! error becomes the SQLSTATE and message the client sees.
+//!
+//! Texts follow PgBouncer's (scripts grep for them); SQLSTATEs are Postgres's precise ones so
+//! drivers raise the right exception class.
+
+use bytes::BytesMut;
+
+use crate::protocol;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolerError {
+    #[error("connection error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Protocol(String),
+    #[error("unsupported startup parameter: {0}")]
+    UnsupportedStartupParameter(String),
+    #[error("password authentication failed for user \"{0}\"")]
+    AuthFailed(String),
+    #[error("no such database: {0}")]
+    NoSuchDatabase(String),
+    #[error("no more connections allowed (max_client_conn)")]
+    TooManyClients,
+    #[error("query_wait_timeout")]
+    QueryWaitTimeout,
+    #[error("client_login_timeout")]
+    ClientLoginTimeout,
+    #[error("pooler cannot connect to server: {0}")]
+    ServerConnect(String),
+    /// The server refused the pooler's login; its own error is passed on.
+    #[error("{message}")]
+    ServerLogin { code: String, message: String },
+    #[error("server conn crashed?")]
+    ServerGone,
+    #[error("server returned an unexpected response: {0}")]
+    ServerProtocol(String),
+}
+
+impl PoolerError {
+    /// The SQLSTATE sent to the client.
+    pub fn sqlstate(&self) -> &str {
+        match self {
+            PoolerError::Io(_) | PoolerError::ServerGone => "08006",
+            PoolerError::Protocol(_)
+            | PoolerError::UnsupportedStartupParameter(_)
+            | PoolerError::QueryWaitTimeout
+            | PoolerError::ClientLoginTimeout
+            | PoolerError::ServerProtocol(_) => "08P01",
+            PoolerError::AuthFailed(_) => "28P01",
+            PoolerError::NoSuchDatabase(_) => "3D000",
+            PoolerError::TooManyClients => "53300",
+            PoolerError::ServerConnect(_) => "08006",
+            PoolerError::ServerLogin { code, .. } => code,
+        }
+    }
+
+    /// A short label for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PoolerError::Io(_) => "io",
+            PoolerError::Protocol(_) | PoolerError::UnsupportedStartupParameter(_) => {
+                "protocol_violation"
+            }
+            PoolerError::AuthFailed(_) => "auth_failed",
+            PoolerError::NoSuchDatabase(_) => "no_such_database",
+            PoolerError::TooManyClients => "max_client_conn",
+            PoolerError::QueryWaitTimeout => "query_wait_timeout",
+            PoolerError::ClientLoginTimeout => "client_login_timeout",
+            PoolerError::ServerConnect(_) | PoolerError::ServerLogin { .. } => {
+                "server_connect_failed"
+            }
+            PoolerError::ServerGone | PoolerError::ServerProtocol(_) => "server_gone",
+        }
+    }
+
+    /// The FATAL ErrorResponse that ends the client's session.
+    pub fn to_fatal(&self) -> BytesMut {
+        let mut buf = BytesMut::new();
+        protocol::error_response(&mut buf, "FATAL", self.sqlstate(), &self.to_string());
+        buf
+    }
+
+    pub fn protocol(msg: impl Into<String>) -> PoolerError {
+        PoolerError::Protocol(msg.into())
+    }
+}
+
+pub type Result<T, E = PoolerError> = std::result::Result<T, E>;

@@ -1,0 +1,14 @@
+//! pooler: a PgBouncer-compatible connection pooler for PostgreSQL.
+//!
+//! See `docs/architecture.md` for the map of modules and the life of a transaction.
+
+pub mod app;
+pub mod auth;
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod listener;
+pub mod pool;
+pub mod protocol;
+pub mod relay;
+pub mod server;

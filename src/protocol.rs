@@ -1,0 +1,277 @@
+//! Wire protocol v3: framing of the few messages the pooler reads whole, and builders for the
+//! backend messages it writes itself.
+//!
+//! Frontend messages the pooler *sends* (to Postgres) and backend messages it *parses* during
+//! login come from `postgres-protocol`; that crate has no backend writers and no parser for
+//! the startup packet, so those few live here.
+
+use bytes::{Buf, BufMut, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::error::{PoolerError, Result};
+
+/// Postgres refuses startup packets above 10000 bytes; so do we.
+pub const MAX_STARTUP_LEN: usize = 10_000;
+/// Password and SASL messages are small; anything larger during login is an attack.
+pub const MAX_LOGIN_MESSAGE_LEN: usize = 16 * 1024;
+/// Postgres's own limit on one message (`PQ_LARGE_MESSAGE_LIMIT` is 1 GB).
+pub const MAX_MESSAGE_LEN: usize = 0x3fff_ffff;
+
+pub const PROTOCOL_3_0: i32 = 196_608;
+const SSL_REQUEST: i32 = 80_877_103;
+const GSSENC_REQUEST: i32 = 80_877_104;
+const CANCEL_REQUEST: i32 = 80_877_102;
+
+/// What a client can send before it is logged in.
+#[derive(Debug)]
+pub enum StartupRequest {
+    Startup { params: Vec<(String, String)> },
+    Ssl,
+    GssEnc,
+    Cancel { pid: i32, secret: i32 },
+}
+
+/// Reads one startup-phase packet: length, code, body.
+pub async fn read_startup<R: AsyncRead + Unpin>(r: &mut R) -> Result<StartupRequest> {
+    let len = r.read_i32().await?;
+    if !(8..=MAX_STARTUP_LEN as i32).contains(&len) {
+        return Err(PoolerError::protocol(format!(
+            "invalid startup packet length {len}"
+        )));
+    }
+    let mut body = vec![0u8; len as usize - 4];
+    r.read_exact(&mut body).await?;
+    parse_startup(&body)
+}
+
+/// Parses a startup packet body (after the length word).
+pub fn parse_startup(mut body: &[u8]) -> Result<StartupRequest> {
+    if body.len() < 4 {
+        return Err(PoolerError::protocol("startup packet too short"));
+    }
+    let code = body.get_i32();
+    match code {
+        SSL_REQUEST if body.is_empty() => Ok(StartupRequest::Ssl),
+        GSSENC_REQUEST if body.is_empty() => Ok(StartupRequest::GssEnc),
+        CANCEL_REQUEST if body.len() == 8 => {
+            let pid = body.get_i32();
+            let secret = body.get_i32();
+            Ok(StartupRequest::Cancel { pid, secret })
+        }
+        PROTOCOL_3_0 => {
+            let mut params = Vec::new();
+            loop {
+                let name = take_cstr(&mut body)?;
+                if name.is_empty() {
+                    break;
+                }
+                let value = take_cstr(&mut body)?;
+                params.push((name, value));
+            }
+            if !body.is_empty() {
+                return Err(PoolerError::protocol("trailing bytes after startup packet"));
+            }
+            Ok(StartupRequest::Startup { params })
+        }
+        other => Err(PoolerError::protocol(format!(
+            "unsupported frontend protocol {}.{}: server supports 3.0",
+            other >> 16,
+            other & 0xffff
+        ))),
+    }
+}
+
+/// Takes one NUL-terminated UTF-8 string off the front of `buf`.
+pub fn take_cstr(buf: &mut &[u8]) -> Result<String> {
+    let end = buf
+        .iter()
+        .position(|&b| b == 0)
+        .ok_or_else(|| PoolerError::protocol("missing string terminator"))?;
+    let s = std::str::from_utf8(&buf[..end])
+        .map_err(|_| PoolerError::protocol("invalid UTF-8 in string"))?
+        .to_string();
+    *buf = &buf[end + 1..];
+    Ok(s)
+}
+
+/// Reads one typed message (tag, body) whole; only for the login phase, where messages are small.
+pub async fn read_message<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max_len: usize,
+) -> Result<(u8, Vec<u8>)> {
+    let tag = r.read_u8().await?;
+    let len = r.read_i32().await?;
+    if len < 4 || len as usize - 4 > max_len {
+        return Err(PoolerError::protocol(format!(
+            "invalid message length {len} for message type '{}'",
+            tag.escape_ascii()
+        )));
+    }
+    let mut body = vec![0u8; len as usize - 4];
+    r.read_exact(&mut body).await?;
+    Ok((tag, body))
+}
+
+/// A 5-byte message header: tag and the length of the body that follows.
+#[inline]
+pub fn header(buf: &[u8]) -> Option<(u8, i32)> {
+    if buf.len() < 5 {
+        return None;
+    }
+    Some((buf[0], i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]])))
+}
+
+fn put_message(buf: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMut)) {
+    buf.put_u8(tag);
+    let len_at = buf.len();
+    buf.put_i32(0);
+    body(buf);
+    let len = (buf.len() - len_at) as i32;
+    buf[len_at..len_at + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+fn put_cstr(buf: &mut BytesMut, s: &str) {
+    // A NUL inside would end the string early on the wire; drop it rather than corrupt framing.
+    buf.extend(s.bytes().filter(|&b| b != 0));
+    buf.put_u8(0);
+}
+
+pub fn auth_ok(buf: &mut BytesMut) {
+    put_message(buf, b'R', |b| b.put_i32(0));
+}
+
+pub fn auth_cleartext(buf: &mut BytesMut) {
+    put_message(buf, b'R', |b| b.put_i32(3));
+}
+
+pub fn auth_md5(buf: &mut BytesMut, salt: [u8; 4]) {
+    put_message(buf, b'R', |b| {
+        b.put_i32(5);
+        b.put_slice(&salt);
+    });
+}
+
+pub fn auth_sasl(buf: &mut BytesMut, mechanism: &str) {
+    put_message(buf, b'R', |b| {
+        b.put_i32(10);
+        put_cstr(b, mechanism);
+        b.put_u8(0);
+    });
+}
+
+pub fn auth_sasl_continue(buf: &mut BytesMut, data: &[u8]) {
+    put_message(buf, b'R', |b| {
+        b.put_i32(11);
+        b.put_slice(data);
+    });
+}
+
+pub fn auth_sasl_final(buf: &mut BytesMut, data: &[u8]) {
+    put_message(buf, b'R', |b| {
+        b.put_i32(12);
+        b.put_slice(data);
+    });
+}
+
+pub fn parameter_status(buf: &mut BytesMut, name: &str, value: &str) {
+    put_message(buf, b'S', |b| {
+        put_cstr(b, name);
+        put_cstr(b, value);
+    });
+}
+
+pub fn backend_key_data(buf: &mut BytesMut, pid: i32, secret: i32) {
+    put_message(buf, b'K', |b| {
+        b.put_i32(pid);
+        b.put_i32(secret);
+    });
+}
+
+pub fn ready_for_query(buf: &mut BytesMut, status: u8) {
+    put_message(buf, b'Z', |b| b.put_u8(status));
+}
+
+pub fn error_response(buf: &mut BytesMut, severity: &str, code: &str, message: &str) {
+    put_message(buf, b'E', |b| {
+        b.put_u8(b'S');
+        put_cstr(b, severity);
+        b.put_u8(b'V');
+        put_cstr(b, severity);
+        b.put_u8(b'C');
+        put_cstr(b, code);
+        b.put_u8(b'M');
+        put_cstr(b, message);
+        b.put_u8(0);
+    });
+}
+
+/// The fields of an ErrorResponse/NoticeResponse body that the pooler cares about.
+pub fn error_fields(mut body: &[u8]) -> (String, String) {
+    let (mut code, mut message) = (String::new(), String::new());
+    while let Some((&field, rest)) = body.split_first() {
+        if field == 0 {
+            break;
+        }
+        body = rest;
+        let Ok(value) = take_cstr(&mut body) else {
+            break;
+        };
+        match field {
+            b'C' => code = value,
+            b'M' => message = value,
+            _ => {}
+        }
+    }
+    (code, message)
+}
+
+/// Quotes a value as an SQL string literal for `SET name = '...'`.
+pub fn quote_literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn startup_roundtrip() {
+        let mut pkt = BytesMut::new();
+        postgres_protocol::message::frontend::startup_message(
+            [("user", "u"), ("database", "d")],
+            &mut pkt,
+        )
+        .unwrap();
+        match parse_startup(&pkt[4..]).unwrap() {
+            StartupRequest::Startup { params } => {
+                assert_eq!(
+                    params,
+                    vec![("user".into(), "u".into()), ("database".into(), "d".into())]
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn garbage_startup_is_an_error_not_a_panic() {
+        for body in [
+            &b""[..],
+            b"\x00\x03",
+            b"\x00\x03\x00\x00user",
+            b"\x12\x34\x56\x78",
+            b"\x00\x03\x00\x00a\x00b\x00c",
+        ] {
+            assert!(parse_startup(body).is_err(), "{body:?}");
+        }
+    }
+
+    #[test]
+    fn error_response_fields_roundtrip() {
+        let mut b = BytesMut::new();
+        error_response(&mut b, "FATAL", "28P01", "nope");
+        assert_eq!(b[0], b'E');
+        let (code, msg) = error_fields(&b[5..]);
+        assert_eq!((code.as_str(), msg.as_str()), ("28P01", "nope"));
+    }
+}

@@ -1,0 +1,408 @@
+//! Test harness: a real PostgreSQL started in a temp directory on a free loopback port, and
+//! poolers started in-process in front of it.
+//!
+//! One Postgres is shared by the tests of a test binary (each test gets its own database, so
+//! `pg_stat_activity` counts stay per-test); tests that stop or restart Postgres start a
+//! private one. A watchdog process stops every Postgres when the test process exits, even if
+//! it is killed.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use pooler::app::App;
+use pooler::config::Config;
+use pooler::listener::Running;
+
+pub const SUPERUSER_PASSWORD: &str = "postgres";
+/// The application role every test uses; its password is in the pooler's auth file.
+pub const APP_USER: &str = "app";
+pub const APP_PASSWORD: &str = "app-secret";
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// Postgres refuses to run as root; when we are root, run it as `postgres`.
+fn pg_command(bin: &Path) -> Command {
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(bin);
+        c
+    } else {
+        Command::new(bin)
+    }
+}
+
+/// The directory holding `initdb`, `pg_ctl`, `postgres`.
+pub fn pg_bindir() -> PathBuf {
+    if let Ok(dir) = std::env::var("PG_BINDIR") {
+        return PathBuf::from(dir);
+    }
+    let mut candidates: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin"))
+                .collect()
+        })
+        .unwrap_or_default();
+    candidates.sort();
+    if let Some(dir) = candidates
+        .into_iter()
+        .rev()
+        .find(|d| d.join("initdb").exists())
+    {
+        return dir;
+    }
+    let out = Command::new("sh")
+        .args(["-c", "dirname \"$(command -v initdb)\""])
+        .output()
+        .expect("sh");
+    let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    assert!(
+        dir.join("initdb").exists(),
+        "initdb not found: install PostgreSQL or set PG_BINDIR"
+    );
+    dir
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn run(cmd: &mut Command, what: &str) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A Postgres cluster owned by this test process.
+pub struct PgServer {
+    pub port: u16,
+    pub dir: PathBuf,
+    bindir: PathBuf,
+}
+
+/// An initdb'd cluster to copy from: initdb is the slow part of starting a private Postgres.
+fn template() -> &'static PathBuf {
+    static TEMPLATE: OnceLock<PathBuf> = OnceLock::new();
+    TEMPLATE.get_or_init(|| {
+        let bindir = pg_bindir();
+        let dir = std::env::temp_dir().join(unique("pooler-pg-template"));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let pwfile = dir.join("pw");
+        std::fs::write(&pwfile, SUPERUSER_PASSWORD).expect("pwfile");
+        chown(&dir);
+        run(
+            pg_command(&bindir.join("initdb"))
+                .arg("-D")
+                .arg(dir.join("data"))
+                .args([
+                    "-U",
+                    "postgres",
+                    "--auth-local=trust",
+                    "--auth-host=scram-sha-256",
+                ])
+                .args(["-E", "UTF8", "--locale=C", "--no-sync"])
+                .arg(format!("--pwfile={}", pwfile.display())),
+            "initdb",
+        );
+        watchdog(&dir, false);
+        dir
+    })
+}
+
+fn chown(dir: &Path) {
+    if is_root() {
+        run(
+            Command::new("chown").args(["-R", "postgres"]).arg(dir),
+            "chown",
+        );
+    }
+}
+
+/// Stops the cluster in `dir` (and removes `dir`) when this test process is gone.
+fn watchdog(dir: &Path, has_server: bool) {
+    let script = format!(
+        "while kill -0 {pid} 2>/dev/null; do sleep 1; done; \
+         {stop} rm -rf '{dir}'",
+        pid = std::process::id(),
+        stop = if has_server {
+            format!(
+                "[ -f '{d}/data/postmaster.pid' ] && kill -QUIT $(head -1 '{d}/data/postmaster.pid') 2>/dev/null; sleep 1;",
+                d = dir.display()
+            )
+        } else {
+            String::new()
+        },
+        dir = dir.display()
+    );
+    // Never waited for on purpose: it must outlive this process.
+    #[allow(clippy::zombie_processes)]
+    Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("watchdog");
+}
+
+impl PgServer {
+    /// A new private cluster, started.
+    pub fn start() -> PgServer {
+        let bindir = pg_bindir();
+        let dir = std::env::temp_dir().join(unique("pooler-pg"));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        run(
+            Command::new("cp")
+                .arg("-a")
+                .arg(template().join("data"))
+                .arg(dir.join("data")),
+            "copy template cluster",
+        );
+        chown(&dir);
+        let server = PgServer {
+            port: free_port(),
+            dir,
+            bindir,
+        };
+        watchdog(&server.dir, true);
+        server.pg_ctl_start();
+        server
+    }
+
+    /// The cluster shared by the tests of this binary.
+    pub fn shared() -> &'static PgServer {
+        static SHARED: OnceLock<PgServer> = OnceLock::new();
+        SHARED.get_or_init(PgServer::start)
+    }
+
+    fn pg_ctl_start(&self) {
+        let opts = format!(
+            "-c listen_addresses=127.0.0.1 -p {} -c unix_socket_directories='{}' \
+             -c max_connections=300 -c fsync=off -c synchronous_commit=off \
+             -c full_page_writes=off -c shared_buffers=32MB",
+            self.port,
+            self.dir.display()
+        );
+        run(
+            pg_command(&self.bindir.join("pg_ctl"))
+                .arg("-D")
+                .arg(self.dir.join("data"))
+                .arg("-l")
+                .arg(self.dir.join("postgres.log"))
+                .args(["-w", "-t", "60", "-o", &opts, "start"]),
+            "pg_ctl start",
+        );
+    }
+
+    pub fn stop(&self) {
+        run(
+            pg_command(&self.bindir.join("pg_ctl"))
+                .arg("-D")
+                .arg(self.dir.join("data"))
+                .args(["-w", "-m", "fast", "stop"]),
+            "pg_ctl stop",
+        );
+    }
+
+    pub fn restart(&self) {
+        self.pg_ctl_start();
+    }
+
+    /// A connection string for Postgres itself (not through a pooler).
+    pub fn url(&self, user: &str, password: &str, db: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={user} password={password} dbname={db}",
+            self.port
+        )
+    }
+
+    pub async fn superuser(&self) -> tokio_postgres::Client {
+        connect(&self.url("postgres", SUPERUSER_PASSWORD, "postgres")).await
+    }
+
+    /// Creates the app role (once) and a fresh database owned by it; returns the db name.
+    pub async fn create_db(&self, prefix: &str) -> String {
+        let su = self.superuser().await;
+        let role = su
+            .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&APP_USER])
+            .await
+            .expect("query roles");
+        if role.is_none() {
+            // Two tests may race to create the role; losing the race is fine.
+            let _ = su
+                .batch_execute(&format!(
+                    "CREATE ROLE {APP_USER} LOGIN PASSWORD '{APP_PASSWORD}'"
+                ))
+                .await;
+        }
+        let name = unique(prefix).to_lowercase();
+        su.batch_execute(&format!("CREATE DATABASE {name} OWNER {APP_USER}"))
+            .await
+            .expect("create database");
+        name
+    }
+
+    /// Backends of the given database, as `pg_stat_activity` sees them (excluding ours).
+    pub async fn backends(&self, db: &str) -> i64 {
+        let su = self.superuser().await;
+        su.query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+            &[&db],
+        )
+        .await
+        .expect("count backends")
+        .get(0)
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        let _ = pg_command(&self.bindir.join("pg_ctl"))
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-m", "immediate", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Connects with tokio-postgres and drives the connection in the background.
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    try_connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("connect {url}: {e}"))
+}
+
+pub async fn try_connect(url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+/// A pooler running in this process in front of a test database.
+pub struct Pooler {
+    pub running: Running,
+    pub db: String,
+    pub dir: PathBuf,
+}
+
+impl Pooler {
+    /// Starts a pooler with `[pooler]` settings `extra` (TOML lines) in front of `db`.
+    pub async fn start(pg: &PgServer, db: &str, extra: &str) -> Pooler {
+        Pooler::start_with(pg, db, extra, "").await
+    }
+
+    /// Like `start`, with extra keys for the `[databases.<db>]` entry.
+    pub async fn start_with(pg: &PgServer, db: &str, extra: &str, db_extra: &str) -> Pooler {
+        let dir = std::env::temp_dir().join(unique("pooler-cfg"));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(
+            dir.join("userlist.txt"),
+            format!("\"{APP_USER}\" \"{APP_PASSWORD}\"\n\"postgres\" \"{SUPERUSER_PASSWORD}\"\n"),
+        )
+        .expect("userlist");
+        let toml = format!(
+            "[pooler]\nlisten_addr = \"127.0.0.1\"\nlisten_port = 0\nauth_file = \"userlist.txt\"\n\
+             log_connections = false\nlog_disconnections = false\n{extra}\n\
+             [databases.{db}]\nhost = \"127.0.0.1\"\nport = {port}\n{db_extra}\n",
+            port = pg.port
+        );
+        let path = dir.join("pooler.toml");
+        std::fs::write(&path, toml).expect("config");
+        let config = Config::load(&path).expect("valid test config");
+        let app = App::new(config).expect("app");
+        let running = Running::start(app).await.expect("start pooler");
+        Pooler {
+            running,
+            db: db.to_string(),
+            dir,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.running.addr.port()
+    }
+
+    pub fn url(&self, user: &str, password: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={user} password={password} dbname={}",
+            self.port(),
+            self.db
+        )
+    }
+
+    pub fn app_url(&self) -> String {
+        self.url(APP_USER, APP_PASSWORD)
+    }
+
+    pub async fn client(&self) -> tokio_postgres::Client {
+        connect(&self.app_url()).await
+    }
+}
+
+impl Drop for Pooler {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Polls `check` until it returns true or `limit` passes; returns the last result.
+pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The SQLSTATE of a tokio-postgres error, if the server (or pooler) sent one.
+pub fn sqlstate(e: &tokio_postgres::Error) -> Option<String> {
+    e.as_db_error().map(|d| d.code().code().to_string())
+}
+
+/// The message of a tokio-postgres error (the server's or pooler's text when there is one).
+pub fn message(e: &tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_else(|| e.to_string())
+}
