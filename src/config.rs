@@ -274,8 +274,11 @@ mod tests {
 
     #[test]
     fn shipped_example_is_valid() {
-        let c = Config::parse(include_str!("../pooler.toml.example"), "pooler.toml.example")
-            .unwrap();
+        let c = Config::parse(
+            include_str!("../pooler.toml.example"),
+            "pooler.toml.example",
+        )
+        .unwrap();
         assert_eq!(c.pooler.default_pool_size, 150);
         assert_eq!(c.pooler.reserve_pool_size, 10);
         assert_eq!(c.pooler.reserve_pool_timeout, 5.0);

@@ -126,7 +126,9 @@ fn template() -> &'static PathBuf {
                     "-U",
                     "postgres",
                     "--auth-local=trust",
-                    "--auth-host=scram-sha-256",
+                    // md5 in pg_hba means: md5 for roles stored as md5, SCRAM for roles
+                    // stored as SCRAM. Tests cover both server-side logins that way.
+                    "--auth-host=md5",
                 ])
                 .args(["-E", "UTF8", "--locale=C", "--no-sync"])
                 .arg(format!("--pwfile={}", pwfile.display())),
@@ -207,7 +209,8 @@ impl PgServer {
         let opts = format!(
             "-c listen_addresses=127.0.0.1 -p {} -c unix_socket_directories='{}' \
              -c max_connections=300 -c fsync=off -c synchronous_commit=off \
-             -c full_page_writes=off -c shared_buffers=32MB",
+             -c full_page_writes=off -c shared_buffers=32MB \
+             -c password_encryption=scram-sha-256",
             self.port,
             self.dir.display()
         );
@@ -299,15 +302,23 @@ impl Drop for PgServer {
 pub async fn connect(url: &str) -> tokio_postgres::Client {
     try_connect(url)
         .await
-        .unwrap_or_else(|e| panic!("connect {url}: {e}"))
+        .unwrap_or_else(|e| panic!("connect {url}: {e}: {}", message(&e)))
 }
 
 pub async fn try_connect(url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    Ok(connect_with_handle(url).await?.0)
+}
+
+/// Like `try_connect`, also returning the task that drives the connection: aborting it
+/// drops the socket without a Terminate message, as a crashed client would.
+pub async fn connect_with_handle(
+    url: &str,
+) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), tokio_postgres::Error> {
     let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
-    tokio::spawn(async move {
+    let handle = tokio::spawn(async move {
         let _ = conn.await;
     });
-    Ok(client)
+    Ok((client, handle))
 }
 
 /// A pooler running in this process in front of a test database.
@@ -325,18 +336,50 @@ impl Pooler {
 
     /// Like `start`, with extra keys for the `[databases.<db>]` entry.
     pub async fn start_with(pg: &PgServer, db: &str, extra: &str, db_extra: &str) -> Pooler {
+        Pooler::start_on_port(pg, pg.port, db, extra, db_extra).await
+    }
+
+    /// The default auth file: the app role and the superuser, plain passwords.
+    pub fn default_userlist() -> String {
+        format!("\"{APP_USER}\" \"{APP_PASSWORD}\"\n\"postgres\" \"{SUPERUSER_PASSWORD}\"\n")
+    }
+
+    /// Like `start`, with the auth file's full text given.
+    pub async fn start_with_userlist(
+        pg: &PgServer,
+        db: &str,
+        extra: &str,
+        userlist: &str,
+    ) -> Pooler {
+        Pooler::start_full(pg.port, db, extra, "", userlist).await
+    }
+
+    /// Like `start_with`, pointing the database entry at `port` instead of `pg`'s.
+    pub async fn start_on_port(
+        _pg: &PgServer,
+        port: u16,
+        db: &str,
+        extra: &str,
+        db_extra: &str,
+    ) -> Pooler {
+        Pooler::start_full(port, db, extra, db_extra, &Pooler::default_userlist()).await
+    }
+
+    /// A pooler with every part of its config given.
+    pub async fn start_full(
+        port: u16,
+        db: &str,
+        extra: &str,
+        db_extra: &str,
+        userlist: &str,
+    ) -> Pooler {
         let dir = std::env::temp_dir().join(unique("pooler-cfg"));
         std::fs::create_dir_all(&dir).expect("mkdir");
-        std::fs::write(
-            dir.join("userlist.txt"),
-            format!("\"{APP_USER}\" \"{APP_PASSWORD}\"\n\"postgres\" \"{SUPERUSER_PASSWORD}\"\n"),
-        )
-        .expect("userlist");
+        std::fs::write(dir.join("userlist.txt"), userlist).expect("userlist");
         let toml = format!(
             "[pooler]\nlisten_addr = \"127.0.0.1\"\nlisten_port = 0\nauth_file = \"userlist.txt\"\n\
              log_connections = false\nlog_disconnections = false\n{extra}\n\
-             [databases.{db}]\nhost = \"127.0.0.1\"\nport = {port}\n{db_extra}\n",
-            port = pg.port
+             [databases.{db}]\nhost = \"127.0.0.1\"\nport = {port}\n{db_extra}\n"
         );
         let path = dir.join("pooler.toml");
         std::fs::write(&path, toml).expect("config");
@@ -368,6 +411,20 @@ impl Pooler {
 
     pub async fn client(&self) -> tokio_postgres::Client {
         connect(&self.app_url()).await
+    }
+
+    /// The pooler's own server connections to this database, as Postgres sees them.
+    pub async fn server_pids(&self, pg: &PgServer) -> Vec<i32> {
+        let su = pg.superuser().await;
+        su.query(
+            "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'client backend' ORDER BY pid",
+            &[&self.db],
+        )
+        .await
+        .expect("list backends")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
     }
 }
 
@@ -405,4 +462,17 @@ pub fn message(e: &tokio_postgres::Error) -> String {
     e.as_db_error()
         .map(|d| d.message().to_string())
         .unwrap_or_else(|| e.to_string())
+}
+
+/// The first column of the first row of a simple-protocol query.
+pub async fn first_value(c: &tokio_postgres::Client, sql: &str) -> String {
+    c.simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{sql}: no row"))
 }

@@ -1,0 +1,94 @@
+//! Auth-file secret kinds end to end: the pooler checks the client with the secret it holds
+//! and logs in to Postgres with what that secret allows.
+
+mod common;
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_secret_in_auth_file_logs_in_with_the_clients_keys() {
+    let pg = PgServer::shared();
+    let db = pg.create_db("scramsecret").await;
+    let su = pg.superuser().await;
+    let secret: String = su
+        .query_one(
+            "SELECT rolpassword FROM pg_authid WHERE rolname = $1",
+            &[&APP_USER],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(secret.starts_with("SCRAM-SHA-256$"));
+    // The pooler never sees the password: only Postgres's own secret.
+    for auth in ["scram-sha-256", "md5"] {
+        let userlist = format!("\"{APP_USER}\" \"{secret}\"\n");
+        let pooler = Pooler::start_with_userlist(
+            pg,
+            &db,
+            &format!("auth_type = \"{auth}\"\npool_mode = \"transaction\""),
+            &userlist,
+        )
+        .await;
+        let c = pooler.client().await;
+        assert_eq!(first_value(&c, "SELECT current_user").await, APP_USER);
+        let err = try_connect(&pooler.url(APP_USER, "wrong"))
+            .await
+            .unwrap_err();
+        assert_eq!(sqlstate(&err).as_deref(), Some("28P01"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn md5_secret_in_auth_file_against_an_md5_role() {
+    let pg = PgServer::shared();
+    let db = pg.create_db("md5secret").await;
+    let su = pg.superuser().await;
+    let _ = su
+        .batch_execute(
+            "SET password_encryption = 'md5'; CREATE ROLE m5user LOGIN PASSWORD 'm5pass'",
+        )
+        .await;
+    su.batch_execute(&format!("GRANT ALL ON DATABASE {db} TO m5user"))
+        .await
+        .unwrap();
+    let secret: String = su
+        .query_one(
+            "SELECT rolpassword FROM pg_authid WHERE rolname = 'm5user'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(secret.starts_with("md5"));
+    let pooler = Pooler::start_with_userlist(
+        pg,
+        &db,
+        "auth_type = \"md5\"",
+        &format!("\"m5user\" \"{secret}\"\n"),
+    )
+    .await;
+    let c = connect(&pooler.url("m5user", "m5pass")).await;
+    assert_eq!(first_value(&c, "SELECT current_user").await, "m5user");
+    let err = try_connect(&pooler.url("m5user", "nope"))
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("28P01"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forced_user_on_database_entry() {
+    let pg = PgServer::shared();
+    let db = pg.create_db("forced").await;
+    // Clients log in as "someone" (pooler-side); the server sees the database entry's user.
+    let userlist = "\"someone\" \"pw\"\n".to_string();
+    let pooler = Pooler::start_full(
+        pg.port,
+        &db,
+        "auth_type = \"md5\"",
+        &format!("user = \"{APP_USER}\"\npassword = \"{APP_PASSWORD}\""),
+        &userlist,
+    )
+    .await;
+    let c = connect(&pooler.url("someone", "pw")).await;
+    assert_eq!(first_value(&c, "SELECT current_user").await, APP_USER);
+}

@@ -1,0 +1,205 @@
+//! Faults: clients that vanish mid-transaction, backends killed mid-query and while idle,
+//! wrong passwords and unknown databases.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+const TX1: &str = "pool_mode = \"transaction\"\ndefault_pool_size = 1";
+
+async fn open_transactions(pg: &PgServer, db: &str) -> i64 {
+    let su = pg.superuser().await;
+    su.query_one(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND xact_start IS NOT NULL \
+         AND pid <> pg_backend_pid()",
+        &[&db],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+async fn client_dies_mid_transaction(abrupt: bool) {
+    let pg = PgServer::shared();
+    let db = pg
+        .create_db(if abrupt { "vanish" } else { "terminate" })
+        .await;
+    let pooler = Pooler::start(pg, &db, TX1).await;
+    let setup = pooler.client().await;
+    setup
+        .batch_execute("CREATE TABLE t (v text)")
+        .await
+        .unwrap();
+    let (c, conn_task) = connect_with_handle(&pooler.app_url()).await.unwrap();
+    c.batch_execute("BEGIN; INSERT INTO t VALUES ('uncommitted')")
+        .await
+        .unwrap();
+    let pid: i32 = c
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    if abrupt {
+        // The socket closes without a Terminate message: a crashed client.
+        conn_task.abort();
+    } else {
+        // tokio-postgres sends Terminate when the client is dropped.
+        drop(c);
+    }
+    // The server that held the transaction is closed, so Postgres rolls it back.
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            !pooler.server_pids(pg).await.contains(&pid)
+        })
+        .await,
+        "server {pid} with an open transaction stayed open"
+    );
+    assert_eq!(open_transactions(pg, &db).await, 0);
+    // The pool of one serves the next client with a new server, outside any transaction.
+    let rows = setup.query("SELECT v FROM t", &[]).await.unwrap();
+    assert!(rows.is_empty(), "an uncommitted row became visible");
+    let status = first_value(&setup, "SELECT now() = statement_timestamp()").await;
+    assert_eq!(
+        status, "t",
+        "next client landed inside someone's transaction"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_vanishing_mid_transaction_leaves_nothing_open() {
+    client_dies_mid_transaction(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_terminating_mid_transaction_leaves_nothing_open() {
+    client_dies_mid_transaction(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_killed_mid_query() {
+    let pg = PgServer::shared();
+    let db = pg.create_db("killq").await;
+    let pooler = Pooler::start(pg, &db, TX1).await;
+    let victim = pooler.client().await;
+    let sleeper = tokio::spawn(async move {
+        let r = victim.simple_query("SELECT pg_sleep(60)").await;
+        (r.map(|_| ()), victim)
+    });
+    let su = pg.superuser().await;
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            su.query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND query LIKE 'SELECT pg_sleep%'",
+                &[&db],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+                == 1
+        })
+        .await
+    );
+    su.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND query LIKE 'SELECT pg_sleep%'",
+        &[&db],
+    )
+    .await
+    .unwrap();
+    let (result, victim) = sleeper.await.unwrap();
+    let err = result.expect_err("the killed query must fail");
+    assert_eq!(sqlstate(&err).as_deref(), Some("57P01"), "{err:?}");
+    // The affected client is disconnected; others get a fresh server.
+    assert!(victim.simple_query("SELECT 1").await.is_err());
+    let other = pooler.client().await;
+    assert_eq!(first_value(&other, "SELECT 11").await, "11");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_killed_while_idle_in_pool_is_replaced() {
+    let pg = PgServer::shared();
+    let db = pg.create_db("killidle").await;
+    let pooler = Pooler::start(pg, &db, TX1).await;
+    let c = pooler.client().await;
+    let pid: i32 = first_value(&c, "SELECT pg_backend_pid()")
+        .await
+        .parse()
+        .unwrap();
+    let su = pg.superuser().await;
+    su.execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            pooler.server_pids(pg).await.is_empty()
+        })
+        .await
+    );
+    // The same client goes on: the dead idle server is noticed at checkout, not relayed.
+    let new_pid: i32 = first_value(&c, "SELECT pg_backend_pid()")
+        .await
+        .parse()
+        .unwrap();
+    assert_ne!(new_pid, pid);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_password_unknown_user_and_unknown_database() {
+    let pg = PgServer::shared();
+    let db = pg.create_db("authfail").await;
+    for auth in ["md5", "scram-sha-256", "plain"] {
+        let pooler = Pooler::start(pg, &db, &format!("auth_type = \"{auth}\"")).await;
+        let err = try_connect(&pooler.url(APP_USER, "wrong"))
+            .await
+            .unwrap_err();
+        assert_eq!(sqlstate(&err).as_deref(), Some("28P01"), "{auth}");
+        assert_eq!(
+            message(&err),
+            "password authentication failed for user \"app\""
+        );
+        // An unknown user gets the very same answer: no user enumeration.
+        let err = try_connect(&pooler.url("nobody", "x")).await.unwrap_err();
+        assert_eq!(sqlstate(&err).as_deref(), Some("28P01"), "{auth}");
+        assert_eq!(
+            message(&err),
+            "password authentication failed for user \"nobody\""
+        );
+        // Unknown database: told only after a successful login.
+        let url = format!(
+            "host=127.0.0.1 port={} user={APP_USER} password={APP_PASSWORD} dbname=nope",
+            pooler.port()
+        );
+        let err = try_connect(&url).await.unwrap_err();
+        assert_eq!(sqlstate(&err).as_deref(), Some("3D000"), "{auth}");
+        assert_eq!(message(&err), "no such database: nope");
+        let url = format!(
+            "host=127.0.0.1 port={} user={APP_USER} password=wrong dbname=nope",
+            pooler.port()
+        );
+        let err = try_connect(&url).await.unwrap_err();
+        assert_eq!(
+            sqlstate(&err).as_deref(),
+            Some("28P01"),
+            "{auth}: database probed without a password"
+        );
+        // And the right password works with this auth_type.
+        let c = pooler.client().await;
+        assert_eq!(first_value(&c, "SELECT current_user").await, APP_USER);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_down_is_reported_as_connect_failure_not_wait() {
+    let pg = PgServer::shared();
+    let db = pg.create_db("down").await;
+    // A port nothing listens on stands for a Postgres that is down.
+    let dead_port = free_port();
+    let p = Pooler::start_on_port(pg, dead_port, &db, "server_connect_timeout = 2", "").await;
+    let err = try_connect(&p.app_url()).await.unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("08006"), "{err:?}");
+    assert!(
+        message(&err).starts_with("pooler cannot connect to server"),
+        "{}",
+        message(&err)
+    );
+}

@@ -1,0 +1,339 @@
+//! The bounded pool: isolation under concurrency, the reserve, waits and refusals, session
+//! mode resets. Every count is checked against Postgres's own `pg_stat_activity`.
+
+mod common;
+
+use common::*;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_clients_small_pool_no_crosstalk_and_bounded_servers() {
+    let pg = PgServer::shared();
+    let db = pg.create_db("crosstalk").await;
+    let pooler = Pooler::start(
+        pg,
+        &db,
+        "pool_mode = \"transaction\"\ndefault_pool_size = 10\nmax_client_conn = 1000",
+    )
+    .await;
+    let setup = pooler.client().await;
+    setup
+        .batch_execute("CREATE TABLE marks (client int, round int, marker text)")
+        .await
+        .unwrap();
+
+    // Watch Postgres while the load runs: the pool must never exceed its size.
+    let stop = Arc::new(AtomicBool::new(false));
+    let peak = Arc::new(AtomicI64::new(0));
+    let monitor = {
+        let (stop, peak, db) = (stop.clone(), peak.clone(), db.clone());
+        let su = pg.superuser().await;
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let n: i64 = su
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1",
+                        &[&db],
+                    )
+                    .await
+                    .unwrap()
+                    .get(0);
+                peak.fetch_max(n, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+
+    const CLIENTS: i32 = 500;
+    const ROUNDS: i32 = 4;
+    let mut tasks = Vec::new();
+    for id in 0..CLIENTS {
+        let url = pooler.app_url();
+        tasks.push(tokio::spawn(async move {
+            let mut c = connect(&url).await;
+            for round in 0..ROUNDS {
+                let marker = format!("client-{id}-round-{round}");
+                let tx = c.transaction().await.unwrap();
+                tx.execute(
+                    "INSERT INTO marks VALUES ($1, $2, $3)",
+                    &[&id, &round, &marker],
+                )
+                .await
+                .unwrap();
+                // Read back inside the same transaction: must be exactly our own row.
+                let rows = tx
+                    .query(
+                        "SELECT marker FROM marks WHERE client = $1 AND round = $2",
+                        &[&id, &round],
+                    )
+                    .await
+                    .unwrap();
+                assert_eq!(rows.len(), 1);
+                assert_eq!(rows[0].get::<_, String>(0), marker);
+                // Simple protocol too: the session-visible value is ours alone.
+                let echoed = tx
+                    .simple_query(&format!("SELECT '{marker}'"))
+                    .await
+                    .unwrap();
+                let got = echoed.iter().find_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                    _ => None,
+                });
+                assert_eq!(got.as_deref(), Some(marker.as_str()));
+                if round % 2 == 0 {
+                    tx.commit().await.unwrap();
+                } else {
+                    tx.rollback().await.unwrap();
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("client task");
+    }
+    stop.store(true, Ordering::Relaxed);
+    monitor.await.unwrap();
+
+    let row = setup
+        .query_one("SELECT count(*), count(DISTINCT marker) FROM marks", &[])
+        .await
+        .unwrap();
+    // Even rounds committed, odd ones rolled back.
+    let expected = (CLIENTS * ROUNDS / 2) as i64;
+    assert_eq!(row.get::<_, i64>(0), expected);
+    assert_eq!(row.get::<_, i64>(1), expected);
+    let rolled_back: i64 = setup
+        .query_one("SELECT count(*) FROM marks WHERE round % 2 = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rolled_back, 0);
+    let peak = peak.load(Ordering::Relaxed);
+    assert!(
+        peak <= 10,
+        "pg_stat_activity showed {peak} backends for a pool of 10"
+    );
+    assert!(
+        peak >= 2,
+        "the load never used more than one server ({peak})"
+    );
+}
+
+/// Holds a server inside an open transaction until dropped.
+async fn hold_server(pooler: &Pooler) -> tokio_postgres::Client {
+    let c = pooler.client().await;
+    c.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_wait_timeout_and_no_reserve_before_its_timeout() {
+    let pg = PgServer::shared();
+    let db = pg.create_db("qwt").await;
+    let pooler = Pooler::start(
+        pg,
+        &db,
+        "pool_mode = \"transaction\"\ndefault_pool_size = 2\nreserve_pool_size = 2\n\
+         reserve_pool_timeout = 60\nquery_wait_timeout = 0.5",
+    )
+    .await;
+    let a = hold_server(&pooler).await;
+    let b = hold_server(&pooler).await;
+    let waiter = pooler.client().await;
+    let err = waiter.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("08P01"));
+    assert_eq!(message(&err), "query_wait_timeout");
+    // The reserve was not touched: its timeout (60 s) never passed.
+    assert_eq!(pooler.server_pids(pg).await.len(), 2);
+    // The busy pool is not "server down": the holders finish normally.
+    a.batch_execute("COMMIT").await.unwrap();
+    b.batch_execute("COMMIT").await.unwrap();
+    let fresh = pooler.client().await;
+    assert_eq!(
+        fresh
+            .query_one("SELECT 5", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        5
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reserve_opens_after_reserve_pool_timeout() {
+    let pg = PgServer::shared();
+    let db = pg.create_db("reserve").await;
+    let pooler = Pooler::start(
+        pg,
+        &db,
+        "pool_mode = \"transaction\"\ndefault_pool_size = 2\nreserve_pool_size = 1\n\
+         reserve_pool_timeout = 0.2\nquery_wait_timeout = 30",
+    )
+    .await;
+    let a = hold_server(&pooler).await;
+    let b = hold_server(&pooler).await;
+    // Both pool servers are held for the whole time: only the reserve can serve this one.
+    // (Simple protocol: named prepared statements across transactions are issue 5's.)
+    let c = pooler.client().await;
+    assert_eq!(first_value(&c, "SELECT 3").await, "3");
+    // And no more than one reserve server: a fourth waits for the reserve to come back.
+    let d = pooler.client().await;
+    c.batch_execute("BEGIN").await.unwrap();
+    let d_query = tokio::spawn(async move { first_value(&d, "SELECT 4").await });
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            pooler.server_pids(pg).await.len() == 3
+        })
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !d_query.is_finished(),
+        "a fourth server was opened beyond the reserve"
+    );
+    assert_eq!(pooler.server_pids(pg).await.len(), 3);
+    c.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(d_query.await.unwrap(), "4");
+    drop((a, b));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_get_the_server_in_arrival_order() {
+    let pg = PgServer::shared();
+    let db = pg.create_db("fifo").await;
+    let pooler = Pooler::start(
+        pg,
+        &db,
+        "pool_mode = \"transaction\"\ndefault_pool_size = 1",
+    )
+    .await;
+    let setup = pooler.client().await;
+    setup
+        .batch_execute("CREATE TABLE arrivals (seq serial, who int)")
+        .await
+        .unwrap();
+    let holder = hold_server(&pooler).await;
+    let mut tasks = Vec::new();
+    for who in 0..5i32 {
+        let c = pooler.client().await;
+        tasks.push(tokio::spawn(async move {
+            c.execute("INSERT INTO arrivals (who) VALUES ($1)", &[&who])
+                .await
+                .unwrap();
+        }));
+        // Let this waiter queue up before the next one arrives.
+        let pooler_ref = &pooler;
+        assert!(
+            eventually(Duration::from_secs(10), || async move {
+                pooler_ref.running.app.pools()[0].counts().waiting == who as usize + 1
+            })
+            .await
+        );
+    }
+    holder.batch_execute("COMMIT").await.unwrap();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let order: Vec<i32> = setup
+        .query("SELECT who FROM arrivals ORDER BY seq", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(order, vec![0, 1, 2, 3, 4]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_client_conn_refuses_with_53300() {
+    let pg = PgServer::shared();
+    let db = pg.create_db("maxconn").await;
+    let pooler = Pooler::start(pg, &db, "max_client_conn = 2").await;
+    let a = pooler.client().await;
+    let b = pooler.client().await;
+    let err = try_connect(&pooler.app_url()).await.unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("53300"));
+    assert_eq!(
+        message(&err),
+        "no more connections allowed (max_client_conn)"
+    );
+    drop(a);
+    // A slot frees when a client leaves.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            try_connect(&pooler.app_url()).await.is_ok()
+        })
+        .await
+    );
+    assert_eq!(
+        b.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_mode_resets_with_discard_all() {
+    let pg = PgServer::shared();
+    let db = pg.create_db("session").await;
+    let pooler = Pooler::start(pg, &db, "pool_mode = \"session\"\ndefault_pool_size = 1").await;
+    let a = pooler.client().await;
+    let pid_a: i32 = a
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    a.batch_execute("SET work_mem = '7MB'; CREATE TEMP TABLE scratch (x int)")
+        .await
+        .unwrap();
+    // Session mode: the same server for the whole session, between transactions too.
+    let again: i32 = a
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(again, pid_a);
+    drop(a);
+    let b = pooler.client().await;
+    let pid_b: i32 = b
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(pid_b, pid_a, "pool of one: same server reused");
+    let work_mem: String = b.query_one("SHOW work_mem", &[]).await.unwrap().get(0);
+    assert_eq!(work_mem, "4MB", "SET leaked across sessions");
+    let err = b.query("SELECT * FROM scratch", &[]).await.unwrap_err();
+    assert_eq!(
+        sqlstate(&err).as_deref(),
+        Some("42P01"),
+        "temp table leaked"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_mode_shares_servers_between_transactions() {
+    let pg = PgServer::shared();
+    let db = pg.create_db("share").await;
+    let pooler = Pooler::start(
+        pg,
+        &db,
+        "pool_mode = \"transaction\"\ndefault_pool_size = 1",
+    )
+    .await;
+    let a = pooler.client().await;
+    let b = pooler.client().await;
+    let pa: i32 = a
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let pb: i32 = b
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(pa, pb, "one server serves both clients in turn");
+    assert_eq!(pooler.server_pids(pg).await, vec![pa]);
+}
