@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use crate::auth::{AuthFile, Secret, User};
 use crate::config::{AuthType, Config, ConfigError, DatabaseConfig, secs};
 use crate::pool::{Pool, PoolSettings};
+use crate::prepared::Registry;
 use crate::server::{ServerCredential, ServerTarget};
 
 /// Startup parameters a client may set that the pooler keeps true on every server it uses.
@@ -28,6 +29,8 @@ pub struct App {
     /// Canonical names of tracked parameters (built-in plus `track_extra_parameters`).
     pub tracked: Vec<String>,
     pub ignored: Vec<String>,
+    /// Server-side names of protocol-level prepared statements, pooler-wide.
+    pub statements: Registry,
 }
 
 /// Counts a connected client for `max_client_conn`; dropping it uncounts.
@@ -62,6 +65,7 @@ impl App {
             clients: AtomicUsize::new(0),
             tracked,
             ignored,
+            statements: Registry::default(),
         })
     }
 

@@ -18,8 +18,9 @@ use crate::auth::{self, Secret, User};
 use crate::config::{PoolMode, secs};
 use crate::error::{PoolerError, Result};
 use crate::pool::Pool;
+use crate::prepared::ClientStatements;
 use crate::protocol::{self, StartupRequest};
-use crate::relay::{self, ClientScan, Flow, Relay, RelayEnd, ServerScan};
+use crate::relay::{self, ClientSide, Flow, Relay, RelayEnd, ServerSide, Statements, Tracker};
 use crate::server::{Params, ServerConn, ServerCredential};
 
 /// A logged-in client.
@@ -58,6 +59,7 @@ pub async fn serve(app: Arc<App>, mut stream: TcpStream, peer: SocketAddr) {
     }
     let result = run_session(&app, &mut stream, &session).await;
     if let Err(e) = &result {
+        tracing::debug!(%peer, error = %e, kind = e.kind(), "session ended with an error");
         refuse(&mut stream, e).await;
     }
     if app.config.pooler.log_disconnections {
@@ -182,23 +184,34 @@ async fn run_session(app: &App, stream: &mut TcpStream, session: &Session) -> Re
     let mut params = session.params.clone();
     let mut up = Flow::default();
     let mut down = Flow::default();
-    let mut client_scan = ClientScan::default();
+    let mut client_side = ClientSide::default();
+    let mut tracker = Tracker::default();
+    let mut client_statements = ClientStatements::new();
     let release_on_idle = pool.settings.mode == PoolMode::Transaction;
+    let max_prepared = app.config.pooler.max_prepared_statements;
+    let rewrite_statements = release_on_idle && max_prepared > 0;
     loop {
         up.shrink_if_empty();
         down.shrink_if_empty();
-        if !relay::read_request(stream, &mut up, &mut client_scan).await? {
+        if !relay::read_request(stream, &mut up).await? {
             return Ok(());
+        }
+        if rewrite_statements
+            && relay::answer_locally(&mut up, &mut down, &app.statements, &mut client_statements)
+        {
+            down.flush(stream).await?;
+            continue;
         }
         let mut server = pool.checkout().await?;
         if let Err(e) = sync_params(app, &mut server, &mut params).await {
             pool.discard(server);
             return Err(e);
         }
-        let mut server_scan = ServerScan::default();
+        let mut server_side = ServerSide::default();
         let ServerConn {
             stream: server_stream,
             params: server_params,
+            statements: server_statements,
             ..
         } = &mut server;
         let mut on_param = |name: &str, value: &str| {
@@ -207,13 +220,21 @@ async fn run_session(app: &App, stream: &mut TcpStream, session: &Session) -> Re
                 params.set(canonical, value);
             }
         };
+        let statements = rewrite_statements.then_some(Statements {
+            registry: &app.statements,
+            client: &mut client_statements,
+            server: server_statements,
+            max: max_prepared,
+        });
         let end = Relay {
             client: stream,
             server: server_stream,
             up: &mut up,
             down: &mut down,
-            client_scan: &mut client_scan,
-            server_scan: &mut server_scan,
+            client_side: &mut client_side,
+            server_side: &mut server_side,
+            tracker: &mut tracker,
+            statements,
         }
         .run(release_on_idle, &mut on_param)
         .await;
@@ -263,10 +284,12 @@ async fn release_after_client(pool: &Arc<Pool>, mut server: ServerConn) {
                 return;
             }
         }
-        // DISCARD ALL resets every parameter to the server's defaults.
+        // DISCARD ALL resets every parameter to the server's defaults and deallocates
+        // every prepared statement.
         if let Some(defaults) = pool.defaults() {
             server.params = defaults.clone();
         }
+        server.statements.clear();
     }
     pool.checkin(server);
 }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod error;
 pub mod listener;
 pub mod pool;
+pub mod prepared;
 pub mod protocol;
 pub mod relay;
 pub mod server;

@@ -220,7 +220,8 @@ async fn waiters_get_the_server_in_arrival_order() {
     for who in 0..5i32 {
         let c = pooler.client().await;
         tasks.push(tokio::spawn(async move {
-            c.execute("INSERT INTO arrivals (who) VALUES ($1)", &[&who])
+            // One round trip each (simple protocol), so arrival order is checkout order.
+            c.simple_query(&format!("INSERT INTO arrivals (who) VALUES ({who})"))
                 .await
                 .unwrap();
         }));

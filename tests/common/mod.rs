@@ -383,6 +383,13 @@ impl Pooler {
         );
         let path = dir.join("pooler.toml");
         std::fs::write(&path, toml).expect("config");
+        // POOLER_LOG=debug shows the pooler's log while debugging a test.
+        if let Ok(filter) = std::env::var("POOLER_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
         let config = Config::load(&path).expect("valid test config");
         let app = App::new(config).expect("app");
         let running = Running::start(app).await.expect("start pooler");
