@@ -33,6 +33,8 @@ pub struct ClientScan {
     unsynced: bool,
     /// The client sent Terminate.
     pub terminated: bool,
+    /// Queries (Query and Execute messages) seen; taken by the stats after each relay.
+    pub queries: u64,
 }
 
 impl ClientScan {
@@ -58,6 +60,7 @@ impl ClientScan {
                     tag.escape_ascii()
                 )));
             }
+            self.queries += u64::from(tag == b'Q' || tag == b'E');
             match tag {
                 b'Q' | b'S' | b'F' => {
                     self.pending += 1;
@@ -189,6 +192,8 @@ pub struct Flow {
     pub ready: usize,
     /// The last write would have blocked: wait for writability before trying again.
     blocked: bool,
+    /// Bytes read into this flow; taken by the stats after each relay.
+    pub bytes_read: u64,
 }
 
 impl Flow {
@@ -196,7 +201,10 @@ impl Flow {
     fn read_from(&mut self, stream: &TcpStream) -> io::Result<Option<usize>> {
         self.buf.reserve(READ_CHUNK);
         match stream.try_read_buf(&mut self.buf) {
-            Ok(n) => Ok(Some(n)),
+            Ok(n) => {
+                self.bytes_read += n as u64;
+                Ok(Some(n))
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
             Err(e) => Err(e),
         }
