@@ -58,7 +58,7 @@ pub const POOLS: &str = "pooler_pools";
 pub const DATABASES: &str = "pooler_databases";
 pub const ERRORS: &str = "pooler_errors_total";
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Kind {
     Gauge,
     Counter,
@@ -518,6 +518,32 @@ mod tests {
                 "{name} missing from README"
             );
         }
+    }
+
+    #[test]
+    fn the_dashboard_charts_only_metrics_that_exist() {
+        let dashboard = include_str!("../docs/grafana-dashboard.json");
+        let mut used = 0;
+        for (i, _) in dashboard.match_indices("pooler_") {
+            let name: String = dashboard[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if name == "pooler_" {
+                continue; // the prefix mentioned in prose
+            }
+            let base = ["_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .filter(|b| kind_of(b) == Kind::Histogram)
+                .unwrap_or(&name);
+            assert!(
+                DESCRIPTIONS.iter().any(|(n, _)| *n == base),
+                "dashboard uses unknown metric {name}"
+            );
+            used += 1;
+        }
+        assert!(used > 10);
     }
 
     #[test]
