@@ -265,7 +265,7 @@ impl Pool {
                 Ok(server)
             }
             Err(e) => {
-                self.stats.connect_failed();
+                self.stats.connect_failed(unreachable(&e));
                 tracing::warn!(database = %self.database, user = %self.user, error = %e, "server connection failed");
                 self.release_slot();
                 Err(e)
@@ -395,6 +395,16 @@ impl Pool {
                 }
             });
         }
+    }
+}
+
+/// Whether a failed attempt to open a server means the server cannot be reached (down,
+/// starting, shutting down, out of connections), as opposed to refusing this pool's user: a
+/// wrong password for one user must not make the whole pooler unready.
+fn unreachable(e: &PoolerError) -> bool {
+    match e {
+        PoolerError::ServerLogin { code, .. } => code.starts_with("57P") || code.starts_with("53"),
+        _ => true,
     }
 }
 

@@ -196,9 +196,13 @@ impl PoolStats {
         self.last_connect_ok.store(now_us(), Relaxed);
     }
 
-    pub fn connect_failed(&self) {
+    /// An attempt to open a server failed; `unreachable` when the server itself is the
+    /// problem (not this pool's credentials), which makes the pool not ready.
+    pub fn connect_failed(&self, unreachable: bool) {
         self.connect_failures.fetch_add(1, Relaxed);
-        self.last_connect_failed.store(now_us(), Relaxed);
+        if unreachable {
+            self.last_connect_failed.store(now_us(), Relaxed);
+        }
     }
 
     pub fn server_closed(&self, reason: CloseReason) {
@@ -316,7 +320,9 @@ mod tests {
     fn failing_until_a_later_success() {
         let s = PoolStats::default();
         assert!(!s.failing());
-        s.connect_failed();
+        s.connect_failed(false);
+        assert!(!s.failing(), "a refused login is not an unreachable server");
+        s.connect_failed(true);
         assert!(s.failing());
         std::thread::sleep(Duration::from_millis(2));
         s.server_opened();

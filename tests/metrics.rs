@@ -356,3 +356,43 @@ async fn metrics_port_zero_means_no_listener() {
     let pooler = Pooler::start(pg, &db, "metrics_port = 0").await;
     assert!(pooler.running.metrics_addr.is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_server_login_does_not_make_the_pooler_unready() {
+    let pg = PgServer::shared();
+    let db = pg.create_db("metrics_badpw").await;
+    let pooler = Pooler::start_with(
+        pg,
+        &db,
+        &format!("metrics_port = {}", free_port()),
+        "user = \"app\"\npassword = \"not-the-password\"",
+    )
+    .await;
+    let err = try_connect(&pooler.app_url()).await.unwrap_err();
+    assert_eq!(
+        sqlstate(&err).as_deref(),
+        Some("28P01"),
+        "{}",
+        message(&err)
+    );
+    let body = pooler.scrape().await;
+    let labels = [("database", db.as_str()), ("user", APP_USER)];
+    assert_eq!(
+        metric(&body, "pooler_server_connect_failures_total", &labels),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &body,
+            "pooler_errors_total",
+            &[("kind", "server_connect_failed")]
+        ),
+        Some(1.0)
+    );
+    // Postgres is up; it refused one pool's credentials. Other pools are fine.
+    assert_eq!(
+        metric(&body, "pooler_pools_server_reachable", &labels),
+        Some(1.0)
+    );
+    assert_eq!(pooler.http_get("/readyz").await.0, 200);
+}
