@@ -221,6 +221,10 @@ async fn metrics_and_show_pools_agree_with_postgres_under_load() {
     drop((b, c, d));
 }
 
+async fn used_clients_are(pooler: &Pooler, n: f64) -> bool {
+    metric(&pooler.scrape().await, "pooler_used_clients", &[]) == Some(n)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn error_counters_count_query_wait_timeout_and_max_client_conn() {
     let pg = PgServer::shared();
@@ -247,14 +251,15 @@ async fn error_counters_count_query_wait_timeout_and_max_client_conn() {
     let body = pooler.scrape().await;
     assert_eq!(errors(&body, "query_wait_timeout"), Some(1.0));
 
-    // The refused waiter is gone: holder + two more fill max_client_conn = 3.
+    // Once the refused waiter is gone, the holder and two more fill max_client_conn = 3.
+    assert!(eventually(LIMIT, || used_clients_are(&pooler, 1.0)).await);
     let _b = pooler.client().await;
     let _c = pooler.client().await;
     let err = try_connect(&pooler.app_url()).await.unwrap_err();
     assert_eq!(sqlstate(&err).as_deref(), Some("53300"));
     let body = pooler.scrape().await;
     assert_eq!(errors(&body, "max_client_conn"), Some(1.0));
-    assert_eq!(metric(&body, "pooler_used_clients", &[]), Some(3.0));
+    assert!(eventually(LIMIT, || used_clients_are(&pooler, 3.0)).await);
 
     // A wrong password counts too.
     let err = try_connect(&pooler.url(APP_USER, "wrong"))
