@@ -99,7 +99,7 @@ pub const DESCRIPTIONS: &[(&str, &str)] = &[
     (POOL_PAUSED, "1 while the pool is paused (PAUSE or KILL)"),
     (
         SERVER_REACHABLE,
-        "0 when the last attempt to open a server failed and none succeeded since",
+        "0 while the server looks unreachable: the last attempt to open one failed and no server has answered since",
     ),
     (QUERIES, "Queries (Query and Execute messages) pooled"),
     (

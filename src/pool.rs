@@ -276,6 +276,7 @@ impl Pool {
     /// Gives a clean, idle server back.
     pub fn checkin(&self, mut server: ServerConn) {
         server.last_used = Instant::now();
+        self.stats.server_answered();
         let mut st = self.lock();
         if st.paused {
             st.total -= 1;
@@ -399,11 +400,11 @@ impl Pool {
 }
 
 /// Whether a failed attempt to open a server means the server cannot be reached (down,
-/// starting, shutting down, out of connections), as opposed to refusing this pool's user: a
-/// wrong password for one user must not make the whole pooler unready.
+/// starting up, shutting down), as opposed to refusing this pool's user or being full: a wrong
+/// password for one user must not make the whole pooler unready.
 fn unreachable(e: &PoolerError) -> bool {
     match e {
-        PoolerError::ServerLogin { code, .. } => code.starts_with("57P") || code.starts_with("53"),
+        PoolerError::ServerLogin { code, .. } => code.starts_with("57P"),
         _ => true,
     }
 }

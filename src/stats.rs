@@ -196,6 +196,14 @@ impl PoolStats {
         self.last_connect_ok.store(now_us(), Relaxed);
     }
 
+    /// A server just answered a client: the server is reachable, whatever an earlier attempt
+    /// to open one said. Only a load per transaction unless the pool was failing.
+    pub fn server_answered(&self) {
+        if self.failing() {
+            self.last_connect_ok.store(now_us(), Relaxed);
+        }
+    }
+
     /// An attempt to open a server failed; `unreachable` when the server itself is the
     /// problem (not this pool's credentials), which makes the pool not ready.
     pub fn connect_failed(&self, unreachable: bool) {
@@ -327,6 +335,11 @@ mod tests {
         std::thread::sleep(Duration::from_millis(2));
         s.server_opened();
         assert!(!s.failing());
+        std::thread::sleep(Duration::from_millis(2));
+        s.connect_failed(true);
+        std::thread::sleep(Duration::from_millis(2));
+        s.server_answered();
+        assert!(!s.failing(), "a server that answers is reachable");
     }
 
     #[test]
