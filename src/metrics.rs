@@ -395,15 +395,23 @@ pub fn readiness(app: &App) -> Result<(), String> {
 const MAX_REQUEST: usize = 8 * 1024;
 /// A connection that has not sent its request, or not taken its answer, by then is dropped.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Scrapers and probes open a handful of connections; more at once are dropped, so a flood
+/// cannot pile up tasks.
+const HTTP_MAX_CONNECTIONS: usize = 64;
 
 /// Serves the metrics and health endpoints until the task is dropped.
 pub async fn serve_http(app: Arc<App>, listener: TcpListener) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(HTTP_MAX_CONNECTIONS));
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    continue;
+                };
                 let app = app.clone();
                 tokio::spawn(async move {
                     let _ = tokio::time::timeout(HTTP_TIMEOUT, respond(&app, stream)).await;
+                    drop(slot);
                 });
             }
             Err(e) => {
@@ -433,8 +441,17 @@ async fn respond(app: &App, mut stream: TcpStream) -> std::io::Result<()> {
             break i;
         }
         if len == buf.len() {
-            return write_response(&mut stream, false, 431, "text/plain", "request too large\n")
-                .await;
+            write_response(&mut stream, false, 431, "text/plain", "request too large\n").await?;
+            // Closing with unread input would reset the connection and could destroy the
+            // answer before the client reads it: take (a bounded amount of) the rest first.
+            let mut drained = 0;
+            while drained < 1 << 20 {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => drained += n,
+                }
+            }
+            return Ok(());
         }
         let n = stream.read(&mut buf[len..]).await?;
         if n == 0 {

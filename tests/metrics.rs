@@ -401,3 +401,41 @@ async fn a_refused_server_login_does_not_make_the_pooler_unready() {
     );
     assert_eq!(pooler.http_get("/readyz").await.0, 200);
 }
+
+/// Sends raw bytes to the metrics listener and returns the status line.
+async fn raw_status(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // The server may answer and close before reading everything: ignore write errors.
+    let _ = s.write_all(request).await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(LIMIT, s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_listener_answers_only_bounded_gets() {
+    let pg = PgServer::shared();
+    let db = pg.create_db("metrics_http").await;
+    let pooler = Pooler::start(pg, &db, &format!("metrics_port = {}", free_port())).await;
+    let addr = pooler.running.metrics_addr.unwrap();
+    assert_eq!(
+        raw_status(addr, b"POST /metrics HTTP/1.1\r\n\r\n").await,
+        "HTTP/1.1 405 Method Not Allowed"
+    );
+    let huge = format!("GET /metrics HTTP/1.1\r\nX: {}\r\n", "a".repeat(20_000));
+    assert_eq!(
+        raw_status(addr, huge.as_bytes()).await,
+        "HTTP/1.1 431 Request Header Fields Too Large"
+    );
+    assert_eq!(
+        raw_status(addr, b"HEAD /healthz HTTP/1.0\r\n\r\n").await,
+        "HTTP/1.1 200 OK"
+    );
+    // Still serving after all that.
+    assert!(pooler.scrape().await.contains("pooler_up 1"));
+}
