@@ -4,10 +4,13 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::admin::Control;
 use crate::auth::{AuthFile, Secret, User};
 use crate::config::{AuthType, Config, ConfigError, DatabaseConfig, secs};
+use crate::metrics::Metrics;
 use crate::pool::{Pool, PoolSettings};
 use crate::prepared::Registry;
+use crate::registry::ClientRegistry;
 use crate::server::{ServerCredential, ServerTarget};
 
 /// Startup parameters a client may set that the pooler keeps true on every server it uses.
@@ -31,6 +34,10 @@ pub struct App {
     pub ignored: Vec<String>,
     /// Server-side names of protocol-level prepared statements, pooler-wide.
     pub statements: Registry,
+    pub metrics: Metrics,
+    pub clients_registry: Arc<ClientRegistry>,
+    /// PAUSE state, shutdown and readiness, driven by the admin console.
+    pub control: Control,
 }
 
 /// Counts a connected client for `max_client_conn`; dropping it uncounts.
@@ -66,6 +73,9 @@ impl App {
             tracked,
             ignored,
             statements: Registry::default(),
+            metrics: Metrics::new(),
+            clients_registry: Arc::default(),
+            control: Control::default(),
         })
     }
 
@@ -126,13 +136,18 @@ impl App {
             dbname: db.dbname.clone().unwrap_or_else(|| db_name.to_string()),
             user: server_user.clone(),
         };
+        let stats = self.metrics.pool_stats(db_name, &server_user);
         let pool = Pool::new(
             db_name.to_string(),
             server_user,
             target,
             settings,
             credential,
+            stats,
         );
+        if self.control.is_paused(db_name) {
+            pool.pause();
+        }
         pools.insert(key, pool.clone());
         pool
     }

@@ -13,6 +13,7 @@ use std::time::Instant;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use crate::admin::{self, Console};
 use crate::app::App;
 use crate::auth::{self, Secret, User};
 use crate::config::{PoolMode, secs};
@@ -20,6 +21,7 @@ use crate::error::{PoolerError, Result};
 use crate::pool::Pool;
 use crate::prepared::ClientStatements;
 use crate::protocol::{self, StartupRequest};
+use crate::registry::Registration;
 use crate::relay::{self, ClientSide, Flow, Relay, RelayEnd, ServerSide, Statements, Tracker};
 use crate::server::{Params, ServerConn, ServerCredential};
 
@@ -30,6 +32,14 @@ struct Session {
     database: String,
     /// The values this client expects of the tracked parameters, kept true on every server.
     params: Params,
+    /// This client in SHOW CLIENTS; dropped (unregistered) before the socket closes.
+    client: Registration,
+}
+
+/// What a login leads to.
+enum Login {
+    Pool(Session),
+    Console(Console),
 }
 
 /// Serves one accepted connection to the end. Never panics on client input; every refusal
@@ -46,10 +56,18 @@ pub async fn serve(app: Arc<App>, mut stream: TcpStream, peer: SocketAddr) {
         None => login.await,
     };
     let session = match login {
-        Ok(Some(session)) => session,
+        Ok(Some(Login::Pool(session))) => session,
+        Ok(Some(Login::Console(console))) => {
+            if let Err(e) = console.run(&app, &mut stream).await {
+                app.metrics.error(&e);
+                refuse(&mut stream, &e).await;
+            }
+            return;
+        }
         Ok(None) => return,
         Err(e) => {
             tracing::info!(%peer, error = %e, "login refused");
+            app.metrics.error(&e);
             refuse(&mut stream, &e).await;
             return;
         }
@@ -60,6 +78,7 @@ pub async fn serve(app: Arc<App>, mut stream: TcpStream, peer: SocketAddr) {
     let result = run_session(&app, &mut stream, &session).await;
     if let Err(e) = &result {
         tracing::debug!(%peer, error = %e, kind = e.kind(), "session ended with an error");
+        app.metrics.error(e);
         refuse(&mut stream, e).await;
     }
     if app.config.pooler.log_disconnections {
@@ -91,7 +110,7 @@ async fn login(
     app: &Arc<App>,
     stream: &mut TcpStream,
     client_count: usize,
-) -> Result<Option<Session>> {
+) -> Result<Option<Login>> {
     let params = loop {
         match protocol::read_startup(stream).await? {
             // No TLS yet: 'N' tells the client to go on in cleartext (or give up if it insists).
@@ -134,6 +153,10 @@ async fn login(
         // trust: a user not in the auth file may still log in; the server decides.
         None => Arc::new(User::new(&user_name, Secret::Plain(String::new()))),
     };
+    if admin::is_console(&database) {
+        let console = Console::login(app, stream, &user_name, &database).await?;
+        return Ok(Some(Login::Console(console)));
+    }
     // Authenticated: from here on, telling which databases exist reveals nothing.
     let Some(db) = app.config.databases.get(&database) else {
         return Err(PoolerError::NoSuchDatabase(database));
@@ -170,12 +193,17 @@ async fn login(
     protocol::backend_key_data(&mut out, pid, secret);
     protocol::ready_for_query(&mut out, b'I');
     stream.write_all(&out).await?;
-    Ok(Some(Session {
+    let app_name = session_params.get("application_name").unwrap_or_default();
+    let client =
+        app.clients_registry
+            .register(stream, &user_name, &database, app_name, Some(pool.clone()));
+    Ok(Some(Login::Pool(Session {
         pool,
         user: user_name,
         database,
         params: session_params,
-    }))
+        client,
+    })))
 }
 
 /// The session loop: one checkout per transaction (or one for the session).
@@ -202,7 +230,9 @@ async fn run_session(app: &App, stream: &mut TcpStream, session: &Session) -> Re
             down.flush(stream).await?;
             continue;
         }
+        session.client.waiting();
         let mut server = pool.checkout().await?;
+        let attached = session.client.attached(&server);
         if let Err(e) = sync_params(app, &mut server, &mut params).await {
             pool.discard(server);
             return Err(e);
@@ -238,6 +268,15 @@ async fn run_session(app: &App, stream: &mut TcpStream, session: &Session) -> Re
         }
         .run(release_on_idle, &mut on_param)
         .await;
+        let xact_done = release_on_idle && matches!(end, Ok(RelayEnd::Idle));
+        (session.client).relayed(
+            pool,
+            &mut up,
+            &mut down,
+            &mut client_side,
+            attached,
+            xact_done,
+        );
         match end {
             Ok(RelayEnd::Idle) => {
                 pool.checkin(server);

@@ -99,6 +99,13 @@ pub struct PoolerSettings {
     pub track_extra_parameters: NameList,
     pub log_connections: bool,
     pub log_disconnections: bool,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served; `metrics_port = 0` turns it off.
+    pub metrics_addr: String,
+    pub metrics_port: u16,
+    /// Users who may run every admin console command.
+    pub admin_users: NameList,
+    /// Users who may run the console's read-only `SHOW` commands.
+    pub stats_users: NameList,
 }
 
 impl Default for PoolerSettings {
@@ -124,6 +131,12 @@ impl Default for PoolerSettings {
             track_extra_parameters: NameList::Empty,
             log_connections: true,
             log_disconnections: true,
+            // Loopback by default: metrics reveal database and user names.
+            metrics_addr: "127.0.0.1".into(),
+            // pgbouncer_exporter's port: the pooler replaces that exporter.
+            metrics_port: 9127,
+            admin_users: NameList::Empty,
+            stats_users: NameList::Empty,
         }
     }
 }

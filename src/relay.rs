@@ -232,6 +232,8 @@ pub struct Flow {
     dropping: bool,
     /// The last write would have blocked: wait for writability before trying again.
     blocked: bool,
+    /// Bytes read from the source since the statistics last took them.
+    pub bytes_read: u64,
 }
 
 impl Flow {
@@ -239,7 +241,10 @@ impl Flow {
     fn read_from(&mut self, stream: &TcpStream) -> io::Result<Option<usize>> {
         self.inbuf.reserve(READ_CHUNK);
         match stream.try_read_buf(&mut self.inbuf) {
-            Ok(n) => Ok(Some(n)),
+            Ok(n) => {
+                self.bytes_read += n as u64;
+                Ok(Some(n))
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
             Err(e) => Err(e),
         }
@@ -384,7 +389,7 @@ impl ClientSide {
             };
             match tag {
                 b'Q' | b'F' => {
-                    self.queries += 1;
+                    self.queries += u64::from(tag == b'Q');
                     self.unsynced = false;
                     tracker.push(Expect::Pass(Request::Sync, None));
                     up.pass(total, false);
