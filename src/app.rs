@@ -1,14 +1,21 @@
 //! The running pooler's shared state: configuration, users, pools, client count.
+//!
+//! The configuration and the auth file sit behind `RwLock<Arc<_>>`: a reader clones the `Arc`
+//! (at login, at session start) and RELOAD swaps in a new one. Pools keep their own copy of
+//! their sizes and timeouts, updated in place by RELOAD, so the per-transaction path reads
+//! nothing shared beyond its pool.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use crate::admin::Control;
 use crate::auth::{AuthFile, Secret, User};
-use crate::config::{AuthType, Config, ConfigError, DatabaseConfig, secs};
+use crate::config::{AuthType, Config, ConfigError, DatabaseConfig, RESTART_ONLY, secs};
+use crate::limits::{ConnLimit, PoolLimitsShared};
 use crate::metrics::Metrics;
-use crate::pool::{Pool, PoolSettings};
+use crate::pool::{Pool, PoolLimits, PoolSettings};
 use crate::prepared::Registry;
 use crate::registry::ClientRegistry;
 use crate::server::{ServerCredential, ServerTarget};
@@ -25,19 +32,29 @@ pub const TRACKED_PARAMETERS: &[&str] = &[
 ];
 
 pub struct App {
-    pub config: Config,
-    pub users: AuthFile,
+    config: RwLock<Arc<Config>>,
+    /// Bumped by each RELOAD: sessions re-read their timeouts when it moves.
+    generation: AtomicU64,
+    users: RwLock<Arc<AuthFile>>,
     pools: Mutex<HashMap<(String, String), Arc<Pool>>>,
+    /// `max_db_connections` by database name, `max_user_connections` by user name.
+    conn_limits: Mutex<ConnLimits>,
     clients: AtomicUsize,
-    /// Canonical names of tracked parameters (built-in plus `track_extra_parameters`).
+    /// Canonical names of tracked parameters (built-in plus `track_extra_parameters`); fixed
+    /// at start, as sessions' parameter lists are built on it.
     pub tracked: Vec<String>,
-    pub ignored: Vec<String>,
     /// Server-side names of protocol-level prepared statements, pooler-wide.
     pub statements: Registry,
     pub metrics: Metrics,
     pub clients_registry: Arc<ClientRegistry>,
-    /// PAUSE state, shutdown and readiness, driven by the admin console.
+    /// PAUSE state, shutdown and readiness, driven by the admin console and signals.
     pub control: Control,
+}
+
+#[derive(Default)]
+struct ConnLimits {
+    databases: HashMap<String, Arc<ConnLimit>>,
+    users: HashMap<String, Arc<ConnLimit>>,
 }
 
 /// Counts a connected client for `max_client_conn`; dropping it uncounts.
@@ -51,32 +68,115 @@ impl Drop for ClientSlot {
     }
 }
 
+/// What a RELOAD changed.
+#[derive(Debug, Default)]
+pub struct ReloadReport {
+    /// Keys whose new values wait for a restart.
+    pub restart_needed: Vec<String>,
+    /// Pools that new clients will not get any more (database gone or its server changed);
+    /// their connected clients finish on them.
+    pub retired_pools: usize,
+}
+
+fn load_users(config: &Config) -> Result<AuthFile, ConfigError> {
+    match (&config.pooler.auth_file, config.pooler.auth_type) {
+        (Some(path), _) => AuthFile::load(path),
+        (None, AuthType::Trust) => Ok(AuthFile::default()),
+        (None, _) => unreachable!("config validation requires auth_file"),
+    }
+}
+
+/// The sizes and timeouts of one database's pools under `config`.
+fn limits_for(config: &Config, db: &DatabaseConfig) -> PoolLimits {
+    let p = &config.pooler;
+    PoolLimits {
+        pool_size: config.pool_size(db),
+        reserve_size: db.reserve_pool_size.unwrap_or(p.reserve_pool_size),
+        min_pool_size: db.min_pool_size.unwrap_or(p.min_pool_size),
+        reserve_timeout: secs(p.reserve_pool_timeout),
+        query_wait_timeout: secs(p.query_wait_timeout),
+        connect_timeout: secs(p.server_connect_timeout),
+        idle_timeout: secs(p.server_idle_timeout),
+        lifetime: secs(p.server_lifetime),
+        login_retry: secs(p.server_login_retry),
+        check_query: p.server_check_query.trim().into(),
+        check_delay: Duration::from_secs_f64(p.server_check_delay.max(0.0)),
+    }
+}
+
+fn settings_for(config: &Config, db: &DatabaseConfig) -> PoolSettings {
+    PoolSettings {
+        mode: db.pool_mode.unwrap_or(config.pooler.pool_mode),
+        reset_query: config.pooler.server_reset_query.clone(),
+    }
+}
+
+fn target_for(db_name: &str, db: &DatabaseConfig, server_user: &str) -> ServerTarget {
+    ServerTarget {
+        host: db.host.clone(),
+        port: db.port,
+        dbname: db.dbname.clone().unwrap_or_else(|| db_name.to_string()),
+        user: server_user.to_string(),
+    }
+}
+
+/// The credential a pool logs in with, from the database entry and the auth file; `client` is
+/// the client user's secret when the database has no forced user.
+fn credential_for(
+    db: &DatabaseConfig,
+    users: &AuthFile,
+    client: Option<&Secret>,
+) -> ServerCredential {
+    match (&db.user, &db.password) {
+        (Some(_), Some(p)) => ServerCredential::Password(p.clone()),
+        (Some(forced), None) => users
+            .get(forced)
+            .map(|u| credential_from(&u.secret))
+            .unwrap_or_default(),
+        (None, _) => client.map(credential_from).unwrap_or_default(),
+    }
+}
+
 impl App {
     pub fn new(config: Config) -> Result<App, ConfigError> {
-        let users = match (&config.pooler.auth_file, config.pooler.auth_type) {
-            (Some(path), _) => AuthFile::load(path)?,
-            (None, AuthType::Trust) => AuthFile::default(),
-            (None, _) => unreachable!("config validation requires auth_file"),
-        };
+        let users = load_users(&config)?;
         let mut tracked: Vec<String> = TRACKED_PARAMETERS.iter().map(|s| s.to_string()).collect();
         for extra in config.pooler.track_extra_parameters.names() {
             if !tracked.iter().any(|t| t.eq_ignore_ascii_case(&extra)) {
                 tracked.push(extra);
             }
         }
-        let ignored = config.pooler.ignore_startup_parameters.names();
         Ok(App {
-            config,
-            users,
+            config: RwLock::new(Arc::new(config)),
+            generation: AtomicU64::new(0),
+            users: RwLock::new(Arc::new(users)),
             pools: Mutex::new(HashMap::new()),
+            conn_limits: Mutex::default(),
             clients: AtomicUsize::new(0),
             tracked,
-            ignored,
             statements: Registry::default(),
             metrics: Metrics::new(),
             clients_registry: Arc::default(),
             control: Control::default(),
         })
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Changes whenever RELOAD applies a new config.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
+    /// The auth file in force.
+    pub fn users(&self) -> Arc<AuthFile> {
+        self.users.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Counts a new client connection.
@@ -97,8 +197,36 @@ impl App {
             .map(String::as_str)
     }
 
+    /// Whether a startup parameter is in `ignore_startup_parameters` (read at login).
     pub fn is_ignored(&self, name: &str) -> bool {
-        self.ignored.iter().any(|i| i.eq_ignore_ascii_case(name))
+        self.config()
+            .pooler
+            .ignore_startup_parameters
+            .names()
+            .iter()
+            .any(|i| i.eq_ignore_ascii_case(name))
+    }
+
+    fn shared_limits(&self, config: &Config, db_name: &str, user: &str) -> PoolLimitsShared {
+        let mut l = self.conn_limits.lock().unwrap_or_else(|e| e.into_inner());
+        let db_max = config
+            .databases
+            .get(db_name)
+            .and_then(|d| d.max_db_connections)
+            .unwrap_or(config.pooler.max_db_connections);
+        let user_max = config.pooler.max_user_connections;
+        PoolLimitsShared {
+            database: l
+                .databases
+                .entry(db_name.to_string())
+                .or_insert_with(|| ConnLimit::new(db_max))
+                .clone(),
+            user: l
+                .users
+                .entry(user.to_string())
+                .or_insert_with(|| ConnLimit::new(user_max))
+                .clone(),
+        }
     }
 
     /// The pool for a database entry and client user; created on first use.
@@ -109,39 +237,16 @@ impl App {
         if let Some(pool) = pools.get(&key) {
             return pool.clone();
         }
-        let credential = match (&db.user, &db.password) {
-            (Some(_), Some(p)) => ServerCredential::Password(p.clone()),
-            (Some(forced), None) => self
-                .users
-                .get(forced)
-                .map(|u| credential_from(&u.secret))
-                .unwrap_or_default(),
-            (None, _) => credential_from(&client_user.secret),
-        };
-        let p = &self.config.pooler;
-        let settings = PoolSettings {
-            pool_size: self.config.pool_size(db),
-            reserve_size: db.reserve_pool_size.unwrap_or(p.reserve_pool_size),
-            min_pool_size: db.min_pool_size.unwrap_or(p.min_pool_size),
-            reserve_timeout: secs(p.reserve_pool_timeout),
-            query_wait_timeout: secs(p.query_wait_timeout),
-            connect_timeout: secs(p.server_connect_timeout),
-            idle_timeout: secs(p.server_idle_timeout),
-            mode: db.pool_mode.unwrap_or(p.pool_mode),
-            reset_query: p.server_reset_query.clone(),
-        };
-        let target = ServerTarget {
-            host: db.host.clone(),
-            port: db.port,
-            dbname: db.dbname.clone().unwrap_or_else(|| db_name.to_string()),
-            user: server_user.clone(),
-        };
+        let config = self.config();
+        let credential = credential_for(db, &self.users(), Some(&client_user.secret));
         let stats = self.metrics.pool_stats(db_name, &server_user);
         let pool = Pool::new(
             db_name.to_string(),
-            server_user,
-            target,
-            settings,
+            server_user.clone(),
+            target_for(db_name, db, &server_user),
+            settings_for(&config, db),
+            limits_for(&config, db),
+            self.shared_limits(&config, db_name, &server_user),
             credential,
             stats,
         );
@@ -157,6 +262,91 @@ impl App {
         let mut list: Vec<_> = pools.values().cloned().collect();
         list.sort_by(|a, b| (&a.database, &a.user).cmp(&(&b.database, &b.user)));
         list
+    }
+
+    /// RELOAD (SIGHUP or the console): reads the config file and the auth file again and
+    /// applies them without dropping anyone. A file that does not parse or validate changes
+    /// nothing. Sizes and timeouts change in place; a pool whose server or mode changed is
+    /// retired (new clients get a new one, connected ones finish on it); keys that need a
+    /// restart keep their running values and are reported.
+    pub fn reload(&self) -> Result<ReloadReport, ConfigError> {
+        let old = self.config();
+        let mut new = old.reload()?;
+        let users = load_users(&new)?;
+        let mut report = ReloadReport::default();
+        let old_entries = old.pooler.entries();
+        for ((key, old_value, _), (_, new_value, _)) in
+            old_entries.iter().zip(new.pooler.entries().iter())
+        {
+            if RESTART_ONLY.contains(key) && old_value != new_value {
+                report.restart_needed.push((*key).to_string());
+            }
+        }
+        if !report.restart_needed.is_empty() {
+            // Keep what is running true in SHOW CONFIG.
+            let p = &mut new.pooler;
+            let o = &old.pooler;
+            p.listen_addr = o.listen_addr.clone();
+            p.listen_port = o.listen_port;
+            p.metrics_addr = o.metrics_addr.clone();
+            p.metrics_port = o.metrics_port;
+            p.track_extra_parameters = o.track_extra_parameters.clone();
+            p.client_tls_sslmode = o.client_tls_sslmode;
+            p.client_tls_cert_file = o.client_tls_cert_file.clone();
+            p.client_tls_key_file = o.client_tls_key_file.clone();
+        }
+        let old_users = self.users();
+        let new = Arc::new(new);
+        let users = Arc::new(users);
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = new.clone();
+        *self.users.write().unwrap_or_else(|e| e.into_inner()) = users.clone();
+        self.generation.fetch_add(1, Ordering::Relaxed);
+        {
+            let l = self.conn_limits.lock().unwrap_or_else(|e| e.into_inner());
+            for (name, limit) in &l.databases {
+                let max = new
+                    .databases
+                    .get(name)
+                    .and_then(|d| d.max_db_connections)
+                    .unwrap_or(new.pooler.max_db_connections);
+                limit.set_max(max);
+            }
+            for limit in l.users.values() {
+                limit.set_max(new.pooler.max_user_connections);
+            }
+        }
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        let before = pools.len();
+        pools.retain(|(db_name, _), pool| {
+            let Some(db) = new.databases.get(db_name) else {
+                return false;
+            };
+            let old_db = old.databases.get(db_name);
+            let settings = settings_for(&new, db);
+            let target = target_for(db_name, db, &pool.user);
+            let same_server = old_db.map(|d| &d.user) == Some(&db.user)
+                && target.host == pool.target.host
+                && target.port == pool.target.port
+                && target.dbname == pool.target.dbname
+                && db.user.as_deref().is_none_or(|u| u == pool.user)
+                && settings.mode == pool.settings.mode
+                && settings.reset_query == pool.settings.reset_query;
+            if !same_server {
+                return false;
+            }
+            pool.set_limits(limits_for(&new, db));
+            let secret = |users: &AuthFile| users.get(&pool.user).map(|u| u.secret.clone());
+            let password_changed = old_db.map(|d| (&d.user, &d.password))
+                != Some((&db.user, &db.password))
+                || secret(&old_users) != secret(&users);
+            if password_changed {
+                let client_secret = users.get(&pool.user).map(|u| u.secret.clone());
+                pool.set_credential(credential_for(db, &users, client_secret.as_ref()));
+            }
+            true
+        });
+        report.retired_pools = before - pools.len();
+        Ok(report)
     }
 }
 

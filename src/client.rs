@@ -24,6 +24,7 @@ use crate::protocol::{self, StartupRequest};
 use crate::registry::Registration;
 use crate::relay::{self, ClientSide, Flow, Relay, RelayEnd, ServerSide, Statements, Tracker};
 use crate::server::{Params, ServerConn, ServerCredential};
+use crate::watchdog::Watchdog;
 
 /// A logged-in client.
 struct Session {
@@ -49,13 +50,19 @@ pub async fn serve(app: Arc<App>, mut stream: TcpStream, peer: SocketAddr) {
     let (_slot, count) = app.client_connected();
     let started = Instant::now();
     let login = login(&app, &mut stream, count);
-    let login = match secs(app.config.pooler.client_login_timeout) {
+    let config = app.config();
+    let login = match secs(config.pooler.client_login_timeout) {
         Some(t) => tokio::time::timeout(t, login)
             .await
             .unwrap_or(Err(PoolerError::ClientLoginTimeout)),
         None => login.await,
     };
     let session = match login {
+        // Logged in while the pooler started shutting down: let it go now.
+        Ok(Some(Login::Pool(_))) if app.control.is_shutting_down() => {
+            refuse(&mut stream, &PoolerError::ShuttingDown).await;
+            return;
+        }
         Ok(Some(Login::Pool(session))) => session,
         Ok(Some(Login::Console(console))) => {
             if let Err(e) = console.run(&app, &mut stream).await {
@@ -72,7 +79,7 @@ pub async fn serve(app: Arc<App>, mut stream: TcpStream, peer: SocketAddr) {
             return;
         }
     };
-    if app.config.pooler.log_connections {
+    if config.pooler.log_connections {
         tracing::info!(%peer, db = %session.database, user = %session.user, "login");
     }
     let result = run_session(&app, &mut stream, &session).await;
@@ -81,7 +88,7 @@ pub async fn serve(app: Arc<App>, mut stream: TcpStream, peer: SocketAddr) {
         app.metrics.error(e);
         refuse(&mut stream, e).await;
     }
-    if app.config.pooler.log_disconnections {
+    if config.pooler.log_disconnections {
         let reason = match &result {
             Ok(()) => "client close request".to_string(),
             Err(e) => e.to_string(),
@@ -119,7 +126,8 @@ async fn login(
             StartupRequest::Startup { params } => break params,
         }
     };
-    if client_count > app.config.pooler.max_client_conn {
+    let config = app.config();
+    if client_count > config.pooler.max_client_conn {
         return Err(PoolerError::TooManyClients);
     }
     let mut user_name = None;
@@ -145,8 +153,8 @@ async fn login(
         .filter(|d| !d.is_empty())
         .unwrap_or_else(|| user_name.clone());
 
-    let auth_type = app.config.pooler.auth_type;
-    let user = app.users.get(&user_name);
+    let auth_type = config.pooler.auth_type;
+    let user = app.users().get(&user_name);
     let keys = auth::authenticate_client(stream, auth_type, &user_name, user.as_deref()).await?;
     let user = match user {
         Some(u) => u,
@@ -158,7 +166,7 @@ async fn login(
         return Ok(Some(Login::Console(console)));
     }
     // Authenticated: from here on, telling which databases exist reveals nothing.
-    let Some(db) = app.config.databases.get(&database) else {
+    let Some(db) = config.databases.get(&database) else {
         return Err(PoolerError::NoSuchDatabase(database));
     };
     let pool = app.pool(&database, db, &user);
@@ -216,12 +224,13 @@ async fn run_session(app: &App, stream: &mut TcpStream, session: &Session) -> Re
     let mut tracker = Tracker::default();
     let mut client_statements = ClientStatements::new();
     let release_on_idle = pool.settings.mode == PoolMode::Transaction;
-    let max_prepared = app.config.pooler.max_prepared_statements;
+    let max_prepared = app.config().pooler.max_prepared_statements;
+    let mut watchdog = Watchdog::new(app, &session.client);
     let rewrite_statements = release_on_idle && max_prepared > 0;
     loop {
         up.shrink_if_empty();
         down.shrink_if_empty();
-        if !relay::read_request(stream, &mut up).await? {
+        if !watchdog.next_request(stream, &mut up).await? {
             return Ok(());
         }
         if rewrite_statements
@@ -231,7 +240,7 @@ async fn run_session(app: &App, stream: &mut TcpStream, session: &Session) -> Re
             continue;
         }
         session.client.waiting();
-        let mut server = pool.checkout().await?;
+        let mut server = watchdog.checkout(pool).await?;
         let attached = session.client.attached(&server);
         if let Err(e) = sync_params(app, &mut server, &mut params).await {
             pool.discard(server);
@@ -256,7 +265,7 @@ async fn run_session(app: &App, stream: &mut TcpStream, session: &Session) -> Re
             server: server_statements,
             max: max_prepared,
         });
-        let end = Relay {
+        let mut relay = Relay {
             client: stream,
             server: server_stream,
             up: &mut up,
@@ -265,9 +274,10 @@ async fn run_session(app: &App, stream: &mut TcpStream, session: &Session) -> Re
             server_side: &mut server_side,
             tracker: &mut tracker,
             statements,
-        }
-        .run(release_on_idle, &mut on_param)
-        .await;
+        };
+        let end = watchdog
+            .relay(&mut relay, release_on_idle, &mut on_param)
+            .await;
         let xact_done = release_on_idle && matches!(end, Ok(RelayEnd::Idle));
         (session.client).relayed(
             pool,
@@ -278,6 +288,12 @@ async fn run_session(app: &App, stream: &mut TcpStream, session: &Session) -> Re
             xact_done,
         );
         match end {
+            Ok(RelayEnd::Idle) if !release_on_idle => {
+                // Session mode, the pooler is shutting down: the server is reset and given
+                // back between transactions; the next request is refused.
+                release_after_client(pool, server).await;
+                down.flush(stream).await?;
+            }
             Ok(RelayEnd::Idle) => {
                 pool.checkin(server);
                 down.flush(stream).await?;

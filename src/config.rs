@@ -51,6 +51,68 @@ pub enum AuthType {
     ScramSha256,
 }
 
+/// `client_tls_sslmode`: PgBouncer's client-facing TLS modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientTlsMode {
+    /// SSLRequest is answered 'N': the client goes on in cleartext or gives up.
+    Disable,
+    /// TLS when the client asks for it (PgBouncer's `allow`; `prefer` is the same for clients).
+    Allow,
+    Prefer,
+    /// Cleartext clients are refused with `28000 SSL required`.
+    Require,
+}
+
+/// `server_tls_sslmode`: libpq's modes, for the pooler's connections to Postgres.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServerTlsMode {
+    Disable,
+    /// TLS if the server offers it, no certificate check.
+    Prefer,
+    /// TLS or nothing, no certificate check.
+    Require,
+    /// TLS, certificate chain checked against `server_tls_ca_file`.
+    VerifyCa,
+    /// As `verify-ca`, and the certificate must name the host.
+    VerifyFull,
+}
+
+impl ClientTlsMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientTlsMode::Disable => "disable",
+            ClientTlsMode::Allow => "allow",
+            ClientTlsMode::Prefer => "prefer",
+            ClientTlsMode::Require => "require",
+        }
+    }
+}
+
+impl ServerTlsMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerTlsMode::Disable => "disable",
+            ServerTlsMode::Prefer => "prefer",
+            ServerTlsMode::Require => "require",
+            ServerTlsMode::VerifyCa => "verify-ca",
+            ServerTlsMode::VerifyFull => "verify-full",
+        }
+    }
+}
+
+impl AuthType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthType::Trust => "trust",
+            AuthType::Plain => "plain",
+            AuthType::Md5 => "md5",
+            AuthType::ScramSha256 => "scram-sha-256",
+        }
+    }
+}
+
 /// A list that may be written as PgBouncer writes it (`"a, b"`) or as a TOML array.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(untagged)]
@@ -93,6 +155,30 @@ pub struct PoolerSettings {
     pub server_connect_timeout: f64,
     pub query_wait_timeout: f64,
     pub client_login_timeout: f64,
+    /// How long a graceful shutdown waits for transactions in flight (PgBouncer has no such key).
+    pub shutdown_timeout: f64,
+    /// A server connected longer than this is closed when it is next idle.
+    pub server_lifetime: f64,
+    /// A client with no server and no request for this long is disconnected.
+    pub client_idle_timeout: f64,
+    /// A client idle inside a transaction for this long is disconnected (its server too).
+    pub idle_transaction_timeout: f64,
+    /// A request unanswered for this long ends the client and its server.
+    pub query_timeout: f64,
+    /// After a failed server login, new clients are refused for this long.
+    pub server_login_retry: f64,
+    /// Run on a server idle longer than `server_check_delay` before reuse; empty: no check.
+    pub server_check_query: String,
+    pub server_check_delay: f64,
+    /// Servers per database, across users; 0: no limit.
+    pub max_db_connections: usize,
+    /// Servers per user, across databases; 0: no limit.
+    pub max_user_connections: usize,
+    pub client_tls_sslmode: ClientTlsMode,
+    pub client_tls_cert_file: Option<PathBuf>,
+    pub client_tls_key_file: Option<PathBuf>,
+    pub server_tls_sslmode: ServerTlsMode,
+    pub server_tls_ca_file: Option<PathBuf>,
     pub server_reset_query: String,
     pub max_prepared_statements: usize,
     pub ignore_startup_parameters: NameList,
@@ -125,6 +211,22 @@ impl Default for PoolerSettings {
             server_connect_timeout: 15.0,
             query_wait_timeout: 120.0,
             client_login_timeout: 60.0,
+            // Kubernetes waits 30 s (terminationGracePeriodSeconds) before SIGKILL; finish first.
+            shutdown_timeout: 20.0,
+            server_lifetime: 3600.0,
+            client_idle_timeout: 0.0,
+            idle_transaction_timeout: 0.0,
+            query_timeout: 0.0,
+            server_login_retry: 15.0,
+            server_check_query: "select 1".into(),
+            server_check_delay: 30.0,
+            max_db_connections: 0,
+            max_user_connections: 0,
+            client_tls_sslmode: ClientTlsMode::Disable,
+            client_tls_cert_file: None,
+            client_tls_key_file: None,
+            server_tls_sslmode: ServerTlsMode::Disable,
+            server_tls_ca_file: None,
             server_reset_query: "DISCARD ALL".into(),
             max_prepared_statements: 200,
             ignore_startup_parameters: NameList::Empty,
@@ -140,6 +242,167 @@ impl Default for PoolerSettings {
         }
     }
 }
+
+/// How a key's value is written: text keys take an environment override verbatim, the others
+/// parse it as a TOML value (number, boolean).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    Text,
+    Value,
+    /// `1`/`0`, `true`/`false`, `on`/`off`, `yes`/`no` (PgBouncer writes booleans as 1 and 0).
+    Bool,
+}
+
+impl PoolerSettings {
+    /// Every key with its current value as text, in file order: SHOW CONFIG lists these and
+    /// the environment may override exactly these.
+    pub fn entries(&self) -> Vec<(&'static str, String, KeyKind)> {
+        use KeyKind::{Bool, Text, Value};
+        let path = |v: &Option<PathBuf>| {
+            v.as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        };
+        let list = |v: &NameList| v.names().join(", ");
+        vec![
+            ("listen_addr", self.listen_addr.clone(), Text),
+            ("listen_port", self.listen_port.to_string(), Value),
+            ("pool_mode", self.pool_mode.as_str().into(), Text),
+            ("auth_type", self.auth_type.as_str().into(), Text),
+            ("auth_file", path(&self.auth_file), Text),
+            ("max_client_conn", self.max_client_conn.to_string(), Value),
+            (
+                "default_pool_size",
+                self.default_pool_size.to_string(),
+                Value,
+            ),
+            ("min_pool_size", self.min_pool_size.to_string(), Value),
+            (
+                "reserve_pool_size",
+                self.reserve_pool_size.to_string(),
+                Value,
+            ),
+            (
+                "reserve_pool_timeout",
+                self.reserve_pool_timeout.to_string(),
+                Value,
+            ),
+            (
+                "max_db_connections",
+                self.max_db_connections.to_string(),
+                Value,
+            ),
+            (
+                "max_user_connections",
+                self.max_user_connections.to_string(),
+                Value,
+            ),
+            (
+                "server_idle_timeout",
+                self.server_idle_timeout.to_string(),
+                Value,
+            ),
+            ("server_lifetime", self.server_lifetime.to_string(), Value),
+            (
+                "server_connect_timeout",
+                self.server_connect_timeout.to_string(),
+                Value,
+            ),
+            (
+                "server_login_retry",
+                self.server_login_retry.to_string(),
+                Value,
+            ),
+            ("server_check_query", self.server_check_query.clone(), Text),
+            (
+                "server_check_delay",
+                self.server_check_delay.to_string(),
+                Value,
+            ),
+            (
+                "query_wait_timeout",
+                self.query_wait_timeout.to_string(),
+                Value,
+            ),
+            ("query_timeout", self.query_timeout.to_string(), Value),
+            (
+                "client_idle_timeout",
+                self.client_idle_timeout.to_string(),
+                Value,
+            ),
+            (
+                "idle_transaction_timeout",
+                self.idle_transaction_timeout.to_string(),
+                Value,
+            ),
+            (
+                "client_login_timeout",
+                self.client_login_timeout.to_string(),
+                Value,
+            ),
+            ("shutdown_timeout", self.shutdown_timeout.to_string(), Value),
+            ("server_reset_query", self.server_reset_query.clone(), Text),
+            (
+                "max_prepared_statements",
+                self.max_prepared_statements.to_string(),
+                Value,
+            ),
+            (
+                "ignore_startup_parameters",
+                list(&self.ignore_startup_parameters),
+                Text,
+            ),
+            (
+                "track_extra_parameters",
+                list(&self.track_extra_parameters),
+                Text,
+            ),
+            (
+                "log_connections",
+                u8::from(self.log_connections).to_string(),
+                Bool,
+            ),
+            (
+                "log_disconnections",
+                u8::from(self.log_disconnections).to_string(),
+                Bool,
+            ),
+            ("metrics_addr", self.metrics_addr.clone(), Text),
+            ("metrics_port", self.metrics_port.to_string(), Value),
+            ("admin_users", list(&self.admin_users), Text),
+            ("stats_users", list(&self.stats_users), Text),
+            (
+                "client_tls_sslmode",
+                self.client_tls_sslmode.as_str().into(),
+                Text,
+            ),
+            (
+                "client_tls_cert_file",
+                path(&self.client_tls_cert_file),
+                Text,
+            ),
+            ("client_tls_key_file", path(&self.client_tls_key_file), Text),
+            (
+                "server_tls_sslmode",
+                self.server_tls_sslmode.as_str().into(),
+                Text,
+            ),
+            ("server_tls_ca_file", path(&self.server_tls_ca_file), Text),
+        ]
+    }
+}
+
+/// Keys that take effect only at start: RELOAD keeps the running value and says so.
+pub const RESTART_ONLY: &[&str] = &[
+    "listen_addr",
+    "listen_port",
+    "metrics_addr",
+    "metrics_port",
+    "track_extra_parameters",
+    "client_tls_sslmode",
+    "client_tls_cert_file",
+    "client_tls_key_file",
+];
 
 /// One `[databases.NAME]` entry: where the name a client asks for really lives.
 #[derive(Debug, Clone, Deserialize)]
@@ -157,6 +420,8 @@ pub struct DatabaseConfig {
     pub min_pool_size: Option<usize>,
     pub reserve_pool_size: Option<usize>,
     pub pool_mode: Option<PoolMode>,
+    /// Overrides `max_db_connections` for this database.
+    pub max_db_connections: Option<usize>,
 }
 
 fn default_host() -> String {
@@ -173,6 +438,17 @@ pub struct Config {
     pub pooler: PoolerSettings,
     #[serde(default)]
     pub databases: BTreeMap<String, DatabaseConfig>,
+    /// Where this config came from, so RELOAD can read it again the same way.
+    #[serde(skip)]
+    pub origin: Origin,
+}
+
+/// The file and environment overrides a config was loaded from.
+#[derive(Debug, Clone, Default)]
+pub struct Origin {
+    pub path: Option<PathBuf>,
+    /// `(variable, value)` pairs from the environment, applied over the file.
+    pub overrides: Vec<(String, String)>,
 }
 
 /// Seconds as PgBouncer writes them; `0` (or less) means "no timeout".
@@ -183,26 +459,79 @@ pub fn secs(value: f64) -> Option<Duration> {
 impl Config {
     /// Reads and validates a config file; relative paths in it are taken from its directory.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_with_overrides(path, Vec::new())
+    }
+
+    /// Like `load`, with `POOLER_*` environment overrides (see `crate::env`) applied on top.
+    pub fn load_with_overrides(
+        path: &Path,
+        overrides: Vec<(String, String)>,
+    ) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             file: file.clone(),
             source,
         })?;
-        let mut config = Config::parse(&text, &file)?;
-        if let (Some(auth), Some(dir)) = (&config.pooler.auth_file, path.parent())
-            && auth.is_relative()
-        {
-            config.pooler.auth_file = Some(dir.join(auth));
+        let mut config = Config::parse_with_overrides(&text, &file, &overrides)?;
+        if let Some(dir) = path.parent() {
+            let p = &mut config.pooler;
+            for file in [
+                &mut p.auth_file,
+                &mut p.client_tls_cert_file,
+                &mut p.client_tls_key_file,
+                &mut p.server_tls_ca_file,
+            ] {
+                if let Some(f) = file
+                    && f.is_relative()
+                {
+                    *f = dir.join(&*f);
+                }
+            }
         }
+        config.origin = Origin {
+            path: Some(path.to_path_buf()),
+            overrides,
+        };
         Ok(config)
+    }
+
+    /// Reads the config again from where it came from (RELOAD).
+    pub fn reload(&self) -> Result<Config, ConfigError> {
+        match &self.origin.path {
+            Some(path) => Config::load_with_overrides(path, self.origin.overrides.clone()),
+            None => Ok(self.clone()),
+        }
     }
 
     /// Parses config text; `file` only names the source in error messages.
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Invalid {
+        Config::parse_with_overrides(text, file, &[])
+    }
+
+    fn parse_with_overrides(
+        text: &str,
+        file: &str,
+        overrides: &[(String, String)],
+    ) -> Result<Config, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
             file: file.to_string(),
-            message: e.to_string().trim_end().to_string(),
-        })?;
+            message,
+        };
+        let config: Config = if overrides.is_empty() {
+            toml::from_str(text).map_err(|e| invalid(e.to_string().trim_end().to_string()))?
+        } else {
+            let mut table: toml::Table =
+                toml::from_str(text).map_err(|e| invalid(e.to_string().trim_end().to_string()))?;
+            crate::env::apply(&mut table, overrides).map_err(invalid)?;
+            let names: Vec<&str> = overrides.iter().map(|(k, _)| k.as_str()).collect();
+            table.try_into().map_err(|e: toml::de::Error| {
+                invalid(format!(
+                    "{} (with environment overrides {})",
+                    e.to_string().trim_end(),
+                    names.join(", ")
+                ))
+            })?
+        };
         config.validate(file)?;
         Ok(config)
     }
@@ -226,6 +555,13 @@ impl Config {
             )));
         }
         for (key, value) in [
+            ("shutdown_timeout", p.shutdown_timeout),
+            ("server_lifetime", p.server_lifetime),
+            ("client_idle_timeout", p.client_idle_timeout),
+            ("idle_transaction_timeout", p.idle_transaction_timeout),
+            ("query_timeout", p.query_timeout),
+            ("server_login_retry", p.server_login_retry),
+            ("server_check_delay", p.server_check_delay),
             ("reserve_pool_timeout", p.reserve_pool_timeout),
             ("server_idle_timeout", p.server_idle_timeout),
             ("server_connect_timeout", p.server_connect_timeout),
@@ -235,6 +571,24 @@ impl Config {
             if !value.is_finite() || value < 0.0 {
                 return Err(invalid(format!("{key}: must be a number of seconds >= 0")));
             }
+        }
+        if p.client_tls_sslmode != ClientTlsMode::Disable
+            && (p.client_tls_cert_file.is_none() || p.client_tls_key_file.is_none())
+        {
+            return Err(invalid(format!(
+                "client_tls_sslmode: {} needs client_tls_cert_file and client_tls_key_file",
+                p.client_tls_sslmode.as_str()
+            )));
+        }
+        if matches!(
+            p.server_tls_sslmode,
+            ServerTlsMode::VerifyCa | ServerTlsMode::VerifyFull
+        ) && p.server_tls_ca_file.is_none()
+        {
+            return Err(invalid(format!(
+                "server_tls_sslmode: {} needs server_tls_ca_file",
+                p.server_tls_sslmode.as_str()
+            )));
         }
         for (name, db) in &self.databases {
             if db.pool_size == Some(0) {

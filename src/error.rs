@@ -38,6 +38,22 @@ pub enum PoolerError {
     ServerGone,
     #[error("server returned an unexpected response: {0}")]
     ServerProtocol(String),
+    /// `server_login_retry`: the pool's last login failed a moment ago (PgBouncer's text).
+    #[error("server login has been failing, cached error: {0} (server_login_retry)")]
+    ServerLoginRetry(String),
+    /// Graceful shutdown (SIGTERM, SIGINT, SHUTDOWN): PgBouncer's text, Postgres's SQLSTATE for
+    /// an administrator-initiated termination, which drivers treat as "reconnect elsewhere".
+    #[error("server shutting down")]
+    ShuttingDown,
+    #[error("client_idle_timeout")]
+    ClientIdleTimeout,
+    #[error("idle transaction timeout")]
+    IdleTransactionTimeout,
+    #[error("query timeout")]
+    QueryTimeout,
+    /// `client_tls_sslmode = require` and the client did not ask for TLS.
+    #[error("SSL required")]
+    SslRequired,
 }
 
 impl PoolerError {
@@ -49,7 +65,13 @@ impl PoolerError {
             | PoolerError::UnsupportedStartupParameter(_)
             | PoolerError::QueryWaitTimeout
             | PoolerError::ClientLoginTimeout
-            | PoolerError::ServerProtocol(_) => "08P01",
+            | PoolerError::ServerProtocol(_)
+            | PoolerError::ServerLoginRetry(_)
+            | PoolerError::ClientIdleTimeout
+            | PoolerError::IdleTransactionTimeout
+            | PoolerError::QueryTimeout => "08P01",
+            PoolerError::ShuttingDown => "57P01",
+            PoolerError::SslRequired => "28000",
             PoolerError::AuthFailed(_) => "28P01",
             PoolerError::NotAllowed => "28000",
             PoolerError::NoSuchDatabase(_) => "3D000",
@@ -75,6 +97,12 @@ impl PoolerError {
                 "server_connect_failed"
             }
             PoolerError::ServerGone | PoolerError::ServerProtocol(_) => "server_gone",
+            PoolerError::ServerLoginRetry(_) => "server_login_retry",
+            PoolerError::ShuttingDown => "shutdown",
+            PoolerError::ClientIdleTimeout => "client_idle_timeout",
+            PoolerError::IdleTransactionTimeout => "idle_transaction_timeout",
+            PoolerError::QueryTimeout => "query_timeout",
+            PoolerError::SslRequired => "ssl_required",
         }
     }
 

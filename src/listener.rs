@@ -6,11 +6,13 @@ use tokio::net::TcpListener;
 
 use crate::app::App;
 use crate::client;
+use crate::lifecycle::{self, Phase};
 use crate::metrics;
 
 /// Binds the configured address.
 pub async fn bind(app: &App) -> std::io::Result<TcpListener> {
-    let p = &app.config.pooler;
+    let config = app.config();
+    let p = &config.pooler;
     TcpListener::bind((p.listen_addr.as_str(), p.listen_port)).await
 }
 
@@ -18,11 +20,12 @@ pub async fn bind(app: &App) -> std::io::Result<TcpListener> {
 /// inside each session, after the startup packet, so the refusal reaches the client as an
 /// ErrorResponse.
 pub async fn accept_loop(app: Arc<App>, listener: TcpListener) {
-    let mut shutdown = app.control.shutdown_signal();
+    let mut phase = app.control.phase_signal();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            _ = shutdown.wait_for(|stop| *stop) => {
+            _ = phase.wait_for(|p| *p >= Phase::Draining) => {
+                // Dropping the listener closes the socket: new connections are refused.
                 app.control.set_listening(false);
                 return;
             }
@@ -47,6 +50,8 @@ pub struct Running {
     pub metrics_addr: Option<SocketAddr>,
     pub app: Arc<App>,
     task: Option<tokio::task::JoinHandle<()>>,
+    /// The shutdown supervisor: it ends when a shutdown is complete.
+    supervisor: Option<tokio::task::JoinHandle<()>>,
     background: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -55,7 +60,8 @@ impl Running {
         let app = Arc::new(app);
         let listener = bind(&app).await?;
         let addr = listener.local_addr()?;
-        let p = &app.config.pooler;
+        let config = app.config();
+        let p = &config.pooler;
         let mut background = vec![tokio::spawn(metrics::upkeep(Arc::downgrade(&app)))];
         let mut metrics_addr = None;
         if p.metrics_port != 0 {
@@ -65,18 +71,25 @@ impl Running {
         }
         app.control.set_listening(true);
         let task = tokio::spawn(accept_loop(app.clone(), listener));
+        let supervisor = tokio::spawn(lifecycle::supervise(app.clone()));
         Ok(Running {
             addr,
             metrics_addr,
             app,
             task: Some(task),
+            supervisor: Some(supervisor),
             background,
         })
     }
 
-    /// Waits for the accept loop (it only ends if the task is aborted).
-    pub async fn wait(mut self) {
-        if let Some(task) = self.task.take() {
+    /// Starts a graceful shutdown (as SIGTERM does).
+    pub fn shutdown(&self) {
+        self.app.control.shutdown();
+    }
+
+    /// Waits until a shutdown (signal, `shutdown()` or the console's SHUTDOWN) is complete.
+    pub async fn wait(&mut self) {
+        if let Some(task) = self.supervisor.take() {
             let _ = task.await;
         }
     }
@@ -84,7 +97,7 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        if let Some(task) = &self.task {
+        for task in self.task.iter().chain(&self.supervisor) {
             task.abort();
         }
         for task in &self.background {

@@ -1,23 +1,40 @@
-//! The `pooler` binary: parse flags, load the config, serve.
+//! The `pooler` binary: parse flags, load the config (file plus environment), serve; turn
+//! signals into a graceful shutdown (SIGTERM, SIGINT) or a reload (SIGHUP).
 
 use clap::Parser;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use tokio::signal::unix::{SignalKind, signal};
 
 use pooler::app::App;
 use pooler::config::Config;
 use pooler::listener::Running;
+use pooler::{env, lifecycle};
 
 #[derive(Parser, Debug)]
 #[command(
     version,
-    about = "A PgBouncer-compatible connection pooler for PostgreSQL"
+    about = "A PgBouncer-compatible connection pooler for PostgreSQL",
+    after_help = "\
+Environment:
+  POOLER_CONFIG                 the config file (same as --config)
+  POOLER_<KEY>                  overrides a [pooler] key, e.g. POOLER_DEFAULT_POOL_SIZE=50
+  POOLER_DATABASES__<DB>__<KEY> overrides a database entry's key, e.g.
+                                POOLER_DATABASES__APP__HOST=db.internal
+  POOLER_LOG                    log filter (tracing syntax), e.g. info or pooler=debug
+
+Signals:
+  SIGTERM, SIGINT  graceful shutdown: stop accepting, let transactions finish (at most
+                   shutdown_timeout seconds), disconnect clients with 57P01, exit 0;
+                   a second signal exits at once (status 1)
+  SIGHUP           reload the config and auth files (like the console's RELOAD)"
 )]
 struct Cli {
     /// Path to the TOML config file.
-    #[arg(short, long, env = "POOLER_CONFIG", default_value = "pooler.toml")]
+    #[arg(short, long, env = env::CONFIG_VAR, default_value = "pooler.toml")]
     config: PathBuf,
-    /// Validate the config (and auth file) and exit.
+    /// Validate the config (with environment overrides) and the auth file, then exit:
+    /// status 0 when valid, 2 with the file and key named when not.
     #[arg(long)]
     check: bool,
 }
@@ -26,11 +43,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("POOLER_LOG")
+            tracing_subscriber::EnvFilter::try_from_env(env::LOG_VAR)
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
+        .with_writer(std::io::stderr)
         .init();
-    let app = match Config::load(&cli.config).and_then(App::new) {
+    let config = Config::load_with_overrides(&cli.config, env::from_process());
+    let app = match config.and_then(App::new) {
         Ok(app) => app,
         Err(e) => {
             eprintln!("pooler: {e}");
@@ -51,22 +70,60 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async {
-        let running = match Running::start(app).await {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("pooler: cannot listen: {e}");
-                return ExitCode::FAILURE;
-            }
+    let code = runtime.block_on(serve(app));
+    // Tasks still running (sockets being closed) must not hold the exit up.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    code
+}
+
+async fn serve(app: App) -> ExitCode {
+    let (mut term, mut int, mut hup) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) {
+        (Ok(t), Ok(i), Ok(h)) => (t, i, h),
+        _ => {
+            eprintln!("pooler: cannot install signal handlers");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut running = match Running::start(app).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("pooler: cannot listen: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(addr = %running.addr, "listening");
+    if let Some(addr) = running.metrics_addr {
+        tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
+    }
+    let app = running.app.clone();
+    let control = running.app.clone();
+    let reloads = tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let _ = lifecycle::reload(&app, "SIGHUP");
+        }
+    });
+    let mut signals = 0;
+    let done = running.wait();
+    tokio::pin!(done);
+    loop {
+        let name = tokio::select! {
+            _ = &mut done => break,
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
         };
-        tracing::info!(addr = %running.addr, "listening");
-        if let Some(addr) = running.metrics_addr {
-            tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
+        signals += 1;
+        if signals > 1 {
+            tracing::warn!(signal = name, "second signal: exiting now");
+            reloads.abort();
+            return ExitCode::from(1);
         }
-        tokio::select! {
-            _ = running.wait() => {}
-            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; exiting"),
-        }
-        ExitCode::SUCCESS
-    })
+        tracing::info!(signal = name, "graceful shutdown");
+        control.control.shutdown();
+    }
+    reloads.abort();
+    ExitCode::SUCCESS
 }

@@ -273,7 +273,8 @@ impl Metrics {
 
     /// The Prometheus text exposition of everything, as of now.
     pub fn render(&self, app: &App) -> String {
-        let p = &app.config.pooler;
+        let config = app.config();
+        let p = &config.pooler;
         self.gauge(UP, vec![], 1.0);
         self.gauge(
             BUILD_INFO,
@@ -282,7 +283,7 @@ impl Metrics {
         );
         self.gauge(MAX_CLIENT_CONN, vec![], p.max_client_conn as f64);
         self.gauge(USED_CLIENTS, vec![], app.client_count() as f64);
-        self.gauge(DATABASES, vec![], app.config.databases.len() as f64);
+        self.gauge(DATABASES, vec![], config.databases.len() as f64);
         let pools = app.pools();
         self.gauge(POOLS, vec![], pools.len() as f64);
         // metrics' counters are integers; this one is in seconds, so it is written here.
@@ -297,6 +298,7 @@ impl Metrics {
         for pool in &pools {
             let labels = || pool_labels(&pool.database, &pool.user);
             let c = pool.counts();
+            let limits = pool.limits();
             let s = &pool.stats;
             let clients = s.clients();
             let not_waiting = clients.saturating_sub(c.waiting);
@@ -306,14 +308,11 @@ impl Metrics {
             g(CLIENT_IDLE, not_waiting.saturating_sub(c.active));
             g(SERVER_ACTIVE, c.active);
             g(SERVER_IDLE, c.idle);
-            g(SERVER_USED, 0);
+            g(SERVER_USED, c.used);
             g(SERVER_LOGIN, c.connecting);
-            g(POOL_SIZE, pool.settings.pool_size);
-            g(RESERVE_SIZE, pool.settings.reserve_size);
-            g(
-                RESERVE_ACTIVE,
-                c.total.saturating_sub(pool.settings.pool_size),
-            );
+            g(POOL_SIZE, limits.pool_size);
+            g(RESERVE_SIZE, limits.reserve_size);
+            g(RESERVE_ACTIVE, c.total.saturating_sub(limits.pool_size));
             g(POOL_PAUSED, usize::from(c.paused));
             g(SERVER_REACHABLE, usize::from(!s.failing()));
             self.gauge(CLIENT_MAXWAIT, labels(), c.max_wait.as_secs_f64());

@@ -13,11 +13,22 @@ use tokio::sync::oneshot;
 
 use crate::config::PoolMode;
 use crate::error::{PoolerError, Result};
+use crate::limits::PoolLimitsShared;
 use crate::server::{Params, ServerConn, ServerCredential, ServerTarget};
 use crate::stats::{CloseReason, PoolStats, ServerSnapshot, us_of};
 
+/// What a pool is for its whole life: changing these makes RELOAD start a new pool for new
+/// clients while the connected ones finish on this one.
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
+    pub mode: PoolMode,
+    pub reset_query: String,
+}
+
+/// Sizes and timeouts: RELOAD changes them in place. Read under the pool's lock at checkout,
+/// checkin and by the janitor, never per message.
+#[derive(Debug, Clone)]
+pub struct PoolLimits {
     pub pool_size: usize,
     pub reserve_size: usize,
     pub min_pool_size: usize,
@@ -25,8 +36,25 @@ pub struct PoolSettings {
     pub query_wait_timeout: Option<Duration>,
     pub connect_timeout: Option<Duration>,
     pub idle_timeout: Option<Duration>,
-    pub mode: PoolMode,
-    pub reset_query: String,
+    /// `server_lifetime`: a server older than this is closed when next idle.
+    pub lifetime: Option<Duration>,
+    /// `server_login_retry`: after a failed login, clients of an empty pool are refused.
+    pub login_retry: Option<Duration>,
+    /// `server_check_query`, run on an idle server unused for `check_delay` before reuse.
+    pub check_query: Arc<str>,
+    pub check_delay: Duration,
+}
+
+impl PoolLimits {
+    /// Whether an idle server must run the check query before it is handed out.
+    fn needs_check(&self, server: &ServerConn, now: Instant) -> bool {
+        !self.check_query.is_empty() && now.duration_since(server.last_used) >= self.check_delay
+    }
+
+    fn life_over(&self, server: &ServerConn, now: Instant) -> bool {
+        self.lifetime
+            .is_some_and(|l| now.duration_since(server.created_at) >= l)
+    }
 }
 
 /// What a waiter is handed: a ready server, or the right to open one.
@@ -44,8 +72,12 @@ struct Waiter {
     tx: oneshot::Sender<Grant>,
 }
 
-#[derive(Default)]
 struct PoolState {
+    limits: PoolLimits,
+    /// The last failed attempt to open a server and its error, for `server_login_retry`.
+    login_failed: Option<(Instant, String)>,
+    /// Shutdown: servers that come back are closed.
+    shutting_down: bool,
     /// Idle servers, most recently used last (LIFO keeps the hot ones hot).
     idle: Vec<ServerConn>,
     waiters: VecDeque<Waiter>,
@@ -68,6 +100,8 @@ pub struct PoolCounts {
     /// How long the oldest waiter has waited.
     pub max_wait: Duration,
     pub paused: bool,
+    /// Idle servers that will run `server_check_query` before reuse (PgBouncer's `sv_used`).
+    pub used: usize,
 }
 
 pub struct Pool {
@@ -75,6 +109,8 @@ pub struct Pool {
     pub user: String,
     pub target: ServerTarget,
     pub settings: PoolSettings,
+    /// `max_db_connections` and `max_user_connections`, shared with other pools.
+    shared: PoolLimitsShared,
     credential: Mutex<ServerCredential>,
     state: Mutex<PoolState>,
     /// Parameters the first server reported: what a new client is told at login, and what a
@@ -85,11 +121,14 @@ pub struct Pool {
 }
 
 impl Pool {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         database: String,
         user: String,
         target: ServerTarget,
         settings: PoolSettings,
+        limits: PoolLimits,
+        shared: PoolLimitsShared,
         credential: ServerCredential,
         stats: PoolStats,
     ) -> Arc<Pool> {
@@ -98,14 +137,120 @@ impl Pool {
             user,
             target,
             settings,
+            shared,
             credential: Mutex::new(credential),
-            state: Mutex::new(PoolState::default()),
+            state: Mutex::new(PoolState {
+                limits,
+                login_failed: None,
+                shutting_down: false,
+                idle: Vec::new(),
+                waiters: VecDeque::new(),
+                total: 0,
+                connecting: 0,
+                paused: false,
+            }),
             defaults: OnceLock::new(),
             next_waiter: AtomicU64::new(1),
             stats,
         });
+        pool.shared.database.register(&pool);
+        pool.shared.user.register(&pool);
         tokio::spawn(janitor(Arc::downgrade(&pool)));
         pool
+    }
+
+    /// Counts one more server (open or being opened) if the pool's shared limits allow.
+    fn add_slot(&self, st: &mut PoolState) -> bool {
+        if !self.shared.try_take() {
+            return false;
+        }
+        st.total += 1;
+        true
+    }
+
+    /// Uncounts `n` servers that are gone.
+    fn remove_slots(&self, st: &mut PoolState, n: usize) {
+        st.total -= n;
+        self.shared.give_back(n);
+    }
+
+    /// The current sizes and timeouts.
+    pub fn limits(&self) -> PoolLimits {
+        self.lock().limits.clone()
+    }
+
+    /// RELOAD: new sizes and timeouts. A larger pool serves its waiters at once; a smaller one
+    /// closes idle servers beyond the new size now and busy ones as they come back.
+    pub fn set_limits(&self, limits: PoolLimits) {
+        let extra = {
+            let mut st = self.lock();
+            st.limits = limits;
+            let mut extra = Vec::new();
+            while st.total > st.limits.pool_size && !st.idle.is_empty() {
+                extra.push(st.idle.remove(0));
+                self.remove_slots(&mut st, 1);
+            }
+            self.grant_waiters(&mut st);
+            extra
+        };
+        self.stats
+            .server_closed_n(CloseReason::Evicted, extra.len());
+        for server in extra {
+            tokio::spawn(server.terminate());
+        }
+    }
+
+    /// RELOAD: the auth file or the database's password changed.
+    pub fn set_credential(&self, credential: ServerCredential) {
+        *self.credential.lock().unwrap_or_else(|e| e.into_inner()) = credential;
+        self.lock().login_failed = None;
+    }
+
+    /// Closes this pool's least recently used idle server to make room in a shared limit.
+    pub fn evict_one_idle(&self) -> bool {
+        let server = {
+            let mut st = self.lock();
+            if st.idle.is_empty() {
+                return false;
+            }
+            let server = st.idle.remove(0);
+            self.remove_slots(&mut st, 1);
+            server
+        };
+        tracing::debug!(database = %self.database, user = %self.user, "evicting an idle server (max_db_connections/max_user_connections)");
+        self.stats.server_closed(CloseReason::Evicted);
+        tokio::spawn(server.terminate());
+        true
+    }
+
+    /// Hands idle servers, then new-server slots, to waiters in arrival order, as far as the
+    /// pool's size and the shared limits allow.
+    fn grant_waiters(&self, st: &mut PoolState) {
+        let now = Instant::now();
+        while !st.paused
+            && let Some(w) = st.waiters.front()
+        {
+            if let Some(server) = st.idle.pop() {
+                let w = st.waiters.pop_front().expect("front exists");
+                if let Err(Grant::Server(server)) = w.tx.send(Grant::Server(server)) {
+                    st.idle.push(server);
+                }
+                continue;
+            }
+            let limit = if now >= w.reserve_after && st.limits.reserve_size > 0 {
+                st.limits.pool_size + st.limits.reserve_size
+            } else {
+                st.limits.pool_size
+            };
+            if st.total >= limit || !self.add_slot(st) {
+                break;
+            }
+            let w = st.waiters.pop_front().expect("front exists");
+            if w.tx.send(Grant::Slot).is_err() {
+                // The waiter gave up (its client left): the slot goes to the next one.
+                self.remove_slots(st, 1);
+            }
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, PoolState> {
@@ -119,6 +264,9 @@ impl Pool {
         let mut current = self.credential.lock().unwrap_or_else(|e| e.into_inner());
         if matches!(*current, ServerCredential::None) {
             *current = credential;
+            drop(current);
+            // A login that failed for want of a password says nothing about this one.
+            self.lock().login_failed = None;
         }
     }
 
@@ -128,8 +276,15 @@ impl Pool {
 
     pub fn counts(&self) -> PoolCounts {
         let st = self.lock();
+        let now = Instant::now();
+        let used = st
+            .idle
+            .iter()
+            .filter(|s| st.limits.needs_check(s, now))
+            .count();
         PoolCounts {
-            idle: st.idle.len(),
+            used,
+            idle: st.idle.len() - used,
             active: st.total - st.idle.len() - st.connecting,
             connecting: st.connecting,
             waiting: st.waiters.len(),
@@ -152,38 +307,71 @@ impl Pool {
     }
 
     async fn acquire(self: &Arc<Self>, start: Instant) -> Result<ServerConn> {
-        let reserve_after = start + self.settings.reserve_timeout.unwrap_or(Duration::ZERO);
+        let mut tried_eviction = false;
         loop {
-            let waiter = {
+            let mut evict = false;
+            let idle = {
                 let mut st = self.lock();
-                if !st.paused
-                    && let Some(server) = st.idle.pop()
-                {
-                    drop(st);
-                    if server.is_alive() {
-                        return Ok(server);
+                match st.idle.pop() {
+                    Some(server) if !st.paused => {
+                        let check = st
+                            .limits
+                            .needs_check(&server, Instant::now())
+                            .then(|| (st.limits.check_query.clone(), st.limits.connect_timeout));
+                        Some((server, check))
                     }
+                    Some(server) => {
+                        st.idle.push(server);
+                        None
+                    }
+                    None => None,
+                }
+            };
+            if let Some((server, check)) = idle {
+                if !server.is_alive() {
                     self.close(server, CloseReason::Dead);
                     continue;
                 }
-                if !st.paused && st.total < self.settings.pool_size {
-                    st.total += 1;
-                    None
+                match check {
+                    None => return Ok(server),
+                    Some((query, timeout)) => match self.check(server, &query, timeout).await {
+                        Some(server) => return Ok(server),
+                        None => continue,
+                    },
+                }
+            }
+            let waiter = {
+                let mut st = self.lock();
+                let reserve_after = start + st.limits.reserve_timeout.unwrap_or(Duration::ZERO);
+                if !st.paused && st.total < st.limits.pool_size {
+                    if st.total == 0
+                        && let Some(e) = login_retry_error(&st)
+                    {
+                        return Err(e);
+                    }
+                    if self.add_slot(&mut st) {
+                        None
+                    } else if !tried_eviction {
+                        evict = true;
+                        None
+                    } else {
+                        Some(self.enqueue(&mut st, start, reserve_after))
+                    }
                 } else {
-                    let id = self.next_waiter.fetch_add(1, Ordering::Relaxed);
-                    let (tx, rx) = oneshot::channel();
-                    st.waiters.push_back(Waiter {
-                        id,
-                        since: start,
-                        reserve_after,
-                        tx,
-                    });
-                    Some((id, rx))
+                    Some(self.enqueue(&mut st, start, reserve_after))
                 }
             };
+            if evict {
+                // A shared limit is full: close an idle server of another pool, then retry.
+                tried_eviction = true;
+                if let Some(limit) = self.shared.full() {
+                    limit.evict_idle(self);
+                }
+                continue;
+            }
             let grant = match waiter {
                 None => Grant::Slot,
-                Some((id, rx)) => self.wait(id, rx, start, reserve_after).await?,
+                Some((id, rx, reserve_after)) => self.wait(id, rx, start, reserve_after).await?,
             };
             match grant {
                 Grant::Server(server) => {
@@ -197,6 +385,54 @@ impl Pool {
         }
     }
 
+    fn enqueue(
+        &self,
+        st: &mut PoolState,
+        start: Instant,
+        reserve_after: Instant,
+    ) -> (u64, oneshot::Receiver<Grant>, Instant) {
+        let id = self.next_waiter.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        st.waiters.push_back(Waiter {
+            id,
+            since: start,
+            reserve_after,
+            tx,
+        });
+        (id, rx, reserve_after)
+    }
+
+    /// Runs `server_check_query` on a server idle past `server_check_delay`; a server that
+    /// fails it (or does not answer within `server_connect_timeout`) is closed.
+    async fn check(
+        &self,
+        mut server: ServerConn,
+        query: &str,
+        timeout: Option<Duration>,
+    ) -> Option<ServerConn> {
+        let result = match timeout {
+            Some(t) => tokio::time::timeout(t, server.run_internal(query))
+                .await
+                .unwrap_or(Err(PoolerError::ServerGone)),
+            None => server.run_internal(query).await,
+        };
+        match result {
+            Ok(None) => {
+                server.last_used = Instant::now();
+                Some(server)
+            }
+            failed => {
+                tracing::info!(
+                    database = %self.database, user = %self.user, pid = server.backend_pid,
+                    result = ?failed.map(|f| f.map(|(code, _)| code)),
+                    "server_check_query failed; closing server"
+                );
+                self.close(server, CloseReason::CheckFailed);
+                None
+            }
+        }
+    }
+
     async fn wait(
         &self,
         id: u64,
@@ -204,8 +440,12 @@ impl Pool {
         start: Instant,
         reserve_after: Instant,
     ) -> Result<Grant> {
-        let query_deadline = self.settings.query_wait_timeout.map(|t| start + t);
-        let mut reserve_deadline = (self.settings.reserve_size > 0).then_some(reserve_after);
+        let (query_wait_timeout, reserve_size) = {
+            let st = self.lock();
+            (st.limits.query_wait_timeout, st.limits.reserve_size)
+        };
+        let query_deadline = query_wait_timeout.map(|t| start + t);
+        let mut reserve_deadline = (reserve_size > 0).then_some(reserve_after);
         loop {
             let deadline = match (reserve_deadline, query_deadline) {
                 (Some(r), Some(q)) => Some(r.min(q)),
@@ -234,9 +474,11 @@ impl Pool {
             }
             if reserve_deadline.is_some_and(|r| now >= r) {
                 reserve_deadline = None;
-                if !st.paused && st.total < self.settings.pool_size + self.settings.reserve_size {
+                if !st.paused
+                    && st.total < st.limits.pool_size + st.limits.reserve_size
+                    && self.add_slot(&mut st)
+                {
                     st.waiters.remove(pos);
-                    st.total += 1;
                     tracing::info!(
                         database = %self.database, user = %self.user,
                         "taking a reserve pool connection (waited past reserve_pool_timeout)"
@@ -249,15 +491,25 @@ impl Pool {
 
     /// Opens a server in a slot already counted in `total`.
     async fn open(&self) -> Result<ServerConn> {
-        self.lock().connecting += 1;
+        let connect_timeout = {
+            let mut st = self.lock();
+            st.connecting += 1;
+            st.limits.connect_timeout
+        };
         let credential = self
             .credential
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let result =
-            ServerConn::connect(&self.target, &credential, self.settings.connect_timeout).await;
-        self.lock().connecting -= 1;
+        let result = ServerConn::connect(&self.target, &credential, connect_timeout).await;
+        {
+            let mut st = self.lock();
+            st.connecting -= 1;
+            st.login_failed = match &result {
+                Ok(_) => None,
+                Err(e) => Some((Instant::now(), e.to_string())),
+            };
+        }
         match result {
             Ok(server) => {
                 self.stats.server_opened();
@@ -275,13 +527,27 @@ impl Pool {
 
     /// Gives a clean, idle server back.
     pub fn checkin(&self, mut server: ServerConn) {
-        server.last_used = Instant::now();
+        let now = Instant::now();
+        server.last_used = now;
         self.stats.server_answered();
         let mut st = self.lock();
-        if st.paused {
-            st.total -= 1;
+        let close = if st.paused {
+            Some(if st.shutting_down {
+                CloseReason::Shutdown
+            } else {
+                CloseReason::Admin
+            })
+        } else if st.limits.life_over(&server, now) {
+            Some(CloseReason::Lifetime)
+        } else {
+            None
+        };
+        if let Some(reason) = close {
+            self.remove_slots(&mut st, 1);
+            // A waiter may open a fresh server in the slot this one leaves.
+            self.grant_waiters(&mut st);
             drop(st);
-            self.stats.server_closed(CloseReason::Admin);
+            self.stats.server_closed(reason);
             tokio::spawn(server.terminate());
             return;
         }
@@ -292,9 +558,9 @@ impl Pool {
                 Err(Grant::Slot) => unreachable!("we sent a server"),
             }
         }
-        if st.total > self.settings.pool_size {
+        if st.total > st.limits.pool_size {
             // A reserve server with nobody waiting: the burst is over, close it.
-            st.total -= 1;
+            self.remove_slots(&mut st, 1);
             drop(st);
             self.stats.server_closed(CloseReason::ReserveIdle);
             tokio::spawn(server.terminate());
@@ -318,33 +584,18 @@ impl Pool {
     /// A server slot is free again: hand it to the first waiter allowed to use it.
     fn release_slot(&self) {
         let mut st = self.lock();
-        st.total -= 1;
-        let now = Instant::now();
-        while !st.paused
-            && let Some(w) = st.waiters.front()
-        {
-            let limit = if now >= w.reserve_after && self.settings.reserve_size > 0 {
-                self.settings.pool_size + self.settings.reserve_size
-            } else {
-                self.settings.pool_size
-            };
-            if st.total >= limit {
-                break;
-            }
-            let w = st.waiters.pop_front().expect("front exists");
-            if w.tx.send(Grant::Slot).is_ok() {
-                st.total += 1;
-                break;
-            }
-        }
+        self.remove_slots(&mut st, 1);
+        self.grant_waiters(&mut st);
     }
 
-    /// Closes servers idle past `server_idle_timeout` and idle servers Postgres has closed;
-    /// opens servers up to `min_pool_size`. While the last attempt to reach the server failed,
-    /// or idle servers were found dead, tries one connection a tick: that is how `/readyz`
-    /// learns the server is back (or gone) without waiting for a client to try.
+    /// Closes servers idle past `server_idle_timeout` (down to `min_pool_size`), past
+    /// `server_lifetime`, beyond the pool size (after RELOAD shrank it), and idle servers
+    /// Postgres has closed; opens servers up to `min_pool_size`; serves waiters whom a shared
+    /// limit kept waiting. While the last attempt to reach the server failed, or idle servers
+    /// were found dead, tries one connection a tick: that is how `/readyz` learns the server
+    /// is back (or gone) without waiting for a client to try.
     fn maintain(self: &Arc<Self>) {
-        let mut expired = Vec::new();
+        let mut closing: Vec<(ServerConn, CloseReason)> = Vec::new();
         let mut dead = 0;
         let mut to_open = 0;
         {
@@ -353,39 +604,58 @@ impl Pool {
             let mut i = 0;
             while i < st.idle.len() {
                 let server = &st.idle[i];
-                if self
-                    .settings
-                    .idle_timeout
-                    .is_some_and(|t| now.duration_since(server.last_used) >= t)
+                let keep_for_min = st.total - closing.len() - dead <= st.limits.min_pool_size;
+                let reason = if !server.is_alive() {
+                    None
+                } else if st.limits.life_over(server, now) {
+                    Some(CloseReason::Lifetime)
+                } else if !keep_for_min
+                    && st
+                        .limits
+                        .idle_timeout
+                        .is_some_and(|t| now.duration_since(server.last_used) >= t)
                 {
-                    expired.push(st.idle.remove(i));
-                } else if !server.is_alive() {
-                    // Dropping the socket is all a dead server needs.
-                    drop(st.idle.remove(i));
-                    dead += 1;
+                    Some(CloseReason::IdleTimeout)
+                } else if st.total - closing.len() - dead > st.limits.pool_size {
+                    Some(CloseReason::Evicted)
                 } else {
                     i += 1;
+                    continue;
+                };
+                let server = st.idle.remove(i);
+                match reason {
+                    Some(reason) => closing.push((server, reason)),
+                    None => {
+                        // Dropping the socket is all a dead server needs.
+                        drop(server);
+                        dead += 1;
+                    }
                 }
             }
-            st.total -= expired.len() + dead;
+            let n = closing.len() + dead;
+            self.remove_slots(&mut st, n);
             if !st.paused {
-                let min = self.settings.min_pool_size.min(self.settings.pool_size);
+                let min = st.limits.min_pool_size.min(st.limits.pool_size);
                 if st.total < min && st.waiters.is_empty() {
                     to_open = min - st.total;
                 } else if (dead > 0 || self.stats.failing())
                     && st.connecting == 0
-                    && st.total < self.settings.pool_size
+                    && st.total < st.limits.pool_size
                 {
                     to_open = 1;
                 }
-                st.total += to_open;
+                let mut opened = 0;
+                while opened < to_open && self.add_slot(&mut st) {
+                    opened += 1;
+                }
+                to_open = opened;
+                self.grant_waiters(&mut st);
             }
         }
-        self.stats
-            .server_closed_n(CloseReason::IdleTimeout, expired.len());
         self.stats.server_closed_n(CloseReason::Dead, dead);
-        for server in expired {
-            tracing::debug!(database = %self.database, user = %self.user, "closing idle server (server_idle_timeout)");
+        for (server, reason) in closing {
+            tracing::debug!(database = %self.database, user = %self.user, reason = reason.label(), "closing idle server");
+            self.stats.server_closed(reason);
             tokio::spawn(server.terminate());
         }
         for _ in 0..to_open {
@@ -397,6 +667,14 @@ impl Pool {
             });
         }
     }
+}
+
+/// `server_login_retry`: the error for a client of a pool with no servers whose last login
+/// failed recently (PgBouncer's text).
+fn login_retry_error(st: &PoolState) -> Option<PoolerError> {
+    let (at, message) = st.login_failed.as_ref()?;
+    let retry = st.limits.login_retry?;
+    (at.elapsed() < retry).then(|| PoolerError::ServerLoginRetry(message.clone()))
 }
 
 /// Whether a failed attempt to open a server means the server cannot be reached (down,
@@ -425,14 +703,25 @@ async fn janitor(pool: Weak<Pool>) {
 impl Pool {
     /// PAUSE: new transactions wait; idle servers close now, busy ones when they come back.
     pub fn pause(&self) {
+        self.close_idle(CloseReason::Admin);
+    }
+
+    /// Shutdown, once clients are gone: every server closes, idle ones now.
+    pub fn shut_down(&self) {
+        self.lock().shutting_down = true;
+        self.close_idle(CloseReason::Shutdown);
+        drop(std::mem::take(&mut self.lock().waiters));
+    }
+
+    fn close_idle(&self, reason: CloseReason) {
         let idle = {
             let mut st = self.lock();
             st.paused = true;
             let idle = std::mem::take(&mut st.idle);
-            st.total -= idle.len();
+            self.remove_slots(&mut st, idle.len());
             idle
         };
-        self.stats.server_closed_n(CloseReason::Admin, idle.len());
+        self.stats.server_closed_n(reason, idle.len());
         for server in idle {
             tokio::spawn(server.terminate());
         }
@@ -441,31 +730,11 @@ impl Pool {
     /// RESUME: waiters get servers again, first come first served.
     pub fn resume(&self) {
         let mut st = self.lock();
-        if !st.paused {
+        if !st.paused || st.shutting_down {
             return;
         }
         st.paused = false;
-        let now = Instant::now();
-        while let Some(w) = st.waiters.pop_front() {
-            if let Some(server) = st.idle.pop() {
-                if let Err(Grant::Server(server)) = w.tx.send(Grant::Server(server)) {
-                    st.idle.push(server);
-                }
-                continue;
-            }
-            let limit = if now >= w.reserve_after && self.settings.reserve_size > 0 {
-                self.settings.pool_size + self.settings.reserve_size
-            } else {
-                self.settings.pool_size
-            };
-            if st.total >= limit {
-                st.waiters.push_front(w);
-                break;
-            }
-            if w.tx.send(Grant::Slot).is_ok() {
-                st.total += 1;
-            }
-        }
+        self.grant_waiters(&mut st);
     }
 
     /// KILL: paused, and every waiter is turned away (its client gets an error).

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicI32, AtomicU8, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 
 use crate::pool::Pool;
 use crate::relay::{ClientSide, Flow};
@@ -55,6 +56,8 @@ pub struct ClientInfo {
     server_id: AtomicU64,
     server_pid: AtomicI32,
     server_connected_us: AtomicU64,
+    /// Woken by the shutdown supervisor: the session looks at the shutdown phase.
+    pub stop: Notify,
 }
 
 /// The server a client is linked to, as far as `SHOW SERVERS` needs it.
@@ -195,6 +198,7 @@ impl ClientRegistry {
             server_id: AtomicU64::new(0),
             server_pid: AtomicI32::new(0),
             server_connected_us: AtomicU64::new(0),
+            stop: Notify::new(),
         });
         self.lock().insert(info.id, info.clone());
         Registration {
@@ -208,6 +212,18 @@ impl ClientRegistry {
         let mut list: Vec<_> = self.lock().values().cloned().collect();
         list.sort_by_key(|c| c.id);
         list
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    /// Wakes every session (and console) to look at the shutdown phase. A session not waiting
+    /// right now finds the wake-up the next time it waits.
+    pub fn wake_all(&self) {
+        for c in self.lock().values() {
+            c.stop.notify_one();
+        }
     }
 
     /// Drops the connections of the pooled clients of `database` (all when None); admin

@@ -49,15 +49,28 @@ pub enum CloseReason {
     Unclean,
     /// PAUSE or KILL on the admin console.
     Admin,
+    /// Connected longer than `server_lifetime`.
+    Lifetime,
+    /// `server_check_query` failed before reuse.
+    CheckFailed,
+    /// Closed to make room in another pool under `max_db_connections`/`max_user_connections`,
+    /// or because a RELOAD made the pool smaller.
+    Evicted,
+    /// The pooler is shutting down.
+    Shutdown,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 5] = [
+    pub const ALL: [CloseReason; 9] = [
         CloseReason::IdleTimeout,
         CloseReason::ReserveIdle,
         CloseReason::Dead,
         CloseReason::Unclean,
         CloseReason::Admin,
+        CloseReason::Lifetime,
+        CloseReason::CheckFailed,
+        CloseReason::Evicted,
+        CloseReason::Shutdown,
     ];
 
     pub fn label(self) -> &'static str {
@@ -67,6 +80,10 @@ impl CloseReason {
             CloseReason::Dead => "dead",
             CloseReason::Unclean => "unclean",
             CloseReason::Admin => "admin",
+            CloseReason::Lifetime => "lifetime",
+            CloseReason::CheckFailed => "check_failed",
+            CloseReason::Evicted => "evicted",
+            CloseReason::Shutdown => "shutdown",
         }
     }
 }

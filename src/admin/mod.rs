@@ -10,7 +10,7 @@ mod show;
 
 use bytes::BytesMut;
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -19,6 +19,7 @@ use tokio::sync::watch;
 
 use crate::app::App;
 use crate::error::{PoolerError, Result};
+use crate::lifecycle::Phase;
 use crate::protocol;
 use crate::registry::Registration;
 use show::{Table, show};
@@ -38,7 +39,10 @@ const PAUSE_POLL: Duration = Duration::from_millis(50);
 /// Pooler-wide state the console drives: which databases are paused, shutdown, readiness.
 pub struct Control {
     paused: Mutex<Paused>,
-    shutdown: watch::Sender<bool>,
+    /// The shutdown phase, for those who wait on it (listener, supervisor)...
+    phase: watch::Sender<Phase>,
+    /// ...and as a plain atomic for sessions, which read it once per transaction.
+    phase_now: AtomicU8,
     listening: AtomicBool,
 }
 
@@ -52,7 +56,8 @@ impl Default for Control {
     fn default() -> Self {
         Control {
             paused: Mutex::new(Paused::default()),
-            shutdown: watch::Sender::new(false),
+            phase: watch::Sender::new(Phase::Running),
+            phase_now: AtomicU8::new(Phase::Running as u8),
             listening: AtomicBool::new(false),
         }
     }
@@ -77,17 +82,36 @@ impl Control {
         self.listening.load(Ordering::Relaxed)
     }
 
-    /// Asks the pooler to stop: the accept loop ends and `/readyz` says so.
-    pub fn shutdown(&self) {
-        self.shutdown.send_replace(true);
+    /// Asks the pooler to stop gracefully (see `lifecycle`): the accept loop ends, `/readyz`
+    /// says so, sessions finish their transactions. Returns false if it was already stopping.
+    pub fn shutdown(&self) -> bool {
+        self.advance(Phase::Draining)
     }
 
     pub fn is_shutting_down(&self) -> bool {
-        *self.shutdown.borrow()
+        self.phase() >= Phase::Draining
     }
 
-    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
-        self.shutdown.subscribe()
+    pub fn phase(&self) -> Phase {
+        Phase::from_u8(self.phase_now.load(Ordering::Acquire))
+    }
+
+    /// Moves the shutdown forward (never back); returns whether it moved.
+    pub fn advance(&self, to: Phase) -> bool {
+        self.phase.send_if_modified(|p| {
+            if *p < to {
+                *p = to;
+                // Before the watchers wake: whoever they wake must read the new phase.
+                self.phase_now.store(to as u8, Ordering::Release);
+                true
+            } else {
+                false
+            }
+        })
+    }
+
+    pub fn phase_signal(&self) -> watch::Receiver<Phase> {
+        self.phase.subscribe()
     }
 }
 
@@ -102,7 +126,7 @@ pub enum Access {
 /// A logged-in console session.
 pub struct Console {
     access: Access,
-    _client: Registration,
+    client: Registration,
 }
 
 impl Console {
@@ -113,7 +137,8 @@ impl Console {
         user: &str,
         database: &str,
     ) -> Result<Console> {
-        let p = &app.config.pooler;
+        let config = app.config();
+        let p = &config.pooler;
         let access = if p.admin_users.names().iter().any(|u| u == user) {
             Access::Admin
         } else if p.stats_users.names().iter().any(|u| u == user) {
@@ -142,10 +167,7 @@ impl Console {
         let client = app
             .clients_registry
             .register(stream, user, database, "", None);
-        Ok(Console {
-            access,
-            _client: client,
-        })
+        Ok(Console { access, client })
     }
 
     /// Answers commands until the client leaves.
@@ -154,7 +176,15 @@ impl Console {
         // an error, so the client's protocol state stays consistent.
         let mut skipping = false;
         loop {
-            let (tag, body) = match protocol::read_message(stream, MAX_QUERY_LEN).await {
+            if app.control.is_shutting_down() {
+                // The console is idle between commands: it goes first, like any idle client.
+                return Err(PoolerError::ShuttingDown);
+            }
+            let read = tokio::select! {
+                _ = self.client.stop.notified() => continue,
+                read = protocol::read_message(stream, MAX_QUERY_LEN) => read,
+            };
+            let (tag, body) = match read {
                 Ok(m) => m,
                 Err(PoolerError::Io(_)) => return Ok(()),
                 Err(e) => return Err(e),
@@ -258,12 +288,7 @@ impl Console {
             "RESUME" => resume(app, arg),
             "KILL" => kill(app, arg),
             "SHUTDOWN" if arg.is_none() => Ok(Reply::Shutdown),
-            "RELOAD" if arg.is_none() => Err(CommandError {
-                code: "0A000",
-                message: "RELOAD is not supported yet: restart the pooler to apply \
-                          configuration changes"
-                    .into(),
-            }),
+            "RELOAD" if arg.is_none() => reload(app),
             "SET" => Err(CommandError {
                 code: "0A000",
                 message: "SET is not supported yet: change the configuration file and restart"
@@ -288,7 +313,11 @@ fn syntax(statement: &str) -> CommandError {
 
 enum Reply {
     Table(Table),
-    Notice { message: String, detail: String },
+    Notice {
+        message: String,
+        detail: String,
+        tag: &'static str,
+    },
     Tag(&'static str),
     Shutdown,
 }
@@ -303,9 +332,13 @@ impl Reply {
                 }
                 protocol::command_complete(out, "SHOW");
             }
-            Reply::Notice { message, detail } => {
+            Reply::Notice {
+                message,
+                detail,
+                tag,
+            } => {
                 protocol::notice_response(out, message, detail);
-                protocol::command_complete(out, "SHOW");
+                protocol::command_complete(out, tag);
             }
             Reply::Tag(tag) => protocol::command_complete(out, tag),
             Reply::Shutdown => protocol::command_complete(out, "SHUTDOWN"),
@@ -316,11 +349,31 @@ impl Reply {
 /// A result set: text values, `None` for NULL.
 fn known_database(app: &App, db: Option<&str>) -> Result<(), CommandError> {
     match db {
-        Some(name) if !app.config.databases.contains_key(name) => Err(CommandError {
+        Some(name) if !app.config().databases.contains_key(name) => Err(CommandError {
             code: "3D000",
             message: format!("no such database: {name}"),
         }),
         _ => Ok(()),
+    }
+}
+
+/// RELOAD: re-reads the config and auth files (see `App::reload`); a bad file is refused and
+/// the running config stays.
+fn reload(app: &Arc<App>) -> Result<Reply, CommandError> {
+    match crate::lifecycle::reload(app, "RELOAD") {
+        Ok(report) if report.restart_needed.is_empty() => Ok(Reply::Tag("RELOAD")),
+        Ok(report) => Ok(Reply::Notice {
+            message: "RELOAD done".into(),
+            detail: format!(
+                "these settings take effect at the next restart: {}",
+                report.restart_needed.join(", ")
+            ),
+            tag: "RELOAD",
+        }),
+        Err(e) => Err(CommandError {
+            code: "F0000",
+            message: format!("RELOAD failed, configuration unchanged: {e}"),
+        }),
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use super::{CommandError, Reply};
 use crate::app::App;
-use crate::config::PoolerSettings;
+use crate::config::{PoolerSettings, RESTART_ONLY};
 use crate::protocol::{INT8_OID, TEXT_OID};
 use crate::registry::ClientState;
 use crate::stats::{Averages, Totals, wall_of};
@@ -39,7 +39,7 @@ pub(super) fn show(app: &Arc<App>, what: &str) -> Result<Reply, CommandError> {
         "CLIENTS" => show_clients(app),
         "SERVERS" => show_servers(app),
         "DATABASES" => show_databases(app),
-        "CONFIG" => show_config(&app.config.pooler),
+        "CONFIG" => show_config(&app.config().pooler),
         "LISTS" => show_lists(app),
         "VERSION" => {
             let mut t = Table::new(&[("version", T)]);
@@ -52,8 +52,9 @@ pub(super) fn show(app: &Arc<App>, what: &str) -> Result<Reply, CommandError> {
                 message: "Console usage".into(),
                 detail: "\n\tSHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|STATS|LISTS|VERSION\
                          \n\tPAUSE [<db>]\n\tRESUME [<db>]\n\tKILL [<db>]\n\tSHUTDOWN\
-                         \n\tRELOAD (not supported yet)"
+                         \n\tRELOAD"
                     .into(),
+                tag: "SHOW",
             });
         }
         _ => {
@@ -99,7 +100,7 @@ fn show_pools(app: &App) -> Table {
             s(0),
             s(0),
             s(c.idle),
-            s(0),
+            s(c.used),
             s(0),
             s(c.connecting),
             s(c.max_wait.as_secs()),
@@ -351,9 +352,10 @@ fn show_databases(app: &App) -> Table {
         ("paused", N),
         ("disabled", N),
     ]);
-    let p = &app.config.pooler;
+    let config = app.config();
+    let p = &config.pooler;
     let pools = app.pools();
-    for (name, db) in &app.config.databases {
+    for (name, db) in &config.databases {
         let mine = pools.iter().filter(|pool| &pool.database == name);
         let (servers, clients) = mine.fold((0, 0), |(sv, cl), pool| {
             (sv + pool.counts().total, cl + pool.stats.clients())
@@ -364,12 +366,12 @@ fn show_databases(app: &App) -> Table {
             s(db.port),
             s(db.dbname.as_deref().unwrap_or(name)),
             db.user.clone(),
-            s(app.config.pool_size(db)),
+            s(config.pool_size(db)),
             s(db.min_pool_size.unwrap_or(p.min_pool_size)),
             s(db.reserve_pool_size.unwrap_or(p.reserve_pool_size)),
-            s(0),
+            s(p.server_lifetime as u64),
             db.pool_mode.map(|m| m.as_str().to_string()),
-            s(0),
+            s(db.max_db_connections.unwrap_or(p.max_db_connections)),
             s(servers),
             s(0),
             s(clients),
@@ -381,123 +383,17 @@ fn show_databases(app: &App) -> Table {
 }
 
 fn show_config(p: &PoolerSettings) -> Table {
-    let d = PoolerSettings::default();
+    let defaults = PoolerSettings::default().entries();
     let mut t = Table::new(&[("key", T), ("value", T), ("default", T), ("changeable", T)]);
-    let path = |v: &Option<std::path::PathBuf>| {
-        v.as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_default()
-    };
-    let list = |v: &crate::config::NameList| v.names().join(", ");
-    let auth = |a: crate::config::AuthType| {
-        match a {
-            crate::config::AuthType::Trust => "trust",
-            crate::config::AuthType::Plain => "plain",
-            crate::config::AuthType::Md5 => "md5",
-            crate::config::AuthType::ScramSha256 => "scram-sha-256",
-        }
-        .to_string()
-    };
-    let rows: Vec<(&str, String, String)> = vec![
-        ("listen_addr", p.listen_addr.clone(), d.listen_addr.clone()),
-        (
-            "listen_port",
-            p.listen_port.to_string(),
-            d.listen_port.to_string(),
-        ),
-        (
-            "pool_mode",
-            p.pool_mode.as_str().into(),
-            d.pool_mode.as_str().into(),
-        ),
-        ("auth_type", auth(p.auth_type), auth(d.auth_type)),
-        ("auth_file", path(&p.auth_file), path(&d.auth_file)),
-        (
-            "max_client_conn",
-            p.max_client_conn.to_string(),
-            d.max_client_conn.to_string(),
-        ),
-        (
-            "default_pool_size",
-            p.default_pool_size.to_string(),
-            d.default_pool_size.to_string(),
-        ),
-        (
-            "min_pool_size",
-            p.min_pool_size.to_string(),
-            d.min_pool_size.to_string(),
-        ),
-        (
-            "reserve_pool_size",
-            p.reserve_pool_size.to_string(),
-            d.reserve_pool_size.to_string(),
-        ),
-        (
-            "reserve_pool_timeout",
-            p.reserve_pool_timeout.to_string(),
-            d.reserve_pool_timeout.to_string(),
-        ),
-        (
-            "server_idle_timeout",
-            p.server_idle_timeout.to_string(),
-            d.server_idle_timeout.to_string(),
-        ),
-        (
-            "server_connect_timeout",
-            p.server_connect_timeout.to_string(),
-            d.server_connect_timeout.to_string(),
-        ),
-        (
-            "query_wait_timeout",
-            p.query_wait_timeout.to_string(),
-            d.query_wait_timeout.to_string(),
-        ),
-        (
-            "client_login_timeout",
-            p.client_login_timeout.to_string(),
-            d.client_login_timeout.to_string(),
-        ),
-        (
-            "server_reset_query",
-            p.server_reset_query.clone(),
-            d.server_reset_query.clone(),
-        ),
-        (
-            "ignore_startup_parameters",
-            list(&p.ignore_startup_parameters),
-            list(&d.ignore_startup_parameters),
-        ),
-        (
-            "track_extra_parameters",
-            list(&p.track_extra_parameters),
-            list(&d.track_extra_parameters),
-        ),
-        (
-            "log_connections",
-            u8::from(p.log_connections).to_string(),
-            u8::from(d.log_connections).to_string(),
-        ),
-        (
-            "log_disconnections",
-            u8::from(p.log_disconnections).to_string(),
-            u8::from(d.log_disconnections).to_string(),
-        ),
-        (
-            "metrics_addr",
-            p.metrics_addr.clone(),
-            d.metrics_addr.clone(),
-        ),
-        (
-            "metrics_port",
-            p.metrics_port.to_string(),
-            d.metrics_port.to_string(),
-        ),
-        ("admin_users", list(&p.admin_users), list(&d.admin_users)),
-        ("stats_users", list(&p.stats_users), list(&d.stats_users)),
-    ];
-    for (key, value, default) in rows {
-        // Nothing changes at run time yet (RELOAD and SET are to come).
-        t.rows.push(vec![s(key), s(value), s(default), s("no")]);
+    for ((key, value, _), (_, default, _)) in p.entries().into_iter().zip(defaults) {
+        // RELOAD applies every key but those bound to sockets opened at start.
+        let changeable = if RESTART_ONLY.contains(&key) {
+            "no"
+        } else {
+            "yes"
+        };
+        t.rows
+            .push(vec![s(key), s(value), s(default), s(changeable)]);
     }
     t
 }
@@ -510,7 +406,7 @@ fn show_lists(app: &App) -> Table {
     let servers: usize = pools.iter().map(|p| p.counts().total).sum();
     let used_clients = app.client_count();
     for (list, items) in [
-        ("databases", app.config.databases.len()),
+        ("databases", app.config().databases.len()),
         ("users", users.len()),
         ("pools", pools.len()),
         ("free_clients", 0),

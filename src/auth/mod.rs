@@ -20,7 +20,7 @@ use crate::protocol;
 pub use scram::{ScramKeys, ScramSecret};
 
 /// A password as stored in the auth file.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum Secret {
     Plain(String),
     /// `md5` followed by 32 hex digits: md5(password || username).

@@ -1,0 +1,202 @@
+//! What can end a logged-in session from outside its own traffic: a shutdown, and the
+//! PgBouncer timeouts that watch a client (`client_idle_timeout`, `idle_transaction_timeout`,
+//! `query_timeout`).
+//!
+//! The session calls `next_request` instead of waiting on its socket directly, and `relay`
+//! instead of `Relay::run`. Both race the real work against the client's own wake-up `Notify`
+//! (set by the shutdown supervisor) and, only when a timeout is configured, a timer. The relay
+//! is cancel-safe (all its state lives in the buffers and scanners it borrows), so a stretch
+//! can be interrupted to look at that state and resumed where it was.
+
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::app::App;
+use crate::config::{Config, secs};
+use crate::error::{PoolerError, Result};
+use crate::lifecycle::Phase;
+use crate::pool::Pool;
+use crate::registry::ClientInfo;
+use crate::relay::{self, Flow, Relay, RelayEnd};
+use crate::server::ServerConn;
+
+/// One session's watchdog.
+pub struct Watchdog<'a> {
+    app: &'a App,
+    client: &'a ClientInfo,
+    generation: u64,
+    timeouts: Timeouts,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Timeouts {
+    client_idle: Option<Duration>,
+    idle_transaction: Option<Duration>,
+    query: Option<Duration>,
+}
+
+impl Timeouts {
+    fn of(config: &Config) -> Timeouts {
+        let p = &config.pooler;
+        Timeouts {
+            client_idle: secs(p.client_idle_timeout),
+            idle_transaction: secs(p.idle_transaction_timeout),
+            query: secs(p.query_timeout),
+        }
+    }
+
+    /// How often a relay stretch is looked at: a quarter of the shortest relay timeout, so a
+    /// timeout fires at most about half of itself late.
+    fn tick(&self) -> Option<Duration> {
+        let shortest = match (self.idle_transaction, self.query) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }?;
+        Some((shortest / 4).max(Duration::from_millis(10)))
+    }
+}
+
+/// What the relay looked like at a tick.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Mark {
+    from_client: u64,
+    from_server: u64,
+    idle_in_transaction: bool,
+    request_outstanding: bool,
+}
+
+impl Mark {
+    fn of(relay: &Relay<'_, '_>) -> Mark {
+        Mark {
+            from_client: relay.up.bytes_read,
+            from_server: relay.down.bytes_read,
+            // The server said it is in a transaction and waits for the client.
+            idle_in_transaction: relay.tracker.is_idle()
+                && relay.server_side.status != b'I'
+                && relay.up.out.is_empty()
+                && relay.down.out.is_empty(),
+            request_outstanding: !relay.tracker.is_idle(),
+        }
+    }
+}
+
+impl<'a> Watchdog<'a> {
+    pub fn new(app: &'a App, client: &'a ClientInfo) -> Watchdog<'a> {
+        Watchdog {
+            app,
+            client,
+            generation: app.generation(),
+            timeouts: Timeouts::of(&app.config()),
+        }
+    }
+
+    /// Picks up timeouts a RELOAD changed: one atomic load per transaction otherwise.
+    fn refresh(&mut self) {
+        let generation = self.app.generation();
+        if generation != self.generation {
+            self.generation = generation;
+            self.timeouts = Timeouts::of(&self.app.config());
+        }
+    }
+
+    fn phase(&self) -> Phase {
+        self.app.control.phase()
+    }
+
+    /// Waits for the client's next request with no server held. Shutting down or idling past
+    /// `client_idle_timeout` ends the session; the caller sends the error.
+    pub async fn next_request(&mut self, stream: &TcpStream, up: &mut Flow) -> Result<bool> {
+        self.refresh();
+        let deadline = self.timeouts.client_idle.map(|t| Instant::now() + t);
+        loop {
+            if self.phase() >= Phase::Draining {
+                return Err(PoolerError::ShuttingDown);
+            }
+            tokio::select! {
+                biased;
+                _ = self.client.stop.notified() => continue,
+                r = relay::read_request(stream, up) => return r,
+                _ = sleep_until(deadline) => return Err(PoolerError::ClientIdleTimeout),
+            }
+        }
+    }
+
+    /// Checks a server out; only a forced shutdown interrupts the wait.
+    pub async fn checkout(&self, pool: &Arc<Pool>) -> Result<ServerConn> {
+        loop {
+            if self.phase() >= Phase::Closing {
+                return Err(PoolerError::ShuttingDown);
+            }
+            tokio::select! {
+                biased;
+                _ = self.client.stop.notified() => continue,
+                r = pool.checkout() => return r,
+            }
+        }
+    }
+
+    /// Runs the relay until it ends (see `Relay::run`). While the pooler drains, a session-mode
+    /// relay also ends at the next point where the server is idle, so the client can be let
+    /// go between transactions; a forced shutdown or a relay timeout ends it with an error.
+    pub async fn relay(
+        &mut self,
+        relay: &mut Relay<'_, '_>,
+        release_on_idle: bool,
+        on_param: &mut (dyn FnMut(&str, &str) + Send),
+    ) -> Result<RelayEnd> {
+        let tick = self.timeouts.tick();
+        let start = Mark::of(relay);
+        // When the client last sent something (query_timeout counts from its last request).
+        let mut client_at = (Instant::now(), start.from_client);
+        // Since when nothing moved while idle in a transaction.
+        let mut idle_since: Option<(Instant, Mark)> = None;
+        loop {
+            let phase = self.phase();
+            if phase >= Phase::Closing {
+                return Err(PoolerError::ShuttingDown);
+            }
+            let release = release_on_idle || phase >= Phase::Draining;
+            tokio::select! {
+                biased;
+                _ = self.client.stop.notified() => continue,
+                end = relay.run(release, on_param) => return end,
+                _ = sleep_until(tick.map(|t| Instant::now() + t)) => {}
+            }
+            let now = Mark::of(relay);
+            if now.from_client != client_at.1 {
+                client_at = (Instant::now(), now.from_client);
+            }
+            if now.request_outstanding
+                && self
+                    .timeouts
+                    .query
+                    .is_some_and(|t| client_at.0.elapsed() >= t)
+            {
+                return Err(PoolerError::QueryTimeout);
+            }
+            idle_since = match idle_since {
+                Some((at, mark)) if now.idle_in_transaction && mark == now => {
+                    if self
+                        .timeouts
+                        .idle_transaction
+                        .is_some_and(|t| at.elapsed() >= t)
+                    {
+                        return Err(PoolerError::IdleTransactionTimeout);
+                    }
+                    Some((at, mark))
+                }
+                _ if now.idle_in_transaction => Some((Instant::now(), now)),
+                _ => None,
+            };
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
