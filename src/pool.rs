@@ -598,6 +598,7 @@ impl Pool {
         let mut closing: Vec<(ServerConn, CloseReason)> = Vec::new();
         let mut dead = 0;
         let mut to_open = 0;
+        let mut evict = false;
         {
             let mut st = self.lock();
             let now = Instant::now();
@@ -650,6 +651,16 @@ impl Pool {
                 }
                 to_open = opened;
                 self.grant_waiters(&mut st);
+                evict = !st.waiters.is_empty()
+                    && st.idle.is_empty()
+                    && st.total < st.limits.pool_size
+                    && self.shared.full().is_some();
+            }
+        }
+        if evict && let Some(limit) = self.shared.full() {
+            // Waiters held back by a shared limit while another pool idles on its servers.
+            if limit.evict_idle(self) {
+                self.grant_waiters(&mut self.lock());
             }
         }
         self.stats.server_closed_n(CloseReason::Dead, dead);

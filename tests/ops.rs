@@ -11,18 +11,13 @@ use tokio::task::JoinHandle;
 
 const LIMIT: Duration = Duration::from_secs(30);
 
-/// A client whose connection task reports how the connection ended (the pooler's FATAL, if
-/// it sent one).
 async fn watched(
     url: &str,
 ) -> (
     tokio_postgres::Client,
     JoinHandle<Result<(), tokio_postgres::Error>>,
 ) {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("connect {url}: {e}"));
-    (client, tokio::spawn(conn))
+    connect_watched(url).await
 }
 
 /// The SQLSTATE a watched connection ended with.
@@ -30,11 +25,9 @@ async fn ended_with(
     conn: JoinHandle<Result<(), tokio_postgres::Error>>,
     what: &str,
 ) -> Option<String> {
-    let result = tokio::time::timeout(LIMIT, conn)
+    connection_end(conn, LIMIT, what)
         .await
-        .unwrap_or_else(|_| panic!("{what}: connection did not end"))
-        .expect("connection task");
-    result.err().and_then(|e| sqlstate(&e))
+        .map(|(code, _)| code)
 }
 
 fn userlist() -> String {

@@ -611,3 +611,33 @@ pub async fn columns(c: &tokio_postgres::Client, sql: &str) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// Connects with tokio-postgres; the returned task reports how the connection ended (the
+/// FATAL a pooler sent when it let the client go, for instance).
+pub async fn connect_watched(
+    url: &str,
+) -> (
+    tokio_postgres::Client,
+    tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+) {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect {url}: {e}: {}", message(&e)));
+    (client, tokio::spawn(conn))
+}
+
+/// Waits (at most `limit`) for a watched connection to end: the SQLSTATE and message it
+/// ended with, or None for a clean close.
+pub async fn connection_end(
+    conn: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+    limit: Duration,
+    what: &str,
+) -> Option<(String, String)> {
+    let result = tokio::time::timeout(limit, conn)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: connection did not end"))
+        .expect("connection task");
+    result
+        .err()
+        .map(|e| (sqlstate(&e).unwrap_or_default(), message(&e)))
+}
