@@ -19,6 +19,7 @@ use crate::pool::{Pool, PoolLimits, PoolSettings};
 use crate::prepared::Registry;
 use crate::registry::ClientRegistry;
 use crate::server::{ServerCredential, ServerTarget};
+use crate::tls::{ClientTls, ServerTls};
 
 /// Startup parameters a client may set that the pooler keeps true on every server it uses.
 pub const TRACKED_PARAMETERS: &[&str] = &[
@@ -49,6 +50,9 @@ pub struct App {
     pub clients_registry: Arc<ClientRegistry>,
     /// PAUSE state, shutdown and readiness, driven by the admin console and signals.
     pub control: Control,
+    /// TLS towards clients and towards Postgres; None when off. Fixed at start.
+    pub client_tls: Option<ClientTls>,
+    server_tls: Option<Arc<ServerTls>>,
 }
 
 #[derive(Default)]
@@ -111,8 +115,14 @@ fn settings_for(config: &Config, db: &DatabaseConfig) -> PoolSettings {
     }
 }
 
-fn target_for(db_name: &str, db: &DatabaseConfig, server_user: &str) -> ServerTarget {
+fn target_for(
+    db_name: &str,
+    db: &DatabaseConfig,
+    server_user: &str,
+    tls: Option<Arc<ServerTls>>,
+) -> ServerTarget {
     ServerTarget {
+        tls,
         host: db.host.clone(),
         port: db.port,
         dbname: db.dbname.clone().unwrap_or_else(|| db_name.to_string()),
@@ -146,7 +156,11 @@ impl App {
                 tracked.push(extra);
             }
         }
+        let client_tls = ClientTls::from_settings(&config.pooler)?;
+        let server_tls = ServerTls::from_settings(&config.pooler)?;
         Ok(App {
+            client_tls,
+            server_tls,
             config: RwLock::new(Arc::new(config)),
             generation: AtomicU64::new(0),
             users: RwLock::new(Arc::new(users)),
@@ -243,7 +257,7 @@ impl App {
         let pool = Pool::new(
             db_name.to_string(),
             server_user.clone(),
-            target_for(db_name, db, &server_user),
+            target_for(db_name, db, &server_user, self.server_tls.clone()),
             settings_for(&config, db),
             limits_for(&config, db),
             self.shared_limits(&config, db_name, &server_user),
@@ -294,6 +308,8 @@ impl App {
             p.client_tls_sslmode = o.client_tls_sslmode;
             p.client_tls_cert_file = o.client_tls_cert_file.clone();
             p.client_tls_key_file = o.client_tls_key_file.clone();
+            p.server_tls_sslmode = o.server_tls_sslmode;
+            p.server_tls_ca_file = o.server_tls_ca_file.clone();
         }
         let old_users = self.users();
         let new = Arc::new(new);
@@ -323,7 +339,7 @@ impl App {
             };
             let old_db = old.databases.get(db_name);
             let settings = settings_for(&new, db);
-            let target = target_for(db_name, db, &pool.user);
+            let target = target_for(db_name, db, &pool.user, None);
             let same_server = old_db.map(|d| &d.user) == Some(&db.user)
                 && target.host == pool.target.host
                 && target.port == pool.target.port

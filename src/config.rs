@@ -402,6 +402,8 @@ pub const RESTART_ONLY: &[&str] = &[
     "client_tls_sslmode",
     "client_tls_cert_file",
     "client_tls_key_file",
+    "server_tls_sslmode",
+    "server_tls_ca_file",
 ];
 
 /// One `[databases.NAME]` entry: where the name a client asks for really lives.

@@ -20,4 +20,5 @@ pub mod registry;
 pub mod relay;
 pub mod server;
 pub mod stats;
+pub mod tls;
 pub mod watchdog;

@@ -5,9 +5,9 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 use crate::app::App;
-use crate::client;
 use crate::lifecycle::{self, Phase};
 use crate::metrics;
+use crate::tls;
 
 /// Binds the configured address.
 pub async fn bind(app: &App) -> std::io::Result<TcpListener> {
@@ -32,7 +32,7 @@ pub async fn accept_loop(app: Arc<App>, listener: TcpListener) {
         };
         match accepted {
             Ok((stream, peer)) => {
-                tokio::spawn(client::serve(app.clone(), stream, peer));
+                tokio::spawn(tls::serve(app.clone(), stream, peer));
             }
             Err(e) => {
                 // EMFILE and friends: back off briefly instead of spinning.

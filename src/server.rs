@@ -32,6 +32,8 @@ pub enum ServerCredential {
 /// Where and as whom to connect.
 #[derive(Clone)]
 pub struct ServerTarget {
+    /// TLS towards this server (`server_tls_sslmode`); None: plaintext.
+    pub tls: Option<std::sync::Arc<crate::tls::ServerTls>>,
     pub host: String,
     pub port: u16,
     pub dbname: String,
@@ -159,6 +161,10 @@ impl ServerConn {
                 PoolerError::ServerConnect(format!("{}:{}: {e}", target.host, target.port))
             })?;
         stream.set_nodelay(true)?;
+        let stream = match &target.tls {
+            Some(tls) => crate::tls::connect_server(stream, tls, &target.host).await?,
+            None => stream,
+        };
         let mut conn = ServerConn {
             stream,
             id: NEXT_SERVER_ID.fetch_add(1, Ordering::Relaxed),

@@ -106,6 +106,8 @@ pub struct PgServer {
     pub port: u16,
     pub dir: PathBuf,
     bindir: PathBuf,
+    /// Extra `postgres` options (`-c name=value ...`), kept across restarts.
+    options: String,
 }
 
 /// An initdb'd cluster to copy from: initdb is the slow part of starting a private Postgres.
@@ -178,6 +180,12 @@ fn watchdog(dir: &Path, has_server: bool) {
 impl PgServer {
     /// A new private cluster, started.
     pub fn start() -> PgServer {
+        PgServer::start_with(&[], |_| String::new())
+    }
+
+    /// A new private cluster with `files` written into its directory (mode 0600, owned by the
+    /// server's user) and extra options from `options(dir)`, e.g. for `ssl=on`.
+    pub fn start_with(files: &[(&str, &[u8])], options: impl FnOnce(&Path) -> String) -> PgServer {
         let bindir = pg_bindir();
         let dir = std::env::temp_dir().join(unique("pooler-pg"));
         std::fs::create_dir_all(&dir).expect("mkdir");
@@ -188,11 +196,19 @@ impl PgServer {
                 .arg(dir.join("data")),
             "copy template cluster",
         );
+        for (name, content) in files {
+            use std::os::unix::fs::PermissionsExt;
+            let path = dir.join(name);
+            std::fs::write(&path, content).expect("write file");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        }
+        let options = options(&dir);
         chown(&dir);
         let server = PgServer {
             port: free_port(),
             dir,
             bindir,
+            options,
         };
         watchdog(&server.dir, true);
         server.pg_ctl_start();
@@ -210,9 +226,10 @@ impl PgServer {
             "-c listen_addresses=127.0.0.1 -p {} -c unix_socket_directories='{}' \
              -c max_connections=300 -c fsync=off -c synchronous_commit=off \
              -c full_page_writes=off -c shared_buffers=32MB \
-             -c password_encryption=scram-sha-256",
+             -c password_encryption=scram-sha-256 {}",
             self.port,
-            self.dir.display()
+            self.dir.display(),
+            self.options
         );
         run(
             pg_command(&self.bindir.join("pg_ctl"))
