@@ -658,6 +658,19 @@ mod tests {
     }
 
     #[test]
+    fn shipped_example_documents_every_key() {
+        let example = include_str!("../pooler.toml.example");
+        for (key, _, _) in PoolerSettings::default().entries() {
+            assert!(
+                example.lines().any(|l| l
+                    .trim_start_matches(['#', ' '])
+                    .starts_with(&format!("{key} ="))),
+                "pooler.toml.example does not document {key}"
+            );
+        }
+    }
+
+    #[test]
     fn unknown_key_is_named_with_the_file() {
         let err = Config::parse("[pooler]\ndefault_pool_sise = 3\n", "my.toml").unwrap_err();
         let msg = err.to_string();
