@@ -123,7 +123,9 @@ impl<'a> Watchdog<'a> {
         }
     }
 
-    /// Checks a server out; only a forced shutdown interrupts the wait.
+    /// Checks a server out; only a forced shutdown interrupts the wait. (Interrupting a
+    /// checkout that is opening a server leaves that pool's counts off by one; it happens only
+    /// when every pool is about to be closed.)
     pub async fn checkout(&self, pool: &Arc<Pool>) -> Result<ServerConn> {
         loop {
             if self.phase() >= Phase::Closing {

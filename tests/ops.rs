@@ -313,6 +313,47 @@ async fn a_broken_config_is_refused_and_the_old_one_stays() {
     assert_eq!(first_value(&pooler.client().await, "SELECT 2").await, "2");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_adds_and_removes_databases() {
+    let pg = PgServer::shared();
+    let db = pg.create_db("reload_dbs").await;
+    let db2 = pg.create_db("reload_dbs2").await;
+    let pooler = Pooler::start_with_userlist(
+        pg,
+        &db,
+        "pool_mode = \"transaction\"\nadmin_users = \"admin\"",
+        &userlist(),
+    )
+    .await;
+    let url2 = format!(
+        "host=127.0.0.1 port={} user={APP_USER} password={APP_PASSWORD} dbname={db2}",
+        pooler.port()
+    );
+    let err = try_connect(&url2).await.unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("3D000"));
+    let connected = pooler.client().await;
+    // Add the second database, remove the first.
+    let path = pooler.dir.join("pooler.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let text = text.replace(&format!("[databases.{db}]"), &format!("[databases.{db2}]"));
+    std::fs::write(&path, text).unwrap();
+    let console = admin(&pooler).await;
+    console.simple_query("RELOAD").await.expect("RELOAD");
+    let c2 = connect(&url2).await;
+    assert_eq!(first_value(&c2, "SELECT current_database()").await, db2);
+    let err = try_connect(&pooler.app_url()).await.unwrap_err();
+    assert_eq!(
+        sqlstate(&err).as_deref(),
+        Some("3D000"),
+        "removed database still served"
+    );
+    // A client of the removed database finishes its session on the old pool.
+    assert_eq!(
+        first_value(&connected, "SELECT current_database()").await,
+        db
+    );
+}
+
 // ---- the binary ----
 
 /// The pooler binary running with a config in a temp directory.

@@ -337,3 +337,73 @@ async fn max_user_connections_caps_servers_across_databases() {
     let total = backends_of(pg, &db, APP_USER).await + backends_of(pg, &db2, APP_USER).await;
     assert!(total <= 1, "{total} servers for a user limited to 1");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_login_timeout_drops_a_client_that_never_logs_in() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pg = PgServer::shared();
+    let db = pg.create_db("login_timeout").await;
+    let pooler = Pooler::start(pg, &db, "client_login_timeout = 0.5").await;
+    // Silent after connecting, and stuck halfway through a startup packet (slowloris).
+    for sent in [&b""[..], &[0u8, 0, 0, 40, 0, 3][..]] {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", pooler.port()))
+            .await
+            .unwrap();
+        s.write_all(sent).await.unwrap();
+        let mut got = Vec::new();
+        tokio::time::timeout(LIMIT, s.read_to_end(&mut got))
+            .await
+            .expect("the pooler kept a client that never logged in")
+            .ok();
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.contains("client_login_timeout"), "{text:?}");
+    }
+    // A client that logs in promptly is unaffected.
+    let c = pooler.client().await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(first_value(&c, "SELECT 1").await, "1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_idle_timeout_closes_idle_servers_down_to_min_pool_size() {
+    let pg = PgServer::shared();
+    let db = pg.create_db("idle_timeout").await;
+    let pooler = Pooler::start(
+        pg,
+        &db,
+        "pool_mode = \"transaction\"\nserver_idle_timeout = 0.5",
+    )
+    .await;
+    let c = pooler.client().await;
+    let server = pid(&c).await;
+    assert!(
+        eventually(LIMIT, || async { !backend_alive(pg, server).await }).await,
+        "an idle server outlived server_idle_timeout"
+    );
+    assert_eq!(first_value(&c, "SELECT 1").await, "1", "the client stays");
+
+    // min_pool_size: servers are opened ahead of demand and kept past the idle timeout.
+    let db = pg.create_db("min_pool").await;
+    let pooler = Pooler::start(
+        pg,
+        &db,
+        "pool_mode = \"transaction\"\nserver_idle_timeout = 0.5\nmin_pool_size = 2",
+    )
+    .await;
+    let c = pooler.client().await;
+    assert!(
+        eventually(LIMIT, || async {
+            backends_of(pg, &db, APP_USER).await == 2
+        })
+        .await,
+        "min_pool_size servers were not opened"
+    );
+    let before = pooler.server_pids(pg).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        pooler.server_pids(pg).await,
+        before,
+        "min_pool_size servers were closed"
+    );
+    assert_eq!(first_value(&c, "SELECT 1").await, "1");
+}
