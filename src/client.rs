@@ -6,7 +6,6 @@
 //! make the server's session parameters match the client's, relay, give the server back.
 
 use bytes::BytesMut;
-use rand::RngExt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -115,7 +114,10 @@ async fn login(
         match protocol::read_startup(stream).await? {
             // No TLS yet: 'N' tells the client to go on in cleartext (or give up if it insists).
             StartupRequest::Ssl | StartupRequest::GssEnc => stream.write_all(b"N").await?,
-            StartupRequest::Cancel { .. } => return Ok(None),
+            StartupRequest::Cancel { pid, secret } => {
+                forward_cancel(app, pid, secret).await;
+                return Ok(None);
+            }
             StartupRequest::Startup { params } => break params,
         }
     };
@@ -186,17 +188,14 @@ async fn login(
         let value = requested.get(name).unwrap_or(value);
         protocol::parameter_status(&mut out, name, value);
     }
-    let (pid, secret) = {
-        let mut rng = rand::rng();
-        (rng.random::<i32>() & 0x7fff_ffff, rng.random::<i32>())
-    };
-    protocol::backend_key_data(&mut out, pid, secret);
-    protocol::ready_for_query(&mut out, b'I');
-    stream.write_all(&out).await?;
     let app_name = session_params.get("application_name").unwrap_or_default();
     let client =
         app.clients_registry
             .register(stream, &user_name, &database, app_name, Some(pool.clone()));
+    let (pid, secret) = client.cancel_key;
+    protocol::backend_key_data(&mut out, pid, secret);
+    protocol::ready_for_query(&mut out, b'I');
+    stream.write_all(&out).await?;
     Ok(Some(Login::Pool(Session {
         pool,
         user: user_name,
@@ -204,6 +203,34 @@ async fn login(
         params: session_params,
         client,
     })))
+}
+
+/// Passes a client's CancelRequest on to the server running its query, with that server's
+/// own key. A key that matches no client, or a client with no server right now, cancels
+/// nothing; the requester is told nothing either way, as with Postgres.
+async fn forward_cancel(app: &App, pid: i32, secret: i32) {
+    let Some(target) = app.clients_registry.cancel_target(pid, secret) else {
+        tracing::debug!(pid, "cancel request matches no active client");
+        return;
+    };
+    let mut msg = BytesMut::with_capacity(16);
+    postgres_protocol::message::frontend::cancel_request(
+        target.backend_pid,
+        target.backend_secret,
+        &mut msg,
+    );
+    let send = async {
+        let mut s = TcpStream::connect((target.host.as_str(), target.port)).await?;
+        s.write_all(&msg).await?;
+        s.shutdown().await
+    };
+    let limit = secs(app.config.pooler.server_connect_timeout)
+        .unwrap_or(std::time::Duration::from_secs(15));
+    match tokio::time::timeout(limit, send).await {
+        Ok(Ok(())) => tracing::debug!(backend_pid = target.backend_pid, "cancel forwarded"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "could not forward cancel request"),
+        Err(_) => tracing::warn!("timed out forwarding cancel request"),
+    }
 }
 
 /// The session loop: one checkout per transaction (or one for the session).
