@@ -129,6 +129,7 @@ impl App {
             idle_timeout: secs(p.server_idle_timeout),
             mode: db.pool_mode.unwrap_or(p.pool_mode),
             reset_query: p.server_reset_query.clone(),
+            session_state: db.session_state.unwrap_or(p.session_state),
         };
         let target = ServerTarget {
             host: db.host.clone(),

@@ -239,7 +239,10 @@ async fn run_session(app: &App, stream: &mut TcpStream, session: &Session) -> Re
     let mut params = session.params.clone();
     let mut up = Flow::default();
     let mut down = Flow::default();
-    let mut client_side = ClientSide::default();
+    let mut client_side = ClientSide::new(
+        (pool.settings.mode == PoolMode::Transaction).then_some(pool.settings.session_state),
+        Some(session.client.info.clone()),
+    );
     let mut tracker = Tracker::default();
     let mut client_statements = ClientStatements::new();
     let release_on_idle = pool.settings.mode == PoolMode::Transaction;
@@ -310,7 +313,7 @@ async fn run_session(app: &App, stream: &mut TcpStream, session: &Session) -> Re
                 down.flush(stream).await?;
             }
             Ok(RelayEnd::ClientGone { server_clean: true }) => {
-                release_after_client(pool, server).await;
+                release_after_client(pool, server, client_side.pinned.is_some()).await;
                 return Ok(());
             }
             Ok(RelayEnd::ClientGone {
@@ -335,8 +338,9 @@ async fn run_session(app: &App, stream: &mut TcpStream, session: &Session) -> Re
 }
 
 /// A clean server whose client left: in session mode it is reset before anyone else gets it.
-async fn release_after_client(pool: &Arc<Pool>, mut server: ServerConn) {
-    if pool.settings.mode == PoolMode::Session && !pool.settings.reset_query.is_empty() {
+async fn release_after_client(pool: &Arc<Pool>, mut server: ServerConn, pinned: bool) {
+    let reset = pool.settings.mode == PoolMode::Session || pinned;
+    if reset && !pool.settings.reset_query.is_empty() {
         match server.run_internal(&pool.settings.reset_query).await {
             Ok(None) => {}
             Ok(Some((code, message))) => {

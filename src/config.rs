@@ -95,6 +95,7 @@ pub struct PoolerSettings {
     pub client_login_timeout: f64,
     pub server_reset_query: String,
     pub max_prepared_statements: usize,
+    pub session_state: crate::session_state::Policy,
     pub ignore_startup_parameters: NameList,
     pub track_extra_parameters: NameList,
     pub log_connections: bool,
@@ -127,6 +128,7 @@ impl Default for PoolerSettings {
             client_login_timeout: 60.0,
             server_reset_query: "DISCARD ALL".into(),
             max_prepared_statements: 200,
+            session_state: crate::session_state::Policy::Pin,
             ignore_startup_parameters: NameList::Empty,
             track_extra_parameters: NameList::Empty,
             log_connections: true,
@@ -157,6 +159,7 @@ pub struct DatabaseConfig {
     pub min_pool_size: Option<usize>,
     pub reserve_pool_size: Option<usize>,
     pub pool_mode: Option<PoolMode>,
+    pub session_state: Option<crate::session_state::Policy>,
 }
 
 fn default_host() -> String {

@@ -16,4 +16,5 @@ pub mod protocol;
 pub mod registry;
 pub mod relay;
 pub mod server;
+pub mod session_state;
 pub mod stats;

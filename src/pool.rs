@@ -27,6 +27,8 @@ pub struct PoolSettings {
     pub idle_timeout: Option<Duration>,
     pub mode: PoolMode,
     pub reset_query: String,
+    /// What to do when a transaction-mode client creates session state.
+    pub session_state: crate::session_state::Policy,
 }
 
 /// What a waiter is handed: a ready server, or the right to open one.

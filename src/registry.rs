@@ -17,6 +17,7 @@ use rand::RngExt;
 use crate::pool::Pool;
 use crate::relay::{ClientSide, Flow};
 use crate::server::ServerConn;
+use crate::session_state::Kind;
 use crate::stats::{now_us, us_of};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +61,8 @@ pub struct ClientInfo {
     server_connected_us: AtomicU64,
     /// The BackendKeyData the pooler gave this client (its CancelRequest key).
     pub cancel_key: (i32, i32),
+    /// 1 + index in `session_state::Kind::ALL` once the client is pinned to its server.
+    pinned: AtomicU8,
 }
 
 /// The server a client is linked to, as far as `SHOW SERVERS` needs it.
@@ -135,7 +138,29 @@ impl ClientInfo {
         if xact_done {
             pool.stats.transaction(attached.elapsed());
         }
+        pool.stats.session_state_seen(
+            false,
+            std::mem::take(&mut scan.warned),
+            std::mem::take(&mut scan.refused),
+        );
         self.state.store(ClientState::Idle as u8, Relaxed);
+    }
+
+    /// The client created session state under `session_state = pin`: shown in SHOW CLIENTS
+    /// and counted at once, since a pinned client's relay runs until it leaves.
+    pub fn mark_pinned(&self, kind: Kind) {
+        let i = Kind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
+        if self.pinned.swap(i as u8 + 1, Relaxed) == 0
+            && let Some(pool) = &self.pool
+        {
+            pool.stats.session_state_seen(true, 0, 0);
+        }
+    }
+
+    /// Why the client is pinned to its server (transaction mode), if it is.
+    pub fn pinned(&self) -> Option<Kind> {
+        let i = self.pinned.load(Relaxed);
+        (i > 0).then(|| Kind::ALL[usize::from(i - 1).min(Kind::ALL.len() - 1)])
     }
 }
 
@@ -232,6 +257,7 @@ impl ClientRegistry {
             server_secret: AtomicI32::new(0),
             server_connected_us: AtomicU64::new(0),
             cancel_key,
+            pinned: AtomicU8::new(0),
         });
         self.lock().insert(info.id, info.clone());
         Registration {

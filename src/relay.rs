@@ -23,6 +23,8 @@ use tokio::net::TcpStream;
 use crate::error::{PoolerError, Result};
 use crate::prepared::{self, ClientStatements, Registry, ServerCache, ServerStatement};
 use crate::protocol::{self, MAX_MESSAGE_LEN};
+use crate::registry::ClientInfo;
+use crate::session_state::{self, Kind, Policy};
 
 /// Stop reading a side when this much is waiting for the other: backpressure, bounded memory.
 pub const BUFFER_CAP: usize = 64 * 1024;
@@ -354,7 +356,7 @@ fn malformed(what: &str) -> PoolerError {
 }
 
 /// Client → server state.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct ClientSide {
     /// Messages since the last sync point that leave state on the server (Parse, Bind, ...).
     unsynced: bool,
@@ -362,6 +364,15 @@ pub struct ClientSide {
     pub terminated: bool,
     /// Simple and extended queries seen (for statistics).
     pub queries: u64,
+    /// Session-state detection (transaction mode only).
+    pub policy: Option<Policy>,
+    /// The client created session state under `pin`: it keeps its server from now on.
+    pub pinned: Option<Kind>,
+    /// Where a pin is made visible (SHOW CLIENTS, metrics).
+    pub info: Option<Arc<ClientInfo>>,
+    /// Session-state statements let through under `warn`, and refused under `error`.
+    pub warned: u64,
+    pub refused: u64,
 }
 
 impl ClientSide {
@@ -388,6 +399,22 @@ impl ClientSide {
                 return Ok(());
             };
             match tag {
+                b'Q' if self.needs_inspection() && total <= MAX_INSPECTED => {
+                    if up.inbuf.len() < total {
+                        return Ok(());
+                    }
+                    self.queries += 1;
+                    self.unsynced = false;
+                    tracker.push(Expect::Pass(Request::Sync, None));
+                    if let Some(kind) = session_state::detect(&up.inbuf[5..total])
+                        && self.on_session_state(kind)? == Policy::Error
+                    {
+                        up.inbuf.advance(total);
+                        refusal_query(&mut up.out, kind);
+                        continue;
+                    }
+                    up.pass(total, false);
+                }
                 b'Q' | b'F' => {
                     self.queries += u64::from(tag == b'Q');
                     self.unsynced = false;
@@ -426,6 +453,19 @@ impl ClientSide {
                         return Ok(());
                     }
                     self.unsynced = true;
+                    if tag == b'P' && self.needs_inspection() {
+                        let name_end =
+                            cstr_end(&up.inbuf[..total], 5).ok_or_else(|| malformed("Parse"))?;
+                        let query_end = cstr_end(&up.inbuf[..total], name_end + 1)
+                            .ok_or_else(|| malformed("Parse"))?;
+                        if let Some(kind) =
+                            session_state::detect(&up.inbuf[name_end + 1..query_end])
+                            && self.on_session_state(kind)? == Policy::Error
+                        {
+                            // Mid-pipeline there is no clean way to refuse one message.
+                            return Err(PoolerError::SessionState(kind.as_str()));
+                        }
+                    }
                     match tag {
                         b'P' => parse(up, total, tracker, stmts.as_deref_mut())?,
                         b'D' => describe(up, total, tracker, stmts.as_deref_mut())?,
@@ -474,10 +514,63 @@ impl ClientSide {
         }
     }
 
+    /// `policy`: session-state detection, for transaction mode.
+    pub fn new(policy: Option<Policy>, info: Option<Arc<ClientInfo>>) -> ClientSide {
+        ClientSide {
+            policy,
+            info,
+            ..Default::default()
+        }
+    }
+
+    fn needs_inspection(&self) -> bool {
+        self.policy.is_some() && self.pinned.is_none()
+    }
+
+    /// Applies the policy to a detected statement; returns the policy applied.
+    fn on_session_state(&mut self, kind: Kind) -> Result<Policy> {
+        let policy = self.policy.unwrap_or_default();
+        match policy {
+            Policy::Pin => {
+                tracing::info!(
+                    kind = kind.as_str(),
+                    "client creates session state: pinned to its server"
+                );
+                self.pinned = Some(kind);
+                if let Some(info) = &self.info {
+                    info.mark_pinned(kind);
+                }
+            }
+            Policy::Warn => {
+                tracing::warn!(
+                    kind = kind.as_str(),
+                    "client creates session state in transaction pooling"
+                );
+                self.warned += 1;
+            }
+            Policy::Error => self.refused += 1,
+        }
+        Ok(policy)
+    }
+
     /// True when everything forwarded is a complete request up to a sync point.
     pub fn at_boundary(&self, up: &Flow) -> bool {
         !self.unsynced && up.at_boundary()
     }
+}
+
+/// A query that makes the server itself refuse the client's statement, so the error arrives
+/// in order and a transaction block fails exactly as it would on any error.
+fn refusal_query(out: &mut BytesMut, kind: Kind) {
+    let message = PoolerError::SessionState(kind.as_str()).to_string();
+    let sql = format!(
+        "DO $pooler$BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = {}; END$pooler$",
+        protocol::quote_literal(&message)
+    );
+    out.put_u8(b'Q');
+    out.put_i32((4 + sql.len() + 1) as i32);
+    out.put_slice(sql.as_bytes());
+    out.put_u8(0);
 }
 
 /// Makes sure the server has `stmt`, injecting its Parse (reply hidden) when it does not.
@@ -812,7 +905,7 @@ impl Relay<'_, '_> {
                     server_clean: self.clean(),
                 });
             }
-            if release_on_idle && self.clean() {
+            if release_on_idle && self.client_side.pinned.is_none() && self.clean() {
                 return Ok(RelayEnd::Idle);
             }
             if (client_eof || self.client_side.terminated) && self.up.out.is_empty() {
