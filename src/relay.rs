@@ -240,12 +240,31 @@ pub struct Flow {
 
 impl Flow {
     /// Reads what the socket has; `Ok(None)` when it has nothing right now, `Ok(Some(0))` on EOF.
+    ///
+    /// A read that did not fill the buffer drained the socket, so its readiness is cleared
+    /// at once (as tokio's own `poll_read` does): otherwise the next wait would return at
+    /// once and cost a read that only says "would block" — two wasted syscalls per
+    /// transaction. Data arriving later raises a new readiness event, which tokio keeps.
     fn read_from(&mut self, stream: &TcpStream) -> io::Result<Option<usize>> {
         self.inbuf.reserve(READ_CHUNK);
-        match stream.try_read_buf(&mut self.inbuf) {
+        let spare = self.inbuf.capacity() - self.inbuf.len();
+        let mut got = 0;
+        let result = stream.try_io(tokio::io::Interest::READABLE, || {
+            let n = stream.try_read_buf(&mut self.inbuf)?;
+            got = n;
+            if n > 0 && n < spare {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(n)
+        });
+        match result {
             Ok(n) => {
                 self.bytes_read += n as u64;
                 Ok(Some(n))
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => {
+                self.bytes_read += got as u64;
+                Ok(Some(got))
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
             Err(e) => Err(e),
