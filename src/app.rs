@@ -112,6 +112,7 @@ fn settings_for(config: &Config, db: &DatabaseConfig) -> PoolSettings {
     PoolSettings {
         mode: db.pool_mode.unwrap_or(config.pooler.pool_mode),
         reset_query: config.pooler.server_reset_query.clone(),
+        session_state: db.session_state.unwrap_or(config.pooler.session_state),
     }
 }
 
@@ -346,7 +347,8 @@ impl App {
                 && target.dbname == pool.target.dbname
                 && db.user.as_deref().is_none_or(|u| u == pool.user)
                 && settings.mode == pool.settings.mode
-                && settings.reset_query == pool.settings.reset_query;
+                && settings.reset_query == pool.settings.reset_query
+                && settings.session_state == pool.settings.session_state;
             if !same_server {
                 return false;
             }

@@ -6,7 +6,6 @@
 //! make the server's session parameters match the client's, relay, give the server back.
 
 use bytes::BytesMut;
-use rand::RngExt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -122,7 +121,10 @@ async fn login(
         match protocol::read_startup(stream).await? {
             // No TLS yet: 'N' tells the client to go on in cleartext (or give up if it insists).
             StartupRequest::Ssl | StartupRequest::GssEnc => stream.write_all(b"N").await?,
-            StartupRequest::Cancel { .. } => return Ok(None),
+            StartupRequest::Cancel { pid, secret } => {
+                forward_cancel(app, pid, secret).await;
+                return Ok(None);
+            }
             StartupRequest::Startup { params } => break params,
         }
     };
@@ -194,17 +196,14 @@ async fn login(
         let value = requested.get(name).unwrap_or(value);
         protocol::parameter_status(&mut out, name, value);
     }
-    let (pid, secret) = {
-        let mut rng = rand::rng();
-        (rng.random::<i32>() & 0x7fff_ffff, rng.random::<i32>())
-    };
-    protocol::backend_key_data(&mut out, pid, secret);
-    protocol::ready_for_query(&mut out, b'I');
-    stream.write_all(&out).await?;
     let app_name = session_params.get("application_name").unwrap_or_default();
     let client =
         app.clients_registry
             .register(stream, &user_name, &database, app_name, Some(pool.clone()));
+    let (pid, secret) = client.cancel_key;
+    protocol::backend_key_data(&mut out, pid, secret);
+    protocol::ready_for_query(&mut out, b'I');
+    stream.write_all(&out).await?;
     Ok(Some(Login::Pool(Session {
         pool,
         user: user_name,
@@ -214,13 +213,44 @@ async fn login(
     })))
 }
 
+/// Passes a client's CancelRequest on to the server running its query, with that server's
+/// own key. A key that matches no client, or a client with no server right now, cancels
+/// nothing; the requester is told nothing either way, as with Postgres.
+async fn forward_cancel(app: &App, pid: i32, secret: i32) {
+    let Some(target) = app.clients_registry.cancel_target(pid, secret) else {
+        tracing::debug!(pid, "cancel request matches no active client");
+        return;
+    };
+    let mut msg = BytesMut::with_capacity(16);
+    postgres_protocol::message::frontend::cancel_request(
+        target.backend_pid,
+        target.backend_secret,
+        &mut msg,
+    );
+    let send = async {
+        let mut s = TcpStream::connect((target.host.as_str(), target.port)).await?;
+        s.write_all(&msg).await?;
+        s.shutdown().await
+    };
+    let limit = secs(app.config().pooler.server_connect_timeout)
+        .unwrap_or(std::time::Duration::from_secs(15));
+    match tokio::time::timeout(limit, send).await {
+        Ok(Ok(())) => tracing::debug!(backend_pid = target.backend_pid, "cancel forwarded"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "could not forward cancel request"),
+        Err(_) => tracing::warn!("timed out forwarding cancel request"),
+    }
+}
+
 /// The session loop: one checkout per transaction (or one for the session).
 async fn run_session(app: &App, stream: &mut TcpStream, session: &Session) -> Result<()> {
     let pool = &session.pool;
     let mut params = session.params.clone();
     let mut up = Flow::default();
     let mut down = Flow::default();
-    let mut client_side = ClientSide::default();
+    let mut client_side = ClientSide::new(
+        (pool.settings.mode == PoolMode::Transaction).then_some(pool.settings.session_state),
+        Some(session.client.info.clone()),
+    );
     let mut tracker = Tracker::default();
     let mut client_statements = ClientStatements::new();
     let release_on_idle = pool.settings.mode == PoolMode::Transaction;
@@ -288,10 +318,10 @@ async fn run_session(app: &App, stream: &mut TcpStream, session: &Session) -> Re
             xact_done,
         );
         match end {
-            Ok(RelayEnd::Idle) if !release_on_idle => {
-                // Session mode, the pooler is shutting down: the server is reset and given
-                // back between transactions; the next request is refused.
-                release_after_client(pool, server).await;
+            Ok(RelayEnd::Idle) if !release_on_idle || client_side.pinned.is_some() => {
+                // Session mode or a pinned client, the pooler is shutting down: the server is
+                // reset and given back between transactions; the next request is refused.
+                release_after_client(pool, server, client_side.pinned.is_some()).await;
                 down.flush(stream).await?;
             }
             Ok(RelayEnd::Idle) => {
@@ -299,7 +329,7 @@ async fn run_session(app: &App, stream: &mut TcpStream, session: &Session) -> Re
                 down.flush(stream).await?;
             }
             Ok(RelayEnd::ClientGone { server_clean: true }) => {
-                release_after_client(pool, server).await;
+                release_after_client(pool, server, client_side.pinned.is_some()).await;
                 return Ok(());
             }
             Ok(RelayEnd::ClientGone {
@@ -324,8 +354,9 @@ async fn run_session(app: &App, stream: &mut TcpStream, session: &Session) -> Re
 }
 
 /// A clean server whose client left: in session mode it is reset before anyone else gets it.
-async fn release_after_client(pool: &Arc<Pool>, mut server: ServerConn) {
-    if pool.settings.mode == PoolMode::Session && !pool.settings.reset_query.is_empty() {
+async fn release_after_client(pool: &Arc<Pool>, mut server: ServerConn, pinned: bool) {
+    let reset = pool.settings.mode == PoolMode::Session || pinned;
+    if reset && !pool.settings.reset_query.is_empty() {
         match server.run_internal(&pool.settings.reset_query).await {
             Ok(None) => {}
             Ok(Some((code, message))) => {

@@ -181,6 +181,7 @@ pub struct PoolerSettings {
     pub server_tls_ca_file: Option<PathBuf>,
     pub server_reset_query: String,
     pub max_prepared_statements: usize,
+    pub session_state: crate::session_state::Policy,
     pub ignore_startup_parameters: NameList,
     pub track_extra_parameters: NameList,
     pub log_connections: bool,
@@ -229,6 +230,7 @@ impl Default for PoolerSettings {
             server_tls_ca_file: None,
             server_reset_query: "DISCARD ALL".into(),
             max_prepared_statements: 200,
+            session_state: crate::session_state::Policy::Pin,
             ignore_startup_parameters: NameList::Empty,
             track_extra_parameters: NameList::Empty,
             log_connections: true,
@@ -264,6 +266,11 @@ impl PoolerSettings {
                 .unwrap_or_default()
         };
         let list = |v: &NameList| v.names().join(", ");
+        let policy = match self.session_state {
+            crate::session_state::Policy::Pin => "pin",
+            crate::session_state::Policy::Warn => "warn",
+            crate::session_state::Policy::Error => "error",
+        };
         vec![
             ("listen_addr", self.listen_addr.clone(), Text),
             ("listen_port", self.listen_port.to_string(), Value),
@@ -347,6 +354,7 @@ impl PoolerSettings {
                 self.max_prepared_statements.to_string(),
                 Value,
             ),
+            ("session_state", policy.into(), Text),
             (
                 "ignore_startup_parameters",
                 list(&self.ignore_startup_parameters),
@@ -424,6 +432,7 @@ pub struct DatabaseConfig {
     pub pool_mode: Option<PoolMode>,
     /// Overrides `max_db_connections` for this database.
     pub max_db_connections: Option<usize>,
+    pub session_state: Option<crate::session_state::Policy>,
 }
 
 fn default_host() -> String {

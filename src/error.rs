@@ -34,6 +34,11 @@ pub enum PoolerError {
     /// The server refused the pooler's login; its own error is passed on.
     #[error("{message}")]
     ServerLogin { code: String, message: String },
+    /// A statement creating session state, refused under `session_state = error`.
+    #[error(
+        "pooler: {0} creates session state, which transaction pooling cannot keep (session_state = error)"
+    )]
+    SessionState(&'static str),
     #[error("server conn crashed?")]
     ServerGone,
     #[error("server returned an unexpected response: {0}")]
@@ -73,6 +78,7 @@ impl PoolerError {
             PoolerError::ShuttingDown => "57P01",
             PoolerError::SslRequired => "28000",
             PoolerError::AuthFailed(_) => "28P01",
+            PoolerError::SessionState(_) => "0A000",
             PoolerError::NotAllowed => "28000",
             PoolerError::NoSuchDatabase(_) => "3D000",
             PoolerError::TooManyClients => "53300",
@@ -90,6 +96,7 @@ impl PoolerError {
             }
             PoolerError::AuthFailed(_) | PoolerError::NotAllowed => "auth_failed",
             PoolerError::NoSuchDatabase(_) => "no_such_database",
+            PoolerError::SessionState(_) => "session_state",
             PoolerError::TooManyClients => "max_client_conn",
             PoolerError::QueryWaitTimeout => "query_wait_timeout",
             PoolerError::ClientLoginTimeout => "client_login_timeout",

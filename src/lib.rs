@@ -19,6 +19,7 @@ pub mod protocol;
 pub mod registry;
 pub mod relay;
 pub mod server;
+pub mod session_state;
 pub mod stats;
 pub mod tls;
 pub mod watchdog;

@@ -49,6 +49,7 @@ pub const XACT_HISTOGRAM: &str = "pooler_transaction_duration_seconds";
 pub const SERVERS_OPENED: &str = "pooler_server_connections_opened_total";
 pub const SERVERS_CLOSED: &str = "pooler_server_connections_closed_total";
 pub const CONNECT_FAILURES: &str = "pooler_server_connect_failures_total";
+pub const SESSION_STATE: &str = "pooler_session_state_total";
 // Global.
 pub const UP: &str = "pooler_up";
 pub const BUILD_INFO: &str = "pooler_build_info";
@@ -130,6 +131,10 @@ pub const DESCRIPTIONS: &[(&str, &str)] = &[
         CONNECT_FAILURES,
         "Attempts to open a server connection that failed",
     ),
+    (
+        SESSION_STATE,
+        "Statements creating session state in transaction mode, by action (pinned, warned, refused)",
+    ),
     (UP, "1 while the pooler is serving"),
     (BUILD_INFO, "Build information (label version)"),
     (MAX_CLIENT_CONN, "Configured max_client_conn"),
@@ -165,7 +170,14 @@ pub const ERROR_KINDS: &[&str] = &[
     "no_such_database",
     "client_login_timeout",
     "server_gone",
+    "session_state",
     "io",
+    "server_login_retry",
+    "shutdown",
+    "client_idle_timeout",
+    "idle_transaction_timeout",
+    "query_timeout",
+    "ssl_required",
 ];
 
 /// Seconds; from sub-millisecond pool hits to `query_wait_timeout`'s default of 120 s.
@@ -325,6 +337,11 @@ impl Metrics {
             n(ASSIGNMENTS, t.server_assignments);
             n(SERVERS_OPENED, s.servers_opened());
             n(CONNECT_FAILURES, s.connect_failures());
+            for (action, v) in s.session_state() {
+                let mut l = labels();
+                l.push(Label::new("action", action));
+                self.counter(SESSION_STATE, l, v);
+            }
             for reason in CloseReason::ALL {
                 let mut l = labels();
                 l.push(Label::new("reason", reason.label()));
@@ -574,6 +591,12 @@ mod tests {
             PoolerError::NoSuchDatabase("d".into()),
             PoolerError::ClientLoginTimeout,
             PoolerError::ServerGone,
+            PoolerError::ServerLoginRetry("x".into()),
+            PoolerError::ShuttingDown,
+            PoolerError::ClientIdleTimeout,
+            PoolerError::IdleTransactionTimeout,
+            PoolerError::QueryTimeout,
+            PoolerError::SslRequired,
         ] {
             assert!(ERROR_KINDS.contains(&e.kind()), "{}", e.kind());
         }

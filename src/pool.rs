@@ -23,6 +23,8 @@ use crate::stats::{CloseReason, PoolStats, ServerSnapshot, us_of};
 pub struct PoolSettings {
     pub mode: PoolMode,
     pub reset_query: String,
+    /// What to do when a transaction-mode client creates session state.
+    pub session_state: crate::session_state::Policy,
 }
 
 /// Sizes and timeouts: RELOAD changes them in place. Read under the pool's lock at checkout,

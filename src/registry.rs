@@ -13,9 +13,12 @@ use std::time::Instant;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
+use rand::RngExt;
+
 use crate::pool::Pool;
 use crate::relay::{ClientSide, Flow};
 use crate::server::ServerConn;
+use crate::session_state::Kind;
 use crate::stats::{now_us, us_of};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,9 +58,14 @@ pub struct ClientInfo {
     wait_since_us: AtomicU64,
     server_id: AtomicU64,
     server_pid: AtomicI32,
+    server_secret: AtomicI32,
     server_connected_us: AtomicU64,
     /// Woken by the shutdown supervisor: the session looks at the shutdown phase.
     pub stop: Notify,
+    /// The BackendKeyData the pooler gave this client (its CancelRequest key).
+    pub cancel_key: (i32, i32),
+    /// 1 + index in `session_state::Kind::ALL` once the client is pinned to its server.
+    pinned: AtomicU8,
 }
 
 /// The server a client is linked to, as far as `SHOW SERVERS` needs it.
@@ -107,6 +115,7 @@ impl ClientInfo {
         let now = Instant::now();
         self.server_id.store(server.id, Relaxed);
         self.server_pid.store(server.backend_pid, Relaxed);
+        self.server_secret.store(server.backend_secret, Relaxed);
         self.server_connected_us
             .store(us_of(server.created_at), Relaxed);
         self.state.store(ClientState::Active as u8, Relaxed);
@@ -132,7 +141,29 @@ impl ClientInfo {
         if xact_done {
             pool.stats.transaction(attached.elapsed());
         }
+        pool.stats.session_state_seen(
+            false,
+            std::mem::take(&mut scan.warned),
+            std::mem::take(&mut scan.refused),
+        );
         self.state.store(ClientState::Idle as u8, Relaxed);
+    }
+
+    /// The client created session state under `session_state = pin`: shown in SHOW CLIENTS
+    /// and counted at once, since a pinned client's relay runs until it leaves.
+    pub fn mark_pinned(&self, kind: Kind) {
+        let i = Kind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
+        if self.pinned.swap(i as u8 + 1, Relaxed) == 0
+            && let Some(pool) = &self.pool
+        {
+            pool.stats.session_state_seen(true, 0, 0);
+        }
+    }
+
+    /// Why the client is pinned to its server (transaction mode), if it is.
+    pub fn pinned(&self) -> Option<Kind> {
+        let i = self.pinned.load(Relaxed);
+        (i > 0).then(|| Kind::ALL[usize::from(i - 1).min(Kind::ALL.len() - 1)])
     }
 }
 
@@ -141,6 +172,17 @@ impl ClientInfo {
 pub struct ClientRegistry {
     next_id: AtomicU64,
     clients: Mutex<HashMap<u64, Arc<ClientInfo>>>,
+    /// Cancel key process id → client id, for CancelRequest.
+    by_cancel_pid: Mutex<HashMap<i32, u64>>,
+}
+
+/// Where to send a CancelRequest for a client's current query.
+#[derive(Debug, Clone)]
+pub struct CancelTarget {
+    pub host: String,
+    pub port: u16,
+    pub backend_pid: i32,
+    pub backend_secret: i32,
 }
 
 /// A registered client; dropping it unregisters. It must be dropped before the client's
@@ -160,6 +202,11 @@ impl std::ops::Deref for Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         self.registry.lock().remove(&self.info.id);
+        self.registry
+            .by_cancel_pid
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.info.cancel_key.0);
         if let Some(pool) = &self.info.pool {
             pool.stats.client_left();
         }
@@ -182,8 +229,21 @@ impl ClientRegistry {
         if let Some(pool) = &pool {
             pool.stats.client_joined();
         }
+        let id = self.next_id.fetch_add(1, Relaxed) + 1;
+        let cancel_key = {
+            // A fresh random key, unique among live clients (a CancelRequest names only it).
+            let mut by_pid = self.by_cancel_pid.lock().unwrap_or_else(|e| e.into_inner());
+            let mut rng = rand::rng();
+            loop {
+                let pid = rng.random::<i32>() & 0x7fff_ffff;
+                if pid != 0 && !by_pid.contains_key(&pid) {
+                    by_pid.insert(pid, id);
+                    break (pid, rng.random::<i32>());
+                }
+            }
+        };
         let info = Arc::new(ClientInfo {
-            id: self.next_id.fetch_add(1, Relaxed) + 1,
+            id,
             user: user.to_string(),
             database: database.to_string(),
             application_name: application_name.to_string(),
@@ -197,14 +257,39 @@ impl ClientRegistry {
             wait_since_us: AtomicU64::new(0),
             server_id: AtomicU64::new(0),
             server_pid: AtomicI32::new(0),
+            server_secret: AtomicI32::new(0),
             server_connected_us: AtomicU64::new(0),
             stop: Notify::new(),
+            cancel_key,
+            pinned: AtomicU8::new(0),
         });
         self.lock().insert(info.id, info.clone());
         Registration {
             registry: self.clone(),
             info,
         }
+    }
+
+    /// The server a CancelRequest with this key should go to: the client's current server,
+    /// only while it has one. A wrong secret finds nothing.
+    pub fn cancel_target(&self, pid: i32, secret: i32) -> Option<CancelTarget> {
+        let id = *self
+            .by_cancel_pid
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&pid)?;
+        let info = self.lock().get(&id)?.clone();
+        // Compare without an early exit, so timing does not leak how much matched.
+        if (info.cancel_key.1 ^ secret) != 0 || info.state() != ClientState::Active {
+            return None;
+        }
+        let pool = info.pool.as_ref()?;
+        Some(CancelTarget {
+            host: pool.target.host.clone(),
+            port: pool.target.port,
+            backend_pid: info.server_pid.load(Relaxed),
+            backend_secret: info.server_secret.load(Relaxed),
+        })
     }
 
     /// Every client, oldest first.

@@ -23,6 +23,8 @@ use tokio::net::TcpStream;
 use crate::error::{PoolerError, Result};
 use crate::prepared::{self, ClientStatements, Registry, ServerCache, ServerStatement};
 use crate::protocol::{self, MAX_MESSAGE_LEN};
+use crate::registry::ClientInfo;
+use crate::session_state::{self, Kind, Policy};
 
 /// Stop reading a side when this much is waiting for the other: backpressure, bounded memory.
 pub const BUFFER_CAP: usize = 64 * 1024;
@@ -238,12 +240,31 @@ pub struct Flow {
 
 impl Flow {
     /// Reads what the socket has; `Ok(None)` when it has nothing right now, `Ok(Some(0))` on EOF.
+    ///
+    /// A read that did not fill the buffer drained the socket, so its readiness is cleared
+    /// at once (as tokio's own `poll_read` does): otherwise the next wait would return at
+    /// once and cost a read that only says "would block" — two wasted syscalls per
+    /// transaction. Data arriving later raises a new readiness event, which tokio keeps.
     fn read_from(&mut self, stream: &TcpStream) -> io::Result<Option<usize>> {
         self.inbuf.reserve(READ_CHUNK);
-        match stream.try_read_buf(&mut self.inbuf) {
+        let spare = self.inbuf.capacity() - self.inbuf.len();
+        let mut got = 0;
+        let result = stream.try_io(tokio::io::Interest::READABLE, || {
+            let n = stream.try_read_buf(&mut self.inbuf)?;
+            got = n;
+            if n > 0 && n < spare {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(n)
+        });
+        match result {
             Ok(n) => {
                 self.bytes_read += n as u64;
                 Ok(Some(n))
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => {
+                self.bytes_read += got as u64;
+                Ok(Some(got))
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
             Err(e) => Err(e),
@@ -354,7 +375,7 @@ fn malformed(what: &str) -> PoolerError {
 }
 
 /// Client → server state.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct ClientSide {
     /// Messages since the last sync point that leave state on the server (Parse, Bind, ...).
     unsynced: bool,
@@ -362,6 +383,15 @@ pub struct ClientSide {
     pub terminated: bool,
     /// Simple and extended queries seen (for statistics).
     pub queries: u64,
+    /// Session-state detection (transaction mode only).
+    pub policy: Option<Policy>,
+    /// The client created session state under `pin`: it keeps its server from now on.
+    pub pinned: Option<Kind>,
+    /// Where a pin is made visible (SHOW CLIENTS, metrics).
+    pub info: Option<Arc<ClientInfo>>,
+    /// Session-state statements let through under `warn`, and refused under `error`.
+    pub warned: u64,
+    pub refused: u64,
 }
 
 impl ClientSide {
@@ -388,6 +418,22 @@ impl ClientSide {
                 return Ok(());
             };
             match tag {
+                b'Q' if self.needs_inspection() && total <= MAX_INSPECTED => {
+                    if up.inbuf.len() < total {
+                        return Ok(());
+                    }
+                    self.queries += 1;
+                    self.unsynced = false;
+                    tracker.push(Expect::Pass(Request::Sync, None));
+                    if let Some(kind) = session_state::detect(&up.inbuf[5..total])
+                        && self.on_session_state(kind)? == Policy::Error
+                    {
+                        up.inbuf.advance(total);
+                        refusal_query(&mut up.out, kind);
+                        continue;
+                    }
+                    up.pass(total, false);
+                }
                 b'Q' | b'F' => {
                     self.queries += u64::from(tag == b'Q');
                     self.unsynced = false;
@@ -426,6 +472,19 @@ impl ClientSide {
                         return Ok(());
                     }
                     self.unsynced = true;
+                    if tag == b'P' && self.needs_inspection() {
+                        let name_end =
+                            cstr_end(&up.inbuf[..total], 5).ok_or_else(|| malformed("Parse"))?;
+                        let query_end = cstr_end(&up.inbuf[..total], name_end + 1)
+                            .ok_or_else(|| malformed("Parse"))?;
+                        if let Some(kind) =
+                            session_state::detect(&up.inbuf[name_end + 1..query_end])
+                            && self.on_session_state(kind)? == Policy::Error
+                        {
+                            // Mid-pipeline there is no clean way to refuse one message.
+                            return Err(PoolerError::SessionState(kind.as_str()));
+                        }
+                    }
                     match tag {
                         b'P' => parse(up, total, tracker, stmts.as_deref_mut())?,
                         b'D' => describe(up, total, tracker, stmts.as_deref_mut())?,
@@ -474,10 +533,63 @@ impl ClientSide {
         }
     }
 
+    /// `policy`: session-state detection, for transaction mode.
+    pub fn new(policy: Option<Policy>, info: Option<Arc<ClientInfo>>) -> ClientSide {
+        ClientSide {
+            policy,
+            info,
+            ..Default::default()
+        }
+    }
+
+    fn needs_inspection(&self) -> bool {
+        self.policy.is_some() && self.pinned.is_none()
+    }
+
+    /// Applies the policy to a detected statement; returns the policy applied.
+    fn on_session_state(&mut self, kind: Kind) -> Result<Policy> {
+        let policy = self.policy.unwrap_or_default();
+        match policy {
+            Policy::Pin => {
+                tracing::info!(
+                    kind = kind.as_str(),
+                    "client creates session state: pinned to its server"
+                );
+                self.pinned = Some(kind);
+                if let Some(info) = &self.info {
+                    info.mark_pinned(kind);
+                }
+            }
+            Policy::Warn => {
+                tracing::warn!(
+                    kind = kind.as_str(),
+                    "client creates session state in transaction pooling"
+                );
+                self.warned += 1;
+            }
+            Policy::Error => self.refused += 1,
+        }
+        Ok(policy)
+    }
+
     /// True when everything forwarded is a complete request up to a sync point.
     pub fn at_boundary(&self, up: &Flow) -> bool {
         !self.unsynced && up.at_boundary()
     }
+}
+
+/// A query that makes the server itself refuse the client's statement, so the error arrives
+/// in order and a transaction block fails exactly as it would on any error.
+fn refusal_query(out: &mut BytesMut, kind: Kind) {
+    let message = PoolerError::SessionState(kind.as_str()).to_string();
+    let sql = format!(
+        "DO $pooler$BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = {}; END$pooler$",
+        protocol::quote_literal(&message)
+    );
+    out.put_u8(b'Q');
+    out.put_i32((4 + sql.len() + 1) as i32);
+    out.put_slice(sql.as_bytes());
+    out.put_u8(0);
 }
 
 /// Makes sure the server has `stmt`, injecting its Parse (reply hidden) when it does not.
@@ -812,7 +924,7 @@ impl Relay<'_, '_> {
                     server_clean: self.clean(),
                 });
             }
-            if release_on_idle && self.clean() {
+            if release_on_idle && self.client_side.pinned.is_none() && self.clean() {
                 return Ok(RelayEnd::Idle);
             }
             if (client_eof || self.client_side.terminated) && self.up.out.is_empty() {
@@ -946,4 +1058,232 @@ pub fn answer_locally(
     }
     up.inbuf.advance(end);
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use postgres_protocol::message::frontend;
+
+    fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut v = vec![tag];
+        v.extend_from_slice(&(4 + body.len() as i32).to_be_bytes());
+        v.extend_from_slice(body);
+        v
+    }
+
+    fn tags(mut buf: &[u8]) -> String {
+        let mut out = String::new();
+        while let Some((tag, len)) = protocol::header(buf) {
+            out.push(tag as char);
+            buf = &buf[1 + len as usize..];
+        }
+        out
+    }
+
+    /// One client and one server, driven by hand.
+    struct Rig {
+        up: Flow,
+        down: Flow,
+        client: ClientSide,
+        server: ServerSide,
+        tracker: Tracker,
+        stmts: ClientStatements,
+        cache: ServerCache,
+    }
+
+    impl Rig {
+        fn new() -> Rig {
+            Rig {
+                up: Flow::default(),
+                down: Flow::default(),
+                client: ClientSide::default(),
+                server: ServerSide::default(),
+                tracker: Tracker::default(),
+                stmts: ClientStatements::new(),
+                cache: ServerCache::default(),
+            }
+        }
+
+        /// Client bytes in; what goes to the server out.
+        fn send(&mut self, registry: &Registry, bytes: &[u8]) -> Vec<u8> {
+            self.up.inbuf.extend_from_slice(bytes);
+            let mut s = Statements {
+                registry,
+                client: &mut self.stmts,
+                server: &mut self.cache,
+                max: 10,
+            };
+            self.client
+                .process(&mut self.up, &mut self.tracker, Some(&mut s))
+                .unwrap();
+            if self.down.at_boundary() {
+                self.tracker.emit_synthetic(&mut self.down.out);
+            }
+            self.up.out.split().to_vec()
+        }
+
+        /// Server bytes in; what goes to the client out.
+        fn reply(&mut self, bytes: &[u8]) -> Vec<u8> {
+            self.down.inbuf.extend_from_slice(bytes);
+            self.server
+                .process(
+                    &mut self.down,
+                    &mut self.tracker,
+                    Some(&mut self.cache),
+                    &mut |_, _| {},
+                )
+                .unwrap();
+            self.down.out.split().to_vec()
+        }
+    }
+
+    fn parse(name: &str, sql: &str) -> Vec<u8> {
+        let mut b = bytes::BytesMut::new();
+        frontend::parse(name, sql, [], &mut b).unwrap();
+        b.to_vec()
+    }
+
+    fn bind_execute_sync(stmt: &str) -> Vec<u8> {
+        let mut b = bytes::BytesMut::new();
+        frontend::bind(
+            "",
+            stmt,
+            [],
+            [0i32; 0],
+            |_: i32, _: &mut bytes::BytesMut| -> Result<postgres_protocol::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+                Ok(postgres_protocol::IsNull::No)
+            },
+            [],
+            &mut b,
+        )
+        .map_err(|_| ())
+        .unwrap();
+        frontend::execute("", 0, &mut b).unwrap();
+        frontend::sync(&mut b);
+        b.to_vec()
+    }
+
+    #[test]
+    fn injected_parse_is_hidden_and_known_parse_is_answered_in_order() {
+        let registry = Registry::default();
+        let mut a = Rig::new();
+        let mut batch = parse("s1", "select 1");
+        batch.extend(msg(b'S', b""));
+        let to_server = a.send(&registry, &batch);
+        assert_eq!(tags(&to_server), "PS");
+        assert!(to_server.windows(8).any(|w| w == b"POOLER_1"));
+        let mut replies = msg(b'1', b"");
+        replies.extend(msg(b'Z', b"I"));
+        assert_eq!(tags(&a.reply(&replies)), "1Z");
+
+        // The client moves to a server that never saw the statement: Parse is injected.
+        let mut b = Rig {
+            stmts: std::mem::take(&mut a.stmts),
+            ..Rig::new()
+        };
+        let to_server = b.send(&registry, &bind_execute_sync("s1"));
+        assert_eq!(tags(&to_server), "PBES");
+        let mut replies = msg(b'1', b"");
+        replies.extend(msg(b'2', b""));
+        replies.extend(msg(b'C', b"SELECT 1\0"));
+        replies.extend(msg(b'Z', b"I"));
+        assert_eq!(
+            tags(&b.reply(&replies)),
+            "2CZ",
+            "the injected ParseComplete is hidden"
+        );
+        assert!(b.tracker.is_idle());
+
+        // Parsing it again where it exists, and closing it: answered by the pooler, in turn.
+        let mut batch = parse("s2", "select 1");
+        let mut close = bytes::BytesMut::new();
+        frontend::close(b'S', "s2", &mut close).unwrap();
+        batch.extend_from_slice(&close);
+        batch.extend(msg(b'S', b""));
+        let to_server = b.send(&registry, &batch);
+        assert_eq!(
+            tags(&to_server),
+            "S",
+            "neither Parse nor Close reaches the server"
+        );
+        assert_eq!(tags(&b.reply(&msg(b'Z', b"I"))), "13Z");
+    }
+
+    #[test]
+    fn an_error_skips_the_rest_of_the_batch_and_forgets_unprepared_statements() {
+        let registry = Registry::default();
+        let mut a = Rig::new();
+        a.send(&registry, &parse("s1", "select 1"));
+        a.send(&registry, &msg(b'S', b""));
+        a.reply(&[msg(b'1', b""), msg(b'Z', b"I")].concat());
+        // On a fresh server: a failing unnamed Bind, then a Bind that injects s1, then Sync.
+        let mut b = Rig {
+            stmts: std::mem::take(&mut a.stmts),
+            ..Rig::new()
+        };
+        let mut batch = bind_execute_sync("");
+        batch.truncate(batch.len() - 5); // drop the Sync
+        batch.extend(bind_execute_sync("s1"));
+        let to_server = b.send(&registry, &batch);
+        assert_eq!(tags(&to_server), "BEPBES");
+        let mut err = bytes::BytesMut::new();
+        protocol::error_response(&mut err, "ERROR", "26000", "no such statement");
+        let out = b.reply(&[err.to_vec(), msg(b'Z', b"I")].concat());
+        assert_eq!(tags(&out), "EZ");
+        assert!(b.tracker.is_idle());
+        // The injected Parse was skipped by the server: it must be injected again next time.
+        let to_server = b.send(&registry, &bind_execute_sync("s1"));
+        assert_eq!(tags(&to_server), "PBES");
+    }
+
+    #[test]
+    fn syncs_sent_during_copy_in_get_no_reply() {
+        let registry = Registry::default();
+        let mut r = Rig::new();
+        // tokio-postgres: Bind, Execute, Sync, then the data, CopyDone, Sync.
+        let mut batch = bind_execute_sync("");
+        batch.extend(msg(b'd', b"1\n"));
+        batch.extend(msg(b'c', b""));
+        batch.extend(msg(b'S', b""));
+        assert_eq!(tags(&r.send(&registry, &batch)), "BESdcS");
+        let replies = [
+            msg(b'2', b""),
+            msg(b'G', b"\0\0\0"),
+            msg(b'C', b"COPY 1\0"),
+            msg(b'Z', b"I"),
+        ]
+        .concat();
+        assert_eq!(tags(&r.reply(&replies)), "2GCZ");
+        assert!(
+            r.tracker.is_idle(),
+            "the Sync ignored in COPY mode is not awaited"
+        );
+    }
+
+    #[test]
+    fn bad_lengths_and_types_are_errors() {
+        let registry = Registry::default();
+        for bad in [
+            &b"Q\x00\x00\x00\x02"[..],
+            b"Q\x7f\xff\xff\xff",
+            &msg(b'p', b"pw\0"),
+            &msg(b'P', b"no-terminator"),
+        ] {
+            let mut r = Rig::new();
+            r.up.inbuf.extend_from_slice(bad);
+            let mut s = Statements {
+                registry: &registry,
+                client: &mut r.stmts,
+                server: &mut r.cache,
+                max: 10,
+            };
+            assert!(
+                r.client
+                    .process(&mut r.up, &mut r.tracker, Some(&mut s))
+                    .is_err(),
+                "{bad:?}"
+            );
+        }
+    }
 }

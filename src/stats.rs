@@ -141,6 +141,8 @@ pub struct PoolStats {
     wait_us: AtomicU64,
     servers_opened: AtomicU64,
     connect_failures: AtomicU64,
+    /// Session-state statements in transaction mode: pinned, warned, refused.
+    session_state: [AtomicU64; 3],
     closed: [AtomicU64; CloseReason::ALL.len()],
     /// Logged-in clients of this pool.
     clients: AtomicI64,
@@ -170,6 +172,7 @@ impl PoolStats {
             wait_us: AtomicU64::new(0),
             servers_opened: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
+            session_state: Default::default(),
             closed: Default::default(),
             clients: AtomicI64::new(0),
             last_connect_ok: AtomicU64::new(0),
@@ -258,6 +261,20 @@ impl PoolStats {
 
     pub fn servers_opened(&self) -> u64 {
         self.servers_opened.load(Relaxed)
+    }
+
+    /// A client's session-state statements: `pinned` is 0 or 1 per client.
+    pub fn session_state_seen(&self, pinned: bool, warned: u64, refused: u64) {
+        for (i, v) in [u64::from(pinned), warned, refused].into_iter().enumerate() {
+            if v > 0 {
+                self.session_state[i].fetch_add(v, Relaxed);
+            }
+        }
+    }
+
+    pub fn session_state(&self) -> [(&'static str, u64); 3] {
+        let v = |i: usize| self.session_state[i].load(Relaxed);
+        [("pinned", v(0)), ("warned", v(1)), ("refused", v(2))]
     }
 
     pub fn connect_failures(&self) -> u64 {

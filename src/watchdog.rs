@@ -159,12 +159,29 @@ impl<'a> Watchdog<'a> {
             if phase >= Phase::Closing {
                 return Err(PoolerError::ShuttingDown);
             }
-            let release = release_on_idle || phase >= Phase::Draining;
-            tokio::select! {
+            let draining = phase >= Phase::Draining;
+            let release = release_on_idle || draining;
+            // A client pinned to its server (session state in transaction mode) is let go at
+            // its next idle point while draining, like a session-mode one; the pin is put
+            // back afterwards so the caller resets the server before reuse.
+            let pin = if draining {
+                relay.client_side.pinned.take()
+            } else {
+                None
+            };
+            let woke = tokio::select! {
                 biased;
-                _ = self.client.stop.notified() => continue,
-                end = relay.run(release, on_param) => return end,
-                _ = sleep_until(tick.map(|t| Instant::now() + t)) => {}
+                _ = self.client.stop.notified() => Woke::Notified,
+                end = relay.run(release, on_param) => Woke::Ended(end),
+                _ = sleep_until(tick.map(|t| Instant::now() + t)) => Woke::Tick,
+            };
+            if pin.is_some() {
+                relay.client_side.pinned = pin;
+            }
+            match woke {
+                Woke::Notified => continue,
+                Woke::Ended(end) => return end,
+                Woke::Tick => {}
             }
             let now = Mark::of(relay);
             if now.from_client != client_at.1 {
@@ -194,6 +211,12 @@ impl<'a> Watchdog<'a> {
             };
         }
     }
+}
+
+enum Woke {
+    Notified,
+    Ended(Result<RelayEnd>),
+    Tick,
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

@@ -71,6 +71,10 @@ async fn shutdown_lets_transactions_finish_and_turns_everyone_else_away() {
             .unwrap();
         let (idle, idle_conn) = watched(&pooler.app_url()).await;
         assert_eq!(first_value(&idle, "SELECT 1").await, "1");
+        // A transaction-mode client pinned to its server by session state holds it between
+        // transactions, like a session-mode client: it too is let go at once.
+        let (pinned, pinned_conn) = watched(&pooler.app_url()).await;
+        pinned.batch_execute("SET work_mem = '8MB'").await.unwrap();
         let (console, console_conn) = watched(&pooler.console_url("admin", "admin-pw")).await;
         assert_eq!(pooler.http_get("/readyz").await.0, 200);
 
@@ -94,6 +98,13 @@ async fn shutdown_lets_transactions_finish_and_turns_everyone_else_away() {
             Some("57P01"),
             "{mode}"
         );
+        assert_eq!(
+            ended_with(pinned_conn, &format!("{mode} pinned"))
+                .await
+                .as_deref(),
+            Some("57P01")
+        );
+        drop(pinned);
         drop((idle, console));
         // New clients are refused.
         assert!(

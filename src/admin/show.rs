@@ -213,6 +213,8 @@ const CONNECTION_COLUMNS: &[(&str, u32)] = &[
 
 fn show_clients(app: &App) -> Table {
     let mut t = Table::new(CONNECTION_COLUMNS);
+    // Beyond PgBouncer: why a transaction-mode client is pinned to its server, if it is.
+    t.columns.push(("pinned", T));
     for c in app.clients_registry.snapshot() {
         let state = c.state();
         let wait = c
@@ -247,6 +249,7 @@ fn show_clients(app: &App) -> Table {
             s(&c.application_name),
             s(0),
             s(c.id),
+            c.pinned().map(|k| k.as_str().to_string()),
         ]);
     }
     t
