@@ -1317,15 +1317,14 @@ fn chart(path: &Path, rows: &[&Row], cells: &Results, title: &str) -> Result<(),
     let e = |e: &dyn std::fmt::Display| e.to_string();
     let root = BitMapBackend::new(path, (1400, 1000)).into_drawing_area();
     root.fill(&WHITE).map_err(|x| e(&x))?;
-    let root = root.titled(title, ("sans-serif", 22)).map_err(|x| e(&x))?;
+    let root = root.titled(title, ("sans-serif", 20)).map_err(|x| e(&x))?;
     let (top, bottom) = root.split_vertically(560);
     let n = rows.len();
-    let kinds = [Kind::Direct, Kind::PgBouncer, Kind::Pooler];
-    let colors = [
-        RGBColor(150, 150, 150),
-        RGBColor(66, 133, 244),
-        RGBColor(230, 110, 20),
-    ];
+    let colors = |k: Kind| match k {
+        Kind::Direct => RGBColor(160, 160, 160),
+        Kind::PgBouncer => RGBColor(66, 133, 244),
+        Kind::Pooler => RGBColor(230, 110, 20),
+    };
     let label = |x: &f64| -> String {
         let i = x.round();
         if (x - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < n {
@@ -1334,102 +1333,116 @@ fn chart(path: &Path, rows: &[&Row], cells: &Results, title: &str) -> Result<(),
             String::new()
         }
     };
-    // Panel 1: median tps.
-    let max_tps = cells.values().filter_map(|c| c.tps).fold(1.0f64, f64::max) * 1.1;
-    let mut c = ChartBuilder::on(&top)
-        .caption("median tps per row (higher is better)", ("sans-serif", 18))
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(70)
-        .build_cartesian_2d(-0.5f64..(n as f64 - 0.5), 0f64..max_tps)
-        .map_err(|x| e(&x))?;
-    c.configure_mesh()
-        .disable_x_mesh()
-        .x_labels(n)
-        .x_label_formatter(&label)
-        .y_desc("tps")
-        .label_style(("sans-serif", 14))
-        .draw()
-        .map_err(|x| e(&x))?;
-    let w = 0.27;
-    for (s, kind) in kinds.iter().enumerate() {
-        let color = colors[s];
-        let bars: Vec<_> = rows
-            .iter()
-            .enumerate()
-            .filter_map(|(i, r)| {
-                let t = cells.get(&(r.id, *kind))?.tps?;
-                let x0 = i as f64 - 1.5 * w + s as f64 * w;
-                Some(Rectangle::new(
-                    [(x0, 0.0), (x0 + w * 0.95, t)],
-                    color.filled(),
-                ))
-            })
-            .collect();
-        c.draw_series(bars)
-            .map_err(|x| e(&x))?
-            .label(kind.name())
-            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
-    }
-    c.configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 14))
-        .draw()
-        .map_err(|x| e(&x))?;
-    // Panel 2: CPU µs per transaction of the pooler process.
-    let max_cpu = cells
-        .values()
-        .filter_map(|c| c.cpu_us)
-        .filter(|v| v.is_finite())
-        .fold(1.0f64, f64::max)
-        * 1.1;
-    let mut c = ChartBuilder::on(&bottom)
-        .caption(
-            "pooler process CPU µs per transaction (lower is better; log scale)",
-            ("sans-serif", 18),
-        )
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(70)
-        .build_cartesian_2d(-0.5f64..(n as f64 - 0.5), (1f64..max_cpu).log_scale())
-        .map_err(|x| e(&x))?;
-    c.configure_mesh()
-        .disable_x_mesh()
-        .x_labels(n)
-        .x_label_formatter(&label)
-        .y_desc("CPU µs / txn")
-        .label_style(("sans-serif", 14))
-        .draw()
-        .map_err(|x| e(&x))?;
-    for (s, kind) in [Kind::PgBouncer, Kind::Pooler].iter().enumerate() {
-        let color = colors[s + 1];
-        let w = 0.35;
-        let bars: Vec<_> = rows
-            .iter()
-            .enumerate()
-            .filter_map(|(i, r)| {
-                let v = cells.get(&(r.id, *kind))?.cpu_us?;
-                let x0 = i as f64 - w + s as f64 * w;
-                Some(Rectangle::new(
-                    [(x0, 1.0), (x0 + w * 0.95, v.max(1.0))],
-                    color.filled(),
-                ))
-            })
-            .collect();
-        c.draw_series(bars)
-            .map_err(|x| e(&x))?
-            .label(kind.name())
-            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
-    }
-    c.configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 14))
-        .draw()
-        .map_err(|x| e(&x))?;
+    let int = |y: &f64| format!("{y:.0}");
+    let small = ("sans-serif", 13).into_font();
+
+    // One panel of grouped bars: `value` per (row, kind), failures marked.
+    let panel = |area: &DrawingArea<BitMapBackend, plotters::coord::Shift>,
+                 caption: &str,
+                 y_desc: &str,
+                 kinds: &[Kind],
+                 value: &dyn Fn(&Cell) -> Option<f64>,
+                 ratios: bool|
+     -> Result<(), String> {
+        let max = cells
+            .values()
+            .filter_map(value)
+            .filter(|v| v.is_finite())
+            .fold(1.0f64, f64::max)
+            * 1.15;
+        let mut c = ChartBuilder::on(area)
+            .caption(caption, ("sans-serif", 17))
+            .margin(12)
+            .x_label_area_size(34)
+            .y_label_area_size(70)
+            .build_cartesian_2d(-0.5f64..(n as f64 - 0.5), 0f64..max)
+            .map_err(|x| e(&x))?;
+        c.configure_mesh()
+            .disable_x_mesh()
+            .x_labels(n)
+            .x_label_formatter(&label)
+            .y_label_formatter(&int)
+            .y_desc(y_desc)
+            .label_style(("sans-serif", 14))
+            .draw()
+            .map_err(|x| e(&x))?;
+        let w = 0.8 / kinds.len() as f64;
+        for (s, kind) in kinds.iter().enumerate() {
+            let color = colors(*kind);
+            let x0 = |i: usize| i as f64 - 0.4 + s as f64 * w;
+            let bars: Vec<_> = rows
+                .iter()
+                .enumerate()
+                .filter_map(|(i, r)| {
+                    let v = value(cells.get(&(r.id, *kind))?)?;
+                    Some(Rectangle::new(
+                        [(x0(i), 0.0), (x0(i) + w * 0.92, v)],
+                        color.filled(),
+                    ))
+                })
+                .collect();
+            c.draw_series(bars)
+                .map_err(|x| e(&x))?
+                .label(kind.name())
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled())
+                });
+            // A run that failed has no bar: say so where it would be.
+            let fails: Vec<_> = rows
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| {
+                    cells
+                        .get(&(r.id, *kind))
+                        .is_some_and(|c| c.failures > 0 && value(c).is_none())
+                })
+                .map(|(i, _)| Text::new("fail", (x0(i), max * 0.03), small.clone()))
+                .collect();
+            c.draw_series(fails).map_err(|x| e(&x))?;
+        }
+        if ratios {
+            // pooler / PgBouncer above the pooler's bar.
+            let s = kinds.iter().position(|k| *k == Kind::Pooler).unwrap_or(0);
+            let texts: Vec<_> = rows
+                .iter()
+                .enumerate()
+                .filter_map(|(i, r)| {
+                    let p = value(cells.get(&(r.id, Kind::Pooler))?)?;
+                    let b = value(cells.get(&(r.id, Kind::PgBouncer))?)?;
+                    Some(Text::new(
+                        format!("{:.2}x", p / b),
+                        (i as f64 - 0.4 + s as f64 * w - 0.05, p + max * 0.04),
+                        small.clone(),
+                    ))
+                })
+                .collect();
+            c.draw_series(texts).map_err(|x| e(&x))?;
+        }
+        c.configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 14))
+            .draw()
+            .map_err(|x| e(&x))?;
+        Ok(())
+    };
+    panel(
+        &top,
+        "median tps per row (higher is better; label: pooler / PgBouncer)",
+        "tps",
+        &[Kind::Direct, Kind::PgBouncer, Kind::Pooler],
+        &|c| c.tps,
+        true,
+    )?;
+    panel(
+        &bottom,
+        "CPU µs per transaction of the pooler process (lower is better; label: pooler / PgBouncer)",
+        "CPU µs / txn",
+        &[Kind::PgBouncer, Kind::Pooler],
+        &|c| c.cpu_us,
+        true,
+    )?;
     root.present().map_err(|x| e(&x))?;
     Ok(())
 }
@@ -1835,15 +1848,7 @@ fn real_main() {
             "\n## System calls per transaction, by call (strace -c -f, {} s runs)\n",
             ctx.opts.strace_secs
         );
-        for row in rows.iter().filter(|r| {
-            [
-                "select_simple_c64",
-                "select1_c256",
-                "tpcb_c64",
-                "select_connect_c64",
-            ]
-            .contains(&r.id)
-        }) {
+        for row in rows.iter().filter(|r| r.id != "select_simple_c1000") {
             let mut names: Vec<String> = Vec::new();
             for k in [Kind::PgBouncer, Kind::Pooler] {
                 if let Some(s) = syscalls.get(&(row.id, k)) {
@@ -1911,7 +1916,7 @@ fn real_main() {
                     md,
                     "| {} | {label} | {} | {} | {} |",
                     pair[0].0,
-                    opt(c.tps, 0),
+                    c.tps.map(fmt_num).unwrap_or_else(|| "—".into()),
                     opt(c.cpu_us, 1),
                     if label == "2 cores" {
                         ratio.clone()
