@@ -477,6 +477,41 @@ fn summary(workloads: &[Workload]) {
     );
 }
 
+/// Bytes of the per-client session future (`client::serve`): what every connected client holds
+/// for its whole life besides its socket and buffers, idle or not. Built, never polled.
+fn session_future_size() -> Option<usize> {
+    let dir = std::env::temp_dir().join(format!("pooler-hotpath-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).ok()?;
+    let size = (|| {
+        std::fs::write(dir.join("userlist.txt"), "\"app\" \"app\"\n").ok()?;
+        std::fs::write(
+            dir.join("pooler.toml"),
+            "[pooler]\nauth_type = \"md5\"\nauth_file = \"userlist.txt\"\n\n[databases.app]\n",
+        )
+        .ok()?;
+        let config = pooler::config::Config::load(&dir.join("pooler.toml")).ok()?;
+        let app = std::sync::Arc::new(pooler::app::App::new(config).ok()?);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.ok()?;
+            let client = tokio::net::TcpStream::connect(listener.local_addr().ok()?)
+                .await
+                .ok()?;
+            let (stream, peer) = listener.accept().await.ok()?;
+            let session = pooler::client::serve(app, stream, peer);
+            let size = std::mem::size_of_val(&session);
+            drop(session);
+            drop(client);
+            Some(size)
+        })
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    size
+}
+
 fn main() {
     let workloads = workloads();
     for w in &workloads {
@@ -493,5 +528,11 @@ fn main() {
     // Under `cargo test --benches` criterion runs each benchmark once; skip the summary there.
     if std::env::args().any(|a| a == "--bench") {
         summary(&workloads);
+        match session_future_size() {
+            Some(n) => println!(
+                "client session future (client::serve): {n} bytes per connected client, before its buffers"
+            ),
+            None => println!("client session future size: could not be measured"),
+        }
     }
 }

@@ -439,6 +439,8 @@ enum Kind {
     Direct,
     PgBouncer,
     Pooler,
+    /// A second pooler binary (`POOLER_BIN_B`), e.g. a branch build to compare with.
+    PoolerB,
 }
 
 impl Kind {
@@ -447,6 +449,7 @@ impl Kind {
             Kind::Direct => "direct",
             Kind::PgBouncer => "pgbouncer",
             Kind::Pooler => "pooler",
+            Kind::PoolerB => "pooler-b",
         }
     }
 }
@@ -581,11 +584,21 @@ port = {pg_port}
 }
 
 fn start_pooler(state: &Path, name: &str, pg_port: u16) -> Target {
+    start_pooler_bin(
+        Path::new(env!("CARGO_BIN_EXE_pooler")),
+        Kind::Pooler,
+        state,
+        name,
+        pg_port,
+    )
+}
+
+fn start_pooler_bin(bin: &Path, kind: Kind, state: &Path, name: &str, pg_port: u16) -> Target {
     let port = free_port();
     let config = write_pooler_config(state, name, port, pg_port);
     let log = state.join(format!("{name}.log"));
     let pid = spawn(
-        Command::new(env!("CARGO_BIN_EXE_pooler"))
+        Command::new(bin)
             .arg("--config")
             .arg(&config)
             .env("POOLER_LOG", "warn"),
@@ -595,7 +608,7 @@ fn start_pooler(state: &Path, name: &str, pg_port: u16) -> Target {
     );
     wait_port(port, pid, name, &log);
     Target {
-        kind: Kind::Pooler,
+        kind,
         port,
         pid: Some(pid),
     }
@@ -1324,6 +1337,7 @@ fn chart(path: &Path, rows: &[&Row], cells: &Results, title: &str) -> Result<(),
         Kind::Direct => RGBColor(160, 160, 160),
         Kind::PgBouncer => RGBColor(66, 133, 244),
         Kind::Pooler => RGBColor(230, 110, 20),
+        Kind::PoolerB => RGBColor(120, 60, 160),
     };
     let label = |x: &f64| -> String {
         let i = x.round();
@@ -1349,7 +1363,7 @@ fn chart(path: &Path, rows: &[&Row], cells: &Results, title: &str) -> Result<(),
             .filter_map(value)
             .filter(|v| v.is_finite())
             .fold(1.0f64, f64::max)
-            * 1.15;
+            * 1.3;
         let mut c = ChartBuilder::on(area)
             .caption(caption, ("sans-serif", 17))
             .margin(12)
@@ -1437,7 +1451,7 @@ fn chart(path: &Path, rows: &[&Row], cells: &Results, title: &str) -> Result<(),
     )?;
     panel(
         &bottom,
-        "CPU µs per transaction of the pooler process (lower is better; label: pooler / PgBouncer)",
+        "CPU µs per transaction of the pooler / PgBouncer process (lower is better; label: pooler / PgBouncer)",
         "CPU µs / txn",
         &[Kind::PgBouncer, Kind::Pooler],
         &|c| c.cpu_us,
@@ -1476,6 +1490,10 @@ fn real_main() {
     };
     let strace = (opts.strace_secs > 0).then(|| which("strace")).flatten();
     let taskset = if opts.taskset { which("taskset") } else { None };
+    let pooler_b = std::env::var("POOLER_BIN_B")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from);
     if is_root()
         && Command::new("id")
             .arg("postgres")
@@ -1556,6 +1574,7 @@ fn real_main() {
         opts.direct.then_some(Kind::Direct),
         pgbouncer_bin.as_ref().map(|_| Kind::PgBouncer),
         Some(Kind::Pooler),
+        pooler_b.as_ref().map(|_| Kind::PoolerB),
     ]
     .into_iter()
     .flatten()
@@ -1596,6 +1615,13 @@ fn real_main() {
                 pg.port,
             ),
             Kind::Pooler => start_pooler(&state, "pooler", pg.port),
+            Kind::PoolerB => start_pooler_bin(
+                pooler_b.as_deref().expect("pooler-b"),
+                Kind::PoolerB,
+                &state,
+                "pooler-b",
+                pg.port,
+            ),
         });
     }
     for t in &targets {
@@ -1842,6 +1868,44 @@ fn real_main() {
         }
     }
 
+    if has(Kind::PoolerB) {
+        let _ = writeln!(
+            md,
+            "\n## pooler-b ({}) against pooler (this build), same run\n",
+            pooler_b
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        );
+        let _ = writeln!(
+            md,
+            "| row | clients | pooler tps | pooler-b tps | b / pooler | b / PgBouncer | CPU µs/txn pooler / b | syscalls/txn pooler / b |\n|---|---|---|---|---|---|---|---|"
+        );
+        for row in &rows {
+            let get = |k: Kind| cells.get(&(row.id, k));
+            let tps = |k: Kind| get(k).and_then(|c| c.tps);
+            let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+                (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+                _ => "—".into(),
+            };
+            let sc = |k: Kind| opt(syscalls.get(&(row.id, k)).and_then(Syscalls::per_txn), 1);
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | **{}** | {} | {} / {} | {} / {} |",
+                row.what,
+                row.clients,
+                opt(tps(Kind::Pooler), 0),
+                opt(tps(Kind::PoolerB), 0),
+                ratio(tps(Kind::PoolerB), tps(Kind::Pooler)),
+                ratio(tps(Kind::PoolerB), tps(Kind::PgBouncer)),
+                opt(get(Kind::Pooler).and_then(|c| c.cpu_us), 1),
+                opt(get(Kind::PoolerB).and_then(|c| c.cpu_us), 1),
+                sc(Kind::Pooler),
+                sc(Kind::PoolerB),
+            );
+        }
+    }
+
     if !syscalls.is_empty() {
         let _ = writeln!(
             md,
@@ -1850,7 +1914,7 @@ fn real_main() {
         );
         for row in rows.iter().filter(|r| r.id != "select_simple_c1000") {
             let mut names: Vec<String> = Vec::new();
-            for k in [Kind::PgBouncer, Kind::Pooler] {
+            for k in [Kind::PgBouncer, Kind::Pooler, Kind::PoolerB] {
                 if let Some(s) = syscalls.get(&(row.id, k)) {
                     let mut v: Vec<(&String, &u64)> = s.by_call.iter().collect();
                     v.sort_by(|a, b| b.1.cmp(a.1));
@@ -1865,9 +1929,12 @@ fn real_main() {
                 continue;
             }
             let _ = writeln!(md, "{} at {} clients:\n", row.what, row.clients);
+            let b = has(Kind::PoolerB);
             let _ = writeln!(
                 md,
-                "| call | PgBouncer / txn | pooler / txn |\n|---|---|---|"
+                "| call | PgBouncer / txn | pooler / txn |{}\n|---|---|---|{}",
+                if b { " pooler-b / txn |" } else { "" },
+                if b { "---|" } else { "" }
             );
             for n in &names {
                 let per = |k: Kind| {
@@ -1880,17 +1947,27 @@ fn real_main() {
                 };
                 let _ = writeln!(
                     md,
-                    "| {n} | {} | {} |",
+                    "| {n} | {} | {} |{}",
                     per(Kind::PgBouncer),
-                    per(Kind::Pooler)
+                    per(Kind::Pooler),
+                    if b {
+                        format!(" {} |", per(Kind::PoolerB))
+                    } else {
+                        String::new()
+                    }
                 );
             }
             let tot = |k: Kind| opt(syscalls.get(&(row.id, k)).and_then(Syscalls::per_txn), 2);
             let _ = writeln!(
                 md,
-                "| **total** | {} | {} |\n",
+                "| **total** | {} | {} |{}\n",
                 tot(Kind::PgBouncer),
-                tot(Kind::Pooler)
+                tot(Kind::Pooler),
+                if b {
+                    format!(" {} |", tot(Kind::PoolerB))
+                } else {
+                    String::new()
+                }
             );
         }
     }
