@@ -34,7 +34,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 // ---------------------------------------------------------------------------------------------
@@ -43,24 +43,46 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 struct Counting;
 static ALLOCS: AtomicU64 = AtomicU64::new(0);
 static ALLOC_BYTES: AtomicU64 = AtomicU64::new(0);
+/// Live heap bytes allocated by threads of the in-process pooler's runtime (tagged threads).
+static POOLER_LIVE: AtomicI64 = AtomicI64::new(0);
+
+thread_local! {
+    static POOLER_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn pooler_thread() -> bool {
+    POOLER_THREAD.try_with(|t| t.get()).unwrap_or(false)
+}
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         ALLOCS.fetch_add(1, Ordering::Relaxed);
         ALLOC_BYTES.fetch_add(layout.size() as u64, Ordering::Relaxed);
+        if pooler_thread() {
+            POOLER_LIVE.fetch_add(layout.size() as i64, Ordering::Relaxed);
+        }
         unsafe { System.alloc(layout) }
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         ALLOCS.fetch_add(1, Ordering::Relaxed);
         ALLOC_BYTES.fetch_add(layout.size() as u64, Ordering::Relaxed);
+        if pooler_thread() {
+            POOLER_LIVE.fetch_add(layout.size() as i64, Ordering::Relaxed);
+        }
         unsafe { System.alloc_zeroed(layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         ALLOCS.fetch_add(1, Ordering::Relaxed);
         ALLOC_BYTES.fetch_add(new_size as u64, Ordering::Relaxed);
+        if pooler_thread() {
+            POOLER_LIVE.fetch_add(new_size as i64 - layout.size() as i64, Ordering::Relaxed);
+        }
         unsafe { System.realloc(ptr, layout, new_size) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if pooler_thread() {
+            POOLER_LIVE.fetch_sub(layout.size() as i64, Ordering::Relaxed);
+        }
         unsafe { System.dealloc(ptr, layout) }
     }
 }
@@ -1061,17 +1083,22 @@ impl IdleResult {
     }
 }
 
-fn idle_clients(target: &Target, n: usize) -> IdleResult {
+/// RSS of a process, kB.
+fn rss_kb(pid: u32) -> impl Fn() -> u64 {
+    move || status_kb(pid, "VmRSS:").unwrap_or(0)
+}
+
+/// Opens `n` idle clients to `port`; `measure` (kB) is read before, after the logins and
+/// after one query on each.
+fn idle_clients(port: u16, n: usize, measure: &dyn Fn() -> u64) -> IdleResult {
     use futures_util::StreamExt;
-    let pid = target.pid.expect("pid");
-    let port = target.port;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
     let mut r = IdleResult {
-        base_kb: status_kb(pid, "VmRSS:").unwrap_or(0),
+        base_kb: measure(),
         ..Default::default()
     };
     rt.block_on(async {
@@ -1095,7 +1122,7 @@ fn idle_clients(target: &Target, n: usize) -> IdleResult {
         }
         r.clients = streams.len();
         tokio::time::sleep(Duration::from_secs(1)).await;
-        r.login_kb = status_kb(pid, "VmRSS:").unwrap_or(0);
+        r.login_kb = measure();
         let queries = futures_util::stream::iter(streams.iter_mut())
             .map(idle::select1)
             .buffer_unordered(200)
@@ -1110,7 +1137,7 @@ fn idle_clients(target: &Target, n: usize) -> IdleResult {
             }
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
-        r.after_query_kb = status_kb(pid, "VmRSS:").unwrap_or(0);
+        r.after_query_kb = measure();
         drop(streams);
     });
     rt.shutdown_timeout(Duration::from_secs(5));
@@ -1128,11 +1155,16 @@ struct AllocResult {
     bytes_per_txn: f64,
 }
 
-fn inprocess_allocs(ctx: &mut Ctx, pg_port: u16) -> Vec<AllocResult> {
+fn inprocess_allocs(
+    ctx: &mut Ctx,
+    pg_port: u16,
+    idle_n: usize,
+) -> (Vec<AllocResult>, Option<IdleResult>) {
     let port = free_port();
     let config = write_pooler_config(&ctx.state, "pooler-inprocess", port, pg_port);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .on_thread_start(|| POOLER_THREAD.with(|t| t.set(true)))
         .enable_all()
         .build()
         .expect("runtime");
@@ -1170,9 +1202,16 @@ fn inprocess_allocs(ctx: &mut Ctx, pg_port: u16) -> Vec<AllocResult> {
         }
         settle(ctx.opts.settle);
     }
+    // Live heap of the pooler's threads with idle clients (this process holds both ends of
+    // every connection, hence fewer clients than the RSS test).
+    let idle = (idle_n > 0).then(|| {
+        settle(ctx.opts.settle);
+        let live_kb = || (POOLER_LIVE.load(Ordering::Relaxed).max(0) / 1024) as u64;
+        idle_clients(target.port, idle_n, &live_kb)
+    });
     drop(running);
     rt.shutdown_timeout(Duration::from_secs(5));
-    out
+    (out, idle)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1759,9 +1798,26 @@ fn real_main() {
         }
     }
 
+    let mut idle_heap: Option<IdleResult> = None;
     let allocs = if ctx.opts.allocs {
         println!("\nheap allocations per transaction (pooler in this process, counting allocator)");
-        let a = inprocess_allocs(&mut ctx, pg.port);
+        let idle_n = ctx
+            .opts
+            .idle_clients
+            .min(nofile.saturating_sub(500) as usize / 2);
+        let (a, live) = inprocess_allocs(&mut ctx, pg.port, idle_n);
+        if let Some(r) = &live {
+            println!(
+                "  {} idle clients: live heap of the pooler's threads {} -> {} kB after login ({:.0} B/client), {} kB after one query each ({:.0} B/client)",
+                r.clients,
+                r.base_kb,
+                r.login_kb,
+                r.per_client(r.login_kb),
+                r.after_query_kb,
+                r.per_client(r.after_query_kb)
+            );
+            idle_heap = Some(r.clone());
+        }
         for x in &a {
             println!(
                 "  {:<32} {:>8.2} allocs/txn {:>9.0} bytes/txn",
@@ -1786,7 +1842,7 @@ fn real_main() {
         }
         for t in &fresh {
             std::thread::sleep(Duration::from_millis(500));
-            let r = idle_clients(t, n);
+            let r = idle_clients(t.port, n, &rss_kb(t.pid.expect("pid")));
             println!(
                 "  {:<10} {} clients ({} errors{}): RSS {} -> {} kB after login ({:.0} B/client), {} kB after one query each ({:.0} B/client)",
                 t.kind.name(),
@@ -1894,8 +1950,10 @@ fn real_main() {
                 "| {} | {} | {} | {} | **{}** | {} | {} / {} | {} / {} |",
                 row.what,
                 row.clients,
-                opt(tps(Kind::Pooler), 0),
-                opt(tps(Kind::PoolerB), 0),
+                tps(Kind::Pooler).map(fmt_num).unwrap_or_else(|| "—".into()),
+                tps(Kind::PoolerB)
+                    .map(fmt_num)
+                    .unwrap_or_else(|| "—".into()),
                 ratio(tps(Kind::PoolerB), tps(Kind::Pooler)),
                 ratio(tps(Kind::PoolerB), tps(Kind::PgBouncer)),
                 opt(get(Kind::Pooler).and_then(|c| c.cpu_us), 1),
@@ -2057,6 +2115,17 @@ fn real_main() {
                 r.login_kb as f64 / 1024.0,
                 r.per_client(r.login_kb),
                 r.after_query_kb as f64 / 1024.0,
+                r.per_client(r.after_query_kb)
+            );
+        }
+        if let Some(r) = &idle_heap {
+            let _ = writeln!(
+                md,
+                "\nLive heap held by the pooler's own threads (pooler run in the bench process, counting \
+                 allocator), {} idle clients: {:.0} B per client after login, {:.0} B after one query each. \
+                 The rest of the RSS per client is the allocator's overhead and fragmentation.",
+                r.clients,
+                r.per_client(r.login_kb),
                 r.per_client(r.after_query_kb)
             );
         }
