@@ -2123,7 +2123,8 @@ fn real_main() {
                 md,
                 "\nLive heap held by the pooler's own threads (pooler run in the bench process, counting \
                  allocator), {} idle clients: {:.0} B per client after login, {:.0} B after one query each. \
-                 The rest of the RSS per client is the allocator's overhead and fragmentation.",
+                 The live heap counts reserved buffer capacity that was never written (not resident, so not \
+                 in RSS); RSS beyond the live heap is the allocator's overhead and fragmentation.",
                 r.clients,
                 r.per_client(r.login_kb),
                 r.per_client(r.after_query_kb)
