@@ -1181,7 +1181,7 @@ fn inprocess_allocs(
     let mut out = Vec::new();
     // Warm up: the pool opens its servers.
     pgbench(ctx, &target, &ROWS[1], 1, "alloc-warmup");
-    for row in [&ROWS[0], &ROWS[1], &ROWS[4], &ROWS[7]] {
+    for row in [&ROWS[0], &ROWS[1], &ROWS[4], &ROWS[7], &ROWS[8]] {
         let (a0, b0) = (
             ALLOCS.load(Ordering::Relaxed),
             ALLOC_BYTES.load(Ordering::Relaxed),
