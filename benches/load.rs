@@ -24,7 +24,9 @@
 //! JOBS (pgbench -j, 2), ROWS (comma list of row ids), SCALE (10), PG_MAX_CONNECTIONS (400),
 //! STRACE_SECS (3; 0 skips), TASKSET=0 skips the pinning runs, ALLOCS=0 skips the allocation
 //! count, IDLE_CLIENTS (10000; 0 skips), PGBOUNCER=0 skips PgBouncer, DIRECT=0 skips direct
-//! Postgres, RESULTS_DIR, UPDATE_DOCS=1 copies the chart to docs/benchmarks.png.
+//! Postgres, RESULTS_DIR, UPDATE_DOCS=1 copies the chart and the report to docs/,
+//! POOLER_BIN_B=/path/to/pooler adds a second pooler build as a fourth target (compare a change
+//! in the same run), CHART_FONT=/path/to/font.ttf (DejaVu Sans is found by default).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::BTreeMap;
