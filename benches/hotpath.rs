@@ -1,12 +1,13 @@
-//! The relay's message scanning without sockets: `ClientScan::scan` and `ServerScan::scan`
-//! over realistic byte streams, cut into reads the way the relay sees them.
+//! The relay's message processing without sockets: `ClientSide::process` and
+//! `ServerSide::process` over realistic conversations, cut into reads the way the relay sees
+//! them (a request, then its reply; bulk transfers in 16 KiB reads).
 //!
 //! `cargo bench --bench hotpath` runs criterion (bytes per second per workload), then prints a
 //! summary table: bytes/s, ns per message and heap allocations per message, counted by the
 //! counting global allocator below. The target is zero allocations per relayed message.
 //!
 //! Workloads (what pgbench and bulk clients really send and get back):
-//! - `simple_q`: pgbench `-S` simple protocol, one `Query` per read / its reply
+//! - `simple_q`: pgbench `-S` simple protocol, one `Query` per read and its reply
 //!   (RowDescription, DataRow, CommandComplete, ReadyForQuery) per read;
 //! - `extended`: pgbench `-M extended` (Parse/Bind/Describe/Execute/Sync) and its reply;
 //! - `prepared`: pgbench `-M prepared` (Bind/Describe/Execute/Sync on a named statement);
@@ -21,7 +22,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
-use pooler::relay::{ClientScan, ServerScan};
+use pooler::relay::{ClientSide, Flow, ServerSide, Tracker};
+use pooler::session_state::Policy;
 
 /// Counts every allocation (and reallocation) made by this process.
 struct Counting;
@@ -53,73 +55,83 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-/// Which scanner a workload feeds.
+/// Which direction a read belongs to.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Side {
     Client,
     Server,
 }
 
-/// One stream and where the reads end in it.
+/// A conversation: both streams and the order of the reads that carry them.
 struct Workload {
     name: &'static str,
-    side: Side,
-    stream: Vec<u8>,
-    /// End offset of each read; the last one is `stream.len()`.
-    cuts: Vec<usize>,
+    client: Vec<u8>,
+    server: Vec<u8>,
+    /// (side, start, end) of each read, in the order the relay sees them.
+    reads: Vec<(Side, usize, usize)>,
     messages: usize,
-    /// ReadyForQuery messages in the stream (server side): sync points the client must owe.
-    syncs: u32,
 }
 
-/// Builds a stream message by message, noting read boundaries.
 #[derive(Default)]
-struct StreamBuilder {
-    stream: Vec<u8>,
-    cuts: Vec<usize>,
+struct Conv {
+    client: Vec<u8>,
+    server: Vec<u8>,
+    reads: Vec<(Side, usize, usize)>,
+    /// Where the bytes not yet cut into reads start, per side.
+    cut_c: usize,
+    cut_s: usize,
     messages: usize,
-    syncs: u32,
 }
 
-impl StreamBuilder {
-    fn msg(&mut self, tag: u8, body: &[u8]) -> &mut Self {
-        self.stream.push(tag);
-        self.stream
-            .extend_from_slice(&(4 + body.len() as i32).to_be_bytes());
-        self.stream.extend_from_slice(body);
+impl Conv {
+    fn put(buf: &mut Vec<u8>, tag: u8, body: &[u8]) {
+        buf.push(tag);
+        buf.extend_from_slice(&(4 + body.len() as i32).to_be_bytes());
+        buf.extend_from_slice(body);
+    }
+    fn c(&mut self, tag: u8, body: &[u8]) -> &mut Self {
+        Self::put(&mut self.client, tag, body);
         self.messages += 1;
-        if tag == b'Z' {
-            self.syncs += 1;
+        self
+    }
+    fn s(&mut self, tag: u8, body: &[u8]) -> &mut Self {
+        Self::put(&mut self.server, tag, body);
+        self.messages += 1;
+        self
+    }
+    /// The client bytes so far arrive in reads of at most `chunk` bytes.
+    fn read_c(&mut self, chunk: usize) -> &mut Self {
+        while self.cut_c < self.client.len() {
+            let end = (self.cut_c + chunk).min(self.client.len());
+            self.reads.push((Side::Client, self.cut_c, end));
+            self.cut_c = end;
         }
         self
     }
-    /// The bytes so far end one read (one `recv` of the relay).
-    fn read(&mut self) -> &mut Self {
-        if self.cuts.last() != Some(&self.stream.len()) {
-            self.cuts.push(self.stream.len());
+    /// The server bytes so far arrive in reads of at most `chunk` bytes.
+    fn read_s(&mut self, chunk: usize) -> &mut Self {
+        while self.cut_s < self.server.len() {
+            let end = (self.cut_s + chunk).min(self.server.len());
+            self.reads.push((Side::Server, self.cut_s, end));
+            self.cut_s = end;
         }
         self
     }
-    /// Cuts the whole stream into `chunk`-byte reads instead (bulk transfers).
-    fn chunked(&mut self, chunk: usize) -> &mut Self {
-        self.cuts = (1..)
-            .map(|i| (i * chunk).min(self.stream.len()))
-            .take(self.stream.len().div_ceil(chunk))
-            .collect();
-        self
-    }
-    fn build(&mut self, name: &'static str, side: Side) -> Workload {
-        self.read();
+    fn build(&mut self, name: &'static str) -> Workload {
+        self.read_c(READ).read_s(READ);
+        let c = std::mem::take(self);
         Workload {
             name,
-            side,
-            stream: std::mem::take(&mut self.stream),
-            cuts: std::mem::take(&mut self.cuts),
-            messages: self.messages,
-            syncs: self.syncs,
+            client: c.client,
+            server: c.server,
+            reads: c.reads,
+            messages: c.messages,
         }
     }
 }
+
+/// The relay's read size.
+const READ: usize = 16 * 1024;
 
 /// Body builder for the few message layouts used here.
 #[derive(Default)]
@@ -172,36 +184,33 @@ fn aid(i: usize) -> usize {
     (i * 7_919) % 1_000_000 + 1
 }
 
-fn select_reply(s: &mut StreamBuilder) {
-    s.msg(b'T', &row_description(&[("abalance", 23, 4)]))
-        .msg(b'D', &Body::default().i16(1).value("0").0)
-        .msg(b'C', &Body::default().cstr("SELECT 1").0)
-        .msg(b'Z', b"I")
-        .read();
+fn select_reply(w: &mut Conv) {
+    w.s(b'T', &row_description(&[("abalance", 23, 4)]))
+        .s(b'D', &Body::default().i16(1).value("0").0)
+        .s(b'C', &Body::default().cstr("SELECT 1").0)
+        .s(b'Z', b"I")
+        .read_s(READ);
+}
+
+fn query(w: &mut Conv, sql: &str) {
+    w.c(b'Q', &Body::default().cstr(sql).0).read_c(READ);
 }
 
 fn workloads() -> Vec<Workload> {
     let mut out = Vec::new();
 
     // pgbench -S, simple protocol.
-    let mut c = StreamBuilder::default();
-    let mut s = StreamBuilder::default();
+    let mut w = Conv::default();
     for i in 0..TXNS {
-        c.msg(
-            b'Q',
-            &Body::default().cstr(&format!("{SELECT_S}{};", aid(i))).0,
-        )
-        .read();
-        select_reply(&mut s);
+        query(&mut w, &format!("{SELECT_S}{};", aid(i)));
+        select_reply(&mut w);
     }
-    out.push(c.build("simple_q", Side::Client));
-    out.push(s.build("simple_q", Side::Server));
+    out.push(w.build("simple_q"));
 
     // pgbench -S -M extended: unnamed statement and portal every time.
-    let mut c = StreamBuilder::default();
-    let mut s = StreamBuilder::default();
+    let mut w = Conv::default();
     for i in 0..TXNS {
-        c.msg(
+        w.c(
             b'P',
             &Body::default()
                 .cstr("")
@@ -209,7 +218,7 @@ fn workloads() -> Vec<Workload> {
                 .i16(0)
                 .0,
         )
-        .msg(
+        .c(
             b'B',
             &Body::default()
                 .cstr("")
@@ -221,21 +230,19 @@ fn workloads() -> Vec<Workload> {
                 .i16(0)
                 .0,
         )
-        .msg(b'D', &Body::default().bytes(b"P").cstr("").0)
-        .msg(b'E', &Body::default().cstr("").i32(0).0)
-        .msg(b'S', b"")
-        .read();
-        s.msg(b'1', b"").msg(b'2', b"");
-        select_reply(&mut s);
+        .c(b'D', &Body::default().bytes(b"P").cstr("").0)
+        .c(b'E', &Body::default().cstr("").i32(0).0)
+        .c(b'S', b"")
+        .read_c(READ);
+        w.s(b'1', b"").s(b'2', b"");
+        select_reply(&mut w);
     }
-    out.push(c.build("extended", Side::Client));
-    out.push(s.build("extended", Side::Server));
+    out.push(w.build("extended"));
 
-    // pgbench -S -M prepared: Bind of a named statement.
-    let mut c = StreamBuilder::default();
-    let mut s = StreamBuilder::default();
+    // pgbench -S -M prepared: Bind of a named statement (passed through: no name rewriting).
+    let mut w = Conv::default();
     for i in 0..TXNS {
-        c.msg(
+        w.c(
             b'B',
             &Body::default()
                 .cstr("")
@@ -247,58 +254,66 @@ fn workloads() -> Vec<Workload> {
                 .i16(0)
                 .0,
         )
-        .msg(b'D', &Body::default().bytes(b"P").cstr("").0)
-        .msg(b'E', &Body::default().cstr("").i32(0).0)
-        .msg(b'S', b"")
-        .read();
-        s.msg(b'2', b"");
-        select_reply(&mut s);
+        .c(b'D', &Body::default().bytes(b"P").cstr("").0)
+        .c(b'E', &Body::default().cstr("").i32(0).0)
+        .c(b'S', b"")
+        .read_c(READ);
+        w.s(b'2', b"");
+        select_reply(&mut w);
     }
-    out.push(c.build("prepared", Side::Client));
-    out.push(s.build("prepared", Side::Server));
+    out.push(w.build("prepared"));
 
     // pgbench's tpcb-like script: seven statements, each waited for.
-    let mut c = StreamBuilder::default();
-    let mut s = StreamBuilder::default();
+    let mut w = Conv::default();
     for i in 0..TXNS / 7 {
         let (a, t, b, d) = (aid(i), i % 100 + 1, i % 10 + 1, (i % 9_999) as i64 - 5_000);
-        let statements = [
-            "BEGIN;".to_string(),
-            format!("UPDATE pgbench_accounts SET abalance = abalance + {d} WHERE aid = {a};"),
-            format!("SELECT abalance FROM pgbench_accounts WHERE aid = {a};"),
-            format!("UPDATE pgbench_tellers SET tbalance = tbalance + {d} WHERE tid = {t};"),
-            format!("UPDATE pgbench_branches SET bbalance = bbalance + {d} WHERE bid = {b};"),
-            format!(
+        let done = |w: &mut Conv, tag: &str, status: &[u8]| {
+            w.s(b'C', &Body::default().cstr(tag).0)
+                .s(b'Z', status)
+                .read_s(READ);
+        };
+        query(&mut w, "BEGIN;");
+        done(&mut w, "BEGIN", b"T");
+        query(
+            &mut w,
+            &format!("UPDATE pgbench_accounts SET abalance = abalance + {d} WHERE aid = {a};"),
+        );
+        done(&mut w, "UPDATE 1", b"T");
+        query(
+            &mut w,
+            &format!("SELECT abalance FROM pgbench_accounts WHERE aid = {a};"),
+        );
+        w.s(b'T', &row_description(&[("abalance", 23, 4)]))
+            .s(b'D', &Body::default().i16(1).value("-1234").0);
+        done(&mut w, "SELECT 1", b"T");
+        query(
+            &mut w,
+            &format!("UPDATE pgbench_tellers SET tbalance = tbalance + {d} WHERE tid = {t};"),
+        );
+        done(&mut w, "UPDATE 1", b"T");
+        query(
+            &mut w,
+            &format!("UPDATE pgbench_branches SET bbalance = bbalance + {d} WHERE bid = {b};"),
+        );
+        done(&mut w, "UPDATE 1", b"T");
+        query(
+            &mut w,
+            &format!(
                 "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) \
                  VALUES ({t}, {b}, {a}, {d}, CURRENT_TIMESTAMP);"
             ),
-            "END;".to_string(),
-        ];
-        for q in &statements {
-            c.msg(b'Q', &Body::default().cstr(q).0).read();
-        }
-        let done = |s: &mut StreamBuilder, tag: &str, status: &[u8]| {
-            s.msg(b'C', &Body::default().cstr(tag).0)
-                .msg(b'Z', status)
-                .read();
-        };
-        done(&mut s, "BEGIN", b"T");
-        done(&mut s, "UPDATE 1", b"T");
-        s.msg(b'T', &row_description(&[("abalance", 23, 4)]))
-            .msg(b'D', &Body::default().i16(1).value("-1234").0);
-        done(&mut s, "SELECT 1", b"T");
-        done(&mut s, "UPDATE 1", b"T");
-        done(&mut s, "UPDATE 1", b"T");
-        done(&mut s, "INSERT 0 1", b"T");
-        done(&mut s, "COMMIT", b"I");
+        );
+        done(&mut w, "INSERT 0 1", b"T");
+        query(&mut w, "END;");
+        done(&mut w, "COMMIT", b"I");
     }
-    out.push(c.build("tpcb", Side::Client));
-    out.push(s.build("tpcb", Side::Server));
+    out.push(w.build("tpcb"));
 
     // A large result: 1,000 pgbench_accounts rows, read in 16 KiB chunks.
     let filler = " ".repeat(84);
-    let mut s = StreamBuilder::default();
-    s.msg(
+    let mut w = Conv::default();
+    query(&mut w, "SELECT * FROM pgbench_accounts LIMIT 1000");
+    w.s(
         b'T',
         &row_description(&[
             ("aid", 23, 4),
@@ -308,7 +323,7 @@ fn workloads() -> Vec<Workload> {
         ]),
     );
     for i in 0..1_000 {
-        s.msg(
+        w.s(
             b'D',
             &Body::default()
                 .i16(4)
@@ -319,10 +334,10 @@ fn workloads() -> Vec<Workload> {
                 .0,
         );
     }
-    s.msg(b'C', &Body::default().cstr("SELECT 1000").0)
-        .msg(b'Z', b"I")
-        .chunked(16 * 1024);
-    out.push(s.build("datarow_batch", Side::Server));
+    w.s(b'C', &Body::default().cstr("SELECT 1000").0)
+        .s(b'Z', b"I")
+        .read_s(READ);
+    out.push(w.build("datarow_batch"));
 
     // COPY ... FROM STDIN: 1,000 rows of pgbench_history, one CopyData per row.
     let row = |i: usize| {
@@ -335,20 +350,34 @@ fn workloads() -> Vec<Workload> {
             i
         )
     };
-    let mut c = StreamBuilder::default();
-    c.msg(
-        b'Q',
-        &Body::default().cstr("COPY pgbench_history FROM STDIN").0,
-    );
+    let mut w = Conv::default();
+    query(&mut w, "COPY pgbench_history FROM STDIN");
+    w.s(
+        b'G',
+        &Body::default()
+            .bytes(&[0])
+            .i16(5)
+            .i16(0)
+            .i16(0)
+            .i16(0)
+            .i16(0)
+            .i16(0)
+            .0,
+    )
+    .read_s(READ);
     for i in 0..1_000 {
-        c.msg(b'd', row(i).as_bytes());
+        w.c(b'd', row(i).as_bytes());
     }
-    c.msg(b'c', b"").chunked(16 * 1024);
-    out.push(c.build("copy_in", Side::Client));
+    w.c(b'c', b"").read_c(READ);
+    w.s(b'C', &Body::default().cstr("COPY 1000").0)
+        .s(b'Z', b"I")
+        .read_s(READ);
+    out.push(w.build("copy_in"));
 
     // COPY ... TO STDOUT: the same rows coming back.
-    let mut s = StreamBuilder::default();
-    s.msg(
+    let mut w = Conv::default();
+    query(&mut w, "COPY pgbench_history TO STDOUT");
+    w.s(
         b'H',
         &Body::default()
             .bytes(&[0])
@@ -361,119 +390,158 @@ fn workloads() -> Vec<Workload> {
             .0,
     );
     for i in 0..1_000 {
-        s.msg(b'd', row(i).as_bytes());
+        w.s(b'd', row(i).as_bytes());
     }
-    s.msg(b'c', b"")
-        .msg(b'C', &Body::default().cstr("COPY 1000").0)
-        .msg(b'Z', b"I")
-        .chunked(16 * 1024);
-    out.push(s.build("copy_out", Side::Server));
+    w.s(b'c', b"")
+        .s(b'C', &Body::default().cstr("COPY 1000").0)
+        .s(b'Z', b"I")
+        .read_s(READ);
+    out.push(w.build("copy_out"));
 
     // SET application_name: Postgres reports the new value in a ParameterStatus.
-    let mut s = StreamBuilder::default();
+    let mut w = Conv::default();
     for i in 0..TXNS {
-        s.msg(
+        query(&mut w, &format!("SET application_name = 'app-{}'", i % 10));
+        w.s(
             b'S',
             &Body::default()
                 .cstr("application_name")
                 .cstr(&format!("app-{}", i % 10))
                 .0,
         )
-        .msg(b'C', &Body::default().cstr("SET").0)
-        .msg(b'Z', b"I")
-        .read();
+        .s(b'C', &Body::default().cstr("SET").0)
+        .s(b'Z', b"I")
+        .read_s(READ);
     }
-    out.push(s.build("param_status", Side::Server));
+    out.push(w.build("param_status"));
 
     out
 }
 
-/// Scans the whole workload read by read, forwarding everything ready after each read, as
-/// the relay does. Returns the bytes forwarded.
-fn pass(w: &Workload) -> usize {
-    let mut start = 0;
-    match w.side {
-        Side::Client => {
-            let mut scan = ClientScan::default();
-            for &end in &w.cuts {
-                start += scan.scan(&w.stream[start..end], 0).expect("client scan");
-            }
-        }
-        Side::Server => {
-            let mut client = ClientScan::default();
-            client.pending = w.syncs;
-            let mut server = ServerScan::default();
-            let mut on_param = |name: &str, value: &str| {
-                black_box((name.len(), value.len()));
-            };
-            for &end in &w.cuts {
-                start += server
-                    .scan(&w.stream[start..end], 0, &mut client, &mut on_param)
-                    .expect("server scan");
-            }
-            debug_assert_eq!(client.pending, 0);
-        }
-    }
-    start
+/// One client's relay state, kept across passes like a session keeps it across transactions.
+struct State {
+    up: Flow,
+    down: Flow,
+    client: ClientSide,
+    server: ServerSide,
+    tracker: Tracker,
 }
 
-fn side_name(side: Side) -> &'static str {
-    match side {
-        Side::Client => "client",
-        Side::Server => "server",
+impl State {
+    /// `policy`: session-state detection, as in transaction mode (`None`: session mode).
+    fn new(policy: Option<Policy>) -> State {
+        State {
+            up: Flow::default(),
+            down: Flow::default(),
+            client: ClientSide::new(policy, None),
+            server: ServerSide::default(),
+            tracker: Tracker::default(),
+        }
     }
 }
 
-fn bench_scan(c: &mut Criterion, workloads: &[Workload]) {
-    for side in [Side::Client, Side::Server] {
-        let mut group = c.benchmark_group(format!("{}_scan", side_name(side)));
-        for w in workloads.iter().filter(|w| w.side == side) {
-            group.throughput(Throughput::Bytes(w.stream.len() as u64));
-            group.bench_function(w.name, |b| b.iter(|| black_box(pass(black_box(w)))));
+/// Feeds the conversation read by read through the relay's processing, writing out
+/// everything processed after each read, as the relay does. Returns the bytes moved.
+fn pass(w: &Workload, st: &mut State) -> usize {
+    let mut moved = 0;
+    let mut on_param = |name: &str, value: &str| {
+        black_box((name.len(), value.len()));
+    };
+    for &(side, a, b) in &w.reads {
+        match side {
+            Side::Client => {
+                st.up.inbuf.extend_from_slice(&w.client[a..b]);
+                st.client
+                    .process(&mut st.up, &mut st.tracker, None)
+                    .expect("client side");
+                moved += st.up.out.len();
+                st.up.out.clear();
+            }
+            Side::Server => {
+                st.down.inbuf.extend_from_slice(&w.server[a..b]);
+                st.server
+                    .process(&mut st.down, &mut st.tracker, None, &mut on_param)
+                    .expect("server side");
+                moved += st.down.out.len();
+                st.down.out.clear();
+            }
         }
-        group.finish();
+    }
+    moved
+}
+
+fn bench_relay(c: &mut Criterion, workloads: &[Workload]) {
+    for (group, policy) in [
+        ("transaction_mode", Some(Policy::Pin)),
+        ("session_mode", None),
+    ] {
+        let mut g = c.benchmark_group(group);
+        for w in workloads {
+            let mut st = State::new(policy);
+            g.throughput(Throughput::Bytes((w.client.len() + w.server.len()) as u64));
+            g.bench_function(w.name, |b| {
+                b.iter(|| black_box(pass(black_box(w), &mut st)))
+            });
+        }
+        g.finish();
     }
 }
 
 /// Our own short timing and the allocation count, for one summary table.
 fn summary(workloads: &[Workload]) {
     println!();
-    println!("hot path summary (one pass = the whole workload, read by read)");
+    println!("hot path summary (one pass = the whole conversation, read by read)");
     println!(
-        "{:<8} {:<14} {:>9} {:>7} {:>6} {:>10} {:>9} {:>11}",
-        "side", "workload", "bytes", "msgs", "reads", "MB/s", "ns/msg", "allocs/msg"
+        "{:<14} {:>8} {:>8} {:>6} {:>6} {:>9} {:>8} {:>9} {:>11}",
+        "workload",
+        "client B",
+        "server B",
+        "msgs",
+        "reads",
+        "MB/s",
+        "ns/msg",
+        "ns/msg(s)",
+        "allocs/msg"
     );
     for w in workloads {
-        // Allocations: a few passes, counted.
+        let bytes = (w.client.len() + w.server.len()) as f64;
+        let time = |policy: Option<Policy>| {
+            let mut st = State::new(policy);
+            let t = Instant::now();
+            let mut n = 0u64;
+            while t.elapsed() < Duration::from_millis(300) {
+                black_box(pass(black_box(w), &mut st));
+                n += 1;
+            }
+            t.elapsed().as_secs_f64() / n as f64
+        };
+        // Allocations in steady state: one warm-up pass, then counted passes.
+        let mut st = State::new(Some(Policy::Pin));
+        pass(w, &mut st);
         let passes = 20;
         let before = ALLOCS.load(Ordering::Relaxed);
         for _ in 0..passes {
-            black_box(pass(black_box(w)));
+            black_box(pass(black_box(w), &mut st));
         }
         let allocs = ALLOCS.load(Ordering::Relaxed) - before;
-        // Speed: as many passes as fit in 300 ms.
-        let t = Instant::now();
-        let mut n = 0u64;
-        while t.elapsed() < Duration::from_millis(300) {
-            black_box(pass(black_box(w)));
-            n += 1;
-        }
-        let secs = t.elapsed().as_secs_f64();
-        let bytes = (w.stream.len() as u64 * n) as f64;
+        let tx = time(Some(Policy::Pin));
+        let session = time(None);
         println!(
-            "{:<8} {:<14} {:>9} {:>7} {:>6} {:>10.0} {:>9.2} {:>11.3}",
-            side_name(w.side),
+            "{:<14} {:>8} {:>8} {:>6} {:>6} {:>9.0} {:>8.2} {:>9.2} {:>11.3}",
             w.name,
-            w.stream.len(),
+            w.client.len(),
+            w.server.len(),
             w.messages,
-            w.cuts.len(),
-            bytes / secs / 1e6,
-            secs * 1e9 / (n as f64 * w.messages as f64),
+            w.reads.len(),
+            bytes / tx / 1e6,
+            tx * 1e9 / w.messages as f64,
+            session * 1e9 / w.messages as f64,
             allocs as f64 / (passes as f64 * w.messages as f64),
         );
     }
     println!(
-        "allocs/msg counts every heap allocation during the scan (counting global allocator)."
+        "MB/s and ns/msg: transaction mode (session-state detection on); ns/msg(s): session mode.\n\
+         allocs/msg counts every heap allocation during the passes (counting global allocator)."
     );
 }
 
@@ -515,15 +583,17 @@ fn session_future_size() -> Option<usize> {
 fn main() {
     let workloads = workloads();
     for w in &workloads {
+        let mut st = State::new(Some(Policy::Pin));
         assert_eq!(
-            pass(w),
-            w.stream.len(),
-            "{}: stream not fully forwarded",
+            pass(w, &mut st),
+            w.client.len() + w.server.len(),
+            "{}: conversation not fully relayed",
             w.name
         );
+        assert!(st.tracker.is_idle(), "{}: requests left unanswered", w.name);
     }
     let mut c = Criterion::default().configure_from_args();
-    bench_scan(&mut c, &workloads);
+    bench_relay(&mut c, &workloads);
     c.final_summary();
     // Under `cargo test --benches` criterion runs each benchmark once; skip the summary there.
     if std::env::args().any(|a| a == "--bench") {

@@ -43,6 +43,8 @@ default_pool_size = 20
 reserve_pool_size = 5
 max_client_conn = 10000
 ignore_startup_parameters = "extra_float_digits"
+admin_users = "app"               # psql ... dbname=pgbouncer: the admin console
+metrics_port = 9127               # http://127.0.0.1:9127/metrics
 
 [databases.app]
 host = "127.0.0.1"
@@ -50,4 +52,6 @@ port = $PGPORT
 TOML
 echo "postgres on 127.0.0.1:$PGPORT; pooler on 127.0.0.1:6432"
 echo "try: psql \"host=127.0.0.1 port=6432 user=app password=app dbname=app\""
+echo "admin console: psql \"host=127.0.0.1 port=6432 user=app password=app dbname=pgbouncer\" -c 'SHOW POOLS'"
+echo "metrics: curl -s http://127.0.0.1:9127/metrics"
 exec cargo run --release -- --config "$DIR/pooler.toml"

@@ -4,9 +4,13 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::admin::Control;
 use crate::auth::{AuthFile, Secret, User};
 use crate::config::{AuthType, Config, ConfigError, DatabaseConfig, secs};
+use crate::metrics::Metrics;
 use crate::pool::{Pool, PoolSettings};
+use crate::prepared::Registry;
+use crate::registry::ClientRegistry;
 use crate::server::{ServerCredential, ServerTarget};
 
 /// Startup parameters a client may set that the pooler keeps true on every server it uses.
@@ -28,6 +32,12 @@ pub struct App {
     /// Canonical names of tracked parameters (built-in plus `track_extra_parameters`).
     pub tracked: Vec<String>,
     pub ignored: Vec<String>,
+    /// Server-side names of protocol-level prepared statements, pooler-wide.
+    pub statements: Registry,
+    pub metrics: Metrics,
+    pub clients_registry: Arc<ClientRegistry>,
+    /// PAUSE state, shutdown and readiness, driven by the admin console.
+    pub control: Control,
 }
 
 /// Counts a connected client for `max_client_conn`; dropping it uncounts.
@@ -62,6 +72,10 @@ impl App {
             clients: AtomicUsize::new(0),
             tracked,
             ignored,
+            statements: Registry::default(),
+            metrics: Metrics::new(),
+            clients_registry: Arc::default(),
+            control: Control::default(),
         })
     }
 
@@ -115,6 +129,7 @@ impl App {
             idle_timeout: secs(p.server_idle_timeout),
             mode: db.pool_mode.unwrap_or(p.pool_mode),
             reset_query: p.server_reset_query.clone(),
+            session_state: db.session_state.unwrap_or(p.session_state),
         };
         let target = ServerTarget {
             host: db.host.clone(),
@@ -122,13 +137,18 @@ impl App {
             dbname: db.dbname.clone().unwrap_or_else(|| db_name.to_string()),
             user: server_user.clone(),
         };
+        let stats = self.metrics.pool_stats(db_name, &server_user);
         let pool = Pool::new(
             db_name.to_string(),
             server_user,
             target,
             settings,
             credential,
+            stats,
         );
+        if self.control.is_paused(db_name) {
+            pool.pause();
+        }
         pools.insert(key, pool.clone());
         pool
     }

@@ -6,20 +6,22 @@
 //! make the server's session parameters match the client's, relay, give the server back.
 
 use bytes::BytesMut;
-use rand::RngExt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use crate::admin::{self, Console};
 use crate::app::App;
 use crate::auth::{self, Secret, User};
 use crate::config::{PoolMode, secs};
 use crate::error::{PoolerError, Result};
 use crate::pool::Pool;
+use crate::prepared::ClientStatements;
 use crate::protocol::{self, StartupRequest};
-use crate::relay::{self, ClientScan, Flow, Relay, RelayEnd, ServerScan};
+use crate::registry::Registration;
+use crate::relay::{self, ClientSide, Flow, Relay, RelayEnd, ServerSide, Statements, Tracker};
 use crate::server::{Params, ServerConn, ServerCredential};
 
 /// A logged-in client.
@@ -29,6 +31,14 @@ struct Session {
     database: String,
     /// The values this client expects of the tracked parameters, kept true on every server.
     params: Params,
+    /// This client in SHOW CLIENTS; dropped (unregistered) before the socket closes.
+    client: Registration,
+}
+
+/// What a login leads to.
+enum Login {
+    Pool(Session),
+    Console(Console),
 }
 
 /// Serves one accepted connection to the end. Never panics on client input; every refusal
@@ -45,10 +55,18 @@ pub async fn serve(app: Arc<App>, mut stream: TcpStream, peer: SocketAddr) {
         None => login.await,
     };
     let session = match login {
-        Ok(Some(session)) => session,
+        Ok(Some(Login::Pool(session))) => session,
+        Ok(Some(Login::Console(console))) => {
+            if let Err(e) = console.run(&app, &mut stream).await {
+                app.metrics.error(&e);
+                refuse(&mut stream, &e).await;
+            }
+            return;
+        }
         Ok(None) => return,
         Err(e) => {
             tracing::info!(%peer, error = %e, "login refused");
+            app.metrics.error(&e);
             refuse(&mut stream, &e).await;
             return;
         }
@@ -58,6 +76,8 @@ pub async fn serve(app: Arc<App>, mut stream: TcpStream, peer: SocketAddr) {
     }
     let result = run_session(&app, &mut stream, &session).await;
     if let Err(e) = &result {
+        tracing::debug!(%peer, error = %e, kind = e.kind(), "session ended with an error");
+        app.metrics.error(e);
         refuse(&mut stream, e).await;
     }
     if app.config.pooler.log_disconnections {
@@ -89,12 +109,15 @@ async fn login(
     app: &Arc<App>,
     stream: &mut TcpStream,
     client_count: usize,
-) -> Result<Option<Session>> {
+) -> Result<Option<Login>> {
     let params = loop {
         match protocol::read_startup(stream).await? {
             // No TLS yet: 'N' tells the client to go on in cleartext (or give up if it insists).
             StartupRequest::Ssl | StartupRequest::GssEnc => stream.write_all(b"N").await?,
-            StartupRequest::Cancel { .. } => return Ok(None),
+            StartupRequest::Cancel { pid, secret } => {
+                forward_cancel(app, pid, secret).await;
+                return Ok(None);
+            }
             StartupRequest::Startup { params } => break params,
         }
     };
@@ -132,6 +155,10 @@ async fn login(
         // trust: a user not in the auth file may still log in; the server decides.
         None => Arc::new(User::new(&user_name, Secret::Plain(String::new()))),
     };
+    if admin::is_console(&database) {
+        let console = Console::login(app, stream, &user_name, &database).await?;
+        return Ok(Some(Login::Console(console)));
+    }
     // Authenticated: from here on, telling which databases exist reveals nothing.
     let Some(db) = app.config.databases.get(&database) else {
         return Err(PoolerError::NoSuchDatabase(database));
@@ -161,19 +188,49 @@ async fn login(
         let value = requested.get(name).unwrap_or(value);
         protocol::parameter_status(&mut out, name, value);
     }
-    let (pid, secret) = {
-        let mut rng = rand::rng();
-        (rng.random::<i32>() & 0x7fff_ffff, rng.random::<i32>())
-    };
+    let app_name = session_params.get("application_name").unwrap_or_default();
+    let client =
+        app.clients_registry
+            .register(stream, &user_name, &database, app_name, Some(pool.clone()));
+    let (pid, secret) = client.cancel_key;
     protocol::backend_key_data(&mut out, pid, secret);
     protocol::ready_for_query(&mut out, b'I');
     stream.write_all(&out).await?;
-    Ok(Some(Session {
+    Ok(Some(Login::Pool(Session {
         pool,
         user: user_name,
         database,
         params: session_params,
-    }))
+        client,
+    })))
+}
+
+/// Passes a client's CancelRequest on to the server running its query, with that server's
+/// own key. A key that matches no client, or a client with no server right now, cancels
+/// nothing; the requester is told nothing either way, as with Postgres.
+async fn forward_cancel(app: &App, pid: i32, secret: i32) {
+    let Some(target) = app.clients_registry.cancel_target(pid, secret) else {
+        tracing::debug!(pid, "cancel request matches no active client");
+        return;
+    };
+    let mut msg = BytesMut::with_capacity(16);
+    postgres_protocol::message::frontend::cancel_request(
+        target.backend_pid,
+        target.backend_secret,
+        &mut msg,
+    );
+    let send = async {
+        let mut s = TcpStream::connect((target.host.as_str(), target.port)).await?;
+        s.write_all(&msg).await?;
+        s.shutdown().await
+    };
+    let limit = secs(app.config.pooler.server_connect_timeout)
+        .unwrap_or(std::time::Duration::from_secs(15));
+    match tokio::time::timeout(limit, send).await {
+        Ok(Ok(())) => tracing::debug!(backend_pid = target.backend_pid, "cancel forwarded"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "could not forward cancel request"),
+        Err(_) => tracing::warn!("timed out forwarding cancel request"),
+    }
 }
 
 /// The session loop: one checkout per transaction (or one for the session).
@@ -182,23 +239,39 @@ async fn run_session(app: &App, stream: &mut TcpStream, session: &Session) -> Re
     let mut params = session.params.clone();
     let mut up = Flow::default();
     let mut down = Flow::default();
-    let mut client_scan = ClientScan::default();
+    let mut client_side = ClientSide::new(
+        (pool.settings.mode == PoolMode::Transaction).then_some(pool.settings.session_state),
+        Some(session.client.info.clone()),
+    );
+    let mut tracker = Tracker::default();
+    let mut client_statements = ClientStatements::new();
     let release_on_idle = pool.settings.mode == PoolMode::Transaction;
+    let max_prepared = app.config.pooler.max_prepared_statements;
+    let rewrite_statements = release_on_idle && max_prepared > 0;
     loop {
         up.shrink_if_empty();
         down.shrink_if_empty();
-        if !relay::read_request(stream, &mut up, &mut client_scan).await? {
+        if !relay::read_request(stream, &mut up).await? {
             return Ok(());
         }
+        if rewrite_statements
+            && relay::answer_locally(&mut up, &mut down, &app.statements, &mut client_statements)
+        {
+            down.flush(stream).await?;
+            continue;
+        }
+        session.client.waiting();
         let mut server = pool.checkout().await?;
+        let attached = session.client.attached(&server);
         if let Err(e) = sync_params(app, &mut server, &mut params).await {
             pool.discard(server);
             return Err(e);
         }
-        let mut server_scan = ServerScan::default();
+        let mut server_side = ServerSide::default();
         let ServerConn {
             stream: server_stream,
             params: server_params,
+            statements: server_statements,
             ..
         } = &mut server;
         let mut on_param = |name: &str, value: &str| {
@@ -207,23 +280,40 @@ async fn run_session(app: &App, stream: &mut TcpStream, session: &Session) -> Re
                 params.set(canonical, value);
             }
         };
+        let statements = rewrite_statements.then_some(Statements {
+            registry: &app.statements,
+            client: &mut client_statements,
+            server: server_statements,
+            max: max_prepared,
+        });
         let end = Relay {
             client: stream,
             server: server_stream,
             up: &mut up,
             down: &mut down,
-            client_scan: &mut client_scan,
-            server_scan: &mut server_scan,
+            client_side: &mut client_side,
+            server_side: &mut server_side,
+            tracker: &mut tracker,
+            statements,
         }
         .run(release_on_idle, &mut on_param)
         .await;
+        let xact_done = release_on_idle && matches!(end, Ok(RelayEnd::Idle));
+        (session.client).relayed(
+            pool,
+            &mut up,
+            &mut down,
+            &mut client_side,
+            attached,
+            xact_done,
+        );
         match end {
             Ok(RelayEnd::Idle) => {
                 pool.checkin(server);
                 down.flush(stream).await?;
             }
             Ok(RelayEnd::ClientGone { server_clean: true }) => {
-                release_after_client(pool, server).await;
+                release_after_client(pool, server, client_side.pinned.is_some()).await;
                 return Ok(());
             }
             Ok(RelayEnd::ClientGone {
@@ -248,8 +338,9 @@ async fn run_session(app: &App, stream: &mut TcpStream, session: &Session) -> Re
 }
 
 /// A clean server whose client left: in session mode it is reset before anyone else gets it.
-async fn release_after_client(pool: &Arc<Pool>, mut server: ServerConn) {
-    if pool.settings.mode == PoolMode::Session && !pool.settings.reset_query.is_empty() {
+async fn release_after_client(pool: &Arc<Pool>, mut server: ServerConn, pinned: bool) {
+    let reset = pool.settings.mode == PoolMode::Session || pinned;
+    if reset && !pool.settings.reset_query.is_empty() {
         match server.run_internal(&pool.settings.reset_query).await {
             Ok(None) => {}
             Ok(Some((code, message))) => {
@@ -263,10 +354,12 @@ async fn release_after_client(pool: &Arc<Pool>, mut server: ServerConn) {
                 return;
             }
         }
-        // DISCARD ALL resets every parameter to the server's defaults.
+        // DISCARD ALL resets every parameter to the server's defaults and deallocates
+        // every prepared statement.
         if let Some(defaults) = pool.defaults() {
             server.params = defaults.clone();
         }
+        server.statements.clear();
     }
     pool.checkin(server);
 }

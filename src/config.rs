@@ -94,10 +94,19 @@ pub struct PoolerSettings {
     pub query_wait_timeout: f64,
     pub client_login_timeout: f64,
     pub server_reset_query: String,
+    pub max_prepared_statements: usize,
+    pub session_state: crate::session_state::Policy,
     pub ignore_startup_parameters: NameList,
     pub track_extra_parameters: NameList,
     pub log_connections: bool,
     pub log_disconnections: bool,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served; `metrics_port = 0` turns it off.
+    pub metrics_addr: String,
+    pub metrics_port: u16,
+    /// Users who may run every admin console command.
+    pub admin_users: NameList,
+    /// Users who may run the console's read-only `SHOW` commands.
+    pub stats_users: NameList,
 }
 
 impl Default for PoolerSettings {
@@ -118,10 +127,18 @@ impl Default for PoolerSettings {
             query_wait_timeout: 120.0,
             client_login_timeout: 60.0,
             server_reset_query: "DISCARD ALL".into(),
+            max_prepared_statements: 200,
+            session_state: crate::session_state::Policy::Pin,
             ignore_startup_parameters: NameList::Empty,
             track_extra_parameters: NameList::Empty,
             log_connections: true,
             log_disconnections: true,
+            // Loopback by default: metrics reveal database and user names.
+            metrics_addr: "127.0.0.1".into(),
+            // pgbouncer_exporter's port: the pooler replaces that exporter.
+            metrics_port: 9127,
+            admin_users: NameList::Empty,
+            stats_users: NameList::Empty,
         }
     }
 }
@@ -142,6 +159,7 @@ pub struct DatabaseConfig {
     pub min_pool_size: Option<usize>,
     pub reserve_pool_size: Option<usize>,
     pub pool_mode: Option<PoolMode>,
+    pub session_state: Option<crate::session_state::Policy>,
 }
 
 fn default_host() -> String {

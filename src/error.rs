@@ -18,6 +18,9 @@ pub enum PoolerError {
     UnsupportedStartupParameter(String),
     #[error("password authentication failed for user \"{0}\"")]
     AuthFailed(String),
+    /// A user not in `admin_users` or `stats_users` asked for the admin console (PgBouncer's text).
+    #[error("not allowed")]
+    NotAllowed,
     #[error("no such database: {0}")]
     NoSuchDatabase(String),
     #[error("no more connections allowed (max_client_conn)")]
@@ -31,6 +34,11 @@ pub enum PoolerError {
     /// The server refused the pooler's login; its own error is passed on.
     #[error("{message}")]
     ServerLogin { code: String, message: String },
+    /// A statement creating session state, refused under `session_state = error`.
+    #[error(
+        "pooler: {0} creates session state, which transaction pooling cannot keep (session_state = error)"
+    )]
+    SessionState(&'static str),
     #[error("server conn crashed?")]
     ServerGone,
     #[error("server returned an unexpected response: {0}")]
@@ -48,6 +56,8 @@ impl PoolerError {
             | PoolerError::ClientLoginTimeout
             | PoolerError::ServerProtocol(_) => "08P01",
             PoolerError::AuthFailed(_) => "28P01",
+            PoolerError::SessionState(_) => "0A000",
+            PoolerError::NotAllowed => "28000",
             PoolerError::NoSuchDatabase(_) => "3D000",
             PoolerError::TooManyClients => "53300",
             PoolerError::ServerConnect(_) => "08006",
@@ -62,8 +72,9 @@ impl PoolerError {
             PoolerError::Protocol(_) | PoolerError::UnsupportedStartupParameter(_) => {
                 "protocol_violation"
             }
-            PoolerError::AuthFailed(_) => "auth_failed",
+            PoolerError::AuthFailed(_) | PoolerError::NotAllowed => "auth_failed",
             PoolerError::NoSuchDatabase(_) => "no_such_database",
+            PoolerError::SessionState(_) => "session_state",
             PoolerError::TooManyClients => "max_client_conn",
             PoolerError::QueryWaitTimeout => "query_wait_timeout",
             PoolerError::ClientLoginTimeout => "client_login_timeout",

@@ -2,13 +2,19 @@
 //!
 //! See `docs/architecture.md` for the map of modules and the life of a transaction.
 
+pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod client;
 pub mod config;
 pub mod error;
 pub mod listener;
+pub mod metrics;
 pub mod pool;
+pub mod prepared;
 pub mod protocol;
+pub mod registry;
 pub mod relay;
 pub mod server;
+pub mod session_state;
+pub mod stats;

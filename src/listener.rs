@@ -6,6 +6,7 @@ use tokio::net::TcpListener;
 
 use crate::app::App;
 use crate::client;
+use crate::metrics;
 
 /// Binds the configured address.
 pub async fn bind(app: &App) -> std::io::Result<TcpListener> {
@@ -13,11 +14,20 @@ pub async fn bind(app: &App) -> std::io::Result<TcpListener> {
     TcpListener::bind((p.listen_addr.as_str(), p.listen_port)).await
 }
 
-/// Accepts clients until the task is dropped. `max_client_conn` is enforced inside each
-/// session, after the startup packet, so the refusal reaches the client as an ErrorResponse.
+/// Accepts clients until the task is dropped or SHUTDOWN. `max_client_conn` is enforced
+/// inside each session, after the startup packet, so the refusal reaches the client as an
+/// ErrorResponse.
 pub async fn accept_loop(app: Arc<App>, listener: TcpListener) {
+    let mut shutdown = app.control.shutdown_signal();
     loop {
-        match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.wait_for(|stop| *stop) => {
+                app.control.set_listening(false);
+                return;
+            }
+        };
+        match accepted {
             Ok((stream, peer)) => {
                 tokio::spawn(client::serve(app.clone(), stream, peer));
             }
@@ -33,8 +43,11 @@ pub async fn accept_loop(app: Arc<App>, listener: TcpListener) {
 /// A pooler serving in the background of the current runtime (used by tests and `main`).
 pub struct Running {
     pub addr: SocketAddr,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served (None: `metrics_port = 0`).
+    pub metrics_addr: Option<SocketAddr>,
     pub app: Arc<App>,
     task: Option<tokio::task::JoinHandle<()>>,
+    background: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
@@ -42,11 +55,22 @@ impl Running {
         let app = Arc::new(app);
         let listener = bind(&app).await?;
         let addr = listener.local_addr()?;
+        let p = &app.config.pooler;
+        let mut background = vec![tokio::spawn(metrics::upkeep(Arc::downgrade(&app)))];
+        let mut metrics_addr = None;
+        if p.metrics_port != 0 {
+            let http = TcpListener::bind((p.metrics_addr.as_str(), p.metrics_port)).await?;
+            metrics_addr = Some(http.local_addr()?);
+            background.push(tokio::spawn(metrics::serve_http(app.clone(), http)));
+        }
+        app.control.set_listening(true);
         let task = tokio::spawn(accept_loop(app.clone(), listener));
         Ok(Running {
             addr,
+            metrics_addr,
             app,
             task: Some(task),
+            background,
         })
     }
 
@@ -61,6 +85,9 @@ impl Running {
 impl Drop for Running {
     fn drop(&mut self) {
         if let Some(task) = &self.task {
+            task.abort();
+        }
+        for task in &self.background {
             task.abort();
         }
     }

@@ -60,6 +60,9 @@ fn main() -> ExitCode {
             }
         };
         tracing::info!(addr = %running.addr, "listening");
+        if let Some(addr) = running.metrics_addr {
+            tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
+        }
         tokio::select! {
             _ = running.wait() => {}
             _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; exiting"),

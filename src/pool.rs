@@ -14,6 +14,7 @@ use tokio::sync::oneshot;
 use crate::config::PoolMode;
 use crate::error::{PoolerError, Result};
 use crate::server::{Params, ServerConn, ServerCredential, ServerTarget};
+use crate::stats::{CloseReason, PoolStats, ServerSnapshot, us_of};
 
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
@@ -26,6 +27,8 @@ pub struct PoolSettings {
     pub idle_timeout: Option<Duration>,
     pub mode: PoolMode,
     pub reset_query: String,
+    /// What to do when a transaction-mode client creates session state.
+    pub session_state: crate::session_state::Policy,
 }
 
 /// What a waiter is handed: a ready server, or the right to open one.
@@ -36,6 +39,8 @@ enum Grant {
 
 struct Waiter {
     id: u64,
+    /// When the client started waiting (`maxwait`).
+    since: Instant,
     /// From this instant the waiter may take a reserve slot.
     reserve_after: Instant,
     tx: oneshot::Sender<Grant>,
@@ -50,6 +55,8 @@ struct PoolState {
     total: usize,
     /// Servers being opened right now.
     connecting: usize,
+    /// PAUSE: no server is handed out, servers that come back are closed.
+    paused: bool,
 }
 
 /// Point-in-time counts for the admin console and metrics.
@@ -60,6 +67,9 @@ pub struct PoolCounts {
     pub connecting: usize,
     pub waiting: usize,
     pub total: usize,
+    /// How long the oldest waiter has waited.
+    pub max_wait: Duration,
+    pub paused: bool,
 }
 
 pub struct Pool {
@@ -73,6 +83,7 @@ pub struct Pool {
     /// client that did not ask for another value gets on every server.
     defaults: OnceLock<Params>,
     next_waiter: AtomicU64,
+    pub stats: PoolStats,
 }
 
 impl Pool {
@@ -82,6 +93,7 @@ impl Pool {
         target: ServerTarget,
         settings: PoolSettings,
         credential: ServerCredential,
+        stats: PoolStats,
     ) -> Arc<Pool> {
         let pool = Arc::new(Pool {
             database,
@@ -92,6 +104,7 @@ impl Pool {
             state: Mutex::new(PoolState::default()),
             defaults: OnceLock::new(),
             next_waiter: AtomicU64::new(1),
+            stats,
         });
         tokio::spawn(janitor(Arc::downgrade(&pool)));
         pool
@@ -123,25 +136,39 @@ impl Pool {
             connecting: st.connecting,
             waiting: st.waiters.len(),
             total: st.total,
+            max_wait: st
+                .waiters
+                .front()
+                .map(|w| w.since.elapsed())
+                .unwrap_or_default(),
+            paused: st.paused,
         }
     }
 
     /// Takes a server: an idle one, a new one if the pool has room, or waits for one.
     pub async fn checkout(self: &Arc<Self>) -> Result<ServerConn> {
         let start = Instant::now();
+        let server = self.acquire(start).await?;
+        self.stats.assigned(start.elapsed());
+        Ok(server)
+    }
+
+    async fn acquire(self: &Arc<Self>, start: Instant) -> Result<ServerConn> {
         let reserve_after = start + self.settings.reserve_timeout.unwrap_or(Duration::ZERO);
         loop {
             let waiter = {
                 let mut st = self.lock();
-                if let Some(server) = st.idle.pop() {
+                if !st.paused
+                    && let Some(server) = st.idle.pop()
+                {
                     drop(st);
                     if server.is_alive() {
                         return Ok(server);
                     }
-                    self.discard(server);
+                    self.close(server, CloseReason::Dead);
                     continue;
                 }
-                if st.total < self.settings.pool_size {
+                if !st.paused && st.total < self.settings.pool_size {
                     st.total += 1;
                     None
                 } else {
@@ -149,6 +176,7 @@ impl Pool {
                     let (tx, rx) = oneshot::channel();
                     st.waiters.push_back(Waiter {
                         id,
+                        since: start,
                         reserve_after,
                         tx,
                     });
@@ -164,7 +192,7 @@ impl Pool {
                     if server.is_alive() {
                         return Ok(server);
                     }
-                    self.discard(server);
+                    self.close(server, CloseReason::Dead);
                 }
                 Grant::Slot => return self.open().await,
             }
@@ -208,7 +236,7 @@ impl Pool {
             }
             if reserve_deadline.is_some_and(|r| now >= r) {
                 reserve_deadline = None;
-                if st.total < self.settings.pool_size + self.settings.reserve_size {
+                if !st.paused && st.total < self.settings.pool_size + self.settings.reserve_size {
                     st.waiters.remove(pos);
                     st.total += 1;
                     tracing::info!(
@@ -234,10 +262,12 @@ impl Pool {
         self.lock().connecting -= 1;
         match result {
             Ok(server) => {
+                self.stats.server_opened();
                 let _ = self.defaults.set(server.params.clone());
                 Ok(server)
             }
             Err(e) => {
+                self.stats.connect_failed(unreachable(&e));
                 tracing::warn!(database = %self.database, user = %self.user, error = %e, "server connection failed");
                 self.release_slot();
                 Err(e)
@@ -248,7 +278,15 @@ impl Pool {
     /// Gives a clean, idle server back.
     pub fn checkin(&self, mut server: ServerConn) {
         server.last_used = Instant::now();
+        self.stats.server_answered();
         let mut st = self.lock();
+        if st.paused {
+            st.total -= 1;
+            drop(st);
+            self.stats.server_closed(CloseReason::Admin);
+            tokio::spawn(server.terminate());
+            return;
+        }
         while let Some(w) = st.waiters.pop_front() {
             match w.tx.send(Grant::Server(server)) {
                 Ok(()) => return,
@@ -260,6 +298,7 @@ impl Pool {
             // A reserve server with nobody waiting: the burst is over, close it.
             st.total -= 1;
             drop(st);
+            self.stats.server_closed(CloseReason::ReserveIdle);
             tokio::spawn(server.terminate());
         } else {
             st.idle.push(server);
@@ -268,6 +307,11 @@ impl Pool {
 
     /// Closes a server that cannot be reused (dead, dirty, or mid-transaction).
     pub fn discard(&self, server: ServerConn) {
+        self.close(server, CloseReason::Unclean);
+    }
+
+    fn close(&self, server: ServerConn, reason: CloseReason) {
+        self.stats.server_closed(reason);
         self.release_slot();
         // Dropping the socket closes it; a backend mid-transaction rolls back on EOF.
         drop(server);
@@ -278,7 +322,9 @@ impl Pool {
         let mut st = self.lock();
         st.total -= 1;
         let now = Instant::now();
-        while let Some(w) = st.waiters.front() {
+        while !st.paused
+            && let Some(w) = st.waiters.front()
+        {
             let limit = if now >= w.reserve_after && self.settings.reserve_size > 0 {
                 self.settings.pool_size + self.settings.reserve_size
             } else {
@@ -295,30 +341,51 @@ impl Pool {
         }
     }
 
-    /// Closes servers idle past `server_idle_timeout`; opens servers up to `min_pool_size`.
+    /// Closes servers idle past `server_idle_timeout` and idle servers Postgres has closed;
+    /// opens servers up to `min_pool_size`. While the last attempt to reach the server failed,
+    /// or idle servers were found dead, tries one connection a tick: that is how `/readyz`
+    /// learns the server is back (or gone) without waiting for a client to try.
     fn maintain(self: &Arc<Self>) {
         let mut expired = Vec::new();
+        let mut dead = 0;
         let mut to_open = 0;
         {
             let mut st = self.lock();
-            if let Some(timeout) = self.settings.idle_timeout {
-                let now = Instant::now();
-                let mut i = 0;
-                while i < st.idle.len() {
-                    if now.duration_since(st.idle[i].last_used) >= timeout {
-                        expired.push(st.idle.remove(i));
-                    } else {
-                        i += 1;
-                    }
+            let now = Instant::now();
+            let mut i = 0;
+            while i < st.idle.len() {
+                let server = &st.idle[i];
+                if self
+                    .settings
+                    .idle_timeout
+                    .is_some_and(|t| now.duration_since(server.last_used) >= t)
+                {
+                    expired.push(st.idle.remove(i));
+                } else if !server.is_alive() {
+                    // Dropping the socket is all a dead server needs.
+                    drop(st.idle.remove(i));
+                    dead += 1;
+                } else {
+                    i += 1;
                 }
-                st.total -= expired.len();
             }
-            let min = self.settings.min_pool_size.min(self.settings.pool_size);
-            if st.total < min && st.waiters.is_empty() {
-                to_open = min - st.total;
+            st.total -= expired.len() + dead;
+            if !st.paused {
+                let min = self.settings.min_pool_size.min(self.settings.pool_size);
+                if st.total < min && st.waiters.is_empty() {
+                    to_open = min - st.total;
+                } else if (dead > 0 || self.stats.failing())
+                    && st.connecting == 0
+                    && st.total < self.settings.pool_size
+                {
+                    to_open = 1;
+                }
                 st.total += to_open;
             }
         }
+        self.stats
+            .server_closed_n(CloseReason::IdleTimeout, expired.len());
+        self.stats.server_closed_n(CloseReason::Dead, dead);
         for server in expired {
             tracing::debug!(database = %self.database, user = %self.user, "closing idle server (server_idle_timeout)");
             tokio::spawn(server.terminate());
@@ -334,6 +401,16 @@ impl Pool {
     }
 }
 
+/// Whether a failed attempt to open a server means the server cannot be reached (down,
+/// starting up, shutting down), as opposed to refusing this pool's user or being full: a wrong
+/// password for one user must not make the whole pooler unready.
+fn unreachable(e: &PoolerError) -> bool {
+    match e {
+        PoolerError::ServerLogin { code, .. } => code.starts_with("57P"),
+        _ => true,
+    }
+}
+
 /// Per-pool housekeeping, once a second while the pool exists.
 async fn janitor(pool: Weak<Pool>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -342,5 +419,76 @@ async fn janitor(pool: Weak<Pool>) {
         tick.tick().await;
         let Some(pool) = pool.upgrade() else { return };
         pool.maintain();
+        pool.stats.roll_period();
+    }
+}
+
+/// The admin console's controls.
+impl Pool {
+    /// PAUSE: new transactions wait; idle servers close now, busy ones when they come back.
+    pub fn pause(&self) {
+        let idle = {
+            let mut st = self.lock();
+            st.paused = true;
+            let idle = std::mem::take(&mut st.idle);
+            st.total -= idle.len();
+            idle
+        };
+        self.stats.server_closed_n(CloseReason::Admin, idle.len());
+        for server in idle {
+            tokio::spawn(server.terminate());
+        }
+    }
+
+    /// RESUME: waiters get servers again, first come first served.
+    pub fn resume(&self) {
+        let mut st = self.lock();
+        if !st.paused {
+            return;
+        }
+        st.paused = false;
+        let now = Instant::now();
+        while let Some(w) = st.waiters.pop_front() {
+            if let Some(server) = st.idle.pop() {
+                if let Err(Grant::Server(server)) = w.tx.send(Grant::Server(server)) {
+                    st.idle.push(server);
+                }
+                continue;
+            }
+            let limit = if now >= w.reserve_after && self.settings.reserve_size > 0 {
+                self.settings.pool_size + self.settings.reserve_size
+            } else {
+                self.settings.pool_size
+            };
+            if st.total >= limit {
+                st.waiters.push_front(w);
+                break;
+            }
+            if w.tx.send(Grant::Slot).is_ok() {
+                st.total += 1;
+            }
+        }
+    }
+
+    /// KILL: paused, and every waiter is turned away (its client gets an error).
+    pub fn kill(&self) {
+        self.pause();
+        let waiters = std::mem::take(&mut self.lock().waiters);
+        drop(waiters);
+    }
+
+    /// The idle servers, for `SHOW SERVERS` (busy ones are listed through their clients).
+    pub fn idle_servers(&self) -> Vec<ServerSnapshot> {
+        self.lock()
+            .idle
+            .iter()
+            .map(|s| ServerSnapshot {
+                id: s.id,
+                backend_pid: s.backend_pid,
+                connected_us: us_of(s.created_at),
+                last_used_us: us_of(s.last_used),
+                local: s.stream.local_addr().ok(),
+            })
+            .collect()
     }
 }

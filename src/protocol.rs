@@ -205,6 +205,65 @@ pub fn error_response(buf: &mut BytesMut, severity: &str, code: &str, message: &
     });
 }
 
+/// A NoticeResponse with a detail (the admin console's `SHOW HELP`).
+pub fn notice_response(buf: &mut BytesMut, message: &str, detail: &str) {
+    put_message(buf, b'N', |b| {
+        for (field, value) in [(b'S', "NOTICE"), (b'V', "NOTICE"), (b'C', "00000")] {
+            b.put_u8(field);
+            put_cstr(b, value);
+        }
+        b.put_u8(b'M');
+        put_cstr(b, message);
+        b.put_u8(b'D');
+        put_cstr(b, detail);
+        b.put_u8(0);
+    });
+}
+
+/// Type OIDs of the columns the pooler's own result sets use.
+pub const TEXT_OID: u32 = 25;
+pub const INT8_OID: u32 = 20;
+
+/// RowDescription for text-format columns of the given names and type OIDs.
+pub fn row_description(buf: &mut BytesMut, columns: &[(&str, u32)]) {
+    put_message(buf, b'T', |b| {
+        b.put_i16(columns.len() as i16);
+        for (name, oid) in columns {
+            put_cstr(b, name);
+            b.put_u32(0); // table OID
+            b.put_i16(0); // column number
+            b.put_u32(*oid);
+            b.put_i16(if *oid == INT8_OID { 8 } else { -1 }); // type size
+            b.put_i32(-1); // type modifier
+            b.put_i16(0); // text format
+        }
+    });
+}
+
+/// DataRow; `None` is SQL NULL.
+pub fn data_row<S: AsRef<str>>(buf: &mut BytesMut, values: &[Option<S>]) {
+    put_message(buf, b'D', |b| {
+        b.put_i16(values.len() as i16);
+        for v in values {
+            match v {
+                Some(v) => {
+                    b.put_i32(v.as_ref().len() as i32);
+                    b.put_slice(v.as_ref().as_bytes());
+                }
+                None => b.put_i32(-1),
+            }
+        }
+    });
+}
+
+pub fn command_complete(buf: &mut BytesMut, tag: &str) {
+    put_message(buf, b'C', |b| put_cstr(b, tag));
+}
+
+pub fn empty_query_response(buf: &mut BytesMut) {
+    put_message(buf, b'I', |_| {});
+}
+
 /// The fields of an ErrorResponse/NoticeResponse body that the pooler cares about.
 pub fn error_fields(mut body: &[u8]) -> (String, String) {
     let (mut code, mut message) = (String::new(), String::new());
@@ -264,6 +323,41 @@ mod tests {
         ] {
             assert!(parse_startup(body).is_err(), "{body:?}");
         }
+    }
+
+    #[test]
+    fn result_set_parses_with_postgres_protocol() {
+        use fallible_iterator::FallibleIterator;
+        use postgres_protocol::message::backend::Message;
+        let mut b = BytesMut::new();
+        row_description(&mut b, &[("name", TEXT_OID), ("n", INT8_OID)]);
+        data_row(&mut b, &[Some("x"), None]);
+        command_complete(&mut b, "SHOW");
+        match Message::parse(&mut b).unwrap() {
+            Some(Message::RowDescription(body)) => {
+                let names: Vec<String> = body
+                    .fields()
+                    .map(|f| Ok(f.name().to_string()))
+                    .collect()
+                    .unwrap();
+                assert_eq!(names, ["name", "n"]);
+            }
+            _ => panic!("expected RowDescription"),
+        }
+        match Message::parse(&mut b).unwrap() {
+            Some(Message::DataRow(body)) => {
+                let ranges: Vec<_> = body.ranges().collect().unwrap();
+                assert_eq!(ranges.len(), 2);
+                assert!(ranges[1].is_none());
+                let r = ranges[0].clone().unwrap();
+                assert_eq!(&body.buffer()[r], b"x");
+            }
+            _ => panic!("expected DataRow"),
+        }
+        assert!(matches!(
+            Message::parse(&mut b).unwrap(),
+            Some(Message::CommandComplete(_))
+        ));
     }
 
     #[test]

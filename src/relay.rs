@@ -1,215 +1,281 @@
 //! The hot path: bytes between a client and its server, in both directions, driven from the
 //! client's own task.
 //!
-//! Whole buffers are forwarded; only the 5-byte message headers are parsed, plus the bodies
-//! of the two server messages the pooler acts on (`ReadyForQuery`, `ParameterStatus`). The
-//! scanners count the client's sync points (Query, Sync, FunctionCall) against the server's
-//! ReadyForQuery replies: a server is released only when every request has been answered,
-//! the server says idle, and no partial message is in flight, so a pipelined client can never
-//! leave work on a server another client gets.
+//! Each direction moves bytes from an input buffer to an output buffer, parsing only 5-byte
+//! headers, except for the few messages the pooler acts on: `ReadyForQuery`,
+//! `ParameterStatus` and `ErrorResponse` from the server; `Parse`, `Bind`, `Describe` and
+//! `Close` of named statements from the client, whose names are rewritten in transaction mode
+//! (see `prepared.rs`).
+//!
+//! A `Tracker` queues one entry per request sent to the server that the server will answer,
+//! in order, and consumes them as the answers come back. That is what lets the pooler hide
+//! the reply to a `Parse` it injected, answer a `Parse` or `Close` it did not forward, and
+//! know when every request has been answered: a server is released only then, when it
+//! says idle and no partial message is in flight, so a pipelined client can never leave
+//! work on a server another client gets.
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
+use std::collections::VecDeque;
 use std::io;
+use std::sync::Arc;
 use tokio::net::TcpStream;
 
 use crate::error::{PoolerError, Result};
+use crate::prepared::{self, ClientStatements, Registry, ServerCache, ServerStatement};
 use crate::protocol::{self, MAX_MESSAGE_LEN};
+use crate::registry::ClientInfo;
+use crate::session_state::{self, Kind, Policy};
 
-/// Stop reading a side when this much is buffered for the other: backpressure, bounded memory.
+/// Stop reading a side when this much is waiting for the other: backpressure, bounded memory.
 pub const BUFFER_CAP: usize = 64 * 1024;
 /// How much room to make before each read.
 const READ_CHUNK: usize = 16 * 1024;
-/// `ParameterStatus` is read whole; a larger one is not a real server.
-const MAX_PARAMETER_STATUS: usize = 64 * 1024;
+/// Messages the pooler reads whole (Parse, Describe, Close, ParameterStatus,
+/// ErrorResponse) are refused above this size: no real client or server sends such.
+const MAX_INSPECTED: usize = 16 * 1024 * 1024;
 
-/// Message boundaries and sync points of the client's stream.
-#[derive(Debug, Default, Clone)]
-pub struct ClientScan {
-    /// Body bytes of the current message not yet scanned.
-    remaining: usize,
-    /// Sync points sent to the server whose ReadyForQuery has not come back yet.
-    pub pending: u32,
-    /// Messages since the last sync point that leave state on the server (Parse, Bind, ...).
-    unsynced: bool,
-    /// The client sent Terminate.
-    pub terminated: bool,
+/// The reply that completes a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Request {
+    Parse,
+    Bind,
+    Describe,
+    Execute,
+    Close,
+    /// Sync, Query, FunctionCall: answered by ReadyForQuery.
+    Sync,
 }
 
-impl ClientScan {
-    /// Scans `buf[from..]`; returns how far the buffer may be forwarded. A partial header
-    /// stays behind; a Terminate is never forwarded.
-    pub fn scan(&mut self, buf: &[u8], from: usize) -> Result<usize> {
-        let mut pos = from;
-        while !self.terminated {
-            if self.remaining > 0 {
-                let n = self.remaining.min(buf.len() - pos);
-                pos += n;
-                self.remaining -= n;
-                if self.remaining > 0 {
-                    break;
-                }
-            }
-            let Some((tag, len)) = protocol::header(&buf[pos..]) else {
-                break;
-            };
-            if len < 4 || len as usize > MAX_MESSAGE_LEN {
-                return Err(PoolerError::protocol(format!(
-                    "invalid message length {len} for message type '{}'",
-                    tag.escape_ascii()
-                )));
-            }
-            match tag {
-                b'Q' | b'S' | b'F' => {
-                    self.pending += 1;
-                    self.unsynced = false;
-                }
-                b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => self.unsynced = true,
-                // COPY data belongs to the request that started the COPY; outside one the
-                // server ignores it, so it must not look like a clean boundary either.
-                b'd' | b'c' | b'f' => self.unsynced |= self.pending == 0,
-                b'X' => {
-                    self.terminated = true;
-                    break;
-                }
-                other => {
-                    return Err(PoolerError::protocol(format!(
-                        "invalid frontend message type '{}'",
-                        other.escape_ascii()
-                    )));
-                }
-            }
-            pos += 5;
-            self.remaining = len as usize - 4;
-        }
-        Ok(pos)
-    }
-
-    /// True when every message forwarded so far is complete and answered up to its sync point.
-    pub fn at_boundary(&self) -> bool {
-        self.pending == 0 && !self.unsynced && self.remaining == 0
-    }
-}
-
-/// Message boundaries of the server's stream and its last transaction status.
-#[derive(Debug, Clone)]
-pub struct ServerScan {
-    remaining: usize,
-    /// Status byte of the last ReadyForQuery: `I` idle, `T` in transaction, `E` failed.
-    pub status: u8,
-}
-
-impl Default for ServerScan {
-    fn default() -> Self {
-        ServerScan {
-            remaining: 0,
-            status: b'I',
+impl Request {
+    fn completed_by(self, tag: u8) -> bool {
+        match self {
+            Request::Parse => tag == b'1',
+            Request::Bind => tag == b'2',
+            Request::Close => tag == b'3',
+            Request::Describe => tag == b'T' || tag == b'n',
+            Request::Execute => matches!(tag, b'C' | b'I' | b's'),
+            Request::Sync => tag == b'Z',
         }
     }
 }
 
-impl ServerScan {
-    /// Scans `buf[from..]`, counting ReadyForQuery against the client's sync points and
-    /// reporting ParameterStatus changes. Returns how far the buffer may be forwarded.
-    pub fn scan(
-        &mut self,
-        buf: &[u8],
-        from: usize,
-        client: &mut ClientScan,
-        on_param: &mut (dyn FnMut(&str, &str) + Send),
-    ) -> Result<usize> {
-        let mut pos = from;
-        loop {
-            if self.remaining > 0 {
-                let n = self.remaining.min(buf.len() - pos);
-                pos += n;
-                self.remaining -= n;
-                if self.remaining > 0 {
-                    break;
-                }
-            }
-            let Some((tag, len)) = protocol::header(&buf[pos..]) else {
-                break;
-            };
-            if len < 4 || len as usize > MAX_MESSAGE_LEN {
-                return Err(PoolerError::ServerProtocol(format!(
-                    "invalid message length {len} from server"
-                )));
-            }
-            let total = 1 + len as usize;
-            match tag {
-                b'Z' => {
-                    if len != 5 {
-                        return Err(PoolerError::ServerProtocol("bad ReadyForQuery".into()));
-                    }
-                    if buf.len() - pos < total {
-                        break;
-                    }
-                    self.status = buf[pos + 5];
-                    client.pending = client.pending.saturating_sub(1);
-                    pos += total;
-                    continue;
-                }
-                b'S' => {
-                    if total > MAX_PARAMETER_STATUS {
-                        return Err(PoolerError::ServerProtocol(
-                            "oversized ParameterStatus".into(),
-                        ));
-                    }
-                    if buf.len() - pos < total {
-                        break;
-                    }
-                    let mut body = &buf[pos + 5..pos + total];
-                    if let (Ok(name), Ok(value)) = (
-                        protocol::take_cstr(&mut body),
-                        protocol::take_cstr(&mut body),
-                    ) {
-                        on_param(&name, &value);
-                    }
-                    pos += total;
-                    continue;
-                }
-                _ => {}
-            }
-            pos += 5;
-            self.remaining = len as usize - 4;
+#[derive(Debug)]
+enum Expect {
+    /// A request whose replies go to the client. The statement, for Parse/Bind/Describe of a
+    /// pooler-managed statement: a failure may mean the server does not have it.
+    Pass(Request, Option<Arc<ServerStatement>>),
+    /// A request the pooler injected: its replies are not the client's.
+    Hide(Request, Option<Arc<ServerStatement>>),
+    /// A request the pooler answered itself: this reply goes to the client in its turn.
+    Synth(u8),
+    /// The client ended a COPY IN (CopyDone/CopyFail): Syncs before it, sent while the server
+    /// was copying, are ignored by the server and get no reply.
+    CopyEnd,
+}
+
+/// The requests in flight on the server, oldest first.
+#[derive(Debug, Default)]
+pub struct Tracker {
+    queue: VecDeque<Expect>,
+    /// The server hit an error in an extended-protocol batch and discards everything up to
+    /// the next Sync; requests sent meanwhile get no reply.
+    skipping: bool,
+    /// The server is in COPY IN mode and the client has not ended it: Syncs are ignored.
+    in_copy_in: bool,
+}
+
+impl Tracker {
+    fn push(&mut self, e: Expect) {
+        let is_sync = matches!(e, Expect::Pass(Request::Sync, _));
+        if (self.skipping && !is_sync) || (self.in_copy_in && is_sync) {
+            return;
         }
-        Ok(pos)
+        if is_sync {
+            self.skipping = false;
+        }
+        self.queue.push_back(e);
     }
 
-    pub fn at_boundary(&self) -> bool {
-        self.remaining == 0
+    pub fn is_idle(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// The client sent CopyDone or CopyFail.
+    fn copy_end(&mut self) {
+        if self.in_copy_in {
+            self.in_copy_in = false;
+        } else if !self.queue.is_empty() {
+            self.queue.push_back(Expect::CopyEnd);
+        }
+    }
+
+    /// CopyInResponse: until the client's CopyDone/CopyFail the server ignores Syncs, so
+    /// the ones the client already sent in that stretch will get no reply.
+    fn on_copy_in(&mut self) {
+        let mut i = 1;
+        while i < self.queue.len() {
+            match self.queue[i] {
+                Expect::CopyEnd => {
+                    self.queue.remove(i);
+                    return;
+                }
+                Expect::Pass(Request::Sync, _) => {
+                    self.queue.remove(i);
+                }
+                _ => i += 1,
+            }
+        }
+        self.in_copy_in = true;
+    }
+
+    /// Drops CopyEnd markers that reached the head: their COPY never started.
+    fn drop_stale_markers(&mut self) {
+        while matches!(self.queue.front(), Some(Expect::CopyEnd)) {
+            self.queue.pop_front();
+        }
+    }
+
+    /// Emits replies the pooler owes the client, once everything before them is answered.
+    fn emit_synthetic(&mut self, out: &mut BytesMut) {
+        self.drop_stale_markers();
+        while let Some(Expect::Synth(tag)) = self.queue.front() {
+            out.put_u8(*tag);
+            out.put_i32(4);
+            self.queue.pop_front();
+        }
+    }
+
+    /// A reply arrived: returns true when it must be hidden from the client.
+    fn on_reply(&mut self, tag: u8) -> bool {
+        self.drop_stale_markers();
+        match self.queue.front() {
+            Some(Expect::Pass(r, _)) if r.completed_by(tag) => {
+                self.queue.pop_front();
+                false
+            }
+            Some(Expect::Hide(r, _)) if r.completed_by(tag) => {
+                self.queue.pop_front();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// ReadyForQuery: the oldest sync point is answered (and anything still before it was
+    /// skipped by the server).
+    fn on_ready(&mut self, cache: &mut Option<&mut ServerCache>) {
+        while let Some(e) = self.queue.pop_front() {
+            if matches!(e, Expect::Pass(Request::Sync, _)) {
+                return;
+            }
+            forget_unprepared(&e, cache);
+        }
+    }
+
+    /// ErrorResponse: in an extended batch the failing request and everything up to the next
+    /// Sync get no further reply. Returns the statement the failing request used, if any.
+    fn on_error(&mut self, cache: &mut Option<&mut ServerCache>) -> Option<Arc<ServerStatement>> {
+        // An error ends COPY IN mode; the server then skips to the next Sync.
+        self.in_copy_in = false;
+        self.drop_stale_markers();
+        match self.queue.front() {
+            None | Some(Expect::Pass(Request::Sync, _)) => return None,
+            _ => {}
+        }
+        let failed = self.queue.pop_front();
+        let stmt = match &failed {
+            Some(Expect::Pass(Request::Bind | Request::Describe, s)) => s.clone(),
+            _ => None,
+        };
+        if let Some(e) = &failed {
+            forget_unprepared(e, cache);
+        }
+        while let Some(e) = self.queue.front() {
+            if matches!(e, Expect::Pass(Request::Sync, _)) {
+                return stmt;
+            }
+            let e = self.queue.pop_front().expect("front exists");
+            forget_unprepared(&e, cache);
+        }
+        self.skipping = true;
+        stmt
     }
 }
 
-/// Bytes read from one side, scanned up to `ready`, waiting to be written to the other.
+/// A Parse that failed or was skipped did not prepare its statement on the server.
+fn forget_unprepared(e: &Expect, cache: &mut Option<&mut ServerCache>) {
+    if let (
+        Expect::Pass(Request::Parse, Some(s)) | Expect::Hide(Request::Parse, Some(s)),
+        Some(c),
+    ) = (e, cache.as_deref_mut())
+    {
+        c.remove(s.id);
+    }
+}
+
+/// What the relay needs to rewrite statement names (transaction mode only).
+pub struct Statements<'a> {
+    pub registry: &'a Registry,
+    pub client: &'a mut ClientStatements,
+    pub server: &'a mut ServerCache,
+    pub max: usize,
+}
+
+/// One direction's buffers.
 #[derive(Debug, Default)]
 pub struct Flow {
-    pub buf: BytesMut,
-    /// `buf[..ready]` is scanned and may be written.
-    pub ready: usize,
+    /// Read from the source, not yet processed.
+    pub inbuf: BytesMut,
+    /// Processed, to be written to the destination.
+    pub out: BytesMut,
+    /// Bytes of the current message still to move (or drop) as they arrive.
+    remaining: usize,
+    /// The current message is being dropped rather than moved.
+    dropping: bool,
     /// The last write would have blocked: wait for writability before trying again.
     blocked: bool,
+    /// Bytes read from the source since the statistics last took them.
+    pub bytes_read: u64,
 }
 
 impl Flow {
     /// Reads what the socket has; `Ok(None)` when it has nothing right now, `Ok(Some(0))` on EOF.
+    ///
+    /// A read that did not fill the buffer drained the socket, so its readiness is cleared
+    /// at once (as tokio's own `poll_read` does): otherwise the next wait would return at
+    /// once and cost a read that only says "would block" — two wasted syscalls per
+    /// transaction. Data arriving later raises a new readiness event, which tokio keeps.
     fn read_from(&mut self, stream: &TcpStream) -> io::Result<Option<usize>> {
-        self.buf.reserve(READ_CHUNK);
-        match stream.try_read_buf(&mut self.buf) {
-            Ok(n) => Ok(Some(n)),
+        self.inbuf.reserve(READ_CHUNK);
+        let spare = self.inbuf.capacity() - self.inbuf.len();
+        let mut got = 0;
+        let result = stream.try_io(tokio::io::Interest::READABLE, || {
+            let n = stream.try_read_buf(&mut self.inbuf)?;
+            got = n;
+            if n > 0 && n < spare {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(n)
+        });
+        match result {
+            Ok(n) => {
+                self.bytes_read += n as u64;
+                Ok(Some(n))
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => {
+                self.bytes_read += got as u64;
+                Ok(Some(got))
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
             Err(e) => Err(e),
         }
     }
 
-    /// Writes as much of the ready part as the socket takes without blocking.
+    /// Writes as much as the socket takes without blocking.
     fn write_to(&mut self, stream: &TcpStream) -> io::Result<()> {
-        while self.ready > 0 {
-            match stream.try_write(&self.buf[..self.ready]) {
-                Ok(n) => {
-                    self.buf.advance(n);
-                    self.ready -= n;
-                }
+        while !self.out.is_empty() {
+            match stream.try_write(&self.out) {
+                Ok(n) => self.out.advance(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.blocked = true;
                     return Ok(());
@@ -221,11 +287,11 @@ impl Flow {
         Ok(())
     }
 
-    /// Writes everything that is ready, waiting as needed.
+    /// Writes everything processed, waiting as needed.
     pub async fn flush(&mut self, stream: &TcpStream) -> io::Result<()> {
         loop {
             self.write_to(stream)?;
-            if self.ready == 0 {
+            if self.out.is_empty() {
                 return Ok(());
             }
             stream.writable().await?;
@@ -233,16 +299,559 @@ impl Flow {
     }
 
     fn wants_read(&self) -> bool {
-        self.buf.len() < BUFFER_CAP || self.ready == 0
+        self.out.len() < BUFFER_CAP && self.inbuf.len() < BUFFER_CAP + MAX_INSPECTED
     }
 
-    /// Gives the buffer's memory back when nothing is in it: idle clients hold no buffers.
+    /// True between messages with nothing half-moved.
+    fn at_boundary(&self) -> bool {
+        self.remaining == 0
+    }
+
+    /// Moves (or drops) the rest of the current message as far as it has arrived.
+    /// Returns false while more of it is still to come.
+    fn continue_message(&mut self) -> bool {
+        if self.remaining == 0 {
+            return true;
+        }
+        let n = self.remaining.min(self.inbuf.len());
+        if self.dropping {
+            self.inbuf.advance(n);
+        } else {
+            self.out.extend_from_slice(&self.inbuf[..n]);
+            self.inbuf.advance(n);
+        }
+        self.remaining -= n;
+        if self.remaining == 0 {
+            self.dropping = false;
+        }
+        self.remaining == 0
+    }
+
+    /// Starts moving a message of `total` bytes; the part not yet read follows later.
+    fn pass(&mut self, total: usize, drop_it: bool) {
+        self.remaining = total;
+        self.dropping = drop_it;
+        self.continue_message();
+    }
+
+    /// Gives the buffers' memory back when they are empty: idle clients hold no buffers.
     pub fn shrink_if_empty(&mut self) {
-        if self.buf.is_empty() {
-            self.buf = BytesMut::new();
-            self.ready = 0;
+        if self.inbuf.is_empty() && self.inbuf.capacity() > 0 {
+            self.inbuf = BytesMut::new();
+        }
+        if self.out.is_empty() && self.out.capacity() > 0 {
+            self.out = BytesMut::new();
         }
     }
+}
+
+fn header(buf: &[u8], from_server: bool) -> Result<Option<(u8, usize)>> {
+    let Some((tag, len)) = protocol::header(buf) else {
+        return Ok(None);
+    };
+    if len < 4 || len as usize > MAX_MESSAGE_LEN {
+        let msg = format!(
+            "invalid message length {len} for message type '{}'",
+            tag.escape_ascii()
+        );
+        return Err(if from_server {
+            PoolerError::ServerProtocol(msg)
+        } else {
+            PoolerError::Protocol(msg)
+        });
+    }
+    Ok(Some((tag, 1 + len as usize)))
+}
+
+fn cstr_end(buf: &[u8], from: usize) -> Option<usize> {
+    buf.get(from..)?
+        .iter()
+        .position(|&b| b == 0)
+        .map(|p| from + p)
+}
+
+fn malformed(what: &str) -> PoolerError {
+    PoolerError::protocol(format!("malformed {what} message"))
+}
+
+/// Client → server state.
+#[derive(Default)]
+pub struct ClientSide {
+    /// Messages since the last sync point that leave state on the server (Parse, Bind, ...).
+    unsynced: bool,
+    /// The client sent Terminate.
+    pub terminated: bool,
+    /// Simple and extended queries seen (for statistics).
+    pub queries: u64,
+    /// Session-state detection (transaction mode only).
+    pub policy: Option<Policy>,
+    /// The client created session state under `pin`: it keeps its server from now on.
+    pub pinned: Option<Kind>,
+    /// Where a pin is made visible (SHOW CLIENTS, metrics).
+    pub info: Option<Arc<ClientInfo>>,
+    /// Session-state statements let through under `warn`, and refused under `error`.
+    pub warned: u64,
+    pub refused: u64,
+}
+
+impl ClientSide {
+    /// Processes the client's input into `up.out`, rewriting statement names when `stmts` is
+    /// given. Stops at a partial message it must see whole.
+    pub fn process(
+        &mut self,
+        up: &mut Flow,
+        tracker: &mut Tracker,
+        mut stmts: Option<&mut Statements<'_>>,
+    ) -> Result<()> {
+        loop {
+            if !up.continue_message() || self.terminated {
+                return Ok(());
+            }
+            if let Some(s) = stmts.as_deref_mut() {
+                // Statements whose plans went stale are closed before anything else.
+                while let Some(stale) = s.server.to_close.pop() {
+                    prepared::close_message(&mut up.out, &stale);
+                    tracker.push(Expect::Hide(Request::Close, None));
+                }
+            }
+            let Some((tag, total)) = header(&up.inbuf, false)? else {
+                return Ok(());
+            };
+            match tag {
+                b'Q' if self.needs_inspection() && total <= MAX_INSPECTED => {
+                    if up.inbuf.len() < total {
+                        return Ok(());
+                    }
+                    self.queries += 1;
+                    self.unsynced = false;
+                    tracker.push(Expect::Pass(Request::Sync, None));
+                    if let Some(kind) = session_state::detect(&up.inbuf[5..total])
+                        && self.on_session_state(kind)? == Policy::Error
+                    {
+                        up.inbuf.advance(total);
+                        refusal_query(&mut up.out, kind);
+                        continue;
+                    }
+                    up.pass(total, false);
+                }
+                b'Q' | b'F' => {
+                    self.queries += u64::from(tag == b'Q');
+                    self.unsynced = false;
+                    tracker.push(Expect::Pass(Request::Sync, None));
+                    up.pass(total, false);
+                }
+                b'S' => {
+                    self.unsynced = false;
+                    tracker.push(Expect::Pass(Request::Sync, None));
+                    up.pass(total, false);
+                }
+                b'H' => {
+                    self.unsynced = true;
+                    up.pass(total, false);
+                }
+                b'E' => {
+                    self.queries += 1;
+                    self.unsynced = true;
+                    tracker.push(Expect::Pass(Request::Execute, None));
+                    up.pass(total, false);
+                }
+                // COPY data belongs to the request that started the COPY; outside one the
+                // server ignores it, so it must not look like a clean boundary either.
+                b'd' | b'c' | b'f' => {
+                    self.unsynced |= tracker.is_idle();
+                    if tag != b'd' {
+                        tracker.copy_end();
+                    }
+                    up.pass(total, false);
+                }
+                b'P' | b'D' | b'C' => {
+                    if total > MAX_INSPECTED {
+                        return Err(PoolerError::protocol("oversized extended-protocol message"));
+                    }
+                    if up.inbuf.len() < total {
+                        return Ok(());
+                    }
+                    self.unsynced = true;
+                    if tag == b'P' && self.needs_inspection() {
+                        let name_end =
+                            cstr_end(&up.inbuf[..total], 5).ok_or_else(|| malformed("Parse"))?;
+                        let query_end = cstr_end(&up.inbuf[..total], name_end + 1)
+                            .ok_or_else(|| malformed("Parse"))?;
+                        if let Some(kind) =
+                            session_state::detect(&up.inbuf[name_end + 1..query_end])
+                            && self.on_session_state(kind)? == Policy::Error
+                        {
+                            // Mid-pipeline there is no clean way to refuse one message.
+                            return Err(PoolerError::SessionState(kind.as_str()));
+                        }
+                    }
+                    match tag {
+                        b'P' => parse(up, total, tracker, stmts.as_deref_mut())?,
+                        b'D' => describe(up, total, tracker, stmts.as_deref_mut())?,
+                        _ => close(up, total, tracker, stmts.as_deref_mut())?,
+                    }
+                }
+                b'B' => {
+                    self.unsynced = true;
+                    // Only the portal and statement names (the start) are needed whole.
+                    let Some(portal_end) = cstr_end(&up.inbuf[..up.inbuf.len().min(total)], 5)
+                    else {
+                        if up.inbuf.len() >= total.min(5 + MAX_INSPECTED) {
+                            return Err(malformed("Bind"));
+                        }
+                        return Ok(());
+                    };
+                    let Some(stmt_end) =
+                        cstr_end(&up.inbuf[..up.inbuf.len().min(total)], portal_end + 1)
+                    else {
+                        if up.inbuf.len() >= total.min(5 + MAX_INSPECTED) {
+                            return Err(malformed("Bind"));
+                        }
+                        return Ok(());
+                    };
+                    bind(
+                        up,
+                        total,
+                        portal_end,
+                        stmt_end,
+                        tracker,
+                        stmts.as_deref_mut(),
+                    );
+                }
+                b'X' => {
+                    self.terminated = true;
+                    up.inbuf.advance(total.min(up.inbuf.len()));
+                    return Ok(());
+                }
+                other => {
+                    return Err(PoolerError::protocol(format!(
+                        "invalid frontend message type '{}'",
+                        other.escape_ascii()
+                    )));
+                }
+            }
+        }
+    }
+
+    /// `policy`: session-state detection, for transaction mode.
+    pub fn new(policy: Option<Policy>, info: Option<Arc<ClientInfo>>) -> ClientSide {
+        ClientSide {
+            policy,
+            info,
+            ..Default::default()
+        }
+    }
+
+    fn needs_inspection(&self) -> bool {
+        self.policy.is_some() && self.pinned.is_none()
+    }
+
+    /// Applies the policy to a detected statement; returns the policy applied.
+    fn on_session_state(&mut self, kind: Kind) -> Result<Policy> {
+        let policy = self.policy.unwrap_or_default();
+        match policy {
+            Policy::Pin => {
+                tracing::info!(
+                    kind = kind.as_str(),
+                    "client creates session state: pinned to its server"
+                );
+                self.pinned = Some(kind);
+                if let Some(info) = &self.info {
+                    info.mark_pinned(kind);
+                }
+            }
+            Policy::Warn => {
+                tracing::warn!(
+                    kind = kind.as_str(),
+                    "client creates session state in transaction pooling"
+                );
+                self.warned += 1;
+            }
+            Policy::Error => self.refused += 1,
+        }
+        Ok(policy)
+    }
+
+    /// True when everything forwarded is a complete request up to a sync point.
+    pub fn at_boundary(&self, up: &Flow) -> bool {
+        !self.unsynced && up.at_boundary()
+    }
+}
+
+/// A query that makes the server itself refuse the client's statement, so the error arrives
+/// in order and a transaction block fails exactly as it would on any error.
+fn refusal_query(out: &mut BytesMut, kind: Kind) {
+    let message = PoolerError::SessionState(kind.as_str()).to_string();
+    let sql = format!(
+        "DO $pooler$BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = {}; END$pooler$",
+        protocol::quote_literal(&message)
+    );
+    out.put_u8(b'Q');
+    out.put_i32((4 + sql.len() + 1) as i32);
+    out.put_slice(sql.as_bytes());
+    out.put_u8(0);
+}
+
+/// Makes sure the server has `stmt`, injecting its Parse (reply hidden) when it does not.
+fn ensure_prepared(
+    stmt: &Arc<ServerStatement>,
+    s: &mut Statements<'_>,
+    tracker: &mut Tracker,
+    out: &mut BytesMut,
+) {
+    if tracker.skipping || s.server.contains(stmt.id) {
+        return;
+    }
+    make_room(s, tracker, out);
+    out.extend_from_slice(&stmt.parse);
+    s.server.insert(stmt);
+    tracker.push(Expect::Hide(Request::Parse, Some(stmt.clone())));
+}
+
+/// Evicts the least recently used statement (with a hidden Close) when the cache is full.
+fn make_room(s: &mut Statements<'_>, tracker: &mut Tracker, out: &mut BytesMut) {
+    if let Some(old) = s.server.evict_for(s.max) {
+        prepared::close_message(out, &old);
+        tracker.push(Expect::Hide(Request::Close, None));
+    }
+}
+
+fn parse(
+    up: &mut Flow,
+    total: usize,
+    tracker: &mut Tracker,
+    stmts: Option<&mut Statements<'_>>,
+) -> Result<()> {
+    let name_end = cstr_end(&up.inbuf[..total], 5).ok_or_else(|| malformed("Parse"))?;
+    let (Some(s), false) = (stmts, name_end == 5) else {
+        tracker.push(Expect::Pass(Request::Parse, None));
+        up.pass(total, false);
+        return Ok(());
+    };
+    let name = std::str::from_utf8(&up.inbuf[5..name_end])
+        .map_err(|_| malformed("Parse"))?
+        .to_string();
+    let stmt = s.registry.statement(&up.inbuf[name_end + 1..total]);
+    up.inbuf.advance(total);
+    s.client.insert(name, stmt.clone());
+    if tracker.skipping {
+        return Ok(());
+    }
+    if s.server.contains(stmt.id) {
+        tracker.push(Expect::Synth(b'1'));
+    } else {
+        make_room(s, tracker, &mut up.out);
+        up.out.extend_from_slice(&stmt.parse);
+        s.server.insert(&stmt);
+        tracker.push(Expect::Pass(Request::Parse, Some(stmt)));
+    }
+    Ok(())
+}
+
+/// Writes a Describe or Close of a server statement.
+fn put_named(out: &mut BytesMut, tag: u8, kind: u8, name: &str) {
+    out.put_u8(tag);
+    out.put_i32((4 + 1 + name.len() + 1) as i32);
+    out.put_u8(kind);
+    out.put_slice(name.as_bytes());
+    out.put_u8(0);
+}
+
+fn describe(
+    up: &mut Flow,
+    total: usize,
+    tracker: &mut Tracker,
+    stmts: Option<&mut Statements<'_>>,
+) -> Result<()> {
+    let kind = *up.inbuf.get(5).ok_or_else(|| malformed("Describe"))?;
+    let name_end = cstr_end(&up.inbuf[..total], 6).ok_or_else(|| malformed("Describe"))?;
+    let known = match stmts {
+        Some(s) if kind == b'S' && name_end > 6 => {
+            let name = &up.inbuf[6..name_end];
+            let found = std::str::from_utf8(name)
+                .ok()
+                .and_then(|n| s.client.get(n))
+                .cloned();
+            found.map(|stmt| (stmt, s))
+        }
+        _ => None,
+    };
+    match known {
+        Some((stmt, s)) => {
+            up.inbuf.advance(total);
+            ensure_prepared(&stmt, s, tracker, &mut up.out);
+            put_named(&mut up.out, b'D', b'S', &stmt.name);
+            tracker.push(Expect::Pass(Request::Describe, Some(stmt)));
+        }
+        None => {
+            tracker.push(Expect::Pass(Request::Describe, None));
+            up.pass(total, false);
+        }
+    }
+    Ok(())
+}
+
+fn close(
+    up: &mut Flow,
+    total: usize,
+    tracker: &mut Tracker,
+    stmts: Option<&mut Statements<'_>>,
+) -> Result<()> {
+    let kind = *up.inbuf.get(5).ok_or_else(|| malformed("Close"))?;
+    let name_end = cstr_end(&up.inbuf[..total], 6).ok_or_else(|| malformed("Close"))?;
+    match stmts {
+        Some(s) if kind == b'S' && name_end > 6 => {
+            // The server keeps the statement for other clients; the client's name goes.
+            if !tracker.skipping {
+                if let Ok(name) = std::str::from_utf8(&up.inbuf[6..name_end]) {
+                    s.client.remove(name);
+                }
+                tracker.push(Expect::Synth(b'3'));
+            }
+            up.inbuf.advance(total);
+        }
+        _ => {
+            tracker.push(Expect::Pass(Request::Close, None));
+            up.pass(total, false);
+        }
+    }
+    Ok(())
+}
+
+fn bind(
+    up: &mut Flow,
+    total: usize,
+    portal_end: usize,
+    stmt_end: usize,
+    tracker: &mut Tracker,
+    stmts: Option<&mut Statements<'_>>,
+) {
+    let known = match stmts {
+        Some(s) if stmt_end > portal_end + 1 => {
+            let found = std::str::from_utf8(&up.inbuf[portal_end + 1..stmt_end])
+                .ok()
+                .and_then(|n| s.client.get(n))
+                .cloned();
+            found.map(|stmt| (stmt, s))
+        }
+        _ => None,
+    };
+    let Some((stmt, s)) = known else {
+        // Unnamed, session mode, or a name the client never prepared (the server says so).
+        tracker.push(Expect::Pass(Request::Bind, None));
+        up.pass(total, false);
+        return;
+    };
+    ensure_prepared(&stmt, s, tracker, &mut up.out);
+    let old_name_len = stmt_end - portal_end - 1;
+    let new_total = total - old_name_len + stmt.name.len();
+    up.out.put_u8(b'B');
+    up.out.put_i32((new_total - 1) as i32);
+    up.out.extend_from_slice(&up.inbuf[5..=portal_end]);
+    up.out.put_slice(stmt.name.as_bytes());
+    up.out.put_u8(0);
+    up.inbuf.advance(stmt_end + 1);
+    tracker.push(Expect::Pass(Request::Bind, Some(stmt)));
+    // The parameters follow unchanged, however large.
+    up.pass(total - stmt_end - 1, false);
+}
+
+/// Server → client state.
+#[derive(Debug, Clone)]
+pub struct ServerSide {
+    /// Status byte of the last ReadyForQuery: `I` idle, `T` in transaction, `E` failed.
+    pub status: u8,
+}
+
+impl Default for ServerSide {
+    fn default() -> Self {
+        ServerSide { status: b'I' }
+    }
+}
+
+/// The SQLSTATE Postgres uses when DDL changed a prepared statement's result type.
+const CACHED_PLAN_CHANGED: &[u8] = b"0A000";
+
+impl ServerSide {
+    /// Processes the server's input into `down.out`.
+    pub fn process(
+        &mut self,
+        down: &mut Flow,
+        tracker: &mut Tracker,
+        mut cache: Option<&mut ServerCache>,
+        on_param: &mut (dyn FnMut(&str, &str) + Send),
+    ) -> Result<()> {
+        loop {
+            if !down.continue_message() {
+                return Ok(());
+            }
+            tracker.emit_synthetic(&mut down.out);
+            let Some((tag, total)) = header(&down.inbuf, true)? else {
+                return Ok(());
+            };
+            match tag {
+                b'Z' => {
+                    if total != 6 {
+                        return Err(PoolerError::ServerProtocol("bad ReadyForQuery".into()));
+                    }
+                    if down.inbuf.len() < total {
+                        return Ok(());
+                    }
+                    self.status = down.inbuf[5];
+                    tracker.on_ready(&mut cache);
+                    down.pass(total, false);
+                }
+                b'S' | b'E' => {
+                    if total > MAX_INSPECTED {
+                        return Err(PoolerError::ServerProtocol("oversized message".into()));
+                    }
+                    if down.inbuf.len() < total {
+                        return Ok(());
+                    }
+                    if tag == b'S' {
+                        let mut body = &down.inbuf[5..total];
+                        if let (Ok(name), Ok(value)) = (
+                            protocol::take_cstr(&mut body),
+                            protocol::take_cstr(&mut body),
+                        ) {
+                            on_param(&name, &value);
+                        }
+                    } else if let Some(stmt) = tracker.on_error(&mut cache)
+                        && let Some(c) = cache.as_deref_mut()
+                        && error_code_is(&down.inbuf[5..total], CACHED_PLAN_CHANGED)
+                    {
+                        // DDL changed the result type: re-prepare it next time it is used.
+                        c.remove(stmt.id);
+                        c.to_close.push(stmt);
+                    }
+                    down.pass(total, false);
+                }
+                _ => {
+                    if tag == b'G' {
+                        tracker.on_copy_in();
+                    }
+                    let hide = tracker.on_reply(tag);
+                    down.pass(total, hide);
+                }
+            }
+        }
+    }
+}
+
+fn error_code_is(mut body: &[u8], code: &[u8]) -> bool {
+    while let Some((&field, rest)) = body.split_first() {
+        if field == 0 {
+            return false;
+        }
+        let Some(end) = rest.iter().position(|&b| b == 0) else {
+            return false;
+        };
+        if field == b'C' {
+            return &rest[..end] == code;
+        }
+        body = &rest[end + 1..];
+    }
+    false
 }
 
 /// How a stretch of relaying ended.
@@ -258,26 +867,41 @@ pub enum RelayEnd {
 }
 
 /// Both directions of one client/server pairing.
-pub struct Relay<'a> {
+pub struct Relay<'a, 's> {
     pub client: &'a TcpStream,
     pub server: &'a TcpStream,
     /// Client → server.
     pub up: &'a mut Flow,
     /// Server → client.
     pub down: &'a mut Flow,
-    pub client_scan: &'a mut ClientScan,
-    pub server_scan: &'a mut ServerScan,
+    pub client_side: &'a mut ClientSide,
+    pub server_side: &'a mut ServerSide,
+    pub tracker: &'a mut Tracker,
+    /// Present in transaction mode: statement names are rewritten.
+    pub statements: Option<Statements<'s>>,
 }
 
-impl Relay<'_> {
+impl Relay<'_, '_> {
     fn clean(&self) -> bool {
-        self.client_scan.at_boundary()
-            && self.server_scan.at_boundary()
-            && self.server_scan.status == b'I'
+        self.tracker.is_idle()
+            && self.client_side.at_boundary(self.up)
+            && self.down.at_boundary()
+            && self.down.inbuf.is_empty()
+            && self.up.out.is_empty()
+            && self.server_side.status == b'I'
+    }
+
+    fn process_client(&mut self) -> Result<()> {
+        self.client_side
+            .process(self.up, self.tracker, self.statements.as_mut())?;
+        if self.down.at_boundary() {
+            self.tracker.emit_synthetic(&mut self.down.out);
+        }
+        Ok(())
     }
 
     /// Relays until the server is idle at a boundary (`release_on_idle`), or one side leaves.
-    /// On `Idle`, bytes for the client may remain in `down`: the caller flushes them after
+    /// On `Idle`, bytes for the client may remain in `down.out`: the caller flushes them after
     /// giving the server back, so the next client does not wait on this one's socket.
     pub async fn run(
         &mut self,
@@ -285,27 +909,30 @@ impl Relay<'_> {
         on_param: &mut (dyn FnMut(&str, &str) + Send),
     ) -> Result<RelayEnd> {
         let mut client_eof = false;
+        // Input read before the server was attached.
+        self.process_client()?;
         loop {
-            if self.up.ready > 0 && !self.up.blocked && self.up.write_to(self.server).is_err() {
+            if !self.up.out.is_empty() && !self.up.blocked && self.up.write_to(self.server).is_err()
+            {
                 return Ok(RelayEnd::ServerGone);
             }
-            if self.down.ready > 0 && !self.down.blocked && self.down.write_to(self.client).is_err()
+            if !self.down.out.is_empty()
+                && !self.down.blocked
+                && self.down.write_to(self.client).is_err()
             {
                 return Ok(RelayEnd::ClientGone {
                     server_clean: self.clean(),
                 });
             }
-            if release_on_idle && self.clean() && self.up.ready == 0 {
+            if release_on_idle && self.client_side.pinned.is_none() && self.clean() {
                 return Ok(RelayEnd::Idle);
             }
-            if (client_eof || self.client_scan.terminated) && self.up.ready == 0 {
-                // Let the server's last replies drain first when the client said goodbye
-                // after a complete request; otherwise the server is mid-work: not clean.
+            if (client_eof || self.client_side.terminated) && self.up.out.is_empty() {
                 return Ok(RelayEnd::ClientGone {
                     server_clean: self.clean(),
                 });
             }
-            let read_client = !client_eof && !self.client_scan.terminated && self.up.wants_read();
+            let read_client = !client_eof && !self.client_side.terminated && self.up.wants_read();
             let read_server = self.down.wants_read();
             tokio::select! {
                 r = self.server.readable(), if read_server => {
@@ -315,8 +942,8 @@ impl Relay<'_> {
                     match self.down.read_from(self.server) {
                         Ok(Some(0)) | Err(_) => return Ok(RelayEnd::ServerGone),
                         Ok(Some(_)) => {
-                            let from = self.down.ready;
-                            self.down.ready = self.server_scan.scan(&self.down.buf, from, self.client_scan, on_param)?;
+                            let cache = self.statements.as_mut().map(|s| &mut *s.server);
+                            self.server_side.process(self.down, self.tracker, cache, on_param)?;
                         }
                         Ok(None) => {}
                     }
@@ -328,10 +955,7 @@ impl Relay<'_> {
                     }
                     match self.up.read_from(self.client) {
                         Ok(Some(0)) | Err(_) => client_eof = true,
-                        Ok(Some(_)) => {
-                            let from = self.up.ready;
-                            self.up.ready = self.client_scan.scan(&self.up.buf, from)?;
-                        }
+                        Ok(Some(_)) => self.process_client()?,
                         Ok(None) => {}
                     }
                 }
@@ -354,95 +978,312 @@ impl Relay<'_> {
 
 /// Reads client bytes while no server is attached, until a complete message header is there
 /// (or the client leaves). Returns false on EOF or Terminate.
-pub async fn read_request(
-    client: &TcpStream,
-    up: &mut Flow,
-    scan: &mut ClientScan,
-) -> Result<bool> {
+pub async fn read_request(client: &TcpStream, up: &mut Flow) -> Result<bool> {
     loop {
-        if scan.terminated {
-            return Ok(false);
-        }
-        if up.ready > 0 {
-            return Ok(true);
+        if let Some((tag, _)) = protocol::header(&up.inbuf) {
+            return Ok(tag != b'X');
         }
         client.readable().await?;
         match up.read_from(client) {
             Ok(Some(0)) => return Ok(false),
-            Ok(Some(_)) => {
-                let from = up.ready;
-                up.ready = scan.scan(&up.buf, from)?;
-            }
-            Ok(None) => {}
+            Ok(_) => {}
             Err(e) => return Err(e.into()),
         }
     }
 }
 
+/// Answers, without a server, a batch that only names statements: `Parse` of named
+/// statements and `Close` of statements, ending with `Sync` (libpq's `PQprepare`,
+/// tokio-postgres dropping a statement). The statements are prepared on a server when first
+/// used (see `ensure_prepared`), so a syntax error surfaces at first execution instead.
+/// Holding no server here is also what keeps a single-threaded client with many connections
+/// (pgbench -j 1 -M prepared) from deadlocking: its blocking prepare does not wait for a
+/// server that its own other connections hold. Returns false when the batch needs a server.
+pub fn answer_locally(
+    up: &mut Flow,
+    down: &mut Flow,
+    registry: &Registry,
+    client: &mut ClientStatements,
+) -> bool {
+    // Check the whole batch first: all complete, all of the two kinds, ending at a Sync.
+    let mut pos = 0;
+    let mut ends_at = None;
+    while let Some((tag, len)) = protocol::header(&up.inbuf[pos..]) {
+        let total = 1 + len.max(4) as usize;
+        if up.inbuf.len() - pos < total || total > MAX_INSPECTED {
+            return false;
+        }
+        let body = &up.inbuf[pos + 5..pos + total];
+        let named = match tag {
+            b'P' => body.first().is_some_and(|&b| b != 0),
+            b'C' => body.first() == Some(&b'S') && body.get(1).is_some_and(|&b| b != 0),
+            b'S' => {
+                ends_at = Some(pos + total);
+                break;
+            }
+            _ => false,
+        };
+        if !named || cstr_end(body, 0).is_none() {
+            return false;
+        }
+        pos += total;
+    }
+    let Some(end) = ends_at else {
+        return false;
+    };
+    let mut pos = 0;
+    while pos < end {
+        let (tag, len) = protocol::header(&up.inbuf[pos..]).expect("checked above");
+        let total = 1 + len as usize;
+        let body = &up.inbuf[pos + 5..pos + total];
+        match tag {
+            b'P' => {
+                let name_end = cstr_end(body, 0).expect("checked above");
+                let stmt = registry.statement(&body[name_end + 1..]);
+                client.insert(
+                    String::from_utf8_lossy(&body[..name_end]).into_owned(),
+                    stmt,
+                );
+                down.out.extend_from_slice(&[b'1', 0, 0, 0, 4]);
+            }
+            b'C' => {
+                if let Some(name_end) = cstr_end(body, 1) {
+                    client.remove(String::from_utf8_lossy(&body[1..name_end]).as_ref());
+                }
+                down.out.extend_from_slice(&[b'3', 0, 0, 0, 4]);
+            }
+            _ => protocol::ready_for_query(&mut down.out, b'I'),
+        }
+        pos += total;
+    }
+    up.inbuf.advance(end);
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::BufMut;
+    use postgres_protocol::message::frontend;
 
     fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
         let mut v = vec![tag];
-        v.put_i32(4 + body.len() as i32);
+        v.extend_from_slice(&(4 + body.len() as i32).to_be_bytes());
         v.extend_from_slice(body);
         v
     }
 
+    fn tags(mut buf: &[u8]) -> String {
+        let mut out = String::new();
+        while let Some((tag, len)) = protocol::header(buf) {
+            out.push(tag as char);
+            buf = &buf[1 + len as usize..];
+        }
+        out
+    }
+
+    /// One client and one server, driven by hand.
+    struct Rig {
+        up: Flow,
+        down: Flow,
+        client: ClientSide,
+        server: ServerSide,
+        tracker: Tracker,
+        stmts: ClientStatements,
+        cache: ServerCache,
+    }
+
+    impl Rig {
+        fn new() -> Rig {
+            Rig {
+                up: Flow::default(),
+                down: Flow::default(),
+                client: ClientSide::default(),
+                server: ServerSide::default(),
+                tracker: Tracker::default(),
+                stmts: ClientStatements::new(),
+                cache: ServerCache::default(),
+            }
+        }
+
+        /// Client bytes in; what goes to the server out.
+        fn send(&mut self, registry: &Registry, bytes: &[u8]) -> Vec<u8> {
+            self.up.inbuf.extend_from_slice(bytes);
+            let mut s = Statements {
+                registry,
+                client: &mut self.stmts,
+                server: &mut self.cache,
+                max: 10,
+            };
+            self.client
+                .process(&mut self.up, &mut self.tracker, Some(&mut s))
+                .unwrap();
+            if self.down.at_boundary() {
+                self.tracker.emit_synthetic(&mut self.down.out);
+            }
+            self.up.out.split().to_vec()
+        }
+
+        /// Server bytes in; what goes to the client out.
+        fn reply(&mut self, bytes: &[u8]) -> Vec<u8> {
+            self.down.inbuf.extend_from_slice(bytes);
+            self.server
+                .process(
+                    &mut self.down,
+                    &mut self.tracker,
+                    Some(&mut self.cache),
+                    &mut |_, _| {},
+                )
+                .unwrap();
+            self.down.out.split().to_vec()
+        }
+    }
+
+    fn parse(name: &str, sql: &str) -> Vec<u8> {
+        let mut b = bytes::BytesMut::new();
+        frontend::parse(name, sql, [], &mut b).unwrap();
+        b.to_vec()
+    }
+
+    fn bind_execute_sync(stmt: &str) -> Vec<u8> {
+        let mut b = bytes::BytesMut::new();
+        frontend::bind(
+            "",
+            stmt,
+            [],
+            [0i32; 0],
+            |_: i32, _: &mut bytes::BytesMut| -> Result<postgres_protocol::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+                Ok(postgres_protocol::IsNull::No)
+            },
+            [],
+            &mut b,
+        )
+        .map_err(|_| ())
+        .unwrap();
+        frontend::execute("", 0, &mut b).unwrap();
+        frontend::sync(&mut b);
+        b.to_vec()
+    }
+
     #[test]
-    fn pipelined_queries_release_only_after_last_reply() {
-        let mut c = ClientScan::default();
-        let mut stream = msg(b'Q', b"select 1\0");
-        stream.extend(msg(b'Q', b"select 2\0"));
-        assert_eq!(c.scan(&stream, 0).unwrap(), stream.len());
-        assert_eq!(c.pending, 2);
-        let mut s = ServerScan::default();
-        let mut replies = msg(b'C', b"SELECT 1\0");
+    fn injected_parse_is_hidden_and_known_parse_is_answered_in_order() {
+        let registry = Registry::default();
+        let mut a = Rig::new();
+        let mut batch = parse("s1", "select 1");
+        batch.extend(msg(b'S', b""));
+        let to_server = a.send(&registry, &batch);
+        assert_eq!(tags(&to_server), "PS");
+        assert!(to_server.windows(8).any(|w| w == b"POOLER_1"));
+        let mut replies = msg(b'1', b"");
         replies.extend(msg(b'Z', b"I"));
-        let n = s.scan(&replies, 0, &mut c, &mut |_, _| {}).unwrap();
-        assert_eq!(n, replies.len());
-        assert!(!c.at_boundary(), "second query still pending");
-        s.scan(&msg(b'Z', b"I"), 0, &mut c, &mut |_, _| {}).unwrap();
-        assert!(c.at_boundary() && s.status == b'I');
-    }
+        assert_eq!(tags(&a.reply(&replies)), "1Z");
 
-    #[test]
-    fn partial_header_is_held_back_and_parse_without_sync_is_not_a_boundary() {
-        let mut c = ClientScan::default();
-        let p = msg(b'P', b"\0select 1\0\0\0");
-        assert_eq!(c.scan(&p[..3], 0).unwrap(), 0);
-        assert_eq!(c.scan(&p, 0).unwrap(), p.len());
-        assert!(!c.at_boundary());
-        let sync = msg(b'S', b"");
-        c.scan(&sync, 0).unwrap();
-        assert_eq!(c.pending, 1);
-    }
-
-    #[test]
-    fn ready_for_query_split_across_reads_is_waited_for() {
-        let mut c = ClientScan {
-            pending: 1,
-            ..Default::default()
+        // The client moves to a server that never saw the statement: Parse is injected.
+        let mut b = Rig {
+            stmts: std::mem::take(&mut a.stmts),
+            ..Rig::new()
         };
-        let mut s = ServerScan::default();
-        let z = msg(b'Z', b"T");
-        assert_eq!(s.scan(&z[..5], 0, &mut c, &mut |_, _| {}).unwrap(), 0);
-        assert_eq!(s.scan(&z, 0, &mut c, &mut |_, _| {}).unwrap(), 6);
-        assert_eq!(s.status, b'T');
+        let to_server = b.send(&registry, &bind_execute_sync("s1"));
+        assert_eq!(tags(&to_server), "PBES");
+        let mut replies = msg(b'1', b"");
+        replies.extend(msg(b'2', b""));
+        replies.extend(msg(b'C', b"SELECT 1\0"));
+        replies.extend(msg(b'Z', b"I"));
+        assert_eq!(
+            tags(&b.reply(&replies)),
+            "2CZ",
+            "the injected ParseComplete is hidden"
+        );
+        assert!(b.tracker.is_idle());
+
+        // Parsing it again where it exists, and closing it: answered by the pooler, in turn.
+        let mut batch = parse("s2", "select 1");
+        let mut close = bytes::BytesMut::new();
+        frontend::close(b'S', "s2", &mut close).unwrap();
+        batch.extend_from_slice(&close);
+        batch.extend(msg(b'S', b""));
+        let to_server = b.send(&registry, &batch);
+        assert_eq!(
+            tags(&to_server),
+            "S",
+            "neither Parse nor Close reaches the server"
+        );
+        assert_eq!(tags(&b.reply(&msg(b'Z', b"I"))), "13Z");
     }
 
     #[test]
-    fn bad_lengths_and_tags_are_errors() {
-        let mut c = ClientScan::default();
-        assert!(c.scan(b"Q\x00\x00\x00\x02", 0).is_err());
-        let mut c = ClientScan::default();
-        assert!(c.scan(b"Q\x7f\xff\xff\xff", 0).is_err());
-        let mut c = ClientScan::default();
-        assert!(c.scan(&msg(b'p', b"pw\0"), 0).is_err());
-        let mut c = ClientScan::default();
-        assert_eq!(c.scan(&msg(b'X', b""), 0).unwrap(), 0);
-        assert!(c.terminated);
+    fn an_error_skips_the_rest_of_the_batch_and_forgets_unprepared_statements() {
+        let registry = Registry::default();
+        let mut a = Rig::new();
+        a.send(&registry, &parse("s1", "select 1"));
+        a.send(&registry, &msg(b'S', b""));
+        a.reply(&[msg(b'1', b""), msg(b'Z', b"I")].concat());
+        // On a fresh server: a failing unnamed Bind, then a Bind that injects s1, then Sync.
+        let mut b = Rig {
+            stmts: std::mem::take(&mut a.stmts),
+            ..Rig::new()
+        };
+        let mut batch = bind_execute_sync("");
+        batch.truncate(batch.len() - 5); // drop the Sync
+        batch.extend(bind_execute_sync("s1"));
+        let to_server = b.send(&registry, &batch);
+        assert_eq!(tags(&to_server), "BEPBES");
+        let mut err = bytes::BytesMut::new();
+        protocol::error_response(&mut err, "ERROR", "26000", "no such statement");
+        let out = b.reply(&[err.to_vec(), msg(b'Z', b"I")].concat());
+        assert_eq!(tags(&out), "EZ");
+        assert!(b.tracker.is_idle());
+        // The injected Parse was skipped by the server: it must be injected again next time.
+        let to_server = b.send(&registry, &bind_execute_sync("s1"));
+        assert_eq!(tags(&to_server), "PBES");
+    }
+
+    #[test]
+    fn syncs_sent_during_copy_in_get_no_reply() {
+        let registry = Registry::default();
+        let mut r = Rig::new();
+        // tokio-postgres: Bind, Execute, Sync, then the data, CopyDone, Sync.
+        let mut batch = bind_execute_sync("");
+        batch.extend(msg(b'd', b"1\n"));
+        batch.extend(msg(b'c', b""));
+        batch.extend(msg(b'S', b""));
+        assert_eq!(tags(&r.send(&registry, &batch)), "BESdcS");
+        let replies = [
+            msg(b'2', b""),
+            msg(b'G', b"\0\0\0"),
+            msg(b'C', b"COPY 1\0"),
+            msg(b'Z', b"I"),
+        ]
+        .concat();
+        assert_eq!(tags(&r.reply(&replies)), "2GCZ");
+        assert!(
+            r.tracker.is_idle(),
+            "the Sync ignored in COPY mode is not awaited"
+        );
+    }
+
+    #[test]
+    fn bad_lengths_and_types_are_errors() {
+        let registry = Registry::default();
+        for bad in [
+            &b"Q\x00\x00\x00\x02"[..],
+            b"Q\x7f\xff\xff\xff",
+            &msg(b'p', b"pw\0"),
+            &msg(b'P', b"no-terminator"),
+        ] {
+            let mut r = Rig::new();
+            r.up.inbuf.extend_from_slice(bad);
+            let mut s = Statements {
+                registry: &registry,
+                client: &mut r.stmts,
+                server: &mut r.cache,
+                max: 10,
+            };
+            assert!(
+                r.client
+                    .process(&mut r.up, &mut r.tracker, Some(&mut s))
+                    .is_err(),
+                "{bad:?}"
+            );
+        }
     }
 }

@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 
 use crate::auth::{self, ScramKeys, scram::ScramKeyClient};
 use crate::error::{PoolerError, Result};
+use crate::prepared::ServerCache;
 
 /// What the pooler knows to log in to Postgres as a pool's user.
 #[derive(Clone, Default)]
@@ -76,6 +77,8 @@ pub struct ServerConn {
     pub id: u64,
     /// Current values of the server's reported parameters, plus those the pooler set itself.
     pub params: Params,
+    /// Protocol-level prepared statements this server has (transaction mode).
+    pub statements: ServerCache,
     pub backend_pid: i32,
     pub backend_secret: i32,
     pub created_at: Instant,
@@ -160,6 +163,7 @@ impl ServerConn {
             stream,
             id: NEXT_SERVER_ID.fetch_add(1, Ordering::Relaxed),
             params: Params::default(),
+            statements: ServerCache::default(),
             backend_pid: 0,
             backend_secret: 0,
             created_at: Instant::now(),

@@ -91,7 +91,13 @@ async fn pgbench_many_clients_small_pool_no_failures() {
     init.args(["-i", "-q", "-s", "1", &db]);
     output(init);
 
-    for args in [&["-S"][..], &["-S", "-M", "extended"][..], &[][..]] {
+    for args in [
+        &["-S"][..],
+        &["-S", "-M", "extended"][..],
+        &["-S", "-M", "prepared"][..],
+        &["-M", "prepared"][..],
+        &[][..],
+    ] {
         let mut run = tool(&pooler, "pgbench");
         run.args(["-n", "-c", "60", "-j", "2", "-t", "30"])
             .args(args)

@@ -376,13 +376,26 @@ impl Pooler {
         let dir = std::env::temp_dir().join(unique("pooler-cfg"));
         std::fs::create_dir_all(&dir).expect("mkdir");
         std::fs::write(dir.join("userlist.txt"), userlist).expect("userlist");
+        // Many poolers share this process: no metrics listener unless a test asks for one.
+        let metrics = if extra.contains("metrics_port") {
+            ""
+        } else {
+            "metrics_port = 0\n"
+        };
         let toml = format!(
             "[pooler]\nlisten_addr = \"127.0.0.1\"\nlisten_port = 0\nauth_file = \"userlist.txt\"\n\
-             log_connections = false\nlog_disconnections = false\n{extra}\n\
+             log_connections = false\nlog_disconnections = false\n{metrics}{extra}\n\
              [databases.{db}]\nhost = \"127.0.0.1\"\nport = {port}\n{db_extra}\n"
         );
         let path = dir.join("pooler.toml");
         std::fs::write(&path, toml).expect("config");
+        // POOLER_LOG=debug shows the pooler's log while debugging a test.
+        if let Ok(filter) = std::env::var("POOLER_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
         let config = Config::load(&path).expect("valid test config");
         let app = App::new(config).expect("app");
         let running = Running::start(app).await.expect("start pooler");
@@ -403,6 +416,27 @@ impl Pooler {
             self.port(),
             self.db
         )
+    }
+
+    /// A connection string for the admin console.
+    pub fn console_url(&self, user: &str, password: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={user} password={password} dbname=pgbouncer",
+            self.port()
+        )
+    }
+
+    /// GET on the metrics listener: status and body.
+    pub async fn http_get(&self, path: &str) -> (u16, String) {
+        let addr = self.running.metrics_addr.expect("metrics listener on");
+        http_get(addr, path).await
+    }
+
+    /// The body of `/metrics`.
+    pub async fn scrape(&self) -> String {
+        let (status, body) = self.http_get("/metrics").await;
+        assert_eq!(status, 200, "{body}");
+        body
     }
 
     pub fn app_url(&self) -> String {
@@ -475,4 +509,105 @@ pub async fn first_value(c: &tokio_postgres::Client, sql: &str) -> String {
             _ => None,
         })
         .unwrap_or_else(|| panic!("{sql}: no row"))
+}
+
+/// A bare HTTP/1.1 GET over a TcpStream: status code and body.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::net::TcpStream::connect(addr),
+    )
+    .await
+    .expect("connect timed out")
+    .expect("connect to metrics listener");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
+        .await
+        .expect("response timed out")
+        .expect("read response");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("HTTP head");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status code");
+    (status, body.to_string())
+}
+
+/// The value of one series in a Prometheus text exposition: `name` with exactly these labels
+/// (in any order).
+pub fn metric(body: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (n, rest) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.strip_suffix('}')?),
+                None => (series, ""),
+            };
+            if n != name {
+                return None;
+            }
+            let mut got: Vec<(String, String)> = rest
+                .split("\",")
+                .filter(|p| !p.is_empty())
+                .filter_map(|p| {
+                    let (k, v) = p.split_once('=')?;
+                    Some((k.to_string(), v.trim_matches('"').to_string()))
+                })
+                .collect();
+            got.sort();
+            let mut want: Vec<(String, String)> = labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            want.sort();
+            (got == want).then(|| value.parse().ok()).flatten()
+        })
+}
+
+/// A simple-protocol result set as rows of column name → value (NULLs left out).
+pub async fn show(
+    c: &tokio_postgres::Client,
+    sql: &str,
+) -> Vec<std::collections::BTreeMap<String, String>> {
+    c.simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(
+                r.columns()
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, col)| {
+                        r.get(i).map(|v| (col.name().to_string(), v.to_string()))
+                    })
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The column names of a simple-protocol result set.
+pub async fn columns(c: &tokio_postgres::Client, sql: &str) -> Vec<String> {
+    c.simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::RowDescription(cols) => {
+                Some(cols.iter().map(|c| c.name().to_string()).collect())
+            }
+            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                Some(r.columns().iter().map(|c| c.name().to_string()).collect())
+            }
+            _ => None,
+        })
+        .unwrap_or_default()
 }

@@ -1,0 +1,598 @@
+//! Every metric name in one place, the Prometheus rendering, and the small HTTP listener that
+//! serves `/metrics`, `/healthz` and `/readyz`.
+//!
+//! The recorder is the App's own (not the process-global one), so several poolers in one
+//! process (the tests) keep separate numbers. Gauges and totals are not updated on the client
+//! path: at scrape time they are copied from the pools' counts and atomics into the recorder,
+//! which renders them. Only the two histograms are recorded as things happen, once per
+//! transaction. Names follow prometheus-community/pgbouncer_exporter with `pooler_` for
+//! `pgbouncer_`, so dashboards port by swapping the prefix.
+
+use metrics::{Counter, Key, KeyName, Label, Level, Metadata, Recorder, SharedString};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
+use std::fmt::Write as _;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::app::App;
+use crate::error::PoolerError;
+use crate::stats::{CloseReason, PoolStats};
+
+// Per pool, labels `database` and `user`. pgbouncer_exporter's names and meanings (SHOW POOLS).
+pub const CLIENT_ACTIVE: &str = "pooler_pools_client_active_connections";
+pub const CLIENT_WAITING: &str = "pooler_pools_client_waiting_connections";
+pub const CLIENT_IDLE: &str = "pooler_pools_client_idle_connections";
+pub const SERVER_ACTIVE: &str = "pooler_pools_server_active_connections";
+pub const SERVER_IDLE: &str = "pooler_pools_server_idle_connections";
+pub const SERVER_USED: &str = "pooler_pools_server_used_connections";
+pub const SERVER_LOGIN: &str = "pooler_pools_server_login_connections";
+pub const CLIENT_MAXWAIT: &str = "pooler_pools_client_maxwait_seconds";
+pub const POOL_SIZE: &str = "pooler_pools_pool_size";
+pub const RESERVE_SIZE: &str = "pooler_pools_reserve_pool_size";
+pub const RESERVE_ACTIVE: &str = "pooler_pools_reserve_active_connections";
+pub const POOL_PAUSED: &str = "pooler_pools_paused";
+pub const SERVER_REACHABLE: &str = "pooler_pools_server_reachable";
+// Per pool totals (SHOW STATS).
+pub const QUERIES: &str = "pooler_stats_totals_queries_pooled_total";
+pub const TRANSACTIONS: &str = "pooler_stats_totals_sql_transactions_pooled_total";
+pub const CLIENT_WAIT_TOTAL: &str = "pooler_stats_totals_client_wait_seconds_total";
+pub const RECEIVED: &str = "pooler_stats_totals_received_bytes_total";
+pub const SENT: &str = "pooler_stats_totals_sent_bytes_total";
+pub const ASSIGNMENTS: &str = "pooler_stats_totals_server_assignments_total";
+// Per pool, beyond PgBouncer.
+pub const WAIT_HISTOGRAM: &str = "pooler_client_wait_seconds";
+pub const XACT_HISTOGRAM: &str = "pooler_transaction_duration_seconds";
+pub const SERVERS_OPENED: &str = "pooler_server_connections_opened_total";
+pub const SERVERS_CLOSED: &str = "pooler_server_connections_closed_total";
+pub const CONNECT_FAILURES: &str = "pooler_server_connect_failures_total";
+pub const SESSION_STATE: &str = "pooler_session_state_total";
+// Global.
+pub const UP: &str = "pooler_up";
+pub const BUILD_INFO: &str = "pooler_build_info";
+pub const MAX_CLIENT_CONN: &str = "pooler_config_max_client_connections";
+pub const USED_CLIENTS: &str = "pooler_used_clients";
+pub const POOLS: &str = "pooler_pools";
+pub const DATABASES: &str = "pooler_databases";
+pub const ERRORS: &str = "pooler_errors_total";
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Gauge,
+    Counter,
+    Histogram,
+}
+
+/// Every metric with its help text (rendered as `# HELP`, and listed in the README).
+pub const DESCRIPTIONS: &[(&str, &str)] = &[
+    (
+        CLIENT_ACTIVE,
+        "Clients logged in and not waiting for a server (PgBouncer's cl_active: linked to a server or idle)",
+    ),
+    (CLIENT_WAITING, "Clients queued for a server (cl_waiting)"),
+    (
+        CLIENT_IDLE,
+        "Clients logged in with no server and no request pending",
+    ),
+    (
+        SERVER_ACTIVE,
+        "Server connections linked to a client (sv_active)",
+    ),
+    (SERVER_IDLE, "Server connections idle in the pool (sv_idle)"),
+    (
+        SERVER_USED,
+        "Server connections waiting for a check before reuse (sv_used; always 0: servers are probed at checkout)",
+    ),
+    (SERVER_LOGIN, "Server connections being opened (sv_login)"),
+    (
+        CLIENT_MAXWAIT,
+        "How long the oldest waiting client has waited (maxwait)",
+    ),
+    (POOL_SIZE, "Configured pool size"),
+    (RESERVE_SIZE, "Configured reserve pool size"),
+    (
+        RESERVE_ACTIVE,
+        "Server connections open beyond the pool size (reserve in use)",
+    ),
+    (POOL_PAUSED, "1 while the pool is paused (PAUSE or KILL)"),
+    (
+        SERVER_REACHABLE,
+        "0 while the server looks unreachable: the last attempt to open one failed and no server has answered since",
+    ),
+    (QUERIES, "Queries (Query and Execute messages) pooled"),
+    (
+        TRANSACTIONS,
+        "Transactions pooled (transaction mode: server returns to the pool)",
+    ),
+    (
+        CLIENT_WAIT_TOTAL,
+        "Time clients spent waiting for a server, in seconds",
+    ),
+    (RECEIVED, "Bytes received from clients"),
+    (SENT, "Bytes sent to clients"),
+    (ASSIGNMENTS, "Times a server was assigned to a client"),
+    (
+        WAIT_HISTOGRAM,
+        "Time a client waited for a server, per assignment",
+    ),
+    (
+        XACT_HISTOGRAM,
+        "Time a transaction held its server (transaction mode)",
+    ),
+    (SERVERS_OPENED, "Server connections opened"),
+    (
+        SERVERS_CLOSED,
+        "Server connections closed, by reason (idle_timeout, reserve_idle, dead, unclean, admin)",
+    ),
+    (
+        CONNECT_FAILURES,
+        "Attempts to open a server connection that failed",
+    ),
+    (
+        SESSION_STATE,
+        "Statements creating session state in transaction mode, by action (pinned, warned, refused)",
+    ),
+    (UP, "1 while the pooler is serving"),
+    (BUILD_INFO, "Build information (label version)"),
+    (MAX_CLIENT_CONN, "Configured max_client_conn"),
+    (
+        USED_CLIENTS,
+        "Client connections open, against max_client_conn",
+    ),
+    (POOLS, "Pools (database, user pairs) in use"),
+    (DATABASES, "Databases configured"),
+    (
+        ERRORS,
+        "Errors that ended a client's session or login, by kind",
+    ),
+];
+
+fn kind_of(name: &str) -> Kind {
+    if name == WAIT_HISTOGRAM || name == XACT_HISTOGRAM {
+        Kind::Histogram
+    } else if name.ends_with("_total") {
+        Kind::Counter
+    } else {
+        Kind::Gauge
+    }
+}
+
+/// Every label `PoolerError::kind()` can return, so each errors series exists from the start.
+pub const ERROR_KINDS: &[&str] = &[
+    "query_wait_timeout",
+    "max_client_conn",
+    "auth_failed",
+    "server_connect_failed",
+    "protocol_violation",
+    "no_such_database",
+    "client_login_timeout",
+    "server_gone",
+    "session_state",
+    "io",
+];
+
+/// Seconds; from sub-millisecond pool hits to `query_wait_timeout`'s default of 120 s.
+const WAIT_BUCKETS: &[f64] = &[
+    0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    30.0, 60.0, 120.0,
+];
+const XACT_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 300.0,
+];
+
+const META: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
+
+pub struct Metrics {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    errors: Vec<(&'static str, Counter)>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let builder = PrometheusBuilder::new();
+        // Buckets are non-empty constants: these cannot fail.
+        let builder = builder
+            .set_buckets_for_metric(Matcher::Full(WAIT_HISTOGRAM.into()), WAIT_BUCKETS)
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full(XACT_HISTOGRAM.into()), XACT_BUCKETS)
+            })
+            .unwrap_or_else(|_| PrometheusBuilder::new());
+        let recorder = builder.build_recorder();
+        for (name, help) in DESCRIPTIONS {
+            let key = KeyName::from_const_str(name);
+            let help = SharedString::const_str(help);
+            match kind_of(name) {
+                Kind::Gauge => recorder.describe_gauge(key, None, help),
+                Kind::Counter => recorder.describe_counter(key, None, help),
+                Kind::Histogram => recorder.describe_histogram(key, None, help),
+            }
+        }
+        let errors = ERROR_KINDS
+            .iter()
+            .map(|kind| {
+                let key = Key::from_parts(ERRORS, vec![Label::new("kind", *kind)]);
+                (*kind, recorder.register_counter(&key, &META))
+            })
+            .collect();
+        let handle = recorder.handle();
+        Metrics {
+            recorder,
+            handle,
+            errors,
+        }
+    }
+
+    /// A new pool's counters, with its histograms registered under its labels.
+    pub fn pool_stats(&self, database: &str, user: &str) -> PoolStats {
+        let labels = pool_labels(database, user);
+        let wait = self
+            .recorder
+            .register_histogram(&Key::from_parts(WAIT_HISTOGRAM, labels.clone()), &META);
+        let xact = self
+            .recorder
+            .register_histogram(&Key::from_parts(XACT_HISTOGRAM, labels), &META);
+        PoolStats::new(wait, xact)
+    }
+
+    /// Counts an error that ended a client's session or login.
+    pub fn error(&self, e: &PoolerError) {
+        let kind = e.kind();
+        match self.errors.iter().find(|(k, _)| *k == kind) {
+            Some((_, counter)) => counter.increment(1),
+            None => self
+                .recorder
+                .register_counter(
+                    &Key::from_parts(ERRORS, vec![Label::new("kind", kind)]),
+                    &META,
+                )
+                .increment(1),
+        }
+    }
+
+    /// Bounds the memory histograms hold between scrapes.
+    pub fn upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+
+    fn gauge(&self, name: &'static str, labels: Vec<Label>, value: f64) {
+        self.recorder
+            .register_gauge(&Key::from_parts(name, labels), &META)
+            .set(value);
+    }
+
+    fn counter(&self, name: &'static str, labels: Vec<Label>, value: u64) {
+        self.recorder
+            .register_counter(&Key::from_parts(name, labels), &META)
+            .absolute(value);
+    }
+
+    /// The Prometheus text exposition of everything, as of now.
+    pub fn render(&self, app: &App) -> String {
+        let p = &app.config.pooler;
+        self.gauge(UP, vec![], 1.0);
+        self.gauge(
+            BUILD_INFO,
+            vec![Label::new("version", env!("CARGO_PKG_VERSION"))],
+            1.0,
+        );
+        self.gauge(MAX_CLIENT_CONN, vec![], p.max_client_conn as f64);
+        self.gauge(USED_CLIENTS, vec![], app.client_count() as f64);
+        self.gauge(DATABASES, vec![], app.config.databases.len() as f64);
+        let pools = app.pools();
+        self.gauge(POOLS, vec![], pools.len() as f64);
+        // metrics' counters are integers; this one is in seconds, so it is written here.
+        let mut wait_seconds = String::new();
+        if !pools.is_empty() {
+            let _ = writeln!(
+                wait_seconds,
+                "# HELP {CLIENT_WAIT_TOTAL} {}\n# TYPE {CLIENT_WAIT_TOTAL} counter",
+                help(CLIENT_WAIT_TOTAL)
+            );
+        }
+        for pool in &pools {
+            let labels = || pool_labels(&pool.database, &pool.user);
+            let c = pool.counts();
+            let s = &pool.stats;
+            let clients = s.clients();
+            let not_waiting = clients.saturating_sub(c.waiting);
+            let g = |name, v: usize| self.gauge(name, labels(), v as f64);
+            g(CLIENT_ACTIVE, not_waiting);
+            g(CLIENT_WAITING, c.waiting);
+            g(CLIENT_IDLE, not_waiting.saturating_sub(c.active));
+            g(SERVER_ACTIVE, c.active);
+            g(SERVER_IDLE, c.idle);
+            g(SERVER_USED, 0);
+            g(SERVER_LOGIN, c.connecting);
+            g(POOL_SIZE, pool.settings.pool_size);
+            g(RESERVE_SIZE, pool.settings.reserve_size);
+            g(
+                RESERVE_ACTIVE,
+                c.total.saturating_sub(pool.settings.pool_size),
+            );
+            g(POOL_PAUSED, usize::from(c.paused));
+            g(SERVER_REACHABLE, usize::from(!s.failing()));
+            self.gauge(CLIENT_MAXWAIT, labels(), c.max_wait.as_secs_f64());
+            let t = s.totals();
+            let n = |name, v: u64| self.counter(name, labels(), v);
+            n(QUERIES, t.queries);
+            n(TRANSACTIONS, t.xacts);
+            n(RECEIVED, t.received);
+            n(SENT, t.sent);
+            n(ASSIGNMENTS, t.server_assignments);
+            n(SERVERS_OPENED, s.servers_opened());
+            n(CONNECT_FAILURES, s.connect_failures());
+            for (action, v) in s.session_state() {
+                let mut l = labels();
+                l.push(Label::new("action", action));
+                self.counter(SESSION_STATE, l, v);
+            }
+            for reason in CloseReason::ALL {
+                let mut l = labels();
+                l.push(Label::new("reason", reason.label()));
+                self.counter(SERVERS_CLOSED, l, s.closed(reason));
+            }
+            let _ = writeln!(
+                wait_seconds,
+                "{CLIENT_WAIT_TOTAL}{{database=\"{}\",user=\"{}\"}} {}",
+                escape_label(&pool.database),
+                escape_label(&pool.user),
+                t.wait_us as f64 / 1e6
+            );
+        }
+        let mut out = self.handle.render();
+        if !out.is_empty() && !out.ends_with('\n') {
+            out.push('\n');
+        }
+        out.push_str(&wait_seconds);
+        out
+    }
+}
+
+fn pool_labels(database: &str, user: &str) -> Vec<Label> {
+    vec![
+        Label::new("database", database.to_string()),
+        Label::new("user", user.to_string()),
+    ]
+}
+
+fn help(name: &str) -> &'static str {
+    DESCRIPTIONS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, h)| *h)
+        .unwrap_or("")
+}
+
+/// A label value as the text format wants it.
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Why the pooler is not ready, if it is not.
+pub fn readiness(app: &App) -> Result<(), String> {
+    if app.control.is_shutting_down() {
+        return Err("shutting down".into());
+    }
+    if !app.control.is_listening() {
+        return Err("not listening".into());
+    }
+    let failing: Vec<String> = app
+        .pools()
+        .iter()
+        .filter(|p| p.stats.failing())
+        .map(|p| format!("{}/{}", p.database, p.user))
+        .collect();
+    if failing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("cannot reach server for {}", failing.join(", ")))
+    }
+}
+
+/// A request line and headers larger than this are refused: probes and scrapers send ~200 bytes.
+const MAX_REQUEST: usize = 8 * 1024;
+/// A connection that has not sent its request, or not taken its answer, by then is dropped.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Scrapers and probes open a handful of connections; more at once are dropped, so a flood
+/// cannot pile up tasks.
+const HTTP_MAX_CONNECTIONS: usize = 64;
+
+/// Serves the metrics and health endpoints until the task is dropped.
+pub async fn serve_http(app: Arc<App>, listener: TcpListener) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(HTTP_MAX_CONNECTIONS));
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    continue;
+                };
+                let app = app.clone();
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(HTTP_TIMEOUT, respond(&app, stream)).await;
+                    drop(slot);
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Runs the recorder's upkeep while the App lives.
+pub async fn upkeep(app: Weak<App>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        let Some(app) = app.upgrade() else { return };
+        app.metrics.upkeep();
+    }
+}
+
+/// One HTTP/1.x exchange: GET or HEAD of a known path, then close.
+async fn respond(app: &App, mut stream: TcpStream) -> std::io::Result<()> {
+    let mut buf = [0u8; MAX_REQUEST];
+    let mut len = 0;
+    let head_end = loop {
+        if let Some(i) = buf[..len].windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        if len == buf.len() {
+            write_response(&mut stream, false, 431, "text/plain", "request too large\n").await?;
+            // Closing with unread input would reset the connection and could destroy the
+            // answer before the client reads it: take (a bounded amount of) the rest first.
+            let mut drained = 0;
+            while drained < 1 << 20 {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => drained += n,
+                }
+            }
+            return Ok(());
+        }
+        let n = stream.read(&mut buf[len..]).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        len += n;
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]);
+    let mut parts = head.lines().next().unwrap_or("").split_whitespace();
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = target.split('?').next().unwrap_or("");
+    let is_head = method == "HEAD";
+    if method != "GET" && !is_head {
+        return write_response(&mut stream, false, 405, "text/plain", "GET only\n").await;
+    }
+    match path {
+        "/metrics" => {
+            let body = app.metrics.render(app);
+            write_response(
+                &mut stream,
+                is_head,
+                200,
+                "text/plain; version=0.0.4; charset=utf-8",
+                &body,
+            )
+            .await
+        }
+        "/healthz" => write_response(&mut stream, is_head, 200, "text/plain", "ok\n").await,
+        "/readyz" => match readiness(app) {
+            Ok(()) => write_response(&mut stream, is_head, 200, "text/plain", "ready\n").await,
+            Err(why) => {
+                let body = format!("not ready: {why}\n");
+                write_response(&mut stream, is_head, 503, "text/plain", &body).await
+            }
+        },
+        _ => write_response(&mut stream, is_head, 404, "text/plain", "not found\n").await,
+    }
+}
+
+async fn write_response(
+    stream: &mut TcpStream,
+    head_only: bool,
+    status: u16,
+    content_type: &str,
+    body: &str,
+) -> std::io::Result<()> {
+    let reason = match status {
+        200 => "OK",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "Error",
+    };
+    let mut out = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+         Cache-Control: no-store\r\nConnection: close\r\n",
+        body.len()
+    );
+    if status == 405 {
+        out.push_str("Allow: GET, HEAD\r\n");
+    }
+    out.push_str("\r\n");
+    if !head_only {
+        out.push_str(body);
+    }
+    stream.write_all(out.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_is_in_the_readme_table() {
+        let readme = include_str!("../README.md");
+        for (name, _) in DESCRIPTIONS {
+            assert!(
+                readme.contains(&format!("`{name}`")),
+                "{name} missing from README"
+            );
+        }
+    }
+
+    #[test]
+    fn the_dashboard_charts_only_metrics_that_exist() {
+        let dashboard = include_str!("../docs/grafana-dashboard.json");
+        let mut used = 0;
+        for (i, _) in dashboard.match_indices("pooler_") {
+            let name: String = dashboard[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if name == "pooler_" {
+                continue; // the prefix mentioned in prose
+            }
+            let base = ["_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .filter(|b| kind_of(b) == Kind::Histogram)
+                .unwrap_or(&name);
+            assert!(
+                DESCRIPTIONS.iter().any(|(n, _)| *n == base),
+                "dashboard uses unknown metric {name}"
+            );
+            used += 1;
+        }
+        assert!(used > 10);
+    }
+
+    #[test]
+    fn every_error_kind_has_a_series() {
+        for e in [
+            PoolerError::QueryWaitTimeout,
+            PoolerError::TooManyClients,
+            PoolerError::AuthFailed("u".into()),
+            PoolerError::NotAllowed,
+            PoolerError::ServerConnect("x".into()),
+            PoolerError::protocol("x"),
+            PoolerError::NoSuchDatabase("d".into()),
+            PoolerError::ClientLoginTimeout,
+            PoolerError::ServerGone,
+        ] {
+            assert!(ERROR_KINDS.contains(&e.kind()), "{}", e.kind());
+        }
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}

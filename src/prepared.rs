@@ -1,0 +1,153 @@
+//! Protocol-level prepared statements in transaction mode (PgBouncer 1.21's
+//! `max_prepared_statements`).
+//!
+//! A client's named statement may be used in a later transaction on another server. The
+//! pooler gives every distinct (query, parameter types) one pooler-wide server-side name, keeps
+//! each client's name → statement map, and each server's set of statements it has prepared.
+//! When a client binds a statement its server lacks, the relay injects the `Parse` into the
+//! client's own pipeline and hides the reply (see `relay.rs`), so no extra round trip.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// One statement as the servers know it.
+#[derive(Debug)]
+pub struct ServerStatement {
+    pub id: u64,
+    /// The server-side name, `POOLER_<id>`.
+    pub name: String,
+    /// A complete Parse message preparing it under `name`.
+    pub parse: Bytes,
+}
+
+/// Pooler-wide: one server-side statement per distinct (query, parameter types).
+#[derive(Default)]
+pub struct Registry {
+    by_text: Mutex<HashMap<Bytes, Arc<ServerStatement>>>,
+    next_id: AtomicU64,
+}
+
+impl Registry {
+    /// The statement for a Parse body's text part (query and parameter types, after the name).
+    pub fn statement(&self, text: &[u8]) -> Arc<ServerStatement> {
+        let mut map = self.by_text.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = map.get(text) {
+            return s.clone();
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let name = format!("POOLER_{id}");
+        let mut parse = BytesMut::with_capacity(1 + 4 + name.len() + 1 + text.len());
+        parse.put_u8(b'P');
+        parse.put_i32((4 + name.len() + 1 + text.len()) as i32);
+        parse.put_slice(name.as_bytes());
+        parse.put_u8(0);
+        parse.put_slice(text);
+        let stmt = Arc::new(ServerStatement {
+            id,
+            name,
+            parse: parse.freeze(),
+        });
+        map.insert(Bytes::copy_from_slice(text), stmt.clone());
+        stmt
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_text.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A client's statement names.
+pub type ClientStatements = HashMap<String, Arc<ServerStatement>>;
+
+/// The statements one server has prepared, bounded by `max_prepared_statements` (LRU).
+#[derive(Debug, Default)]
+pub struct ServerCache {
+    /// Statement id → last use (a per-server counter).
+    prepared: HashMap<u64, (u64, Arc<ServerStatement>)>,
+    clock: u64,
+    /// Statements to close on the server before the next request (invalidated plans).
+    pub to_close: Vec<Arc<ServerStatement>>,
+}
+
+impl ServerCache {
+    pub fn contains(&mut self, id: u64) -> bool {
+        self.clock += 1;
+        let clock = self.clock;
+        match self.prepared.get_mut(&id) {
+            Some(entry) => {
+                entry.0 = clock;
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn insert(&mut self, stmt: &Arc<ServerStatement>) {
+        self.clock += 1;
+        self.prepared.insert(stmt.id, (self.clock, stmt.clone()));
+    }
+
+    pub fn remove(&mut self, id: u64) {
+        self.prepared.remove(&id);
+    }
+
+    /// The least recently used statement, removed, when the cache holds `max` or more.
+    pub fn evict_for(&mut self, max: usize) -> Option<Arc<ServerStatement>> {
+        if self.prepared.len() < max {
+            return None;
+        }
+        let (&id, _) = self.prepared.iter().min_by_key(|(_, (used, _))| *used)?;
+        self.prepared.remove(&id).map(|(_, s)| s)
+    }
+
+    pub fn len(&self) -> usize {
+        self.prepared.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.prepared.is_empty()
+    }
+
+    /// Forgets everything (after `DISCARD ALL`, which deallocates every statement).
+    pub fn clear(&mut self) {
+        self.prepared.clear();
+        self.to_close.clear();
+    }
+}
+
+/// A Close message for a server statement.
+pub fn close_message(out: &mut BytesMut, stmt: &ServerStatement) {
+    out.put_u8(b'C');
+    out.put_i32((4 + 1 + stmt.name.len() + 1) as i32);
+    out.put_u8(b'S');
+    out.put_slice(stmt.name.as_bytes());
+    out.put_u8(0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_text_same_statement_and_lru_eviction() {
+        let r = Registry::default();
+        let a = r.statement(b"select 1\0\0\0");
+        let b = r.statement(b"select 1\0\0\0");
+        let c = r.statement(b"select 2\0\0\0");
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_ne!(a.name, c.name);
+        assert_eq!(&a.parse[5..5 + a.name.len()], a.name.as_bytes());
+        let mut cache = ServerCache::default();
+        cache.insert(&a);
+        cache.insert(&c);
+        assert!(cache.contains(a.id));
+        assert_eq!(cache.evict_for(3).map(|s| s.id), None);
+        assert_eq!(cache.evict_for(2).map(|s| s.id), Some(c.id));
+    }
+}

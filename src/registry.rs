@@ -1,0 +1,320 @@
+//! The connected clients, for `SHOW CLIENTS`, `SHOW SERVERS` and `KILL`.
+//!
+//! The shared map is locked only at login and logout. A client's state changes (waiting,
+//! active, idle) are atomics in its own entry, written by its own task at checkout and after
+//! each relay: per transaction, never per message, and never under a shared lock.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicI32, AtomicU8, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::net::TcpStream;
+
+use rand::RngExt;
+
+use crate::pool::Pool;
+use crate::relay::{ClientSide, Flow};
+use crate::server::ServerConn;
+use crate::session_state::Kind;
+use crate::stats::{now_us, us_of};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientState {
+    /// Logged in, no request pending.
+    Idle,
+    /// Queued for a server.
+    Waiting,
+    /// Linked to a server.
+    Active,
+}
+
+impl ClientState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientState::Idle => "idle",
+            ClientState::Waiting => "waiting",
+            ClientState::Active => "active",
+        }
+    }
+}
+
+/// One connected client as the admin console sees it.
+pub struct ClientInfo {
+    pub id: u64,
+    pub user: String,
+    pub database: String,
+    pub application_name: String,
+    pub addr: Option<SocketAddr>,
+    pub local: Option<SocketAddr>,
+    pub connected_us: u64,
+    /// None for admin console sessions.
+    pub pool: Option<Arc<Pool>>,
+    fd: RawFd,
+    state: AtomicU8,
+    request_us: AtomicU64,
+    wait_since_us: AtomicU64,
+    server_id: AtomicU64,
+    server_pid: AtomicI32,
+    server_secret: AtomicI32,
+    server_connected_us: AtomicU64,
+    /// The BackendKeyData the pooler gave this client (its CancelRequest key).
+    pub cancel_key: (i32, i32),
+    /// 1 + index in `session_state::Kind::ALL` once the client is pinned to its server.
+    pinned: AtomicU8,
+}
+
+/// The server a client is linked to, as far as `SHOW SERVERS` needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct LinkedServer {
+    pub id: u64,
+    pub backend_pid: i32,
+    pub connected_us: u64,
+}
+
+impl ClientInfo {
+    pub fn state(&self) -> ClientState {
+        match self.state.load(Relaxed) {
+            1 => ClientState::Waiting,
+            2 => ClientState::Active,
+            _ => ClientState::Idle,
+        }
+    }
+
+    pub fn request_us(&self) -> u64 {
+        self.request_us.load(Relaxed)
+    }
+
+    /// When the client started waiting, if it is waiting.
+    pub fn waiting_since_us(&self) -> Option<u64> {
+        (self.state() == ClientState::Waiting).then(|| self.wait_since_us.load(Relaxed))
+    }
+
+    pub fn linked_server(&self) -> Option<LinkedServer> {
+        (self.state() == ClientState::Active).then(|| LinkedServer {
+            id: self.server_id.load(Relaxed),
+            backend_pid: self.server_pid.load(Relaxed),
+            connected_us: self.server_connected_us.load(Relaxed),
+        })
+    }
+
+    /// The client asked for a server.
+    pub fn waiting(&self) {
+        let now = now_us();
+        self.request_us.store(now, Relaxed);
+        self.wait_since_us.store(now, Relaxed);
+        self.state.store(ClientState::Waiting as u8, Relaxed);
+    }
+
+    /// The client got `server`; returns when, to time the transaction.
+    pub fn attached(&self, server: &ServerConn) -> Instant {
+        let now = Instant::now();
+        self.server_id.store(server.id, Relaxed);
+        self.server_pid.store(server.backend_pid, Relaxed);
+        self.server_secret.store(server.backend_secret, Relaxed);
+        self.server_connected_us
+            .store(us_of(server.created_at), Relaxed);
+        self.state.store(ClientState::Active as u8, Relaxed);
+        now
+    }
+
+    /// A stretch of relaying ended: account its bytes and queries to the pool, and the
+    /// transaction when one completed (`xact_done`: transaction mode, server clean and idle).
+    pub fn relayed(
+        &self,
+        pool: &Pool,
+        up: &mut Flow,
+        down: &mut Flow,
+        scan: &mut ClientSide,
+        attached: Instant,
+        xact_done: bool,
+    ) {
+        pool.stats.transferred(
+            std::mem::take(&mut up.bytes_read),
+            std::mem::take(&mut down.bytes_read),
+            std::mem::take(&mut scan.queries),
+        );
+        if xact_done {
+            pool.stats.transaction(attached.elapsed());
+        }
+        pool.stats.session_state_seen(
+            false,
+            std::mem::take(&mut scan.warned),
+            std::mem::take(&mut scan.refused),
+        );
+        self.state.store(ClientState::Idle as u8, Relaxed);
+    }
+
+    /// The client created session state under `session_state = pin`: shown in SHOW CLIENTS
+    /// and counted at once, since a pinned client's relay runs until it leaves.
+    pub fn mark_pinned(&self, kind: Kind) {
+        let i = Kind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
+        if self.pinned.swap(i as u8 + 1, Relaxed) == 0
+            && let Some(pool) = &self.pool
+        {
+            pool.stats.session_state_seen(true, 0, 0);
+        }
+    }
+
+    /// Why the client is pinned to its server (transaction mode), if it is.
+    pub fn pinned(&self) -> Option<Kind> {
+        let i = self.pinned.load(Relaxed);
+        (i > 0).then(|| Kind::ALL[usize::from(i - 1).min(Kind::ALL.len() - 1)])
+    }
+}
+
+/// Every logged-in client, by id.
+#[derive(Default)]
+pub struct ClientRegistry {
+    next_id: AtomicU64,
+    clients: Mutex<HashMap<u64, Arc<ClientInfo>>>,
+    /// Cancel key process id → client id, for CancelRequest.
+    by_cancel_pid: Mutex<HashMap<i32, u64>>,
+}
+
+/// Where to send a CancelRequest for a client's current query.
+#[derive(Debug, Clone)]
+pub struct CancelTarget {
+    pub host: String,
+    pub port: u16,
+    pub backend_pid: i32,
+    pub backend_secret: i32,
+}
+
+/// A registered client; dropping it unregisters. It must be dropped before the client's
+/// socket is closed (see `ClientRegistry::kill`).
+pub struct Registration {
+    registry: Arc<ClientRegistry>,
+    pub info: Arc<ClientInfo>,
+}
+
+impl std::ops::Deref for Registration {
+    type Target = ClientInfo;
+    fn deref(&self) -> &ClientInfo {
+        &self.info
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.registry.lock().remove(&self.info.id);
+        self.registry
+            .by_cancel_pid
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.info.cancel_key.0);
+        if let Some(pool) = &self.info.pool {
+            pool.stats.client_left();
+        }
+    }
+}
+
+impl ClientRegistry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<ClientInfo>>> {
+        self.clients.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn register(
+        self: &Arc<Self>,
+        stream: &TcpStream,
+        user: &str,
+        database: &str,
+        application_name: &str,
+        pool: Option<Arc<Pool>>,
+    ) -> Registration {
+        if let Some(pool) = &pool {
+            pool.stats.client_joined();
+        }
+        let id = self.next_id.fetch_add(1, Relaxed) + 1;
+        let cancel_key = {
+            // A fresh random key, unique among live clients (a CancelRequest names only it).
+            let mut by_pid = self.by_cancel_pid.lock().unwrap_or_else(|e| e.into_inner());
+            let mut rng = rand::rng();
+            loop {
+                let pid = rng.random::<i32>() & 0x7fff_ffff;
+                if pid != 0 && !by_pid.contains_key(&pid) {
+                    by_pid.insert(pid, id);
+                    break (pid, rng.random::<i32>());
+                }
+            }
+        };
+        let info = Arc::new(ClientInfo {
+            id,
+            user: user.to_string(),
+            database: database.to_string(),
+            application_name: application_name.to_string(),
+            addr: stream.peer_addr().ok(),
+            local: stream.local_addr().ok(),
+            connected_us: now_us(),
+            pool,
+            fd: stream.as_raw_fd(),
+            state: AtomicU8::new(ClientState::Idle as u8),
+            request_us: AtomicU64::new(0),
+            wait_since_us: AtomicU64::new(0),
+            server_id: AtomicU64::new(0),
+            server_pid: AtomicI32::new(0),
+            server_secret: AtomicI32::new(0),
+            server_connected_us: AtomicU64::new(0),
+            cancel_key,
+            pinned: AtomicU8::new(0),
+        });
+        self.lock().insert(info.id, info.clone());
+        Registration {
+            registry: self.clone(),
+            info,
+        }
+    }
+
+    /// The server a CancelRequest with this key should go to: the client's current server,
+    /// only while it has one. A wrong secret finds nothing.
+    pub fn cancel_target(&self, pid: i32, secret: i32) -> Option<CancelTarget> {
+        let id = *self
+            .by_cancel_pid
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&pid)?;
+        let info = self.lock().get(&id)?.clone();
+        // Compare without an early exit, so timing does not leak how much matched.
+        if (info.cancel_key.1 ^ secret) != 0 || info.state() != ClientState::Active {
+            return None;
+        }
+        let pool = info.pool.as_ref()?;
+        Some(CancelTarget {
+            host: pool.target.host.clone(),
+            port: pool.target.port,
+            backend_pid: info.server_pid.load(Relaxed),
+            backend_secret: info.server_secret.load(Relaxed),
+        })
+    }
+
+    /// Every client, oldest first.
+    pub fn snapshot(&self) -> Vec<Arc<ClientInfo>> {
+        let mut list: Vec<_> = self.lock().values().cloned().collect();
+        list.sort_by_key(|c| c.id);
+        list
+    }
+
+    /// Drops the connections of the pooled clients of `database` (all when None); admin
+    /// sessions are spared. Their tasks see the socket close and end the normal way, so a
+    /// server mid-transaction is closed and a clean one goes back, with the pool's counts kept
+    /// exact. Returns how many were dropped.
+    pub fn kill(&self, database: Option<&str>) -> usize {
+        let clients = self.lock();
+        let mut n = 0;
+        for c in clients.values() {
+            if c.pool.is_none() || database.is_some_and(|d| d != c.database) {
+                continue;
+            }
+            // SAFETY: `fd` is the socket of a live client: its `Registration` removes it from
+            // this map, under this lock, before the session drops its TcpStream, so the fd
+            // cannot have been closed (and reused) while we hold the lock. shutdown() does not
+            // close the fd; the owning task still does that.
+            unsafe {
+                libc::shutdown(c.fd, libc::SHUT_RDWR);
+            }
+            n += 1;
+        }
+        n
+    }
+}

@@ -1,0 +1,353 @@
+//! The admin console (`dbname=pgbouncer`): PgBouncer's commands and columns, who may use it,
+//! PAUSE/RESUME/KILL against real transactions, SHUTDOWN.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+fn userlist() -> String {
+    format!(
+        "{}\"admin\" \"admin-pw\"\n\"stats\" \"stats-pw\"\n\"nobody\" \"nobody-pw\"\n",
+        Pooler::default_userlist()
+    )
+}
+
+async fn start(pg: &PgServer, db: &str, extra: &str) -> Pooler {
+    Pooler::start_with_userlist(
+        pg,
+        db,
+        &format!(
+            "pool_mode = \"transaction\"\ndefault_pool_size = 2\nadmin_users = \"admin\"\n\
+             stats_users = [\"stats\"]\n{extra}"
+        ),
+        &userlist(),
+    )
+    .await
+}
+
+async fn admin(pooler: &Pooler) -> tokio_postgres::Client {
+    connect(&pooler.console_url("admin", "admin-pw")).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn show_commands_answer_with_pgbouncer_columns() {
+    let pg = PgServer::shared();
+    let db = pg.create_db("admin_show").await;
+    let pooler = start(pg, &db, "").await;
+    let app = pooler.client().await;
+    let pid = first_value(&app, "SELECT pg_backend_pid()").await;
+    let console = admin(&pooler).await;
+
+    assert_eq!(
+        columns(&console, "SHOW POOLS").await,
+        [
+            "database",
+            "user",
+            "cl_active",
+            "cl_waiting",
+            "cl_active_cancel_req",
+            "cl_waiting_cancel_req",
+            "sv_active",
+            "sv_active_cancel",
+            "sv_being_canceled",
+            "sv_idle",
+            "sv_used",
+            "sv_tested",
+            "sv_login",
+            "maxwait",
+            "maxwait_us",
+            "pool_mode"
+        ]
+    );
+    let pools = show(&console, "show pools;").await;
+    assert_eq!(pools.len(), 1);
+    assert_eq!(pools[0]["database"], db);
+    assert_eq!(pools[0]["user"], APP_USER);
+    assert_eq!(pools[0]["cl_active"], "1");
+    assert_eq!(pools[0]["sv_idle"], "1");
+    assert_eq!(pools[0]["sv_active"], "0");
+
+    // The idle server is the backend that answered; once the client holds it, it is linked.
+    let servers = show(&console, "SHOW SERVERS").await;
+    assert_eq!(servers.len(), 1);
+    assert_eq!(servers[0]["state"], "idle");
+    assert_eq!(servers[0]["remote_pid"], pid);
+    assert_eq!(servers[0]["type"], "S");
+    app.batch_execute("BEGIN").await.unwrap();
+    let clients = show(&console, "SHOW CLIENTS").await;
+    let me = clients
+        .iter()
+        .find(|c| c["database"] == db)
+        .expect("app client listed");
+    assert_eq!(me["state"], "active");
+    assert_eq!(me["user"], APP_USER);
+    assert_eq!(me["addr"], "127.0.0.1");
+    assert!(
+        clients
+            .iter()
+            .any(|c| c["database"] == "pgbouncer" && c["user"] == "admin"),
+        "the console session is listed too"
+    );
+    let servers = show(&console, "SHOW SERVERS").await;
+    assert_eq!(servers.len(), 1);
+    assert_eq!(servers[0]["state"], "active");
+    assert_eq!(servers[0]["remote_pid"], pid);
+    assert_eq!(servers[0]["link"], me["ptr"]);
+    assert_eq!(me["link"], servers[0]["ptr"]);
+    app.batch_execute("COMMIT").await.unwrap();
+
+    let stats = show(&console, "SHOW STATS").await;
+    let row = stats
+        .iter()
+        .find(|r| r["database"] == db)
+        .expect("stats row");
+    // pg_backend_pid, BEGIN..COMMIT: two transactions by the client (plus the login probe's
+    // assignment, which is no transaction).
+    assert_eq!(row["total_xact_count"], "2");
+    assert!(row["total_query_count"].parse::<u64>().unwrap() >= 3);
+    assert!(row["total_received"].parse::<u64>().unwrap() > 0);
+    assert!(row["total_sent"].parse::<u64>().unwrap() > 0);
+    assert!(row.contains_key("avg_wait_time"));
+
+    let dbs = show(&console, "SHOW DATABASES").await;
+    let row = dbs.iter().find(|r| r["name"] == db).expect("database row");
+    assert_eq!(row["port"], pg.port.to_string());
+    assert_eq!(row["pool_size"], "2");
+    assert_eq!(row["paused"], "0");
+    assert_eq!(row["current_connections"], "1");
+
+    let config = show(&console, "SHOW CONFIG").await;
+    let get = |k: &str| {
+        config
+            .iter()
+            .find(|r| r["key"] == k)
+            .map(|r| r["value"].clone())
+    };
+    assert_eq!(get("default_pool_size").as_deref(), Some("2"));
+    assert_eq!(get("pool_mode").as_deref(), Some("transaction"));
+    assert_eq!(get("admin_users").as_deref(), Some("admin"));
+
+    let lists = show(&console, "SHOW LISTS").await;
+    let item = |k: &str| {
+        lists
+            .iter()
+            .find(|r| r["list"] == k)
+            .map(|r| r["items"].clone())
+    };
+    assert_eq!(item("pools").as_deref(), Some("1"));
+    assert_eq!(item("databases").as_deref(), Some("1"));
+    assert_eq!(item("used_clients").as_deref(), Some("2"));
+
+    let version = first_value(&console, "SHOW VERSION").await;
+    assert!(version.starts_with("pooler "), "{version}");
+    console.simple_query("SHOW HELP").await.unwrap();
+    // Several commands in one query: each answers.
+    let both = console
+        .simple_query("SHOW VERSION; SHOW LISTS")
+        .await
+        .unwrap();
+    let rows = both
+        .iter()
+        .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
+        .count();
+    assert_eq!(rows, 13);
+    // The console never opened a server of its own.
+    assert_eq!(
+        pooler.server_pids(pg).await,
+        vec![pid.parse::<i32>().unwrap()]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_access_and_errors() {
+    let pg = PgServer::shared();
+    let db = pg.create_db("admin_access").await;
+    let pooler = start(pg, &db, "").await;
+
+    // Not an admin or stats user: refused after authenticating.
+    let err = try_connect(&pooler.console_url("nobody", "nobody-pw"))
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("28000"));
+    assert_eq!(message(&err), "not allowed");
+    // The password is checked before anything is told.
+    let err = try_connect(&pooler.console_url("admin", "wrong"))
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("28P01"));
+    // The alias works too.
+    let alias = format!(
+        "host=127.0.0.1 port={} user=admin password=admin-pw dbname=pooler",
+        pooler.port()
+    );
+    let c = connect(&alias).await;
+    assert!(first_value(&c, "SHOW VERSION").await.starts_with("pooler"));
+
+    // stats_users: SHOW yes, control no; the session survives every error.
+    let stats = connect(&pooler.console_url("stats", "stats-pw")).await;
+    show(&stats, "SHOW POOLS").await;
+    let err = stats.simple_query("PAUSE").await.unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("42501"));
+    assert_eq!(message(&err), "admin access needed");
+    let err = stats.simple_query("SHOW NONSENSE").await.unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("42601"));
+    let err = stats.simple_query("DROP TABLE x").await.unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("42601"));
+    assert!(message(&err).contains("SHOW HELP"), "{}", message(&err));
+    // Extended protocol: a clear error, then back in step at Sync.
+    let err = stats.query("SHOW POOLS", &[]).await.unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("0A000"));
+    assert!(
+        first_value(&stats, "SHOW VERSION")
+            .await
+            .starts_with("pooler")
+    );
+
+    let console = admin(&pooler).await;
+    let err = console.simple_query("RELOAD").await.unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("0A000"));
+    let err = console.simple_query("PAUSE nosuchdb").await.unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("3D000"));
+    let err = console.simple_query("RESUME").await.unwrap_err();
+    assert_eq!(message(&err), "pooler is not paused");
+    assert!(
+        first_value(&console, "SHOW VERSION")
+            .await
+            .starts_with("pooler")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_holds_new_transactions_until_resume() {
+    let pg = PgServer::shared();
+    let db = pg.create_db("admin_pause").await;
+    let pooler = start(pg, &db, "query_wait_timeout = 120").await;
+    let app = pooler.client().await;
+    assert_eq!(first_value(&app, "SELECT 1").await, "1");
+    let console = admin(&pooler).await;
+
+    // A transaction in flight when PAUSE arrives finishes first; PAUSE returns after it.
+    let busy = pooler.client().await;
+    busy.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let pause = {
+        let url = pooler.console_url("admin", "admin-pw");
+        let db = db.clone();
+        tokio::spawn(async move {
+            let c = connect(&url).await;
+            c.simple_query(&format!("PAUSE {db}")).await.map(|_| ())
+        })
+    };
+    assert!(
+        eventually(LIMIT, || async {
+            show(&console, "SHOW DATABASES")
+                .await
+                .iter()
+                .any(|r| r["name"] == db && r["paused"] == "1")
+        })
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !pause.is_finished(),
+        "PAUSE returned with a transaction open"
+    );
+    busy.batch_execute("COMMIT").await.unwrap();
+    pause.await.unwrap().expect("PAUSE");
+    // Paused: every server is closed, so Postgres could be restarted now.
+    assert!(eventually(LIMIT, || async { pooler.server_pids(pg).await.is_empty() }).await);
+
+    // A new transaction waits...
+    let query = tokio::spawn(async move { first_value(&app, "SELECT 7").await });
+    assert!(
+        eventually(LIMIT, || async {
+            show(&console, "SHOW POOLS")
+                .await
+                .iter()
+                .any(|r| r["database"] == db && r["cl_waiting"] == "1")
+        })
+        .await,
+        "the query did not wait"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!query.is_finished(), "a query ran while paused");
+    assert!(pooler.server_pids(pg).await.is_empty());
+    // ...until RESUME.
+    console
+        .simple_query(&format!("RESUME {db}"))
+        .await
+        .expect("RESUME");
+    assert_eq!(query.await.unwrap(), "7");
+    let again = pooler.client().await;
+    assert_eq!(first_value(&again, "SELECT 8").await, "8");
+    let dbs = show(&console, "SHOW DATABASES").await;
+    assert_eq!(dbs.iter().find(|r| r["name"] == db).unwrap()["paused"], "0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_drops_clients_and_servers_until_resume() {
+    let pg = PgServer::shared();
+    let db = pg.create_db("admin_kill").await;
+    let pooler = start(pg, &db, "").await;
+    let setup = pooler.client().await;
+    setup.batch_execute("CREATE TABLE t (v int)").await.unwrap();
+    let victim = pooler.client().await;
+    victim
+        .batch_execute("BEGIN; INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    let console = admin(&pooler).await;
+    console
+        .simple_query(&format!("KILL {db}"))
+        .await
+        .expect("KILL");
+    // The clients are gone, the transaction rolled back, the servers closed.
+    assert!(victim.simple_query("COMMIT").await.is_err());
+    assert!(setup.simple_query("SELECT 1").await.is_err());
+    assert!(
+        eventually(LIMIT, || async { pooler.server_pids(pg).await.is_empty() }).await,
+        "servers survived KILL"
+    );
+    // The console itself survived.
+    assert!(
+        first_value(&console, "SHOW VERSION")
+            .await
+            .starts_with("pooler")
+    );
+    // New clients wait until RESUME.
+    let fresh = pooler.client().await;
+    let query = tokio::spawn(async move { first_value(&fresh, "SELECT count(*) FROM t").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!query.is_finished(), "a query ran on a killed database");
+    console.simple_query("RESUME").await.expect("RESUME");
+    assert_eq!(
+        query.await.unwrap(),
+        "0",
+        "the killed transaction was rolled back"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_stops_listening_and_readyz_says_so() {
+    let pg = PgServer::shared();
+    let db = pg.create_db("admin_shutdown").await;
+    let pooler = start(pg, &db, &format!("metrics_port = {}", free_port())).await;
+    assert_eq!(pooler.http_get("/readyz").await.0, 200);
+    let console = admin(&pooler).await;
+    console.simple_query("SHUTDOWN").await.expect("SHUTDOWN");
+    assert!(
+        eventually(LIMIT, || async {
+            pooler.http_get("/readyz").await.0 == 503
+        })
+        .await
+    );
+    assert!(
+        eventually(LIMIT, || async {
+            try_connect(&pooler.app_url()).await.is_err()
+        })
+        .await,
+        "still accepting clients after SHUTDOWN"
+    );
+}

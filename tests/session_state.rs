@@ -1,0 +1,168 @@
+//! Session state in transaction mode: detected, and pinned, warned about or refused.
+
+mod common;
+
+use common::*;
+
+/// The `pinned` column of SHOW CLIENTS for the clients with this application_name.
+async fn pinned_of(pooler: &Pooler, app_name: &str) -> Vec<String> {
+    let console = connect(&pooler.console_url("postgres", SUPERUSER_PASSWORD)).await;
+    show(&console, "SHOW CLIENTS")
+        .await
+        .into_iter()
+        .filter(|row| row.get("application_name").map(String::as_str) == Some(app_name))
+        .map(|row| row.get("pinned").cloned().unwrap_or_default())
+        .collect()
+}
+
+async fn pid(c: &tokio_postgres::Client) -> String {
+    first_value(c, "SELECT pg_backend_pid()").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pin_keeps_each_kind_of_session_state_on_its_server() {
+    let pg = PgServer::shared();
+    let db = pg.create_db("pin").await;
+    let pooler = Pooler::start(
+        pg,
+        &db,
+        "pool_mode = \"transaction\"\ndefault_pool_size = 3\nadmin_users = \"postgres\"",
+    )
+    .await;
+    let cases = [
+        ("SET work_mem = '7MB'", "set"),
+        (
+            "SELECT set_config('search_path', 'public', false)",
+            "set_config",
+        ),
+        ("LISTEN pooler_test", "listen"),
+        ("SELECT pg_advisory_lock(42)", "advisory_lock"),
+        ("CREATE TEMP TABLE scratch (x int)", "temp_table"),
+        ("PREPARE q AS SELECT 1", "prepare"),
+        (
+            "BEGIN; DECLARE c CURSOR WITH HOLD FOR SELECT 1; COMMIT",
+            "declare_with_hold",
+        ),
+    ];
+    for (i, (sql, kind)) in cases.iter().enumerate() {
+        let name = format!("pin{i}");
+        let c = connect(&format!("{} application_name={name}", pooler.app_url())).await;
+        let before = pid(&c).await;
+        c.batch_execute(sql).await.unwrap();
+        assert_eq!(
+            pinned_of(&pooler, &name).await,
+            vec![kind.to_string()],
+            "{sql}"
+        );
+        // Held between transactions, while other clients come and go.
+        let other = pooler.client().await;
+        for _ in 0..3 {
+            assert_eq!(first_value(&other, "SELECT 1").await, "1");
+            assert_eq!(pid(&c).await, before, "{sql}: moved to another server");
+        }
+        drop(c);
+    }
+    // A tracked parameter is not session state: SET TimeZone follows the client instead.
+    let c = connect(&format!("{} application_name=tz", pooler.app_url())).await;
+    c.batch_execute("SET TimeZone = 'Asia/Tokyo'")
+        .await
+        .unwrap();
+    assert_eq!(pinned_of(&pooler, "tz").await, vec![String::new()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pinned_server_is_reset_before_reuse() {
+    let pg = PgServer::shared();
+    let db = pg.create_db("pinreset").await;
+    let pooler = Pooler::start(
+        pg,
+        &db,
+        "pool_mode = \"transaction\"\ndefault_pool_size = 1",
+    )
+    .await;
+    let a = pooler.client().await;
+    a.batch_execute(
+        "SET work_mem = '7MB'; CREATE TEMP TABLE t (x int); SELECT pg_advisory_lock(7)",
+    )
+    .await
+    .unwrap();
+    let pid_a = pid(&a).await;
+    drop(a);
+    let b = pooler.client().await;
+    assert_eq!(pid(&b).await, pid_a, "pool of one: the same server");
+    assert_eq!(first_value(&b, "SHOW work_mem").await, "4MB");
+    let err = b.simple_query("SELECT * FROM t").await.unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("42P01"));
+    let locks = first_value(
+        &b,
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'",
+    )
+    .await;
+    assert_eq!(locks, "0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warn_lets_it_through_and_counts() {
+    let pg = PgServer::shared();
+    let db = pg.create_db("warn").await;
+    let pooler = Pooler::start(
+        pg,
+        &db,
+        &format!(
+            "pool_mode = \"transaction\"\ndefault_pool_size = 2\nsession_state = \"warn\"\n\
+             admin_users = \"postgres\"\nmetrics_port = {}",
+            free_port()
+        ),
+    )
+    .await;
+    let c = connect(&format!("{} application_name=w", pooler.app_url())).await;
+    c.batch_execute("SET work_mem = '7MB'").await.unwrap();
+    c.batch_execute("LISTEN x").await.unwrap();
+    assert_eq!(pinned_of(&pooler, "w").await, vec![String::new()]);
+    let body = pooler.scrape().await;
+    let labels = [
+        ("database", db.as_str()),
+        ("user", APP_USER),
+        ("action", "warned"),
+    ];
+    assert_eq!(
+        metric(&body, "pooler_session_state_total", &labels),
+        Some(2.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_refuses_with_0a000_and_the_session_goes_on() {
+    let pg = PgServer::shared();
+    let db = pg.create_db("refuse").await;
+    let pooler = Pooler::start(
+        pg,
+        &db,
+        "pool_mode = \"transaction\"\ndefault_pool_size = 1\nsession_state = \"error\"",
+    )
+    .await;
+    let c = pooler.client().await;
+    let err = c.simple_query("SET work_mem = '7MB'").await.unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("0A000"));
+    assert!(
+        message(&err).contains("set creates session state"),
+        "{}",
+        message(&err)
+    );
+    assert_eq!(first_value(&c, "SHOW work_mem").await, "4MB");
+    // Inside a transaction block the refusal aborts the transaction, like any error.
+    c.batch_execute("BEGIN").await.unwrap();
+    let err = c.simple_query("LISTEN x").await.unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("0A000"));
+    let err = c.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("25P02"));
+    c.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(first_value(&c, "SELECT 2").await, "2");
+    // Extended protocol: refused with a FATAL, the connection ends.
+    let err = c.execute("SET work_mem = '8MB'", &[]).await.unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("0A000"));
+    assert!(c.simple_query("SELECT 1").await.is_err());
+    // Nothing leaked to the server.
+    let d = pooler.client().await;
+    assert_eq!(first_value(&d, "SHOW work_mem").await, "4MB");
+}
