@@ -990,7 +990,11 @@ pub fn answer_locally(
     let mut pos = 0;
     let mut ends_at = None;
     while let Some((tag, len)) = protocol::header(&up.inbuf[pos..]) {
-        let total = 1 + len.max(4) as usize;
+        // A bad length is the framer's to refuse (08P01), not ours to interpret.
+        if len < 4 {
+            return false;
+        }
+        let total = 1 + len as usize;
         if up.inbuf.len() - pos < total || total > MAX_INSPECTED {
             return false;
         }
