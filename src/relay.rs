@@ -351,6 +351,16 @@ fn cstr_end(buf: &[u8], from: usize) -> Option<usize> {
         .map(|p| from + p)
 }
 
+/// Every message type a client may send after login.
+const FRONTEND_TAGS: &[u8] = b"QFSHEdcfPDCBX";
+
+fn invalid_type(tag: u8) -> PoolerError {
+    PoolerError::protocol(format!(
+        "invalid frontend message type '{}'",
+        tag.escape_ascii()
+    ))
+}
+
 fn malformed(what: &str) -> PoolerError {
     PoolerError::protocol(format!("malformed {what} message"))
 }
@@ -504,12 +514,7 @@ impl ClientSide {
                     up.inbuf.advance(total.min(up.inbuf.len()));
                     return Ok(());
                 }
-                other => {
-                    return Err(PoolerError::protocol(format!(
-                        "invalid frontend message type '{}'",
-                        other.escape_ascii()
-                    )));
-                }
+                other => return Err(invalid_type(other)),
             }
         }
     }
@@ -913,7 +918,13 @@ impl Relay<'_, '_> {
                     server_clean: self.clean(),
                 });
             }
-            let read_client = !client_eof && !self.client_side.terminated && self.up.wants_read();
+            // Replies the pooler writes itself (CloseComplete, ParseComplete) go to `down.out`
+            // without a server in between: a client that sends but never reads must stop being
+            // read once that buffer is full, as with a server's replies.
+            let read_client = !client_eof
+                && !self.client_side.terminated
+                && self.up.wants_read()
+                && self.down.out.len() < BUFFER_CAP;
             let read_server = self.down.wants_read();
             tokio::select! {
                 r = self.server.readable(), if read_server => {
@@ -962,6 +973,11 @@ impl Relay<'_, '_> {
 pub async fn read_request(client: &TcpStream, up: &mut Flow) -> Result<bool> {
     loop {
         if let Some((tag, _)) = protocol::header(&up.inbuf) {
+            // Bad framing is refused before a server is taken (and then discarded) for it.
+            header(&up.inbuf, false)?;
+            if !FRONTEND_TAGS.contains(&tag) {
+                return Err(invalid_type(tag));
+            }
             return Ok(tag != b'X');
         }
         client.readable().await?;

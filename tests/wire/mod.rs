@@ -22,7 +22,7 @@ pub fn startup_packet(params: &[(&str, &str)]) -> Vec<u8> {
 }
 
 /// One typed message: tag, length, body.
-pub fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+pub fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
     let mut m = Vec::with_capacity(5 + body.len());
     m.push(tag);
     m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
@@ -34,7 +34,7 @@ pub fn message(tag: u8, body: &[u8]) -> Vec<u8> {
 pub fn query(sql: &str) -> Vec<u8> {
     let mut body = sql.as_bytes().to_vec();
     body.push(0);
-    message(b'Q', &body)
+    msg(b'Q', &body)
 }
 
 /// Parse + Bind + Execute of `sql` (unnamed statement and portal, no parameters), no Sync.
@@ -42,14 +42,14 @@ pub fn extended(sql: &str) -> Vec<u8> {
     let mut parse = vec![0u8];
     parse.extend_from_slice(sql.as_bytes());
     parse.extend_from_slice(&[0, 0, 0]);
-    let mut m = message(b'P', &parse);
-    m.extend(message(b'B', &[0, 0, 0, 0, 0, 0, 0, 0]));
-    m.extend(message(b'E', &[0, 0, 0, 0, 0]));
+    let mut m = msg(b'P', &parse);
+    m.extend(msg(b'B', &[0, 0, 0, 0, 0, 0, 0, 0]));
+    m.extend(msg(b'E', &[0, 0, 0, 0, 0]));
     m
 }
 
 pub fn sync() -> Vec<u8> {
-    message(b'S', &[])
+    msg(b'S', &[])
 }
 
 /// Splits complete backend messages off the front of `buf`.
@@ -102,8 +102,18 @@ pub async fn read_to_close(s: &mut TcpStream, limit: Duration) -> Ending {
     let mut chunk = [0u8; 8192];
     loop {
         match tokio::time::timeout_at(deadline, s.read(&mut chunk)).await {
-            Err(_) => return Ending { bytes, closed: false },
-            Ok(Ok(0)) | Ok(Err(_)) => return Ending { bytes, closed: true },
+            Err(_) => {
+                return Ending {
+                    bytes,
+                    closed: false,
+                };
+            }
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                return Ending {
+                    bytes,
+                    closed: true,
+                };
+            }
             Ok(Ok(n)) => bytes.extend_from_slice(&chunk[..n]),
         }
     }
@@ -225,6 +235,12 @@ impl Rng {
 
     pub fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
+    }
+
+    /// Up to `max` random bytes.
+    pub fn some_bytes(&mut self, min: usize, max: usize) -> Vec<u8> {
+        let n = min + self.below((max - min + 1) as u64) as usize;
+        self.bytes(n)
     }
 
     pub fn bytes(&mut self, n: usize) -> Vec<u8> {
