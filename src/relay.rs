@@ -28,6 +28,8 @@ use crate::session_state::{self, Kind, Policy};
 
 /// Stop reading a side when this much is waiting for the other: backpressure, bounded memory.
 pub const BUFFER_CAP: usize = 64 * 1024;
+/// Stop reading a client with this many requests awaiting replies (bounded memory).
+const MAX_IN_FLIGHT: usize = 8192;
 /// How much room to make before each read.
 const READ_CHUNK: usize = 16 * 1024;
 /// Messages the pooler reads whole (Parse, Describe, Close, ParameterStatus,
@@ -895,9 +897,18 @@ impl Relay<'_, '_> {
         on_param: &mut (dyn FnMut(&str, &str) + Send),
     ) -> Result<RelayEnd> {
         let mut client_eof = false;
+        let mut flush_asked = false;
         // Input read before the server was attached.
         self.process_client()?;
         loop {
+            // Too many requests in flight (most likely ones the pooler answers itself, queued
+            // behind a reply Postgres keeps buffered): stop reading the client, between
+            // messages only, and ask Postgres to flush so the queue drains.
+            let crowded = self.tracker.queue.len() >= MAX_IN_FLIGHT && self.up.at_boundary();
+            if crowded && !flush_asked {
+                self.up.out.extend_from_slice(&[b'H', 0, 0, 0, 4]);
+            }
+            flush_asked = crowded;
             if !self.up.out.is_empty() && !self.up.blocked && self.up.write_to(self.server).is_err()
             {
                 return Ok(RelayEnd::ServerGone);
@@ -924,7 +935,8 @@ impl Relay<'_, '_> {
             let read_client = !client_eof
                 && !self.client_side.terminated
                 && self.up.wants_read()
-                && self.down.out.len() < BUFFER_CAP;
+                && self.down.out.len() < BUFFER_CAP
+                && !crowded;
             let read_server = self.down.wants_read();
             tokio::select! {
                 r = self.server.readable(), if read_server => {

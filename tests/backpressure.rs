@@ -181,3 +181,66 @@ async fn a_client_that_never_reads_the_poolers_own_replies_is_throttled() {
     let c = pooler.client().await;
     assert_eq!(first_value(&c, "SELECT 3").await, "3");
 }
+
+/// Regression: the same flood behind a request the server has not answered yet (no Flush,
+/// so Postgres keeps its reply buffered). The pooler's replies queued up in its request
+/// tracker without bound; now it stops reading the client when too many requests are in
+/// flight, and asks the server to flush so that they drain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooler_replies_queued_behind_an_unanswered_request_are_bounded() {
+    let _turn = MEMORY.lock().await;
+    let pg = PgServer::shared();
+    let db = pg.create_db("closepile").await;
+    let pooler = Pooler::start(
+        pg,
+        &db,
+        "pool_mode = \"transaction\"\ndefault_pool_size = 2",
+    )
+    .await;
+    let mut s = login(pooler.running.addr, APP_USER, APP_PASSWORD, &db).await;
+    s.write_all(&[msg(b'P', b"s1\0SELECT 1\0\0\0"), sync()].concat())
+        .await
+        .unwrap();
+    read_until(&mut s, b'Z').await;
+    // Bind + Execute, no Flush, no Sync: Postgres holds the replies.
+    s.write_all(&[msg(b'B', b"\0s1\0\0\0\0\0\0\0"), msg(b'E', b"\0\0\0\0\0")].concat())
+        .await
+        .unwrap();
+    let before = rss_kib(None);
+    let close = msg(b'C', b"Ss1\0");
+    let chunk: Vec<u8> = close.repeat((1 << 20) / close.len());
+    const CHUNKS: u64 = 128;
+    let total = CHUNKS * chunk.len() as u64;
+    let written = Arc::new(AtomicU64::new(0));
+    let (rd, mut wr) = s.into_split();
+    let writer = {
+        let written = written.clone();
+        tokio::spawn(async move {
+            for _ in 0..CHUNKS {
+                if wr.write_all(&chunk).await.is_err() {
+                    return;
+                }
+                written.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            }
+        })
+    };
+    let sent = until_stalled(&written, total).await;
+    let after = rss_kib(None);
+    println!(
+        "close pile-up: {sent} of {total} bytes accepted before the pooler stopped reading; \
+         test process RSS {before} -> {after} KiB"
+    );
+    assert!(
+        sent < total,
+        "the pooler read everything a non-reading client sent"
+    );
+    assert!(
+        after < before + 32 * 1024,
+        "memory grew by {} KiB",
+        after - before
+    );
+    writer.abort();
+    drop(rd);
+    let c = pooler.client().await;
+    assert_eq!(first_value(&c, "SELECT 4").await, "4");
+}
