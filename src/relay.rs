@@ -28,6 +28,8 @@ use crate::session_state::{self, Kind, Policy};
 
 /// Stop reading a side when this much is waiting for the other: backpressure, bounded memory.
 pub const BUFFER_CAP: usize = 64 * 1024;
+/// Stop reading a client with this many requests awaiting replies (bounded memory).
+const MAX_IN_FLIGHT: usize = 8192;
 /// How much room to make before each read.
 const READ_CHUNK: usize = 16 * 1024;
 /// Messages the pooler reads whole (Parse, Describe, Close, ParameterStatus,
@@ -370,6 +372,16 @@ fn cstr_end(buf: &[u8], from: usize) -> Option<usize> {
         .map(|p| from + p)
 }
 
+/// Every message type a client may send after login.
+const FRONTEND_TAGS: &[u8] = b"QFSHEdcfPDCBX";
+
+fn invalid_type(tag: u8) -> PoolerError {
+    PoolerError::protocol(format!(
+        "invalid frontend message type '{}'",
+        tag.escape_ascii()
+    ))
+}
+
 fn malformed(what: &str) -> PoolerError {
     PoolerError::protocol(format!("malformed {what} message"))
 }
@@ -523,12 +535,7 @@ impl ClientSide {
                     up.inbuf.advance(total.min(up.inbuf.len()));
                     return Ok(());
                 }
-                other => {
-                    return Err(PoolerError::protocol(format!(
-                        "invalid frontend message type '{}'",
-                        other.escape_ascii()
-                    )));
-                }
+                other => return Err(invalid_type(other)),
             }
         }
     }
@@ -909,9 +916,18 @@ impl Relay<'_, '_> {
         on_param: &mut (dyn FnMut(&str, &str) + Send),
     ) -> Result<RelayEnd> {
         let mut client_eof = false;
+        let mut flush_asked = false;
         // Input read before the server was attached.
         self.process_client()?;
         loop {
+            // Too many requests in flight (most likely ones the pooler answers itself, queued
+            // behind a reply Postgres keeps buffered): stop reading the client, between
+            // messages only, and ask Postgres to flush so the queue drains.
+            let crowded = self.tracker.queue.len() >= MAX_IN_FLIGHT && self.up.at_boundary();
+            if crowded && !flush_asked {
+                self.up.out.extend_from_slice(&[b'H', 0, 0, 0, 4]);
+            }
+            flush_asked = crowded;
             if !self.up.out.is_empty() && !self.up.blocked && self.up.write_to(self.server).is_err()
             {
                 return Ok(RelayEnd::ServerGone);
@@ -932,7 +948,14 @@ impl Relay<'_, '_> {
                     server_clean: self.clean(),
                 });
             }
-            let read_client = !client_eof && !self.client_side.terminated && self.up.wants_read();
+            // Replies the pooler writes itself (CloseComplete, ParseComplete) go to `down.out`
+            // without a server in between: a client that sends but never reads must stop being
+            // read once that buffer is full, as with a server's replies.
+            let read_client = !client_eof
+                && !self.client_side.terminated
+                && self.up.wants_read()
+                && self.down.out.len() < BUFFER_CAP
+                && !crowded;
             let read_server = self.down.wants_read();
             tokio::select! {
                 r = self.server.readable(), if read_server => {
@@ -981,6 +1004,11 @@ impl Relay<'_, '_> {
 pub async fn read_request(client: &TcpStream, up: &mut Flow) -> Result<bool> {
     loop {
         if let Some((tag, _)) = protocol::header(&up.inbuf) {
+            // Bad framing is refused before a server is taken (and then discarded) for it.
+            header(&up.inbuf, false)?;
+            if !FRONTEND_TAGS.contains(&tag) {
+                return Err(invalid_type(tag));
+            }
             return Ok(tag != b'X');
         }
         client.readable().await?;
@@ -1009,7 +1037,11 @@ pub fn answer_locally(
     let mut pos = 0;
     let mut ends_at = None;
     while let Some((tag, len)) = protocol::header(&up.inbuf[pos..]) {
-        let total = 1 + len.max(4) as usize;
+        // A bad length is the framer's to refuse (08P01), not ours to interpret.
+        if len < 4 {
+            return false;
+        }
+        let total = 1 + len as usize;
         if up.inbuf.len() - pos < total || total > MAX_INSPECTED {
             return false;
         }

@@ -1,0 +1,2162 @@
+//! Load comparison: the pooler against PgBouncer and direct Postgres, in one run, on this
+//! machine. `cargo bench --bench load` (or `scripts/bench.sh`) does everything itself:
+//!
+//! 1. a throwaway Postgres (initdb in a temp dir, a free loopback port, run as `postgres` when
+//!    we are root), `pgbench -i` at scale 10;
+//! 2. the pooler's release binary and, when installed, PgBouncer (as `postgres`), both with a
+//!    generated config: transaction mode, pool 20 (+5 reserve after 3 s), md5, a plain
+//!    password in the auth file;
+//! 3. the pgbench rows against direct Postgres, PgBouncer and the pooler back to back
+//!    (target order rotated per repetition), each repeated, the median reported, with the
+//!    pooler's and PgBouncer's CPU time per transaction (`/proc/PID/stat`) and peak RSS
+//!    (`VmHWM`, reset per run through `clear_refs`);
+//! 4. system calls per transaction (`strace -c -f -p PID`, a short separate run);
+//! 5. the pooler pinned to one core against two (`taskset`);
+//! 6. heap allocations per transaction of the pooler (run in this process, counted by a
+//!    counting global allocator, driven by an external pgbench);
+//! 7. RSS with 10,000 idle logged-in clients, pooler against PgBouncer;
+//! 8. `results.md`, `results.csv`, raw pgbench output and `chart.png` in the results directory.
+//!
+//! Every pgbench run is bounded (`-T`, plus a kill at T+120 s); every process started is
+//! stopped by its PID at the end, on error and on ctrl-c. Loopback only.
+//!
+//! Knobs (environment): DURATION (s per run, 6), REPEAT (3), SETTLE (s between runs, 1),
+//! JOBS (pgbench -j, 2), ROWS (comma list of row ids), SCALE (10), PG_MAX_CONNECTIONS (400),
+//! STRACE_SECS (3; 0 skips), TASKSET=0 skips the pinning runs, ALLOCS=0 skips the allocation
+//! count, IDLE_CLIENTS (10000; 0 skips), PGBOUNCER=0 skips PgBouncer, DIRECT=0 skips direct
+//! Postgres, RESULTS_DIR, UPDATE_DOCS=1 copies the chart and the report to docs/,
+//! POOLER_BIN_B=/path/to/pooler adds a second pooler build as a fourth target (compare a change
+//! in the same run), CHART_FONT=/path/to/font.ttf (DejaVu Sans is found by default).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs::{self, File};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+// ---------------------------------------------------------------------------------------------
+// Counting allocator (for the in-process allocation count of step 6).
+
+struct Counting;
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+static ALLOC_BYTES: AtomicU64 = AtomicU64::new(0);
+/// Live heap bytes allocated by threads of the in-process pooler's runtime (tagged threads).
+static POOLER_LIVE: AtomicI64 = AtomicI64::new(0);
+
+thread_local! {
+    static POOLER_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn pooler_thread() -> bool {
+    POOLER_THREAD.try_with(|t| t.get()).unwrap_or(false)
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        ALLOC_BYTES.fetch_add(layout.size() as u64, Ordering::Relaxed);
+        if pooler_thread() {
+            POOLER_LIVE.fetch_add(layout.size() as i64, Ordering::Relaxed);
+        }
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        ALLOC_BYTES.fetch_add(layout.size() as u64, Ordering::Relaxed);
+        if pooler_thread() {
+            POOLER_LIVE.fetch_add(layout.size() as i64, Ordering::Relaxed);
+        }
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        ALLOC_BYTES.fetch_add(new_size as u64, Ordering::Relaxed);
+        if pooler_thread() {
+            POOLER_LIVE.fetch_add(new_size as i64 - layout.size() as i64, Ordering::Relaxed);
+        }
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if pooler_thread() {
+            POOLER_LIVE.fetch_sub(layout.size() as i64, Ordering::Relaxed);
+        }
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+// ---------------------------------------------------------------------------------------------
+// Knobs.
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(default)
+}
+
+fn env_on(name: &str) -> bool {
+    std::env::var(name).map(|v| v != "0").unwrap_or(true)
+}
+
+struct Opts {
+    duration: u64,
+    repeat: usize,
+    settle: u64,
+    jobs: u32,
+    rows: Option<Vec<String>>,
+    scale: u32,
+    pg_max_connections: u32,
+    strace_secs: u64,
+    taskset: bool,
+    allocs: bool,
+    idle_clients: usize,
+    pgbouncer: bool,
+    direct: bool,
+    update_docs: bool,
+}
+
+impl Opts {
+    fn from_env() -> Opts {
+        Opts {
+            duration: env_or("DURATION", 6),
+            repeat: env_or("REPEAT", 3usize).max(1),
+            settle: env_or("SETTLE", 1),
+            jobs: env_or("JOBS", 2),
+            rows: std::env::var("ROWS")
+                .ok()
+                .filter(|s| !s.trim().is_empty())
+                .map(|s| s.split(',').map(|r| r.trim().to_string()).collect()),
+            scale: env_or("SCALE", 10),
+            pg_max_connections: env_or("PG_MAX_CONNECTIONS", 400),
+            strace_secs: env_or("STRACE_SECS", 3),
+            taskset: env_on("TASKSET"),
+            allocs: env_on("ALLOCS"),
+            idle_clients: env_or("IDLE_CLIENTS", 10_000),
+            pgbouncer: env_on("PGBOUNCER"),
+            direct: env_on("DIRECT"),
+            update_docs: std::env::var("UPDATE_DOCS").is_ok_and(|v| v == "1"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes: every one we start is recorded here and stopped by its PID.
+
+struct Proc {
+    child: Child,
+    name: String,
+    stop_signal: i32,
+}
+
+static PROCS: Mutex<Vec<Proc>> = Mutex::new(Vec::new());
+static STATE_DIR: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+fn procs() -> std::sync::MutexGuard<'static, Vec<Proc>> {
+    PROCS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Starts `cmd` with stdout and stderr going to `log`; returns its PID.
+fn spawn(cmd: &mut Command, name: &str, stop_signal: i32, log: &Path) -> u32 {
+    let out = File::create(log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
+    let err = out.try_clone().expect("dup log");
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+    let pid = child.id();
+    procs().push(Proc {
+        child,
+        name: name.to_string(),
+        stop_signal,
+    });
+    pid
+}
+
+/// The exit status of a recorded process if it has ended (it is then forgotten).
+fn try_wait(pid: u32) -> Option<ExitStatus> {
+    let mut list = procs();
+    let i = list.iter().position(|p| p.child.id() == pid)?;
+    match list[i].child.try_wait() {
+        Ok(Some(status)) => {
+            list.remove(i);
+            Some(status)
+        }
+        _ => None,
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    procs().iter().any(|p| p.child.id() == pid) && try_wait(pid).is_none()
+}
+
+/// Waits for a recorded process to end; past `limit` it is stopped and `None` returned.
+fn wait_for(pid: u32, limit: Duration) -> Option<ExitStatus> {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = try_wait(pid) {
+            return Some(status);
+        }
+        if !procs().iter().any(|p| p.child.id() == pid) {
+            return None;
+        }
+        if start.elapsed() > limit {
+            eprintln!("  (pid {pid} still running after {limit:?}: stopping it)");
+            stop(pid);
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Stops one recorded process: its stop signal, then SIGKILL after 15 s.
+fn stop(pid: u32) {
+    let proc = {
+        let mut list = procs();
+        list.iter()
+            .position(|p| p.child.id() == pid)
+            .map(|i| list.remove(i))
+    };
+    if let Some(p) = proc {
+        stop_proc(p);
+    }
+}
+
+fn stop_proc(mut p: Proc) {
+    let pid = p.child.id();
+    if let Ok(Some(_)) = p.child.try_wait() {
+        return;
+    }
+    unsafe { libc::kill(pid as i32, p.stop_signal) };
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(15) {
+        if let Ok(Some(_)) = p.child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!(
+        "  ({} pid {pid} ignored signal {}: SIGKILL)",
+        p.name, p.stop_signal
+    );
+    let _ = p.child.kill();
+    let _ = p.child.wait();
+}
+
+/// Stops every recorded process, newest first, and removes the state directory.
+fn stop_all() {
+    loop {
+        let Some(p) = procs().pop() else { break };
+        stop_proc(p);
+    }
+    if let Some(dir) = STATE_DIR.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        let _ = fs::remove_dir_all(dir);
+    }
+}
+
+/// Ctrl-c or SIGTERM: stop everything we started, then exit.
+fn install_signal_handler() {
+    std::thread::spawn(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("signal runtime");
+        rt.block_on(async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        });
+        eprintln!("\ninterrupted: stopping every process started by the benchmark");
+        stop_all();
+        std::process::exit(130);
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small helpers.
+
+fn is_root() -> bool {
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Postgres and PgBouncer refuse to run as root: run them as `postgres` (no PAM, so the
+/// raised fd limit is inherited; setpriv execs, so the PID is the server's own).
+fn as_user(bin: &Path) -> Command {
+    if is_root() {
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--reuid=postgres",
+            "--regid=postgres",
+            "--init-groups",
+            "--",
+        ])
+        .arg(bin);
+        c
+    } else {
+        Command::new(bin)
+    }
+}
+
+fn run(cmd: &mut Command, what: &str) -> String {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{what} failed:\n{text}");
+    text
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    path.split(':')
+        .chain(["/usr/sbin", "/usr/bin", "/sbin"])
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn wait_port(port: u16, pid: u32, what: &str, log: &Path) {
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(60) {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return;
+        }
+        if !alive(pid) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!(
+        "{what} did not start listening on {port}; log {}:\n{}",
+        log.display(),
+        fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
+fn pg_bindir() -> PathBuf {
+    if let Ok(dir) = std::env::var("PG_BINDIR") {
+        return PathBuf::from(dir);
+    }
+    let mut dirs: Vec<PathBuf> = fs::read_dir("/usr/lib/postgresql")
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin"))
+                .collect()
+        })
+        .unwrap_or_default();
+    dirs.sort();
+    dirs.into_iter()
+        .rev()
+        .find(|d| d.join("initdb").exists())
+        .or_else(|| which("initdb").and_then(|p| p.parent().map(Path::to_path_buf)))
+        .expect(
+            "PostgreSQL server binaries not found: apt-get install postgresql (or set PG_BINDIR)",
+        )
+}
+
+fn chown_postgres(path: &Path) {
+    if is_root() {
+        run(
+            Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(path),
+            "chown",
+        );
+    }
+}
+
+/// Raises the soft fd limit to the hard one (children inherit it); returns the new limit.
+fn raise_nofile() -> u64 {
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        lim.rlim_cur = lim.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        lim.rlim_cur
+    }
+}
+
+fn clk_tck() -> f64 {
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as f64 } else { 100.0 }
+}
+
+/// utime + stime of a process (all its threads), in seconds.
+fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / clk_tck())
+}
+
+/// A `/proc/PID/status` field in kB (`VmHWM`, `VmRSS`).
+fn status_kb(pid: u32, field: &str) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Resets the process's peak RSS (VmHWM) so the next reading is this run's peak.
+fn reset_hwm(pid: u32) {
+    let _ = fs::write(format!("/proc/{pid}/clear_refs"), "5");
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
+
+fn settle(secs: u64) {
+    std::thread::sleep(Duration::from_secs(secs));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The targets.
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Kind {
+    Direct,
+    PgBouncer,
+    Pooler,
+    /// A second pooler binary (`POOLER_BIN_B`), e.g. a branch build to compare with.
+    PoolerB,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Direct => "direct",
+            Kind::PgBouncer => "pgbouncer",
+            Kind::Pooler => "pooler",
+            Kind::PoolerB => "pooler-b",
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Target {
+    kind: Kind,
+    port: u16,
+    /// The process whose CPU and memory are measured (none for direct Postgres).
+    pid: Option<u32>,
+}
+
+const USER: &str = "app";
+const PASSWORD: &str = "app";
+const DB: &str = "bench";
+
+struct Pg {
+    port: u16,
+    pid: u32,
+}
+
+/// initdb, start, create the role and database, pgbench -i.
+fn start_postgres(opts: &Opts, bindir: &Path, state: &Path) -> Pg {
+    let data = state.join("pg");
+    println!("starting Postgres (initdb in {})", data.display());
+    run(
+        as_user(&bindir.join("initdb"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "postgres", "--auth-local=trust", "--auth-host=md5"])
+            .args(["-E", "UTF8", "--locale=C", "--no-sync"]),
+        "initdb",
+    );
+    let port = free_port();
+    let log = state.join("postgres.log");
+    let pid = spawn(
+        as_user(&bindir.join("postgres"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-c", "listen_addresses=127.0.0.1"])
+            .arg("-c")
+            .arg(format!("port={port}"))
+            .arg("-c")
+            .arg(format!("unix_socket_directories={}", state.display()))
+            .arg("-c")
+            .arg(format!("max_connections={}", opts.pg_max_connections))
+            .args(["-c", "shared_buffers=256MB"])
+            // Keep tpcb CPU-bound rather than bound by this shared disk.
+            .args(["-c", "synchronous_commit=off"])
+            .args(["-c", "password_encryption=md5"])
+            .args(["-c", "log_min_messages=warning"]),
+        "postgres",
+        libc::SIGINT,
+        &log,
+    );
+    let psql = |db: &str, sql: &str| -> std::io::Result<std::process::Output> {
+        Command::new(bindir.join("psql"))
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
+            .arg(state)
+            .arg("-p")
+            .arg(port.to_string())
+            .args(["-U", "postgres", "-d", db, "-Atc", sql])
+            .stdin(Stdio::null())
+            .output()
+    };
+    let start = Instant::now();
+    loop {
+        if psql("postgres", "SELECT 1").is_ok_and(|o| o.status.success()) {
+            break;
+        }
+        assert!(
+            alive(pid) && start.elapsed() < Duration::from_secs(60),
+            "postgres did not start:\n{}",
+            fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for sql in [
+        format!("CREATE ROLE {USER} LOGIN PASSWORD '{PASSWORD}'"),
+        format!("CREATE DATABASE {DB} OWNER {USER}"),
+    ] {
+        let out = psql("postgres", &sql).expect("psql");
+        assert!(
+            out.status.success(),
+            "{sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    println!("pgbench -i -s {} ...", opts.scale);
+    run(
+        Command::new(bindir.join("pgbench"))
+            .args(["-i", "-q", "-s", &opts.scale.to_string(), "-h"])
+            .arg(state)
+            .args(["-p", &port.to_string(), "-U", USER, DB]),
+        "pgbench -i",
+    );
+    Pg { port, pid }
+}
+
+fn write_pooler_config(state: &Path, name: &str, port: u16, pg_port: u16) -> PathBuf {
+    fs::write(
+        state.join("userlist.txt"),
+        format!("\"{USER}\" \"{PASSWORD}\"\n"),
+    )
+    .expect("userlist");
+    let path = state.join(format!("{name}.toml"));
+    fs::write(
+        &path,
+        format!(
+            r#"[pooler]
+listen_addr = "127.0.0.1"
+listen_port = {port}
+pool_mode = "transaction"
+auth_type = "md5"
+auth_file = "userlist.txt"
+default_pool_size = 20
+reserve_pool_size = 5
+reserve_pool_timeout = 3
+max_client_conn = 12000
+ignore_startup_parameters = "extra_float_digits"
+log_connections = false
+log_disconnections = false
+
+[databases.{DB}]
+host = "127.0.0.1"
+port = {pg_port}
+"#
+        ),
+    )
+    .expect("pooler config");
+    path
+}
+
+fn start_pooler(state: &Path, name: &str, pg_port: u16) -> Target {
+    start_pooler_bin(
+        Path::new(env!("CARGO_BIN_EXE_pooler")),
+        Kind::Pooler,
+        state,
+        name,
+        pg_port,
+    )
+}
+
+fn start_pooler_bin(bin: &Path, kind: Kind, state: &Path, name: &str, pg_port: u16) -> Target {
+    let port = free_port();
+    let config = write_pooler_config(state, name, port, pg_port);
+    let log = state.join(format!("{name}.log"));
+    let pid = spawn(
+        Command::new(bin)
+            .arg("--config")
+            .arg(&config)
+            .env("POOLER_LOG", "warn"),
+        name,
+        libc::SIGTERM,
+        &log,
+    );
+    wait_port(port, pid, name, &log);
+    Target {
+        kind,
+        port,
+        pid: Some(pid),
+    }
+}
+
+fn start_pgbouncer(bin: &Path, state: &Path, name: &str, pg_port: u16) -> Target {
+    let dir = state.join(name);
+    fs::create_dir_all(&dir).expect("mkdir");
+    let port = free_port();
+    fs::write(
+        dir.join("userlist.txt"),
+        format!("\"{USER}\" \"{PASSWORD}\"\n"),
+    )
+    .expect("userlist");
+    let ini = dir.join("pgbouncer.ini");
+    fs::write(
+        &ini,
+        format!(
+            "[databases]\n\
+             {DB} = host=127.0.0.1 port={pg_port} dbname={DB}\n\
+             \n\
+             [pgbouncer]\n\
+             listen_addr = 127.0.0.1\n\
+             listen_port = {port}\n\
+             unix_socket_dir = {d}\n\
+             logfile = {d}/pgbouncer.log\n\
+             auth_type = md5\n\
+             auth_file = {d}/userlist.txt\n\
+             pool_mode = transaction\n\
+             default_pool_size = 20\n\
+             reserve_pool_size = 5\n\
+             reserve_pool_timeout = 3\n\
+             max_client_conn = 12000\n\
+             ignore_startup_parameters = extra_float_digits\n\
+             log_connections = 0\n\
+             log_disconnections = 0\n",
+            d = dir.display()
+        ),
+    )
+    .expect("pgbouncer.ini");
+    chown_postgres(&dir);
+    let log = state.join(format!("{name}.out"));
+    let pid = spawn(as_user(bin).arg(&ini), name, libc::SIGINT, &log);
+    wait_port(port, pid, name, &log);
+    Target {
+        kind: Kind::PgBouncer,
+        port,
+        pid: Some(pid),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The pgbench rows.
+
+struct Row {
+    id: &'static str,
+    /// Short label for the chart.
+    short: &'static str,
+    what: &'static str,
+    args: &'static [&'static str],
+    clients: u32,
+}
+
+const SELECT1: &str = "@select1";
+
+const ROWS: &[Row] = &[
+    Row {
+        id: "select_simple_c16",
+        short: "-S c16",
+        what: "`-S` simple",
+        args: &["-S"],
+        clients: 16,
+    },
+    Row {
+        id: "select_simple_c64",
+        short: "-S c64",
+        what: "`-S` simple",
+        args: &["-S"],
+        clients: 64,
+    },
+    Row {
+        id: "select_simple_c256",
+        short: "-S c256",
+        what: "`-S` simple",
+        args: &["-S"],
+        clients: 256,
+    },
+    Row {
+        id: "select_simple_c1000",
+        short: "-S c1000",
+        what: "`-S` simple",
+        args: &["-S"],
+        clients: 1000,
+    },
+    Row {
+        id: "select_extended_c64",
+        short: "ext c64",
+        what: "`-S -M extended`",
+        args: &["-S", "-M", "extended"],
+        clients: 64,
+    },
+    Row {
+        id: "select_extended_c256",
+        short: "ext c256",
+        what: "`-S -M extended`",
+        args: &["-S", "-M", "extended"],
+        clients: 256,
+    },
+    Row {
+        id: "select_prepared_c64",
+        short: "prep c64",
+        what: "`-S -M prepared`",
+        args: &["-S", "-M", "prepared"],
+        clients: 64,
+    },
+    Row {
+        id: "tpcb_c64",
+        short: "tpcb c64",
+        what: "tpcb-like (default)",
+        args: &[],
+        clients: 64,
+    },
+    Row {
+        id: "select_connect_c64",
+        short: "-C c64",
+        what: "`-S -C` (login per txn)",
+        args: &["-S", "-C"],
+        clients: 64,
+    },
+    Row {
+        id: "select1_c256",
+        short: "SEL1 c256",
+        what: "`SELECT 1`",
+        args: &["-f", SELECT1],
+        clients: 256,
+    },
+];
+
+/// One pgbench run.
+#[derive(Clone, Debug, Default)]
+struct Run {
+    ok: bool,
+    tps: f64,
+    latency_ms: f64,
+    txns: u64,
+    failed: u64,
+    error: Option<String>,
+    /// CPU seconds the measured process used during the run.
+    cpu_secs: Option<f64>,
+    /// Its peak RSS during the run, kB.
+    hwm_kb: Option<u64>,
+}
+
+impl Run {
+    fn cpu_us_per_txn(&self) -> Option<f64> {
+        (self.txns > 0)
+            .then_some(())
+            .and(self.cpu_secs)
+            .map(|s| s * 1e6 / self.txns as f64)
+    }
+}
+
+struct Ctx {
+    opts: Opts,
+    bindir: PathBuf,
+    state: PathBuf,
+    raw: PathBuf,
+    runs: usize,
+}
+
+fn parse_after<T: std::str::FromStr>(text: &str, key: &str) -> Option<T> {
+    let line = text.lines().find(|l| l.contains(key))?;
+    let rest = &line[line.find(key)? + key.len()..];
+    let num: String = rest
+        .trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    num.parse().ok()
+}
+
+/// The first error pgbench reports, shortened to its message.
+fn pgbench_error(text: &str) -> Option<String> {
+    let line = text
+        .lines()
+        .find(|l| l.contains("ERROR:") || l.contains("FATAL:") || l.contains("error:"))?;
+    let msg = ["ERROR:", "FATAL:", "error:"]
+        .iter()
+        .filter_map(|k| line.rfind(k).map(|i| &line[i + k.len()..]))
+        .next()
+        .unwrap_or(line)
+        .trim();
+    Some(msg.chars().take(90).collect())
+}
+
+/// Runs pgbench for `secs` against `target`; measures the target's CPU and peak RSS.
+fn pgbench(ctx: &mut Ctx, target: &Target, row: &Row, secs: u64, tag: &str) -> Run {
+    ctx.runs += 1;
+    let select1 = ctx.state.join("select1.sql");
+    if !select1.exists() {
+        fs::write(&select1, "SELECT 1;\n").expect("select1.sql");
+    }
+    let mut cmd = Command::new(ctx.bindir.join("pgbench"));
+    cmd.args(["-n", "-T", &secs.to_string()])
+        .args(["-j", &ctx.opts.jobs.min(row.clients).to_string()])
+        .args(["-c", &row.clients.to_string()])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &target.port.to_string(),
+            "-U",
+            USER,
+        ])
+        .env("PGPASSWORD", PASSWORD);
+    for a in row.args {
+        if *a == SELECT1 {
+            cmd.arg(&select1);
+        } else {
+            cmd.arg(a);
+        }
+    }
+    cmd.arg(DB);
+    let raw = ctx.raw.join(format!(
+        "{:03}_{}_{}_{}.txt",
+        ctx.runs,
+        row.id,
+        target.kind.name(),
+        tag
+    ));
+    if let Some(pid) = target.pid {
+        reset_hwm(pid);
+    }
+    let cpu0 = target.pid.and_then(cpu_secs);
+    let pid = spawn(&mut cmd, "pgbench", libc::SIGINT, &raw);
+    let status = wait_for(pid, Duration::from_secs(secs + 120));
+    let cpu1 = target.pid.and_then(cpu_secs);
+    let text = fs::read_to_string(&raw).unwrap_or_default();
+    let txns = parse_after::<u64>(&text, "number of transactions actually processed:").unwrap_or(0);
+    let failed = parse_after::<u64>(&text, "number of failed transactions:").unwrap_or(0);
+    let tps = parse_after::<f64>(&text, "tps =").unwrap_or(0.0);
+    let ok = status.is_some_and(|s| s.success()) && failed == 0 && txns > 0;
+    Run {
+        ok,
+        tps,
+        latency_ms: parse_after::<f64>(&text, "latency average =").unwrap_or(0.0),
+        txns,
+        failed,
+        error: if ok {
+            None
+        } else {
+            Some(pgbench_error(&text).unwrap_or_else(|| match status {
+                None => "killed at the time limit".into(),
+                Some(s) => format!("pgbench exit {s}"),
+            }))
+        },
+        cpu_secs: match (cpu0, cpu1) {
+            (Some(a), Some(b)) => Some(b - a),
+            _ => None,
+        },
+        hwm_kb: target.pid.and_then(|p| status_kb(p, "VmHWM:")),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// strace: system calls per transaction.
+
+#[derive(Clone, Debug, Default)]
+struct Syscalls {
+    txns: u64,
+    total: u64,
+    by_call: BTreeMap<String, u64>,
+}
+
+impl Syscalls {
+    fn per_txn(&self) -> Option<f64> {
+        (self.txns > 0).then(|| self.total as f64 / self.txns as f64)
+    }
+}
+
+fn parse_strace(text: &str) -> (u64, BTreeMap<String, u64>) {
+    let mut total = 0;
+    let mut by_call = BTreeMap::new();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 5 || f[0].parse::<f64>().is_err() {
+            continue;
+        }
+        let Ok(calls) = f[3].parse::<u64>() else {
+            continue;
+        };
+        let name = f[f.len() - 1];
+        if name == "total" {
+            total = calls;
+        } else {
+            by_call.insert(name.to_string(), calls);
+        }
+    }
+    (total, by_call)
+}
+
+fn strace_run(ctx: &mut Ctx, strace: &Path, target: &Target, row: &Row) -> Option<Syscalls> {
+    let pid = target.pid?;
+    let out = ctx
+        .raw
+        .join(format!("strace_{}_{}.txt", row.id, target.kind.name()));
+    let log = ctx
+        .raw
+        .join(format!("strace_{}_{}.log", row.id, target.kind.name()));
+    let tracer = spawn(
+        Command::new(strace)
+            .args(["-c", "-f", "-p", &pid.to_string(), "-o"])
+            .arg(&out),
+        "strace",
+        libc::SIGINT,
+        &log,
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    let secs = ctx.opts.strace_secs;
+    let run = pgbench(ctx, target, row, secs, "strace");
+    stop(tracer);
+    let (total, by_call) = parse_strace(&fs::read_to_string(&out).unwrap_or_default());
+    (run.txns > 0 && total > 0).then_some(Syscalls {
+        txns: run.txns,
+        total,
+        by_call,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Idle clients: RSS with N logged-in clients.
+
+mod idle {
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    fn io_err(msg: String) -> std::io::Error {
+        std::io::Error::other(msg)
+    }
+
+    /// Reads one typed message: (tag, body).
+    async fn read_msg(s: &mut TcpStream) -> std::io::Result<(u8, Vec<u8>)> {
+        let mut head = [0u8; 5];
+        s.read_exact(&mut head).await?;
+        let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]);
+        if !(4..=1 << 20).contains(&len) {
+            return Err(io_err(format!("bad length {len}")));
+        }
+        let mut body = vec![0u8; len as usize - 4];
+        s.read_exact(&mut body).await?;
+        Ok((head[0], body))
+    }
+
+    async fn until_ready(s: &mut TcpStream, user: &str, password: &str) -> std::io::Result<()> {
+        loop {
+            let (tag, body) = read_msg(s).await?;
+            match tag {
+                b'R' if body.len() >= 4 => {
+                    match i32::from_be_bytes([body[0], body[1], body[2], body[3]]) {
+                        0 => {}
+                        3 => {
+                            let mut m = vec![b'p'];
+                            m.extend_from_slice(&(5 + password.len() as i32).to_be_bytes());
+                            m.extend_from_slice(password.as_bytes());
+                            m.push(0);
+                            s.write_all(&m).await?;
+                        }
+                        5 if body.len() >= 8 => {
+                            let salt = [body[4], body[5], body[6], body[7]];
+                            let secret = pooler::auth::md5_secret(user, password);
+                            let answer = pooler::auth::md5_response(&secret, salt);
+                            let mut m = vec![b'p'];
+                            m.extend_from_slice(&(5 + answer.len() as i32).to_be_bytes());
+                            m.extend_from_slice(answer.as_bytes());
+                            m.push(0);
+                            s.write_all(&m).await?;
+                        }
+                        other => return Err(io_err(format!("unsupported auth request {other}"))),
+                    }
+                }
+                b'E' => return Err(io_err(String::from_utf8_lossy(&body).replace('\0', " "))),
+                b'Z' => return Ok(()),
+                _ => {}
+            }
+        }
+    }
+
+    /// Connects and logs in; the connection is then idle, outside a transaction.
+    pub async fn login(
+        port: u16,
+        user: &str,
+        password: &str,
+        db: &str,
+    ) -> std::io::Result<TcpStream> {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await?;
+        let mut body = Vec::new();
+        body.extend_from_slice(&196_608i32.to_be_bytes());
+        for (k, v) in [("user", user), ("database", db)] {
+            body.extend_from_slice(k.as_bytes());
+            body.push(0);
+            body.extend_from_slice(v.as_bytes());
+            body.push(0);
+        }
+        body.push(0);
+        let mut m = (4 + body.len() as i32).to_be_bytes().to_vec();
+        m.extend_from_slice(&body);
+        s.write_all(&m).await?;
+        tokio::time::timeout(Duration::from_secs(60), until_ready(&mut s, user, password))
+            .await
+            .map_err(|_| io_err("login timed out".into()))??;
+        Ok(s)
+    }
+
+    /// One `SELECT 1`, read up to ReadyForQuery.
+    pub async fn select1(s: &mut TcpStream) -> std::io::Result<()> {
+        let q = b"SELECT 1\0";
+        let mut m = vec![b'Q'];
+        m.extend_from_slice(&(4 + q.len() as i32).to_be_bytes());
+        m.extend_from_slice(q);
+        s.write_all(&m).await?;
+        tokio::time::timeout(Duration::from_secs(60), async {
+            loop {
+                let (tag, body) = read_msg(s).await?;
+                match tag {
+                    b'E' => return Err(io_err(String::from_utf8_lossy(&body).into())),
+                    b'Z' => return Ok(()),
+                    _ => {}
+                }
+            }
+        })
+        .await
+        .map_err(|_| io_err("query timed out".into()))?
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+struct IdleResult {
+    clients: usize,
+    errors: usize,
+    first_error: Option<String>,
+    base_kb: u64,
+    login_kb: u64,
+    after_query_kb: u64,
+}
+
+impl IdleResult {
+    fn per_client(&self, kb: u64) -> f64 {
+        (kb.saturating_sub(self.base_kb) * 1024) as f64 / self.clients.max(1) as f64
+    }
+}
+
+/// RSS of a process, kB.
+fn rss_kb(pid: u32) -> impl Fn() -> u64 {
+    move || status_kb(pid, "VmRSS:").unwrap_or(0)
+}
+
+/// Opens `n` idle clients to `port`; `measure` (kB) is read before, after the logins and
+/// after one query on each.
+fn idle_clients(port: u16, n: usize, measure: &dyn Fn() -> u64) -> IdleResult {
+    use futures_util::StreamExt;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut r = IdleResult {
+        base_kb: measure(),
+        ..Default::default()
+    };
+    rt.block_on(async {
+        let deadline = Duration::from_secs(300);
+        let logins = futures_util::stream::iter(0..n)
+            .map(|_| idle::login(port, USER, PASSWORD, DB))
+            .buffer_unordered(200)
+            .collect::<Vec<_>>();
+        let results = tokio::time::timeout(deadline, logins)
+            .await
+            .unwrap_or_default();
+        let mut streams = Vec::with_capacity(n);
+        for res in results {
+            match res {
+                Ok(s) => streams.push(s),
+                Err(e) => {
+                    r.errors += 1;
+                    r.first_error.get_or_insert(e.to_string());
+                }
+            }
+        }
+        r.clients = streams.len();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        r.login_kb = measure();
+        let queries = futures_util::stream::iter(streams.iter_mut())
+            .map(idle::select1)
+            .buffer_unordered(200)
+            .collect::<Vec<_>>();
+        for res in tokio::time::timeout(deadline, queries)
+            .await
+            .unwrap_or_default()
+        {
+            if let Err(e) = res {
+                r.errors += 1;
+                r.first_error.get_or_insert(e.to_string());
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        r.after_query_kb = measure();
+        drop(streams);
+    });
+    rt.shutdown_timeout(Duration::from_secs(5));
+    r
+}
+
+// ---------------------------------------------------------------------------------------------
+// Allocations per transaction: the pooler in this process, pgbench outside.
+
+struct AllocResult {
+    what: String,
+    txns: u64,
+    tps: f64,
+    allocs_per_txn: f64,
+    bytes_per_txn: f64,
+}
+
+fn inprocess_allocs(
+    ctx: &mut Ctx,
+    pg_port: u16,
+    idle_n: usize,
+) -> (Vec<AllocResult>, Option<IdleResult>) {
+    let port = free_port();
+    let config = write_pooler_config(&ctx.state, "pooler-inprocess", port, pg_port);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .on_thread_start(|| POOLER_THREAD.with(|t| t.set(true)))
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let running = rt.block_on(async {
+        let app = pooler::app::App::new(pooler::config::Config::load(&config).expect("config"))
+            .expect("app");
+        pooler::listener::Running::start(app).await.expect("listen")
+    });
+    let target = Target {
+        kind: Kind::Pooler,
+        port: running.addr.port(),
+        pid: None,
+    };
+    let mut out = Vec::new();
+    // Warm up: the pool opens its servers.
+    pgbench(ctx, &target, &ROWS[1], 1, "alloc-warmup");
+    for row in [&ROWS[0], &ROWS[1], &ROWS[4], &ROWS[7], &ROWS[8]] {
+        let (a0, b0) = (
+            ALLOCS.load(Ordering::Relaxed),
+            ALLOC_BYTES.load(Ordering::Relaxed),
+        );
+        let run = pgbench(ctx, &target, row, 3, "alloc");
+        let (a1, b1) = (
+            ALLOCS.load(Ordering::Relaxed),
+            ALLOC_BYTES.load(Ordering::Relaxed),
+        );
+        if run.txns > 0 {
+            out.push(AllocResult {
+                what: format!("{} c{}", row.what, row.clients),
+                txns: run.txns,
+                tps: run.tps,
+                allocs_per_txn: (a1 - a0) as f64 / run.txns as f64,
+                bytes_per_txn: (b1 - b0) as f64 / run.txns as f64,
+            });
+        }
+        settle(ctx.opts.settle);
+    }
+    // Live heap of the pooler's threads with idle clients (this process holds both ends of
+    // every connection, hence fewer clients than the RSS test).
+    let idle = (idle_n > 0).then(|| {
+        settle(ctx.opts.settle);
+        let live_kb = || (POOLER_LIVE.load(Ordering::Relaxed).max(0) / 1024) as u64;
+        idle_clients(target.port, idle_n, &live_kb)
+    });
+    drop(running);
+    rt.shutdown_timeout(Duration::from_secs(5));
+    (out, idle)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Report.
+
+fn fmt_num(v: f64) -> String {
+    let s = format!("{:.0}", v);
+    let bytes = s.as_bytes();
+    let mut out = String::new();
+    for (i, c) in bytes.iter().enumerate() {
+        if i > 0 && (bytes.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(*c as char);
+    }
+    out
+}
+
+fn opt(v: Option<f64>, prec: usize) -> String {
+    v.map(|x| format!("{x:.prec$}"))
+        .unwrap_or_else(|| "—".into())
+}
+
+/// Median figures of one (row, target).
+#[derive(Clone, Debug, Default)]
+struct Cell {
+    tps: Option<f64>,
+    latency_ms: Option<f64>,
+    cpu_us: Option<f64>,
+    hwm_kb: Option<f64>,
+    failures: usize,
+    runs: usize,
+    error: Option<String>,
+}
+
+fn cell(runs: &[Run]) -> Cell {
+    let ok: Vec<&Run> = runs.iter().filter(|r| r.ok).collect();
+    Cell {
+        tps: median(ok.iter().map(|r| r.tps).collect()),
+        latency_ms: median(ok.iter().map(|r| r.latency_ms).collect()),
+        cpu_us: median(ok.iter().filter_map(|r| r.cpu_us_per_txn()).collect()),
+        hwm_kb: median(
+            ok.iter()
+                .filter_map(|r| r.hwm_kb.map(|k| k as f64))
+                .collect(),
+        ),
+        failures: runs.len() - ok.len(),
+        runs: runs.len(),
+        error: runs.iter().find_map(|r| r.error.clone()),
+    }
+}
+
+struct Notes(Vec<String>);
+
+impl Notes {
+    fn tps(&mut self, c: Option<&Cell>, who: &str, row: &Row) -> String {
+        let Some(c) = c else { return "—".into() };
+        match (c.tps, c.failures) {
+            (Some(t), 0) => fmt_num(t),
+            (t, f) => {
+                self.0.push(format!(
+                    "{} on {}: {f}/{} runs failed: {}",
+                    row.id,
+                    who,
+                    c.runs,
+                    c.error.as_deref().unwrap_or("?")
+                ));
+                let n = self.0.len();
+                match t {
+                    Some(t) => format!("{} ({f}/{} failed [{n}])", fmt_num(t), c.runs),
+                    None => format!("fails [{n}]"),
+                }
+            }
+        }
+    }
+}
+
+struct Machine {
+    nproc: String,
+    cpu: String,
+    kernel: String,
+    postgres: String,
+    pgbouncer: String,
+    commit: String,
+}
+
+fn machine(bindir: &Path, pgbouncer: Option<&Path>) -> Machine {
+    let out = |cmd: &mut Command| {
+        cmd.stdin(Stdio::null())
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_string()
+            })
+            .unwrap_or_default()
+    };
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    Machine {
+        nproc: std::thread::available_parallelism()
+            .map(|n| n.to_string())
+            .unwrap_or_default(),
+        cpu: cpuinfo
+            .lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split(':').nth(1))
+            .unwrap_or("?")
+            .trim()
+            .to_string(),
+        kernel: out(Command::new("uname").arg("-r")),
+        postgres: out(Command::new(bindir.join("postgres")).arg("--version")),
+        pgbouncer: pgbouncer
+            .map(|b| out(Command::new(b).arg("--version")))
+            .unwrap_or_else(|| "not installed".into()),
+        commit: out(Command::new("git").args([
+            "-C",
+            env!("CARGO_MANIFEST_DIR"),
+            "rev-parse",
+            "--short",
+            "HEAD",
+        ])),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Chart.
+
+fn find_font() -> Option<&'static [u8]> {
+    let candidates = [
+        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+        "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+        "/usr/share/fonts/TTF/DejaVuSans.ttf",
+        "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+        "/usr/share/fonts/truetype/freefont/FreeSans.ttf",
+    ];
+    let bytes = std::env::var("CHART_FONT")
+        .ok()
+        .into_iter()
+        .chain(candidates.iter().map(|s| s.to_string()))
+        .find_map(|p| fs::read(p).ok())?;
+    Some(Box::leak(bytes.into_boxed_slice()))
+}
+
+type Results = BTreeMap<(&'static str, Kind), Cell>;
+
+fn chart(path: &Path, rows: &[&Row], cells: &Results, title: &str) -> Result<(), String> {
+    use plotters::prelude::*;
+    let font = find_font()
+        .ok_or("no TrueType font found (apt-get install fonts-dejavu-core, or set CHART_FONT)")?;
+    plotters::style::register_font("sans-serif", FontStyle::Normal, font)
+        .map_err(|_| "bad font".to_string())?;
+    let e = |e: &dyn std::fmt::Display| e.to_string();
+    let root = BitMapBackend::new(path, (1400, 1000)).into_drawing_area();
+    root.fill(&WHITE).map_err(|x| e(&x))?;
+    let root = root.titled(title, ("sans-serif", 20)).map_err(|x| e(&x))?;
+    let (top, bottom) = root.split_vertically(560);
+    let n = rows.len();
+    let colors = |k: Kind| match k {
+        Kind::Direct => RGBColor(160, 160, 160),
+        Kind::PgBouncer => RGBColor(66, 133, 244),
+        Kind::Pooler => RGBColor(230, 110, 20),
+        Kind::PoolerB => RGBColor(120, 60, 160),
+    };
+    let label = |x: &f64| -> String {
+        let i = x.round();
+        if (x - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < n {
+            rows[i as usize].short.to_string()
+        } else {
+            String::new()
+        }
+    };
+    let int = |y: &f64| format!("{y:.0}");
+    let small = ("sans-serif", 13).into_font();
+
+    // One panel of grouped bars: `value` per (row, kind), failures marked.
+    let panel = |area: &DrawingArea<BitMapBackend, plotters::coord::Shift>,
+                 caption: &str,
+                 y_desc: &str,
+                 kinds: &[Kind],
+                 value: &dyn Fn(&Cell) -> Option<f64>,
+                 ratios: bool|
+     -> Result<(), String> {
+        let max = cells
+            .values()
+            .filter_map(value)
+            .filter(|v| v.is_finite())
+            .fold(1.0f64, f64::max)
+            * 1.3;
+        let mut c = ChartBuilder::on(area)
+            .caption(caption, ("sans-serif", 17))
+            .margin(12)
+            .x_label_area_size(34)
+            .y_label_area_size(70)
+            .build_cartesian_2d(-0.5f64..(n as f64 - 0.5), 0f64..max)
+            .map_err(|x| e(&x))?;
+        c.configure_mesh()
+            .disable_x_mesh()
+            .x_labels(n)
+            .x_label_formatter(&label)
+            .y_label_formatter(&int)
+            .y_desc(y_desc)
+            .label_style(("sans-serif", 14))
+            .draw()
+            .map_err(|x| e(&x))?;
+        let w = 0.8 / kinds.len() as f64;
+        for (s, kind) in kinds.iter().enumerate() {
+            let color = colors(*kind);
+            let x0 = |i: usize| i as f64 - 0.4 + s as f64 * w;
+            let bars: Vec<_> = rows
+                .iter()
+                .enumerate()
+                .filter_map(|(i, r)| {
+                    let v = value(cells.get(&(r.id, *kind))?)?;
+                    Some(Rectangle::new(
+                        [(x0(i), 0.0), (x0(i) + w * 0.92, v)],
+                        color.filled(),
+                    ))
+                })
+                .collect();
+            c.draw_series(bars)
+                .map_err(|x| e(&x))?
+                .label(kind.name())
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled())
+                });
+            // A run that failed has no bar: say so where it would be.
+            let fails: Vec<_> = rows
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| {
+                    cells
+                        .get(&(r.id, *kind))
+                        .is_some_and(|c| c.failures > 0 && value(c).is_none())
+                })
+                .map(|(i, _)| Text::new("fail", (x0(i), max * 0.03), small.clone()))
+                .collect();
+            c.draw_series(fails).map_err(|x| e(&x))?;
+        }
+        if ratios {
+            // pooler / PgBouncer above the pooler's bar.
+            let s = kinds.iter().position(|k| *k == Kind::Pooler).unwrap_or(0);
+            let texts: Vec<_> = rows
+                .iter()
+                .enumerate()
+                .filter_map(|(i, r)| {
+                    let p = value(cells.get(&(r.id, Kind::Pooler))?)?;
+                    let b = value(cells.get(&(r.id, Kind::PgBouncer))?)?;
+                    Some(Text::new(
+                        format!("{:.2}x", p / b),
+                        (i as f64 - 0.4 + s as f64 * w - 0.05, p + max * 0.04),
+                        small.clone(),
+                    ))
+                })
+                .collect();
+            c.draw_series(texts).map_err(|x| e(&x))?;
+        }
+        c.configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 14))
+            .draw()
+            .map_err(|x| e(&x))?;
+        Ok(())
+    };
+    panel(
+        &top,
+        "median tps per row (higher is better; label: pooler / PgBouncer)",
+        "tps",
+        &[Kind::Direct, Kind::PgBouncer, Kind::Pooler],
+        &|c| c.tps,
+        true,
+    )?;
+    panel(
+        &bottom,
+        "CPU µs per transaction of the pooler / PgBouncer process (lower is better; label: pooler / PgBouncer)",
+        "CPU µs / txn",
+        &[Kind::PgBouncer, Kind::Pooler],
+        &|c| c.cpu_us,
+        true,
+    )?;
+    root.present().map_err(|x| e(&x))?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Main.
+
+fn main() {
+    // `cargo test --benches` runs bench targets too: this one only runs under `cargo bench`.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("load bench: run it with `cargo bench --bench load` (skipped)");
+        return;
+    }
+    install_signal_handler();
+    let outcome = std::panic::catch_unwind(real_main);
+    stop_all();
+    if outcome.is_err() {
+        eprintln!("load bench failed; every process it started has been stopped");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() {
+    let opts = Opts::from_env();
+    let bindir = pg_bindir();
+    let nofile = raise_nofile();
+    let pgbouncer_bin = if opts.pgbouncer {
+        which("pgbouncer")
+    } else {
+        None
+    };
+    let strace = (opts.strace_secs > 0).then(|| which("strace")).flatten();
+    let taskset = if opts.taskset { which("taskset") } else { None };
+    let pooler_b = std::env::var("POOLER_BIN_B")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from);
+    if is_root()
+        && Command::new("id")
+            .arg("postgres")
+            .output()
+            .is_ok_and(|o| !o.status.success())
+    {
+        run(
+            Command::new("useradd").args([
+                "--system",
+                "--create-home",
+                "--shell",
+                "/bin/bash",
+                "postgres",
+            ]),
+            "useradd postgres",
+        );
+    }
+
+    let stamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let results_dir = std::env::var("RESULTS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            let target = std::env::var("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+            target.join("bench-load").join(stamp.to_string())
+        });
+    let raw = results_dir.join("raw");
+    fs::create_dir_all(&raw).expect("results dir");
+    let state = std::env::temp_dir().join(format!("pooler-bench-{}", std::process::id()));
+    fs::create_dir_all(&state).expect("state dir");
+    *STATE_DIR.lock().unwrap_or_else(|e| e.into_inner()) = Some(state.clone());
+    chown_postgres(&state);
+
+    let rows: Vec<&Row> = ROWS
+        .iter()
+        .filter(|r| {
+            opts.rows
+                .as_ref()
+                .is_none_or(|ids| ids.iter().any(|i| i == r.id))
+        })
+        .collect();
+    let m = machine(&bindir, pgbouncer_bin.as_deref());
+    let mut header = String::new();
+    let _ = writeln!(header, "# pooler load benchmark\n");
+    let _ = writeln!(
+        header,
+        "machine: {} CPUs ({}), kernel {}; {}; PgBouncer: {}; pooler commit {}",
+        m.nproc, m.cpu, m.kernel, m.postgres, m.pgbouncer, m.commit
+    );
+    let _ = writeln!(
+        header,
+        "settings: DURATION={}s REPEAT={} JOBS={} SCALE={} pool 20 (+5 reserve), transaction mode, md5; \
+         Postgres max_connections={}; fd limit {nofile}",
+        opts.duration, opts.repeat, opts.jobs, opts.scale, opts.pg_max_connections
+    );
+    let _ = writeln!(
+        header,
+        "\nNOTE: on this shared 2-core box absolute tps swing by up to 45 % between runs minutes apart. \
+         Trust CPU µs per transaction, system calls per transaction and the ratios measured in the \
+         same run (targets run back to back per row, order rotated per repetition), not absolute tps."
+    );
+    print!("{header}");
+    if pgbouncer_bin.is_none() {
+        println!(
+            "(pgbouncer not installed or PGBOUNCER=0: apt-get install -y pgbouncer to compare)"
+        );
+    }
+    if strace.is_none() && opts.strace_secs > 0 {
+        println!(
+            "(strace not installed: apt-get install -y strace for system calls per transaction)"
+        );
+    }
+    let kinds: Vec<Kind> = [
+        opts.direct.then_some(Kind::Direct),
+        pgbouncer_bin.as_ref().map(|_| Kind::PgBouncer),
+        Some(Kind::Pooler),
+        pooler_b.as_ref().map(|_| Kind::PoolerB),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let est = rows.len() as u64
+        * kinds.len() as u64
+        * opts.repeat as u64
+        * (opts.duration + opts.settle + 1);
+    println!(
+        "{} rows x {} targets x {} repetitions: about {} min of pgbench, plus setup, strace, taskset and idle runs",
+        rows.len(),
+        kinds.len(),
+        opts.repeat,
+        est.div_ceil(60)
+    );
+    println!("results: {}\n", results_dir.display());
+
+    let pg = start_postgres(&opts, &bindir, &state);
+    let mut ctx = Ctx {
+        opts,
+        bindir,
+        state: state.clone(),
+        raw,
+        runs: 0,
+    };
+    let mut targets = vec![];
+    for kind in &kinds {
+        targets.push(match kind {
+            Kind::Direct => Target {
+                kind: Kind::Direct,
+                port: pg.port,
+                pid: None,
+            },
+            Kind::PgBouncer => start_pgbouncer(
+                pgbouncer_bin.as_deref().expect("pgbouncer"),
+                &state,
+                "pgbouncer",
+                pg.port,
+            ),
+            Kind::Pooler => start_pooler(&state, "pooler", pg.port),
+            Kind::PoolerB => start_pooler_bin(
+                pooler_b.as_deref().expect("pooler-b"),
+                Kind::PoolerB,
+                &state,
+                "pooler-b",
+                pg.port,
+            ),
+        });
+    }
+    for t in &targets {
+        println!(
+            "{:<10} 127.0.0.1:{} pid {}",
+            t.kind.name(),
+            t.port,
+            t.pid
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| format!("(postgres {})", pg.pid))
+        );
+    }
+
+    // The matrix.
+    let duration = ctx.opts.duration;
+    let mut csv = String::from(
+        "row,clients,target,rep,ok,tps,latency_ms,txns,failed,cpu_us_per_txn,peak_rss_kb,error\n",
+    );
+    let mut all: BTreeMap<(&'static str, Kind), Vec<Run>> = BTreeMap::new();
+    for row in &rows {
+        println!("\n{} ({} clients)", row.id, row.clients);
+        for rep in 0..ctx.opts.repeat {
+            for i in 0..targets.len() {
+                let t = targets[(i + rep) % targets.len()];
+                let r = pgbench(&mut ctx, &t, row, duration, &format!("r{rep}"));
+                println!(
+                    "  rep {rep} {:<10} {:>10} tps  lat {:>7.3} ms  cpu {:>7} µs/txn{}",
+                    t.kind.name(),
+                    fmt_num(r.tps),
+                    r.latency_ms,
+                    opt(r.cpu_us_per_txn(), 1),
+                    r.error
+                        .as_ref()
+                        .map(|e| format!("  FAILED: {e}"))
+                        .unwrap_or_default()
+                );
+                let _ = writeln!(
+                    csv,
+                    "{},{},{},{rep},{},{:.1},{:.3},{},{},{},{},\"{}\"",
+                    row.id,
+                    row.clients,
+                    t.kind.name(),
+                    r.ok,
+                    r.tps,
+                    r.latency_ms,
+                    r.txns,
+                    r.failed,
+                    opt(r.cpu_us_per_txn(), 2),
+                    r.hwm_kb.map(|k| k.to_string()).unwrap_or_default(),
+                    r.error.clone().unwrap_or_default().replace('"', "'")
+                );
+                all.entry((row.id, t.kind)).or_default().push(r);
+                settle(ctx.opts.settle);
+            }
+        }
+    }
+    let cells: Results = all.iter().map(|(k, v)| (*k, cell(v))).collect();
+
+    // System calls per transaction.
+    let mut syscalls: BTreeMap<(&'static str, Kind), Syscalls> = BTreeMap::new();
+    if let Some(strace) = &strace {
+        println!("\nstrace -c -f ({} s runs)", ctx.opts.strace_secs);
+        for row in &rows {
+            for t in targets.iter().filter(|t| t.pid.is_some()) {
+                if let Some(s) = strace_run(&mut ctx, strace, t, row) {
+                    println!(
+                        "  {:<22} {:<10} {:>6.1} syscalls/txn",
+                        row.id,
+                        t.kind.name(),
+                        s.per_txn().unwrap_or(0.0)
+                    );
+                    syscalls.insert((row.id, t.kind), s);
+                }
+                settle(ctx.opts.settle);
+            }
+        }
+    }
+
+    // The pooler on one core against two.
+    let mut pinning: Vec<(&'static str, &'static str, Vec<Run>)> = Vec::new();
+    let pooler_target = *targets
+        .iter()
+        .find(|t| t.kind == Kind::Pooler)
+        .expect("pooler");
+    if let (Some(taskset), Some(pid)) = (&taskset, pooler_target.pid) {
+        let all_cpus = format!(
+            "0-{}",
+            m.nproc.parse::<usize>().unwrap_or(2).saturating_sub(1)
+        );
+        println!("\ntaskset: the pooler on one core vs all ({all_cpus})");
+        for row in ROWS
+            .iter()
+            .filter(|r| r.id == "select_simple_c256" || r.id == "select1_c256")
+        {
+            let mut one = Vec::new();
+            let mut both = Vec::new();
+            for rep in 0..ctx.opts.repeat {
+                for (cpus, runs) in [("0", &mut one), (all_cpus.as_str(), &mut both)] {
+                    run(
+                        Command::new(taskset).args(["-a", "-p", "-c", cpus, &pid.to_string()]),
+                        "taskset",
+                    );
+                    let r = pgbench(
+                        &mut ctx,
+                        &pooler_target,
+                        row,
+                        duration,
+                        &format!("cpus{cpus}-r{rep}"),
+                    );
+                    println!(
+                        "  {:<20} cpus {:<4} {:>10} tps  cpu {:>6} µs/txn",
+                        row.id,
+                        cpus,
+                        fmt_num(r.tps),
+                        opt(r.cpu_us_per_txn(), 1)
+                    );
+                    runs.push(r);
+                    settle(ctx.opts.settle);
+                }
+            }
+            pinning.push((row.id, "1 core", one));
+            pinning.push((row.id, "2 cores", both));
+        }
+        run(
+            Command::new(taskset).args(["-a", "-p", "-c", &all_cpus, &pid.to_string()]),
+            "taskset",
+        );
+    }
+
+    // Stop the measured poolers: the idle test starts fresh ones, the allocation count runs
+    // the pooler in this process.
+    for t in &targets {
+        if let Some(pid) = t.pid {
+            stop(pid);
+        }
+    }
+
+    let mut idle_heap: Option<IdleResult> = None;
+    let allocs = if ctx.opts.allocs {
+        println!("\nheap allocations per transaction (pooler in this process, counting allocator)");
+        let idle_n = ctx
+            .opts
+            .idle_clients
+            .min(nofile.saturating_sub(500) as usize / 2);
+        let (a, live) = inprocess_allocs(&mut ctx, pg.port, idle_n);
+        if let Some(r) = &live {
+            println!(
+                "  {} idle clients: live heap of the pooler's threads {} -> {} kB after login ({:.0} B/client), {} kB after one query each ({:.0} B/client)",
+                r.clients,
+                r.base_kb,
+                r.login_kb,
+                r.per_client(r.login_kb),
+                r.after_query_kb,
+                r.per_client(r.after_query_kb)
+            );
+            idle_heap = Some(r.clone());
+        }
+        for x in &a {
+            println!(
+                "  {:<32} {:>8.2} allocs/txn {:>9.0} bytes/txn",
+                x.what, x.allocs_per_txn, x.bytes_per_txn
+            );
+        }
+        a
+    } else {
+        Vec::new()
+    };
+
+    let mut idle: Vec<(Kind, IdleResult)> = Vec::new();
+    if ctx.opts.idle_clients > 0 {
+        let n = ctx
+            .opts
+            .idle_clients
+            .min(nofile.saturating_sub(200) as usize);
+        println!("\n{n} idle clients (logged in, outside a transaction)");
+        let mut fresh = vec![start_pooler(&state, "pooler-idle", pg.port)];
+        if let Some(bin) = &pgbouncer_bin {
+            fresh.push(start_pgbouncer(bin, &state, "pgbouncer-idle", pg.port));
+        }
+        for t in &fresh {
+            std::thread::sleep(Duration::from_millis(500));
+            let r = idle_clients(t.port, n, &rss_kb(t.pid.expect("pid")));
+            println!(
+                "  {:<10} {} clients ({} errors{}): RSS {} -> {} kB after login ({:.0} B/client), {} kB after one query each ({:.0} B/client)",
+                t.kind.name(),
+                r.clients,
+                r.errors,
+                r.first_error
+                    .as_ref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default(),
+                r.base_kb,
+                r.login_kb,
+                r.per_client(r.login_kb),
+                r.after_query_kb,
+                r.per_client(r.after_query_kb)
+            );
+            idle.push((t.kind, r));
+            stop(t.pid.expect("pid"));
+            settle(ctx.opts.settle);
+        }
+    }
+
+    // The report.
+    let mut md = header.clone();
+    let mut notes = Notes(Vec::new());
+    let has = |k: Kind| kinds.contains(&k);
+    let _ = writeln!(
+        md,
+        "\n## Median of {} runs per row and target\n",
+        ctx.opts.repeat
+    );
+    let _ = writeln!(
+        md,
+        "| row | clients | direct tps | PgBouncer tps | pooler tps | pooler / PgBouncer | latency ms direct / PgB / pooler | CPU µs/txn PgB / pooler | syscalls/txn PgB / pooler | peak RSS MiB PgB / pooler |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
+    for row in &rows {
+        let get = |k: Kind| cells.get(&(row.id, k));
+        let direct = if has(Kind::Direct) {
+            notes.tps(get(Kind::Direct), "direct", row)
+        } else {
+            "—".into()
+        };
+        let bouncer = if has(Kind::PgBouncer) {
+            notes.tps(get(Kind::PgBouncer), "PgBouncer", row)
+        } else {
+            "—".into()
+        };
+        let pooler = notes.tps(get(Kind::Pooler), "pooler", row);
+        let ratio = match (
+            get(Kind::Pooler).and_then(|c| c.tps),
+            get(Kind::PgBouncer).and_then(|c| c.tps),
+        ) {
+            (Some(p), Some(b)) if b > 0.0 => format!("**{:.2}**", p / b),
+            _ => "—".into(),
+        };
+        let f =
+            |k: Kind, g: &dyn Fn(&Cell) -> Option<f64>, prec: usize| opt(get(k).and_then(g), prec);
+        let sc = |k: Kind| opt(syscalls.get(&(row.id, k)).and_then(Syscalls::per_txn), 1);
+        let _ = writeln!(
+            md,
+            "| {} | {} | {direct} | {bouncer} | {pooler} | {ratio} | {} / {} / {} | {} / {} | {} / {} | {} / {} |",
+            row.what,
+            row.clients,
+            f(Kind::Direct, &|c| c.latency_ms, 2),
+            f(Kind::PgBouncer, &|c| c.latency_ms, 2),
+            f(Kind::Pooler, &|c| c.latency_ms, 2),
+            f(Kind::PgBouncer, &|c| c.cpu_us, 1),
+            f(Kind::Pooler, &|c| c.cpu_us, 1),
+            sc(Kind::PgBouncer),
+            sc(Kind::Pooler),
+            f(Kind::PgBouncer, &|c| c.hwm_kb.map(|k| k / 1024.0), 1),
+            f(Kind::Pooler, &|c| c.hwm_kb.map(|k| k / 1024.0), 1),
+        );
+    }
+    if !notes.0.is_empty() {
+        md.push('\n');
+        for (i, n) in notes.0.iter().enumerate() {
+            let _ = writeln!(md, "[{}] {n}  ", i + 1);
+        }
+    }
+
+    if has(Kind::PoolerB) {
+        let _ = writeln!(
+            md,
+            "\n## pooler-b ({}) against pooler (this build), same run\n",
+            pooler_b
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        );
+        let _ = writeln!(
+            md,
+            "| row | clients | pooler tps | pooler-b tps | b / pooler | b / PgBouncer | CPU µs/txn pooler / b | syscalls/txn pooler / b |\n|---|---|---|---|---|---|---|---|"
+        );
+        for row in &rows {
+            let get = |k: Kind| cells.get(&(row.id, k));
+            let tps = |k: Kind| get(k).and_then(|c| c.tps);
+            let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+                (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+                _ => "—".into(),
+            };
+            let sc = |k: Kind| opt(syscalls.get(&(row.id, k)).and_then(Syscalls::per_txn), 1);
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | **{}** | {} | {} / {} | {} / {} |",
+                row.what,
+                row.clients,
+                tps(Kind::Pooler).map(fmt_num).unwrap_or_else(|| "—".into()),
+                tps(Kind::PoolerB)
+                    .map(fmt_num)
+                    .unwrap_or_else(|| "—".into()),
+                ratio(tps(Kind::PoolerB), tps(Kind::Pooler)),
+                ratio(tps(Kind::PoolerB), tps(Kind::PgBouncer)),
+                opt(get(Kind::Pooler).and_then(|c| c.cpu_us), 1),
+                opt(get(Kind::PoolerB).and_then(|c| c.cpu_us), 1),
+                sc(Kind::Pooler),
+                sc(Kind::PoolerB),
+            );
+        }
+    }
+
+    if !syscalls.is_empty() {
+        let _ = writeln!(
+            md,
+            "\n## System calls per transaction, by call (strace -c -f, {} s runs)\n",
+            ctx.opts.strace_secs
+        );
+        for row in rows.iter().filter(|r| r.id != "select_simple_c1000") {
+            let mut names: Vec<String> = Vec::new();
+            for k in [Kind::PgBouncer, Kind::Pooler, Kind::PoolerB] {
+                if let Some(s) = syscalls.get(&(row.id, k)) {
+                    let mut v: Vec<(&String, &u64)> = s.by_call.iter().collect();
+                    v.sort_by(|a, b| b.1.cmp(a.1));
+                    for (n, _) in v.into_iter().take(8) {
+                        if !names.contains(n) {
+                            names.push(n.clone());
+                        }
+                    }
+                }
+            }
+            if names.is_empty() {
+                continue;
+            }
+            let _ = writeln!(md, "{} at {} clients:\n", row.what, row.clients);
+            let b = has(Kind::PoolerB);
+            let _ = writeln!(
+                md,
+                "| call | PgBouncer / txn | pooler / txn |{}\n|---|---|---|{}",
+                if b { " pooler-b / txn |" } else { "" },
+                if b { "---|" } else { "" }
+            );
+            for n in &names {
+                let per = |k: Kind| {
+                    opt(
+                        syscalls
+                            .get(&(row.id, k))
+                            .map(|s| *s.by_call.get(n).unwrap_or(&0) as f64 / s.txns as f64),
+                        2,
+                    )
+                };
+                let _ = writeln!(
+                    md,
+                    "| {n} | {} | {} |{}",
+                    per(Kind::PgBouncer),
+                    per(Kind::Pooler),
+                    if b {
+                        format!(" {} |", per(Kind::PoolerB))
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+            let tot = |k: Kind| opt(syscalls.get(&(row.id, k)).and_then(Syscalls::per_txn), 2);
+            let _ = writeln!(
+                md,
+                "| **total** | {} | {} |{}\n",
+                tot(Kind::PgBouncer),
+                tot(Kind::Pooler),
+                if b {
+                    format!(" {} |", tot(Kind::PoolerB))
+                } else {
+                    String::new()
+                }
+            );
+        }
+    }
+
+    if !pinning.is_empty() {
+        let _ = writeln!(
+            md,
+            "\n## The pooler on one core against two (taskset, same load)\n"
+        );
+        let _ = writeln!(
+            md,
+            "| row | cores | median tps | CPU µs/txn | 2 cores / 1 core |\n|---|---|---|---|---|"
+        );
+        for pair in pinning.chunks(2) {
+            let one = cell(&pair[0].2);
+            let two = cell(&pair[1].2);
+            let ratio = match (one.tps, two.tps) {
+                (Some(a), Some(b)) if a > 0.0 => format!("{:.2}", b / a),
+                _ => "—".into(),
+            };
+            for (label, c) in [(pair[0].1, &one), (pair[1].1, &two)] {
+                let _ = writeln!(
+                    md,
+                    "| {} | {label} | {} | {} | {} |",
+                    pair[0].0,
+                    c.tps.map(fmt_num).unwrap_or_else(|| "—".into()),
+                    opt(c.cpu_us, 1),
+                    if label == "2 cores" {
+                        ratio.clone()
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+        }
+    }
+
+    if !allocs.is_empty() {
+        let _ = writeln!(
+            md,
+            "\n## Heap allocations per transaction in the pooler (in-process, counting allocator)\n"
+        );
+        let _ = writeln!(
+            md,
+            "| load | transactions | allocations / txn | bytes allocated / txn |\n|---|---|---|---|"
+        );
+        for a in &allocs {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.2} | {:.0} |",
+                a.what, a.txns, a.allocs_per_txn, a.bytes_per_txn
+            );
+        }
+        let _ = writeln!(
+            md,
+            "\n(tps in this mode, pooler sharing the bench process: {})",
+            allocs
+                .iter()
+                .map(|a| fmt_num(a.tps))
+                .collect::<Vec<_>>()
+                .join(" / ")
+        );
+    }
+
+    if !idle.is_empty() {
+        let _ = writeln!(md, "\n## Idle clients: RSS of the pooler process\n");
+        let _ = writeln!(
+            md,
+            "| target | clients | RSS before | RSS after login | per client | RSS after one query each | per client |\n|---|---|---|---|---|---|---|"
+        );
+        for (k, r) in &idle {
+            let _ = writeln!(
+                md,
+                "| {} | {}{} | {:.1} MiB | {:.1} MiB | {:.0} B | {:.1} MiB | {:.0} B |",
+                k.name(),
+                r.clients,
+                if r.errors > 0 {
+                    format!(
+                        " ({} errors: {})",
+                        r.errors,
+                        r.first_error.clone().unwrap_or_default()
+                    )
+                } else {
+                    String::new()
+                },
+                r.base_kb as f64 / 1024.0,
+                r.login_kb as f64 / 1024.0,
+                r.per_client(r.login_kb),
+                r.after_query_kb as f64 / 1024.0,
+                r.per_client(r.after_query_kb)
+            );
+        }
+        if let Some(r) = &idle_heap {
+            let _ = writeln!(
+                md,
+                "\nLive heap held by the pooler's own threads (pooler run in the bench process, counting \
+                 allocator), {} idle clients: {:.0} B per client after login, {:.0} B after one query each. \
+                 The live heap counts reserved buffer capacity that was never written (not resident, so not \
+                 in RSS); RSS beyond the live heap is the allocator's overhead and fragmentation.",
+                r.clients,
+                r.per_client(r.login_kb),
+                r.per_client(r.after_query_kb)
+            );
+        }
+    }
+
+    println!("\n{md}");
+    fs::write(results_dir.join("results.md"), &md).expect("results.md");
+    fs::write(results_dir.join("results.csv"), &csv).expect("results.csv");
+    let png = results_dir.join("chart.png");
+    let title = format!(
+        "pooler vs PgBouncer vs direct Postgres — {} CPUs, pool 20, md5, {} x {} s (commit {})",
+        m.nproc, ctx.opts.repeat, duration, m.commit
+    );
+    match chart(&png, &rows, &cells, &title) {
+        Ok(()) => {
+            println!("chart: {}", png.display());
+            if ctx.opts.update_docs {
+                let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
+                let _ = fs::copy(&png, docs.join("benchmarks.png"));
+                let _ = fs::copy(
+                    results_dir.join("results.md"),
+                    docs.join("benchmarks-latest.md"),
+                );
+                println!("copied to docs/benchmarks.png and docs/benchmarks-latest.md");
+            }
+        }
+        Err(e) => println!("chart skipped: {e}"),
+    }
+    println!("results: {}", results_dir.display());
+    stop(pg.pid);
+}
