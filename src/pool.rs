@@ -346,7 +346,9 @@ impl Pool {
                 let mut st = self.lock();
                 let reserve_after = start + st.limits.reserve_timeout.unwrap_or(Duration::ZERO);
                 if !st.paused && st.total < st.limits.pool_size {
-                    if st.total == 0
+                    // Servers still logging in do not count (PgBouncer's check_fast_fail): the
+                    // janitor's own retry must not let clients through to a failing server.
+                    if st.total == st.connecting
                         && let Some(e) = login_retry_error(&st)
                     {
                         return Err(e);
