@@ -248,6 +248,9 @@ impl Flow {
     /// once and cost a read that only says "would block" — two wasted syscalls per
     /// transaction. Data arriving later raises a new readiness event, which tokio keeps.
     fn read_from(&mut self, stream: &TcpStream) -> io::Result<Option<usize>> {
+        if self.inbuf.capacity() == 0 {
+            self.inbuf = spare_buffers::take();
+        }
         self.inbuf.reserve(READ_CHUNK);
         let spare = self.inbuf.capacity() - self.inbuf.len();
         let mut got = 0;
@@ -339,11 +342,53 @@ impl Flow {
     /// Gives the buffers' memory back when they are empty: idle clients hold no buffers.
     pub fn shrink_if_empty(&mut self) {
         if self.inbuf.is_empty() && self.inbuf.capacity() > 0 {
-            self.inbuf = BytesMut::new();
+            spare_buffers::give(std::mem::take(&mut self.inbuf));
         }
         if self.out.is_empty() && self.out.capacity() > 0 {
-            self.out = BytesMut::new();
+            spare_buffers::give(std::mem::take(&mut self.out));
         }
+    }
+
+    /// Gives `out` a buffer from the cache before anything is written to it.
+    fn ready_out(&mut self) {
+        if self.out.capacity() == 0 {
+            self.out = spare_buffers::take();
+        }
+    }
+}
+
+/// Buffers of idle clients, kept per worker thread for the next active one: idle clients hold
+/// no buffer, yet a busy client does not pay a malloc/free pair per transaction for them.
+mod spare_buffers {
+    use super::READ_CHUNK;
+    use bytes::BytesMut;
+    use std::cell::RefCell;
+
+    /// Enough for the clients one worker switches between; beyond it, memory goes back.
+    const KEEP: usize = 64;
+
+    thread_local! {
+        static SPARE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub(super) fn take() -> BytesMut {
+        SPARE
+            .with(|s| s.borrow_mut().pop())
+            .unwrap_or_else(|| BytesMut::with_capacity(READ_CHUNK))
+    }
+
+    pub(super) fn give(mut buf: BytesMut) {
+        buf.clear();
+        // Buffers grown by a large message are not worth keeping around.
+        if buf.capacity() < READ_CHUNK || buf.capacity() > 4 * READ_CHUNK {
+            return;
+        }
+        SPARE.with(|s| {
+            let mut s = s.borrow_mut();
+            if s.len() < KEEP {
+                s.push(buf);
+            }
+        });
     }
 }
 
@@ -415,6 +460,7 @@ impl ClientSide {
         tracker: &mut Tracker,
         mut stmts: Option<&mut Statements<'_>>,
     ) -> Result<()> {
+        up.ready_out();
         loop {
             if !up.continue_message() || self.terminated {
                 return Ok(());
@@ -788,6 +834,7 @@ impl ServerSide {
         mut cache: Option<&mut ServerCache>,
         on_param: &mut (dyn FnMut(&str, &str) + Send),
     ) -> Result<()> {
+        down.ready_out();
         loop {
             if !down.continue_message() {
                 return Ok(());
@@ -902,6 +949,7 @@ impl Relay<'_, '_> {
         self.client_side
             .process(self.up, self.tracker, self.statements.as_mut())?;
         if self.down.at_boundary() {
+            self.down.ready_out();
             self.tracker.emit_synthetic(&mut self.down.out);
         }
         Ok(())
@@ -1014,7 +1062,9 @@ pub async fn read_request(client: &TcpStream, up: &mut Flow) -> Result<bool> {
         client.readable().await?;
         match up.read_from(client) {
             Ok(Some(0)) => return Ok(false),
-            Ok(_) => {}
+            Ok(Some(_)) => {}
+            // Nothing after all (stale readiness): do not wait holding a buffer.
+            Ok(None) => up.shrink_if_empty(),
             Err(e) => return Err(e.into()),
         }
     }
@@ -1063,6 +1113,7 @@ pub fn answer_locally(
     let Some(end) = ends_at else {
         return false;
     };
+    down.ready_out();
     let mut pos = 0;
     while pos < end {
         let (tag, len) = protocol::header(&up.inbuf[pos..]).expect("checked above");

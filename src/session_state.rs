@@ -153,16 +153,23 @@ fn is(word: &[u8], keyword: &str) -> bool {
     word.eq_ignore_ascii_case(keyword.as_bytes())
 }
 
-/// The name a word stands for: unquoted names fold to lower case; `pg_catalog.` is dropped.
-fn name_of(word: &[u8]) -> String {
-    let w = if word.first() == Some(&b'"') && word.len() >= 2 {
-        String::from_utf8_lossy(&word[1..word.len() - 1]).into_owned()
-    } else {
-        String::from_utf8_lossy(word).to_ascii_lowercase()
+/// Whether a word names `name` (lower case): quotes and a `pg_catalog.` prefix dropped,
+/// compared without case (GUC and function names here are ASCII). No allocation: this runs
+/// on every simple query in transaction mode.
+fn names(word: &[u8], name: &str) -> bool {
+    let w = match word {
+        [b'"', inner @ .., b'"'] => inner,
+        _ => word,
     };
-    w.strip_prefix("pg_catalog.")
-        .map(str::to_string)
-        .unwrap_or(w)
+    let w = match w.get(..11) {
+        Some(p) if p.eq_ignore_ascii_case(b"pg_catalog.") => &w[11..],
+        _ => w,
+    };
+    w.eq_ignore_ascii_case(name.as_bytes())
+}
+
+fn names_any(word: &[u8], list: &[&str]) -> bool {
+    list.iter().any(|n| names(word, n))
 }
 
 /// The first session-state statement in `sql`, if any.
@@ -191,17 +198,18 @@ pub fn detect(sql: &[u8]) -> Option<Kind> {
                 if in_set_config.is_none()
                     && let Some(p) = prev
                 {
-                    let name = name_of(p);
-                    if matches!(
-                        name.as_str(),
-                        "pg_advisory_lock"
-                            | "pg_advisory_lock_shared"
-                            | "pg_try_advisory_lock"
-                            | "pg_try_advisory_lock_shared"
+                    if names_any(
+                        p,
+                        &[
+                            "pg_advisory_lock",
+                            "pg_advisory_lock_shared",
+                            "pg_try_advisory_lock",
+                            "pg_try_advisory_lock_shared",
+                        ],
                     ) {
                         return Some(Kind::AdvisoryLock);
                     }
-                    if name == "set_config" {
+                    if names(p, "set_config") {
                         in_set_config = Some(depth);
                         last_arg_false = false;
                         set_config_reported = false;
@@ -225,9 +233,8 @@ pub fn detect(sql: &[u8]) -> Option<Kind> {
             }
             Token::Word(w) => {
                 if in_set_config == Some(depth) {
-                    if w.first() == Some(&b'\'') && w.len() >= 2 {
-                        let lit = String::from_utf8_lossy(&w[1..w.len() - 1]).to_ascii_lowercase();
-                        set_config_reported |= REPORTED.contains(&lit.as_str());
+                    if let [b'\'', lit @ .., b'\''] = w {
+                        set_config_reported |= names_any(lit, REPORTED);
                     }
                     last_arg_false = is(w, "false");
                 }
@@ -244,17 +251,16 @@ pub fn detect(sql: &[u8]) -> Option<Kind> {
                 words_in_stmt += 1;
                 if let Some(f) = first {
                     if is(f, "set") && words_in_stmt == 2 {
-                        match name_of(w).as_str() {
+                        if names_any(w, &["local", "transaction"]) {
                             // SET LOCAL and SET TRANSACTION end with the transaction.
-                            "local" | "transaction" => {
-                                first = None;
-                                prev = Some(w);
-                                continue;
-                            }
+                            first = None;
+                            prev = Some(w);
+                            continue;
+                        } else if names(w, "session") {
                             // SET SESSION x: the name is the next word.
-                            "session" => words_in_stmt = 1,
-                            n if REPORTED.contains(&n) => {}
-                            _ => return Some(Kind::Set),
+                            words_in_stmt = 1;
+                        } else if !names_any(w, REPORTED) {
+                            return Some(Kind::Set);
                         }
                     }
                     if is(f, "prepare") && words_in_stmt == 2 && !is(w, "transaction") {
