@@ -47,8 +47,9 @@ async fn pin_keeps_each_kind_of_session_state_on_its_server() {
     for (i, (sql, kind)) in cases.iter().enumerate() {
         let name = format!("pin{i}");
         let c = connect(&format!("{} application_name={name}", pooler.app_url())).await;
-        let before = pid(&c).await;
         c.batch_execute(sql).await.unwrap();
+        // Taken after the pinning statement: before it, the client was not tied to a server.
+        let before = pid(&c).await;
         assert_eq!(
             pinned_of(&pooler, &name).await,
             vec![kind.to_string()],
