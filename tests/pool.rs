@@ -4,8 +4,6 @@
 mod common;
 
 use common::*;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -25,26 +23,7 @@ async fn many_clients_small_pool_no_crosstalk_and_bounded_servers() {
         .unwrap();
 
     // Watch Postgres while the load runs: the pool must never exceed its size.
-    let stop = Arc::new(AtomicBool::new(false));
-    let peak = Arc::new(AtomicI64::new(0));
-    let monitor = {
-        let (stop, peak, db) = (stop.clone(), peak.clone(), db.clone());
-        let su = pg.superuser().await;
-        tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                let n: i64 = su
-                    .query_one(
-                        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1",
-                        &[&db],
-                    )
-                    .await
-                    .unwrap()
-                    .get(0);
-                peak.fetch_max(n, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-    };
+    let watch = BackendWatch::start(pg, &db, Duration::from_millis(5)).await;
 
     const CLIENTS: i32 = 500;
     const ROUNDS: i32 = 4;
@@ -101,8 +80,7 @@ async fn many_clients_small_pool_no_crosstalk_and_bounded_servers() {
     for t in tasks {
         t.await.expect("client task");
     }
-    stop.store(true, Ordering::Relaxed);
-    monitor.await.unwrap();
+    let peak = watch.peak().await;
 
     let expected = (CLIENTS * ROUNDS / 2).to_string();
     // Even rounds committed, odd ones rolled back.
@@ -118,7 +96,6 @@ async fn many_clients_small_pool_no_crosstalk_and_bounded_servers() {
         first_value(&setup, "SELECT count(*) FROM marks WHERE round % 2 = 1").await,
         "0"
     );
-    let peak = peak.load(Ordering::Relaxed);
     assert!(
         peak <= 10,
         "pg_stat_activity showed {peak} backends for a pool of 10"

@@ -9,7 +9,7 @@ mod wire;
 
 use common::*;
 use std::collections::{BTreeMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use wire::*;
@@ -167,26 +167,7 @@ async fn isolation_soak_1000_clients_over_a_pool_of_20() {
         .unwrap();
 
     // Postgres's own count of the pool's servers, watched throughout.
-    let stop = Arc::new(AtomicBool::new(false));
-    let peak = Arc::new(AtomicI64::new(0));
-    let monitor = {
-        let (stop, peak, db) = (stop.clone(), peak.clone(), db.clone());
-        let su = pg.superuser().await;
-        tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                let n: i64 = su
-                    .query_one(
-                        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1",
-                        &[&db],
-                    )
-                    .await
-                    .unwrap()
-                    .get(0);
-                peak.fetch_max(n, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-    };
+    let watch = BackendWatch::start(pg, &db, Duration::from_millis(20)).await;
 
     const CLIENTS: i32 = 1000;
     let tally = Arc::new(Mutex::new(Tally::default()));
@@ -254,8 +235,7 @@ async fn isolation_soak_1000_clients_over_a_pool_of_20() {
         t.await.expect("client task");
     }
     let elapsed = started.lock().unwrap().unwrap().elapsed();
-    stop.store(true, Ordering::Relaxed);
-    monitor.await.unwrap();
+    let peak = watch.peak().await;
 
     let t = std::mem::take(&mut *tally.lock().unwrap());
     assert!(t.unexpected.is_empty(), "errors: {:#?}", t.unexpected);
@@ -272,7 +252,6 @@ async fn isolation_soak_1000_clients_over_a_pool_of_20() {
     let phantom = rows.difference(&committed).count();
     assert_eq!(lost, 0, "commits the clients saw are missing");
     assert_eq!(phantom, 0, "rows from rolled-back or failed transactions");
-    let peak = peak.load(Ordering::Relaxed);
     assert!(peak <= 20, "{peak} backends for a pool of 20");
     println!(
         "soak: {CLIENTS} clients, pool of 20 (peak {peak} backends), {} transactions in {:.1} s \

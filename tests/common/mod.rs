@@ -315,6 +315,46 @@ impl Drop for PgServer {
     }
 }
 
+/// Postgres's own count of a database's backends, sampled in the background while a load
+/// runs; `peak` stops the sampling and returns the largest count seen.
+pub struct BackendWatch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    peak: std::sync::Arc<std::sync::atomic::AtomicI64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl BackendWatch {
+    pub async fn start(pg: &PgServer, db: &str, every: Duration) -> BackendWatch {
+        use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let peak = std::sync::Arc::new(AtomicI64::new(0));
+        let su = pg.superuser().await;
+        let (stop2, peak2, db) = (stop.clone(), peak.clone(), db.to_string());
+        let task = tokio::spawn(async move {
+            while !stop2.load(Ordering::Relaxed) {
+                let n: i64 = su
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1",
+                        &[&db],
+                    )
+                    .await
+                    .expect("count backends")
+                    .get(0);
+                peak2.fetch_max(n, Ordering::Relaxed);
+                tokio::time::sleep(every).await;
+            }
+        });
+        BackendWatch { stop, peak, task }
+    }
+
+    pub async fn peak(self) -> i64 {
+        use std::sync::atomic::Ordering;
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.expect("backend watch");
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
 /// Connects with tokio-postgres and drives the connection in the background.
 pub async fn connect(url: &str) -> tokio_postgres::Client {
     try_connect(url)
