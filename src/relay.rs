@@ -980,6 +980,12 @@ impl Relay<'_, '_> {
             {
                 return Ok(RelayEnd::ServerGone);
             }
+            // Released before the reply is written: the next client gets the server without
+            // waiting for this one's socket, and the transaction is counted before its client
+            // can see the reply.
+            if release_on_idle && self.client_side.pinned.is_none() && self.clean() {
+                return Ok(RelayEnd::Idle);
+            }
             if !self.down.out.is_empty()
                 && !self.down.blocked
                 && self.down.write_to(self.client).is_err()
@@ -987,9 +993,6 @@ impl Relay<'_, '_> {
                 return Ok(RelayEnd::ClientGone {
                     server_clean: self.clean(),
                 });
-            }
-            if release_on_idle && self.client_side.pinned.is_none() && self.clean() {
-                return Ok(RelayEnd::Idle);
             }
             if (client_eof || self.client_side.terminated) && self.up.out.is_empty() {
                 return Ok(RelayEnd::ClientGone {

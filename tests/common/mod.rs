@@ -166,10 +166,12 @@ fn watchdog(dir: &Path, has_server: bool) {
         },
         dir = dir.display()
     );
-    // Never waited for on purpose: it must outlive this process.
+    // Never waited for on purpose: it must outlive this process. `setsid` puts it in a
+    // session of its own, so killing the test's process group (a timeout, ctrl-c) does not
+    // take the watchdog down before it has stopped Postgres.
     #[allow(clippy::zombie_processes)]
-    Command::new("sh")
-        .args(["-c", &script])
+    Command::new("setsid")
+        .args(["sh", "-c", &script])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
