@@ -939,6 +939,9 @@ impl Relay<'_, '_> {
     fn clean(&self) -> bool {
         self.tracker.is_idle()
             && self.client_side.at_boundary(self.up)
+            // A message of which only a part has arrived belongs to this server too: releasing
+            // it here would send the session back for a server with nothing new to read.
+            && self.up.inbuf.is_empty()
             && self.down.at_boundary()
             && self.down.inbuf.is_empty()
             && self.up.out.is_empty()
@@ -1050,17 +1053,23 @@ impl Relay<'_, '_> {
     }
 }
 
-/// Reads client bytes while no server is attached, until a complete message header is there
-/// (or the client leaves). Returns false on EOF or Terminate.
+/// Reads client bytes while no server is attached, until the first message is complete (or,
+/// for one larger than `BUFFER_CAP`, its header is there) or the client leaves. Returns false
+/// on EOF or Terminate. A message still arriving takes no server: a slow client cannot hold
+/// one while it trickles a query in.
 pub async fn read_request(client: &TcpStream, up: &mut Flow) -> Result<bool> {
     loop {
-        if let Some((tag, _)) = protocol::header(&up.inbuf) {
-            // Bad framing is refused before a server is taken (and then discarded) for it.
-            header(&up.inbuf, false)?;
+        // Bad framing is refused before a server is taken (and then discarded) for it.
+        if let Some((tag, total)) = header(&up.inbuf, false)? {
             if !FRONTEND_TAGS.contains(&tag) {
                 return Err(invalid_type(tag));
             }
-            return Ok(tag != b'X');
+            if tag == b'X' {
+                return Ok(false);
+            }
+            if up.inbuf.len() >= total || total > BUFFER_CAP {
+                return Ok(true);
+            }
         }
         client.readable().await?;
         match up.read_from(client) {

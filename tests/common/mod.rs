@@ -700,3 +700,33 @@ pub async fn connection_end(
         .err()
         .map(|e| (sqlstate(&e).unwrap_or_default(), message(&e)))
 }
+
+/// A bound on a whole test that holds even when the test's runtime is starved (a pooler
+/// spinning in this process keeps `tokio::time::timeout` from ever firing): an OS thread
+/// that ends the process with a message unless the guard is dropped first.
+pub struct Deadline(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+pub fn deadline(what: &'static str, limit: Duration) -> Deadline {
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = done.clone();
+    std::thread::spawn(move || {
+        let start = std::time::Instant::now();
+        while start.elapsed() < limit {
+            std::thread::sleep(Duration::from_millis(100));
+            if flag.load(Ordering::Relaxed) {
+                return;
+            }
+        }
+        eprintln!(
+            "{what}: no result within {limit:?} (the pooler hangs); aborting the test process"
+        );
+        std::process::exit(101);
+    });
+    Deadline(done)
+}
+
+impl Drop for Deadline {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}

@@ -255,3 +255,29 @@ pub fn with_length(len: i32, rest: &[u8]) -> Vec<u8> {
     b.put_slice(rest);
     b.to_vec()
 }
+
+/// Reads messages until `done` holds for everything read so far; panics after `HANG`.
+pub async fn read_messages(
+    s: &mut TcpStream,
+    mut done: impl FnMut(&[(u8, Vec<u8>)]) -> bool,
+) -> Vec<(u8, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let deadline = tokio::time::Instant::now() + HANG;
+    loop {
+        let msgs = messages(&buf);
+        if done(&msgs) {
+            return msgs;
+        }
+        let n = tokio::time::timeout_at(deadline, s.read(&mut chunk))
+            .await
+            .unwrap_or_else(|_| panic!("timed out; read so far: {:?}", tags_of(&msgs)))
+            .expect("read");
+        assert!(n > 0, "closed; read so far: {:?}", tags_of(&msgs));
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn tags_of(msgs: &[(u8, Vec<u8>)]) -> String {
+    msgs.iter().map(|(t, _)| *t as char).collect()
+}
