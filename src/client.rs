@@ -32,6 +32,8 @@ struct Session {
     database: String,
     /// The values this client expects of the tracked parameters, kept true on every server.
     params: Params,
+    /// The tracked parameters the client gave at startup: what `RESET` returns to.
+    startup: Params,
     /// This client in SHOW CLIENTS; dropped (unregistered) before the socket closes.
     client: Registration,
 }
@@ -209,6 +211,7 @@ async fn login(
         user: user_name,
         database,
         params: session_params,
+        startup: requested,
         client,
     })))
 }
@@ -251,6 +254,7 @@ async fn run_session(app: &App, stream: &mut TcpStream, session: &Session) -> Re
         (pool.settings.mode == PoolMode::Transaction).then_some(pool.settings.session_state),
         Some(session.client.info.clone()),
     );
+    client_side.startup = session.startup.0.clone();
     let mut tracker = Tracker::default();
     let mut client_statements = ClientStatements::new();
     let release_on_idle = pool.settings.mode == PoolMode::Transaction;
@@ -308,6 +312,9 @@ async fn run_session(app: &App, stream: &mut TcpStream, session: &Session) -> Re
         let end = watchdog
             .relay(&mut relay, release_on_idle, &mut on_param)
             .await;
+        if std::mem::take(&mut client_side.params_touched) {
+            server.params_uncertain = true;
+        }
         let xact_done = release_on_idle && matches!(end, Ok(RelayEnd::Idle));
         (session.client).relayed(
             pool,
@@ -384,10 +391,15 @@ async fn release_after_client(pool: &Arc<Pool>, mut server: ServerConn, pinned: 
 async fn sync_params(app: &App, server: &mut ServerConn, wanted: &mut Params) -> Result<()> {
     let mut sets = Vec::new();
     let mut resets = Vec::new();
+    // After a RESET on this server, what the pooler recorded may be stale: set everything.
+    let uncertain = std::mem::take(&mut server.params_uncertain);
     for name in &app.tracked {
         match (wanted.get(name), server.params.get(name)) {
-            (Some(w), have) if have != Some(w) => sets.push((name.as_str(), w.to_string())),
+            (Some(w), have) if uncertain || have != Some(w) => {
+                sets.push((name.as_str(), w.to_string()))
+            }
             (None, Some(_)) => resets.push(name.as_str()),
+            (None, None) if uncertain && !is_reported(name) => resets.push(name.as_str()),
             _ => {}
         }
     }
@@ -412,24 +424,32 @@ async fn sync_params(app: &App, server: &mut ServerConn, wanted: &mut Params) ->
     for name in &resets {
         sql.push_str(&format!("RESET \"{}\";", name.replace('"', "\"\"")));
     }
-    if let Some((code, message)) = server.run_internal(&sql).await? {
-        tracing::warn!(%code, %message, "could not apply client parameters on server");
-        return Err(PoolerError::ServerLogin { code, message });
-    }
+    // Recorded as asked before the query runs: a parameter Postgres reports arrives as
+    // ParameterStatus in Postgres's spelling and overwrites it; one it does not report keeps
+    // the value set here, never a previous client's.
     for (name, value) in &sets {
-        // Parameters Postgres does not report are recorded as set; reported ones already
-        // arrived as ParameterStatus in Postgres's spelling, which the client adopts so the
-        // next comparison matches.
-        match server.params.get(name) {
-            Some(v) => {
-                let v = v.to_string();
-                wanted.set(name, &v);
-            }
-            None => server.params.set(name, value),
-        }
+        server.params.set(name, value);
     }
-    for name in resets {
+    for name in &resets {
         server.params.remove(name);
     }
+    if let Some((code, message)) = server.run_internal(&sql).await? {
+        tracing::warn!(%code, %message, "could not apply client parameters on server");
+        // The server's state is unknown now: the next client sets everything again.
+        server.params_uncertain = true;
+        return Err(PoolerError::ServerLogin { code, message });
+    }
+    for (name, _) in &sets {
+        // The client adopts Postgres's spelling so the next comparison matches.
+        if let Some(v) = server.params.get(name) {
+            let v = v.to_string();
+            wanted.set(name, &v);
+        }
+    }
     Ok(())
+}
+
+/// Parameters Postgres reports with ParameterStatus: the server's value is always known.
+fn is_reported(name: &str) -> bool {
+    crate::session_state::is_reported(name)
 }

@@ -173,6 +173,14 @@ pub fn auth_sasl_final(buf: &mut BytesMut, data: &[u8]) {
     });
 }
 
+/// A simple Query message (the pooler's own, or one it rewrote).
+pub fn query(buf: &mut BytesMut, sql: &str) {
+    buf.put_u8(b'Q');
+    buf.put_i32((4 + sql.len() + 1) as i32);
+    buf.put_slice(sql.as_bytes());
+    buf.put_u8(0);
+}
+
 pub fn parameter_status(buf: &mut BytesMut, name: &str, value: &str) {
     put_message(buf, b'S', |b| {
         put_cstr(b, name);

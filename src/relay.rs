@@ -24,7 +24,7 @@ use crate::error::{PoolerError, Result};
 use crate::prepared::{self, ClientStatements, Registry, ServerCache, ServerStatement};
 use crate::protocol::{self, MAX_MESSAGE_LEN};
 use crate::registry::ClientInfo;
-use crate::session_state::{self, Kind, Policy};
+use crate::session_state::{self, Kind, Policy, Reset};
 
 /// Stop reading a side when this much is waiting for the other: backpressure, bounded memory.
 pub const BUFFER_CAP: usize = 64 * 1024;
@@ -44,8 +44,11 @@ enum Request {
     Describe,
     Execute,
     Close,
-    /// Sync, Query, FunctionCall: answered by ReadyForQuery.
+    /// Sync: answered by ReadyForQuery; ends the server's skipping after an error.
     Sync,
+    /// Query, FunctionCall: answered by ReadyForQuery, but ignored (no reply at all) by a
+    /// server skipping to the next Sync after an extended-protocol error.
+    Query,
 }
 
 impl Request {
@@ -56,7 +59,7 @@ impl Request {
             Request::Close => tag == b'3',
             Request::Describe => tag == b'T' || tag == b'n',
             Request::Execute => matches!(tag, b'C' | b'I' | b's'),
-            Request::Sync => tag == b'Z',
+            Request::Sync | Request::Query => tag == b'Z',
         }
     }
 }
@@ -73,6 +76,10 @@ enum Expect {
     /// The client ended a COPY IN (CopyDone/CopyFail): Syncs before it, sent while the server
     /// was copying, are ignored by the server and get no reply.
     CopyEnd,
+    /// A simple query the pooler injected (restoring startup parameters after a `RESET`):
+    /// every reply up to its ReadyForQuery is hidden, except ParameterStatus, which tells the
+    /// client its parameters' values as on a dedicated connection.
+    HideQuery,
 }
 
 /// The requests in flight on the server, oldest first.
@@ -89,6 +96,7 @@ pub struct Tracker {
 impl Tracker {
     fn push(&mut self, e: Expect) {
         let is_sync = matches!(e, Expect::Pass(Request::Sync, _));
+        // While skipping, the server ignores everything but Sync (queries included).
         if (self.skipping && !is_sync) || (self.in_copy_in && is_sync) {
             return;
         }
@@ -151,6 +159,7 @@ impl Tracker {
     fn on_reply(&mut self, tag: u8) -> bool {
         self.drop_stale_markers();
         match self.queue.front() {
+            Some(Expect::HideQuery) => true,
             Some(Expect::Pass(r, _)) if r.completed_by(tag) => {
                 self.queue.pop_front();
                 false
@@ -165,23 +174,35 @@ impl Tracker {
 
     /// ReadyForQuery: the oldest sync point is answered (and anything still before it was
     /// skipped by the server).
-    fn on_ready(&mut self, cache: &mut Option<&mut ServerCache>) {
+    /// Returns true when the ReadyForQuery ends a query the pooler injected (hidden).
+    fn on_ready(&mut self, cache: &mut Option<&mut ServerCache>) -> bool {
+        self.drop_stale_markers();
+        if matches!(self.queue.front(), Some(Expect::HideQuery)) {
+            self.queue.pop_front();
+            return true;
+        }
         while let Some(e) = self.queue.pop_front() {
-            if matches!(e, Expect::Pass(Request::Sync, _)) {
-                return;
+            if matches!(e, Expect::Pass(Request::Sync | Request::Query, _)) {
+                return false;
             }
             forget_unprepared(&e, cache);
         }
+        false
     }
 
     /// ErrorResponse: in an extended batch the failing request and everything up to the next
     /// Sync get no further reply. Returns the statement the failing request used, if any.
-    fn on_error(&mut self, cache: &mut Option<&mut ServerCache>) -> Option<Arc<ServerStatement>> {
+    fn on_error(&mut self, cache: &mut Option<&mut ServerCache>) -> ErrorFate {
         // An error ends COPY IN mode; the server then skips to the next Sync.
         self.in_copy_in = false;
         self.drop_stale_markers();
         match self.queue.front() {
-            None | Some(Expect::Pass(Request::Sync, _)) => return None,
+            // A Sync's or a query's own error: no skipping follows.
+            None | Some(Expect::Pass(Request::Sync | Request::Query, _)) => {
+                return ErrorFate::Pass(None);
+            }
+            // The pooler's own query failed: the client never asked for it.
+            Some(Expect::HideQuery) => return ErrorFate::Hide,
             _ => {}
         }
         let failed = self.queue.pop_front();
@@ -194,14 +215,22 @@ impl Tracker {
         }
         while let Some(e) = self.queue.front() {
             if matches!(e, Expect::Pass(Request::Sync, _)) {
-                return stmt;
+                return ErrorFate::Pass(stmt);
             }
             let e = self.queue.pop_front().expect("front exists");
             forget_unprepared(&e, cache);
         }
         self.skipping = true;
-        stmt
+        ErrorFate::Pass(stmt)
     }
+}
+
+/// What becomes of an ErrorResponse.
+enum ErrorFate {
+    /// It goes to the client; the statement the failing request used, if any.
+    Pass(Option<Arc<ServerStatement>>),
+    /// It answers a query the pooler injected.
+    Hide,
 }
 
 /// A Parse that failed or was skipped did not prepare its statement on the server.
@@ -449,6 +478,15 @@ pub struct ClientSide {
     /// Session-state statements let through under `warn`, and refused under `error`.
     pub warned: u64,
     pub refused: u64,
+    /// The client's startup values of tracked parameters: what `RESET` returns to on a
+    /// dedicated connection. The server's own defaults are the pool's, so after a `RESET` the
+    /// pooler sets these again (a hidden query after the sync point).
+    pub startup: Vec<(String, String)>,
+    /// Bit i: `startup[i]` was reset since the last sync point and must be set again.
+    restore: u64,
+    /// A `RESET` ran on the server: the session re-checks every tracked parameter of this
+    /// server before it serves the next client (what the pooler recorded may be stale).
+    pub params_touched: bool,
 }
 
 impl ClientSide {
@@ -476,32 +514,46 @@ impl ClientSide {
                 return Ok(());
             };
             match tag {
-                b'Q' if self.needs_inspection() && total <= MAX_INSPECTED => {
+                b'Q' if self.reads_text(stmts.is_some()) && total <= MAX_INSPECTED => {
                     if up.inbuf.len() < total {
                         return Ok(());
                     }
                     self.queries += 1;
                     self.unsynced = false;
-                    tracker.push(Expect::Pass(Request::Sync, None));
-                    if let Some(kind) = session_state::detect(&up.inbuf[5..total])
+                    tracker.push(Expect::Pass(Request::Query, None));
+                    if self.needs_inspection()
+                        && let Some(kind) = session_state::detect(&up.inbuf[5..total])
                         && self.on_session_state(kind)? == Policy::Error
                     {
                         up.inbuf.advance(total);
                         refusal_query(&mut up.out, kind);
                         continue;
                     }
-                    up.pass(total, false);
+                    // The text without its terminator (absent from a malformed empty Query).
+                    let text_end = total - usize::from(total > 5 && up.inbuf[total - 1] == 0);
+                    match self.on_resets(&up.inbuf[5..text_end], stmts.as_deref_mut(), true) {
+                        Some(stmt) => {
+                            // `DEALLOCATE name` of a protocol-level statement: the server
+                            // knows it by the pooler's name.
+                            up.inbuf.advance(total);
+                            let sql = format!("DEALLOCATE \"{}\"", stmt.name);
+                            protocol::query(&mut up.out, &sql);
+                        }
+                        None => up.pass(total, false),
+                    }
+                    self.restore_after_sync(&mut up.out, tracker);
                 }
                 b'Q' | b'F' => {
                     self.queries += u64::from(tag == b'Q');
                     self.unsynced = false;
-                    tracker.push(Expect::Pass(Request::Sync, None));
+                    tracker.push(Expect::Pass(Request::Query, None));
                     up.pass(total, false);
                 }
                 b'S' => {
                     self.unsynced = false;
                     tracker.push(Expect::Pass(Request::Sync, None));
                     up.pass(total, false);
+                    self.restore_after_sync(&mut up.out, tracker);
                 }
                 b'H' => {
                     self.unsynced = true;
@@ -530,17 +582,38 @@ impl ClientSide {
                         return Ok(());
                     }
                     self.unsynced = true;
-                    if tag == b'P' && self.needs_inspection() {
+                    if tag == b'P' && self.reads_text(stmts.is_some()) {
                         let name_end =
                             cstr_end(&up.inbuf[..total], 5).ok_or_else(|| malformed("Parse"))?;
                         let query_end = cstr_end(&up.inbuf[..total], name_end + 1)
                             .ok_or_else(|| malformed("Parse"))?;
-                        if let Some(kind) =
-                            session_state::detect(&up.inbuf[name_end + 1..query_end])
+                        if self.needs_inspection()
+                            && let Some(kind) =
+                                session_state::detect(&up.inbuf[name_end + 1..query_end])
                             && self.on_session_state(kind)? == Policy::Error
                         {
                             // Mid-pipeline there is no clean way to refuse one message.
                             return Err(PoolerError::SessionState(kind.as_str()));
+                        }
+                        let unnamed = name_end == 5;
+                        if let Some(stmt) = self.on_resets(
+                            &up.inbuf[name_end + 1..query_end],
+                            stmts.as_deref_mut(),
+                            unnamed,
+                        ) {
+                            // An unnamed `DEALLOCATE name`: the same Parse with the
+                            // pooler's name in the text, parameter types unchanged.
+                            let sql = format!("DEALLOCATE \"{}\"", stmt.name);
+                            let rest = &up.inbuf[query_end + 1..total];
+                            up.out.put_u8(b'P');
+                            up.out.put_i32((4 + 1 + sql.len() + 1 + rest.len()) as i32);
+                            up.out.put_u8(0);
+                            up.out.put_slice(sql.as_bytes());
+                            up.out.put_u8(0);
+                            up.out.put_slice(rest);
+                            up.inbuf.advance(total);
+                            tracker.push(Expect::Pass(Request::Parse, None));
+                            continue;
                         }
                     }
                     match tag {
@@ -599,6 +672,110 @@ impl ClientSide {
         self.policy.is_some() && self.pinned.is_none()
     }
 
+    /// Whether query texts are read at all: for session-state detection, and for the resets
+    /// the pooler must follow (startup parameters to restore, statement names it rewrites).
+    fn reads_text(&self, rewriting: bool) -> bool {
+        self.needs_inspection() || rewriting || !self.startup.is_empty()
+    }
+
+    /// Follows the resets in a query text. Statements deallocated go from the client's names
+    /// and, since the server loses them for every client, from the server's cache; reset
+    /// parameters are queued for restoring. Returns the statement to deallocate under its
+    /// server name when `sql` is exactly `DEALLOCATE name` of a protocol-level statement
+    /// and `rewritable`.
+    fn on_resets(
+        &mut self,
+        sql: &[u8],
+        mut stmts: Option<&mut Statements<'_>>,
+        rewritable: bool,
+    ) -> Option<Arc<ServerStatement>> {
+        let mut count = 0usize;
+        let mut target = None;
+        let startup = &self.startup;
+        let mut restore = 0u64;
+        let mut touched = false;
+        session_state::resets(sql, |r| {
+            count += 1;
+            match r {
+                Reset::AllParams => {
+                    touched = true;
+                    restore = u64::MAX;
+                }
+                Reset::Param(word) => {
+                    touched = true;
+                    let name = session_state::identifier(word);
+                    if let Some(i) = startup
+                        .iter()
+                        .position(|(n, _)| n.eq_ignore_ascii_case(&name))
+                    {
+                        restore |= 1u64.checked_shl(i as u32).unwrap_or(u64::MAX);
+                    }
+                }
+                Reset::AllStatements => {
+                    if let Some(s) = stmts.as_deref_mut() {
+                        s.client.clear();
+                        s.server.clear();
+                    }
+                }
+                Reset::Statement(word) => {
+                    let name = session_state::identifier(word);
+                    if let Some(s) = stmts.as_deref_mut()
+                        && let Some(stmt) = s.client.remove(&name)
+                    {
+                        s.server.remove(stmt.id);
+                        target = Some(stmt);
+                    }
+                }
+            }
+        });
+        self.restore |= restore;
+        self.params_touched |= touched;
+        // Only a query that is nothing but the DEALLOCATE can be replaced whole.
+        let single = count == 1 && {
+            let trimmed = sql.trim_ascii();
+            let body = trimmed.strip_suffix(b";").unwrap_or(trimmed);
+            !body.contains(&b';')
+        };
+        target.filter(|_| single && rewritable)
+    }
+
+    /// After a sync point, sets again the startup parameters a RESET took back: one hidden
+    /// query, only when a RESET was seen. It changes only parameters that are at the server's
+    /// own reset value now, so a RESET that did not happen (rolled back, failed) changes
+    /// nothing, and inside a transaction the fix shares the transaction's fate.
+    fn restore_after_sync(&mut self, out: &mut BytesMut, tracker: &mut Tracker) {
+        if self.restore == 0 {
+            return;
+        }
+        let mut values = String::new();
+        let mut any = false;
+        for (i, (name, value)) in self.startup.iter().enumerate() {
+            let bit = 1u64.checked_shl(i as u32).unwrap_or(0);
+            if self.restore & bit == 0 && !(i >= 64 && self.restore == u64::MAX) {
+                continue;
+            }
+            if any {
+                values.push_str(", ");
+            }
+            any = true;
+            values.push_str(&format!(
+                "({}, {})",
+                protocol::quote_literal(&name.to_ascii_lowercase()),
+                protocol::quote_literal(value)
+            ));
+        }
+        let sql = format!(
+            "SELECT pg_catalog.set_config(s.name, v.value, false) \
+             FROM pg_catalog.pg_settings s JOIN (VALUES {values}) AS v(name, value) \
+             ON pg_catalog.lower(s.name) = v.name WHERE s.setting IS NOT DISTINCT FROM s.reset_val"
+        );
+        self.restore = 0;
+        if any {
+            protocol::query(out, &sql);
+            tracker.push(Expect::HideQuery);
+        }
+    }
+
     /// Applies the policy to a detected statement; returns the policy applied.
     fn on_session_state(&mut self, kind: Kind) -> Result<Policy> {
         let policy = self.policy.unwrap_or_default();
@@ -639,10 +816,7 @@ fn refusal_query(out: &mut BytesMut, kind: Kind) {
         "DO $pooler$BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = {}; END$pooler$",
         protocol::quote_literal(&message)
     );
-    out.put_u8(b'Q');
-    out.put_i32((4 + sql.len() + 1) as i32);
-    out.put_slice(sql.as_bytes());
-    out.put_u8(0);
+    protocol::query(out, &sql);
 }
 
 /// Makes sure the server has `stmt`, injecting its Parse (reply hidden) when it does not.
@@ -656,9 +830,19 @@ fn ensure_prepared(
         return;
     }
     make_room(s, tracker, out);
-    out.extend_from_slice(&stmt.parse);
+    close_then_parse(out, stmt, tracker);
     s.server.insert(stmt);
     tracker.push(Expect::Hide(Request::Parse, Some(stmt.clone())));
+}
+
+/// Writes the Parse of a pooler statement, preceded by a hidden Close of its name. Closing a
+/// statement that does not exist is no error, and it makes the Parse succeed even where the
+/// cache is wrong about the server (a Close that Postgres skipped after an error, a
+/// `DEALLOCATE ALL` that failed): `42P05 already exists` cannot happen.
+fn close_then_parse(out: &mut BytesMut, stmt: &ServerStatement, tracker: &mut Tracker) {
+    prepared::close_message(out, stmt);
+    tracker.push(Expect::Hide(Request::Close, None));
+    out.extend_from_slice(&stmt.parse);
 }
 
 /// Evicts the least recently used statement (with a hidden Close) when the cache is full.
@@ -694,7 +878,7 @@ fn parse(
         tracker.push(Expect::Synth(b'1'));
     } else {
         make_room(s, tracker, &mut up.out);
-        up.out.extend_from_slice(&stmt.parse);
+        close_then_parse(&mut up.out, &stmt, tracker);
         s.server.insert(&stmt);
         tracker.push(Expect::Pass(Request::Parse, Some(stmt)));
     }
@@ -852,8 +1036,8 @@ impl ServerSide {
                         return Ok(());
                     }
                     self.status = down.inbuf[5];
-                    tracker.on_ready(&mut cache);
-                    down.pass(total, false);
+                    let hide = tracker.on_ready(&mut cache);
+                    down.pass(total, hide);
                 }
                 b'S' | b'E' => {
                     if total > MAX_INSPECTED {
@@ -862,6 +1046,7 @@ impl ServerSide {
                     if down.inbuf.len() < total {
                         return Ok(());
                     }
+                    let mut hide = false;
                     if tag == b'S' {
                         let mut body = &down.inbuf[5..total];
                         if let (Ok(name), Ok(value)) = (
@@ -870,15 +1055,28 @@ impl ServerSide {
                         ) {
                             on_param(&name, &value);
                         }
-                    } else if let Some(stmt) = tracker.on_error(&mut cache)
-                        && let Some(c) = cache.as_deref_mut()
-                        && error_code_is(&down.inbuf[5..total], CACHED_PLAN_CHANGED)
-                    {
-                        // DDL changed the result type: re-prepare it next time it is used.
-                        c.remove(stmt.id);
-                        c.to_close.push(stmt);
+                    } else {
+                        match tracker.on_error(&mut cache) {
+                            ErrorFate::Hide => {
+                                hide = true;
+                                tracing::warn!(
+                                    "restoring startup parameters after RESET failed: {}",
+                                    protocol::error_fields(&down.inbuf[5..total]).1
+                                );
+                            }
+                            ErrorFate::Pass(Some(stmt))
+                                if error_code_is(&down.inbuf[5..total], CACHED_PLAN_CHANGED) =>
+                            {
+                                // DDL changed the result type: re-prepare it next time it is used.
+                                if let Some(c) = cache.as_deref_mut() {
+                                    c.remove(stmt.id);
+                                    c.to_close.push(stmt);
+                                }
+                            }
+                            ErrorFate::Pass(_) => {}
+                        }
                     }
-                    down.pass(total, false);
+                    down.pass(total, hide);
                 }
                 _ => {
                     if tag == b'G' {
@@ -1266,9 +1464,10 @@ mod tests {
         let mut batch = parse("s1", "select 1");
         batch.extend(msg(b'S', b""));
         let to_server = a.send(&registry, &batch);
-        assert_eq!(tags(&to_server), "PS");
+        assert_eq!(tags(&to_server), "CPS");
         assert!(to_server.windows(8).any(|w| w == b"POOLER_1"));
-        let mut replies = msg(b'1', b"");
+        let mut replies = msg(b'3', b"");
+        replies.extend(msg(b'1', b""));
         replies.extend(msg(b'Z', b"I"));
         assert_eq!(tags(&a.reply(&replies)), "1Z");
 
@@ -1278,8 +1477,9 @@ mod tests {
             ..Rig::new()
         };
         let to_server = b.send(&registry, &bind_execute_sync("s1"));
-        assert_eq!(tags(&to_server), "PBES");
-        let mut replies = msg(b'1', b"");
+        assert_eq!(tags(&to_server), "CPBES");
+        let mut replies = msg(b'3', b"");
+        replies.extend(msg(b'1', b""));
         replies.extend(msg(b'2', b""));
         replies.extend(msg(b'C', b"SELECT 1\0"));
         replies.extend(msg(b'Z', b"I"));
@@ -1311,7 +1511,7 @@ mod tests {
         let mut a = Rig::new();
         a.send(&registry, &parse("s1", "select 1"));
         a.send(&registry, &msg(b'S', b""));
-        a.reply(&[msg(b'1', b""), msg(b'Z', b"I")].concat());
+        a.reply(&[msg(b'3', b""), msg(b'1', b""), msg(b'Z', b"I")].concat());
         // On a fresh server: a failing unnamed Bind, then a Bind that injects s1, then Sync.
         let mut b = Rig {
             stmts: std::mem::take(&mut a.stmts),
@@ -1321,7 +1521,7 @@ mod tests {
         batch.truncate(batch.len() - 5); // drop the Sync
         batch.extend(bind_execute_sync("s1"));
         let to_server = b.send(&registry, &batch);
-        assert_eq!(tags(&to_server), "BEPBES");
+        assert_eq!(tags(&to_server), "BECPBES");
         let mut err = bytes::BytesMut::new();
         protocol::error_response(&mut err, "ERROR", "26000", "no such statement");
         let out = b.reply(&[err.to_vec(), msg(b'Z', b"I")].concat());
@@ -1329,7 +1529,7 @@ mod tests {
         assert!(b.tracker.is_idle());
         // The injected Parse was skipped by the server: it must be injected again next time.
         let to_server = b.send(&registry, &bind_execute_sync("s1"));
-        assert_eq!(tags(&to_server), "PBES");
+        assert_eq!(tags(&to_server), "CPBES");
     }
 
     #[test]

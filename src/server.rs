@@ -85,6 +85,9 @@ pub struct ServerConn {
     pub backend_secret: i32,
     pub created_at: Instant,
     pub last_used: Instant,
+    /// A `RESET` ran, or a parameter sync failed: `params` may not be what the server has,
+    /// so the next sync sets every tracked parameter explicitly.
+    pub params_uncertain: bool,
 }
 
 impl std::fmt::Debug for ServerConn {
@@ -174,8 +177,16 @@ impl ServerConn {
             backend_secret: 0,
             created_at: Instant::now(),
             last_used: Instant::now(),
+            params_uncertain: false,
         };
-        conn.login(target, credential).await?;
+        // An IO error here is the server's, not the client's: the client gets 08006.
+        conn.login(target, credential).await.map_err(|e| match e {
+            PoolerError::Io(e) => PoolerError::ServerConnect(format!(
+                "{}:{}: login failed: {e}",
+                target.host, target.port
+            )),
+            other => other,
+        })?;
         Ok(conn)
     }
 

@@ -34,10 +34,12 @@ pub enum Kind {
     TempTable,
     Prepare,
     DeclareWithHold,
+    /// A statement whose effect the scanner cannot know (a `DO` block): pinned to be safe.
+    Unclassified,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Set,
         Kind::SetConfig,
         Kind::Listen,
@@ -45,6 +47,7 @@ impl Kind {
         Kind::TempTable,
         Kind::Prepare,
         Kind::DeclareWithHold,
+        Kind::Unclassified,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -56,6 +59,7 @@ impl Kind {
             Kind::TempTable => "temp_table",
             Kind::Prepare => "prepare",
             Kind::DeclareWithHold => "declare_with_hold",
+            Kind::Unclassified => "unclassified",
         }
     }
 }
@@ -70,6 +74,11 @@ const REPORTED: &[&str] = &[
     "intervalstyle",
     "standard_conforming_strings",
 ];
+
+/// Whether Postgres reports `name` with ParameterStatus (case-insensitive).
+pub fn is_reported(name: &str) -> bool {
+    REPORTED.iter().any(|r| r.eq_ignore_ascii_case(name))
+}
 
 /// Splits SQL into words outside strings and comments, with statement boundaries.
 struct Lexer<'a> {
@@ -105,6 +114,33 @@ impl<'a> Lexer<'a> {
                         self.pos += 1;
                     }
                     self.pos += 2;
+                }
+                b'$' if dollar_tag_len(&s[self.pos..]).is_some() => {
+                    // A dollar-quoted string: `$tag$ ... $tag$`, nothing inside is SQL.
+                    let start = self.pos;
+                    let tag_len = dollar_tag_len(&s[self.pos..]).unwrap_or(1);
+                    let tag = &s[self.pos..self.pos + tag_len];
+                    self.pos += tag_len;
+                    match s[self.pos..].windows(tag_len).position(|w| w == tag) {
+                        Some(p) => self.pos += p + tag_len,
+                        None => self.pos = s.len(),
+                    }
+                    return Some(Token::Word(&s[start..self.pos]));
+                }
+                b'e' | b'E' if s.get(self.pos + 1) == Some(&b'\'') => {
+                    // An escape string: backslash escapes the next byte, including a quote.
+                    let start = self.pos;
+                    self.pos += 2;
+                    while self.pos < s.len() {
+                        match s[self.pos] {
+                            b'\\' => self.pos += 2,
+                            b'\'' if s.get(self.pos + 1) == Some(&b'\'') => self.pos += 2,
+                            b'\'' => break,
+                            _ => self.pos += 1,
+                        }
+                    }
+                    self.pos = (self.pos + 1).min(s.len());
+                    return Some(Token::Word(&s[start..self.pos]));
                 }
                 b'\'' | b'"' => {
                     // A literal or quoted identifier: returned as a word (quotes included).
@@ -149,6 +185,20 @@ impl<'a> Lexer<'a> {
     }
 }
 
+/// The length of a dollar-quote opening tag (`$$`, `$name$`) at the start of `s`, if one is.
+/// A `$` after an identifier character is part of that identifier and never gets here.
+fn dollar_tag_len(s: &[u8]) -> Option<usize> {
+    let rest = s.get(1..)?;
+    let end = rest
+        .iter()
+        .position(|&c| !(c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80))?;
+    // `$1` is a parameter, not a tag: tags do not start with a digit.
+    if rest[end] != b'$' || rest.first().is_some_and(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    Some(end + 2)
+}
+
 fn is(word: &[u8], keyword: &str) -> bool {
     word.eq_ignore_ascii_case(keyword.as_bytes())
 }
@@ -181,7 +231,7 @@ pub fn detect(sql: &[u8]) -> Option<Kind> {
     let mut prev: Option<&[u8]> = None;
     let mut in_set_config: Option<usize> = None;
     let mut depth = 0usize;
-    let mut last_arg_false = false;
+    let mut last_arg_true = false;
     let mut set_config_reported = false;
     let mut hold_seen = false;
     while let Some(tok) = lx.next() {
@@ -211,7 +261,7 @@ pub fn detect(sql: &[u8]) -> Option<Kind> {
                     }
                     if names(p, "set_config") {
                         in_set_config = Some(depth);
-                        last_arg_false = false;
+                        last_arg_true = false;
                         set_config_reported = false;
                     }
                 }
@@ -219,7 +269,9 @@ pub fn detect(sql: &[u8]) -> Option<Kind> {
             }
             Token::Punct(b')') => {
                 if in_set_config == Some(depth) {
-                    if last_arg_false && !set_config_reported {
+                    // Only a literal `true` is sure to be transaction-local; a bound `$3` may be
+                    // false, so it counts as session state (the safe side).
+                    if !last_arg_true && !set_config_reported {
                         return Some(Kind::SetConfig);
                     }
                     in_set_config = None;
@@ -228,7 +280,7 @@ pub fn detect(sql: &[u8]) -> Option<Kind> {
                 prev = None;
             }
             Token::Punct(_) => {
-                last_arg_false = false;
+                last_arg_true = false;
                 prev = None;
             }
             Token::Word(w) => {
@@ -236,7 +288,7 @@ pub fn detect(sql: &[u8]) -> Option<Kind> {
                     if let [b'\'', lit @ .., b'\''] = w {
                         set_config_reported |= names_any(lit, REPORTED);
                     }
-                    last_arg_false = is(w, "false");
+                    last_arg_true = is(w, "true");
                 }
                 if at_start {
                     at_start = false;
@@ -244,6 +296,10 @@ pub fn detect(sql: &[u8]) -> Option<Kind> {
                     words_in_stmt = 1;
                     if is(w, "listen") {
                         return Some(Kind::Listen);
+                    }
+                    // A DO block can do anything: the pooler cannot see what it leaves behind.
+                    if is(w, "do") {
+                        return Some(Kind::Unclassified);
                     }
                     prev = Some(w);
                     continue;
@@ -273,6 +329,20 @@ pub fn detect(sql: &[u8]) -> Option<Kind> {
                     if is(f, "create") && after_create && (is(w, "temp") || is(w, "temporary")) {
                         return Some(Kind::TempTable);
                     }
+                    // SELECT ... INTO TEMP t, CREATE TABLE pg_temp.t: temporary tables too.
+                    if (is(f, "select") || is(f, "with"))
+                        && (is(w, "temp") || is(w, "temporary"))
+                        && prev.is_some_and(|p| is(p, "into"))
+                    {
+                        return Some(Kind::TempTable);
+                    }
+                    if is(f, "create")
+                        && w.len() >= 7
+                        && (w[..7].eq_ignore_ascii_case(b"pg_temp")
+                            || w[..8.min(w.len())].eq_ignore_ascii_case(b"\"pg_temp"))
+                    {
+                        return Some(Kind::TempTable);
+                    }
                     if is(f, "declare") {
                         if is(w, "hold") && prev.is_some_and(|p| is(p, "with")) {
                             hold_seen = true;
@@ -287,6 +357,123 @@ pub fn detect(sql: &[u8]) -> Option<Kind> {
         }
     }
     None
+}
+
+/// A statement that takes back session state Postgres gave the client: the pooler must
+/// repair what it keeps per client (startup parameters, prepared statements) afterwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reset<'a> {
+    /// `RESET ALL` (and the parameter part of `DISCARD ALL`): every parameter goes back to the
+    /// session's startup value.
+    AllParams,
+    /// `RESET name`, `SET [SESSION] name TO DEFAULT`: one parameter back to its startup value.
+    Param(&'a [u8]),
+    /// `DEALLOCATE ALL` (and the statement part of `DISCARD ALL`): every prepared statement of
+    /// the session is gone, the protocol-level ones included.
+    AllStatements,
+    /// `DEALLOCATE [PREPARE] name`.
+    Statement(&'a [u8]),
+}
+
+/// Calls `found` for every statement in `sql` that resets session state (see `Reset`).
+/// Lexical like `detect`; quoted names come with their quotes.
+pub fn resets<'a>(sql: &'a [u8], mut found: impl FnMut(Reset<'a>)) {
+    // Cheap exit for the common case: no keyword that can start such a statement.
+    if !contains_ci(sql, b"reset")
+        && !contains_ci(sql, b"discard")
+        && !contains_ci(sql, b"deallocate")
+        && !contains_ci(sql, b"default")
+    {
+        return;
+    }
+    let mut lx = Lexer { sql, pos: 0 };
+    // The words of the current statement, up to the few that matter.
+    let mut words: [&[u8]; 5] = [b""; 5];
+    let mut n = 0usize;
+    let flush = |words: &[&'a [u8]], found: &mut dyn FnMut(Reset<'a>)| {
+        let mut w = words;
+        match w.first() {
+            Some(f) if is(f, "reset") => match w.get(1) {
+                Some(x) if is(x, "all") && w.len() == 2 => found(Reset::AllParams),
+                Some(x) if w.len() == 2 && !is(x, "session") && !is(x, "role") => {
+                    found(Reset::Param(x))
+                }
+                _ => {}
+            },
+            Some(f)
+                if is(f, "discard") && w.len() == 2 && w.get(1).is_some_and(|x| is(x, "all")) =>
+            {
+                found(Reset::AllParams);
+                found(Reset::AllStatements);
+            }
+            Some(f) if is(f, "deallocate") => {
+                w = &w[1..];
+                if w.first().is_some_and(|x| is(x, "prepare")) {
+                    w = &w[1..];
+                }
+                match w {
+                    [x] if is(x, "all") => found(Reset::AllStatements),
+                    [x] => found(Reset::Statement(x)),
+                    _ => {}
+                }
+            }
+            Some(f) if is(f, "set") => {
+                if w.get(1).is_some_and(|x| is(x, "session")) {
+                    w = &w[1..];
+                }
+                // SET name TO DEFAULT / SET name = DEFAULT ('=' is dropped by the lexer loop).
+                if let [_, name, to, d] = w
+                    && (is(to, "to") || *to == b"=")
+                    && is(d, "default")
+                {
+                    found(Reset::Param(name));
+                }
+            }
+            _ => {}
+        }
+    };
+    let mut too_long = false;
+    while let Some(tok) = lx.next() {
+        match tok {
+            Token::End => {
+                if !too_long {
+                    flush(&words[..n], &mut found);
+                }
+                n = 0;
+                too_long = false;
+            }
+            Token::Word(w) => {
+                if n < words.len() {
+                    words[n] = w;
+                    n += 1;
+                } else {
+                    too_long = true;
+                }
+            }
+            Token::Punct(b'=') if n < words.len() => {
+                words[n] = b"=";
+                n += 1;
+            }
+            Token::Punct(_) => too_long = true,
+        }
+    }
+    if !too_long {
+        flush(&words[..n], &mut found);
+    }
+}
+
+/// The name an SQL identifier word denotes: a quoted one as written (`""` unescaped), an
+/// unquoted one folded to lower case, as Postgres does.
+pub fn identifier(word: &[u8]) -> String {
+    match word {
+        [b'"', inner @ .., b'"'] => String::from_utf8_lossy(inner).replace("\"\"", "\""),
+        _ => String::from_utf8_lossy(word).to_ascii_lowercase(),
+    }
+}
+
+fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
 }
 
 #[cfg(test)]
@@ -346,9 +533,66 @@ mod tests {
             ("/* LISTEN x */ SELECT 1", None),
             ("UPDATE t SET x = 1", None),
             ("BEGIN; SELECT 1; COMMIT", None),
+            // Quoting that used to fool the lexer into missing what follows.
+            ("SELECT $$it's$$; SET search_path = b", Some(Kind::Set)),
+            ("SELECT $q$it's $$ ; $q$; LISTEN x", Some(Kind::Listen)),
+            ("SELECT E'it\\'s'; SET work_mem = '1MB'", Some(Kind::Set)),
+            ("SELECT e'a\\\\'; LISTEN y", Some(Kind::Listen)),
+            ("SELECT $1::text; SET work_mem = 1", Some(Kind::Set)),
+            ("SELECT $$SET x = 1$$", None),
+            ("DO $$BEGIN PERFORM 1; END$$", Some(Kind::Unclassified)),
+            (
+                "select set_config('search_path', $1, $2)",
+                Some(Kind::SetConfig),
+            ),
+            ("SELECT 1 AS x INTO TEMP t", Some(Kind::TempTable)),
+            (
+                "select * into temporary table t from s",
+                Some(Kind::TempTable),
+            ),
+            ("CREATE TABLE pg_temp.x (a int)", Some(Kind::TempTable)),
+            ("INSERT INTO temp VALUES (1)", None),
         ];
         for (sql, want) in cases {
             assert_eq!(detect(sql.as_bytes()), *want, "{sql}");
+        }
+    }
+
+    #[test]
+    fn finds_resets() {
+        let cases: &[(&str, &[Reset<'_>])] = &[
+            ("RESET ALL", &[Reset::AllParams]),
+            ("reset search_path", &[Reset::Param(b"search_path")]),
+            (
+                "SET search_path TO DEFAULT",
+                &[Reset::Param(b"search_path")],
+            ),
+            (
+                "set session timezone = default",
+                &[Reset::Param(b"timezone")],
+            ),
+            ("DISCARD ALL", &[Reset::AllParams, Reset::AllStatements]),
+            ("DISCARD PLANS", &[]),
+            ("DEALLOCATE ALL", &[Reset::AllStatements]),
+            ("deallocate prepare all;", &[Reset::AllStatements]),
+            ("DEALLOCATE s1", &[Reset::Statement(b"s1")]),
+            (
+                "DEALLOCATE PREPARE \"S 1\"",
+                &[Reset::Statement(b"\"S 1\"")],
+            ),
+            (
+                "SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;",
+                &[Reset::AllParams],
+            ),
+            ("SELECT 'RESET ALL'", &[]),
+            ("SET search_path = 'default'", &[]),
+            ("SELECT default_value FROM t", &[]),
+            ("RESET ROLE", &[]),
+        ];
+        for (sql, want) in cases {
+            let mut got = Vec::new();
+            resets(sql.as_bytes(), |r| got.push(r));
+            assert_eq!(&got[..], *want, "{sql}");
         }
     }
 
@@ -363,8 +607,14 @@ mod tests {
             b"(((",
             b")))",
             b"\xff\xfe;;(",
+            b"$$",
+            b"$a$ reset all",
+            b"E'\\",
+            b"deallocate",
+            b"reset",
         ] {
             let _ = detect(sql);
+            resets(sql, |_| {});
         }
     }
 }

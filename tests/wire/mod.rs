@@ -281,3 +281,205 @@ pub async fn read_messages(
 fn tags_of(msgs: &[(u8, Vec<u8>)]) -> String {
     msgs.iter().map(|(t, _)| *t as char).collect()
 }
+
+/// Connects and logs in with extra startup parameters (md5, cleartext or SCRAM), up to
+/// ReadyForQuery; returns the stream and the ParameterStatus values the server sent.
+pub async fn login_params(
+    addr: SocketAddr,
+    user: &str,
+    password: &str,
+    db: &str,
+    params: &[(&str, &str)],
+) -> Result<(TcpStream, Vec<(String, String)>), String> {
+    use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
+    let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let mut all = vec![("user", user), ("database", db)];
+    all.extend_from_slice(params);
+    s.write_all(&startup_packet(&all))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + HANG;
+    let mut scram: Option<ScramSha256> = None;
+    let mut status = Vec::new();
+    loop {
+        let mut consumed = 0;
+        for (tag, body) in messages(&buf) {
+            consumed += 5 + body.len();
+            match tag {
+                b'R' => {
+                    let code = i32::from_be_bytes(body[..4].try_into().unwrap());
+                    let mut out = BytesMut::new();
+                    match code {
+                        0 => continue,
+                        3 => frontend::password_message(password.as_bytes(), &mut out).unwrap(),
+                        5 => {
+                            let salt = body[4..8].try_into().unwrap();
+                            let hash = postgres_protocol::authentication::md5_hash(
+                                user.as_bytes(),
+                                password.as_bytes(),
+                                salt,
+                            );
+                            frontend::password_message(hash.as_bytes(), &mut out).unwrap();
+                        }
+                        10 => {
+                            let sc = ScramSha256::new(
+                                password.as_bytes(),
+                                ChannelBinding::unsupported(),
+                            );
+                            frontend::sasl_initial_response(SCRAM_SHA_256, sc.message(), &mut out)
+                                .unwrap();
+                            scram = Some(sc);
+                        }
+                        11 => {
+                            let sc = scram.as_mut().expect("SASL started");
+                            sc.update(&body[4..]).map_err(|e| e.to_string())?;
+                            frontend::sasl_response(sc.message(), &mut out).unwrap();
+                        }
+                        12 => {
+                            let sc = scram.as_mut().expect("SASL started");
+                            sc.finish(&body[4..]).map_err(|e| e.to_string())?;
+                            continue;
+                        }
+                        other => panic!("raw login: auth request {other} not supported"),
+                    }
+                    s.write_all(&out).await.map_err(|e| e.to_string())?;
+                }
+                b'S' => {
+                    let mut parts = body.split(|&b| b == 0);
+                    let name =
+                        String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+                    let value =
+                        String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+                    status.push((name, value));
+                }
+                b'E' => {
+                    let (code, msg) = pooler::protocol::error_fields(&body);
+                    return Err(format!("{code} {msg}"));
+                }
+                b'Z' => return Ok((s, status)),
+                _ => {}
+            }
+        }
+        buf.drain(..consumed);
+        let n = tokio::time::timeout_at(deadline, s.read(&mut chunk))
+            .await
+            .map_err(|_| "login timed out".to_string())?
+            .map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("closed during login".into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// What a client saw in answer to one request, up to its ReadyForQuery: the parts a
+/// differential test compares.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Seen {
+    pub rows: Vec<Vec<Option<String>>>,
+    /// SQLSTATEs of errors, in order.
+    pub errors: Vec<String>,
+    /// Command tags.
+    pub tags: Vec<String>,
+    /// ReadyForQuery status.
+    pub status: char,
+}
+
+/// A raw client that keeps its read buffer between requests.
+pub struct Raw {
+    pub s: TcpStream,
+    buf: Vec<u8>,
+    /// Every ParameterStatus seen after login, in order.
+    pub params: Vec<(String, String)>,
+}
+
+impl Raw {
+    pub fn new(s: TcpStream) -> Raw {
+        Raw {
+            s,
+            buf: Vec::new(),
+            params: Vec::new(),
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        tokio::time::timeout(HANG, self.s.write_all(bytes))
+            .await
+            .expect("write timed out")
+            .expect("write");
+    }
+
+    /// Reads up to and including the next ReadyForQuery.
+    pub async fn until_ready(&mut self) -> Seen {
+        let mut seen = Seen::default();
+        let mut chunk = [0u8; 16384];
+        let deadline = tokio::time::Instant::now() + HANG;
+        loop {
+            while self.buf.len() >= 5 {
+                let len = i32::from_be_bytes(self.buf[1..5].try_into().unwrap()) as usize;
+                if self.buf.len() < 1 + len {
+                    break;
+                }
+                let tag = self.buf[0];
+                let body: Vec<u8> = self.buf[5..1 + len].to_vec();
+                self.buf.drain(..1 + len);
+                match tag {
+                    b'D' => seen.rows.push(data_row(&body)),
+                    b'E' => seen.errors.push(pooler::protocol::error_fields(&body).0),
+                    b'C' => seen.tags.push(
+                        String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(&body))
+                            .into_owned(),
+                    ),
+                    b'S' => {
+                        let mut parts = body.split(|&b| b == 0);
+                        let n =
+                            String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+                        let v =
+                            String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+                        self.params.push((n, v));
+                    }
+                    b'Z' => {
+                        seen.status = body[0] as char;
+                        return seen;
+                    }
+                    _ => {}
+                }
+            }
+            let n = tokio::time::timeout_at(deadline, self.s.read(&mut chunk))
+                .await
+                .unwrap_or_else(|_| panic!("no ReadyForQuery; so far {seen:?}"))
+                .expect("read");
+            assert!(n > 0, "connection closed; so far {seen:?}");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// A simple query and what it returned.
+    pub async fn simple(&mut self, sql: &str) -> Seen {
+        self.send(&query(sql)).await;
+        self.until_ready().await
+    }
+}
+
+/// The values of a DataRow body.
+pub fn data_row(body: &[u8]) -> Vec<Option<String>> {
+    let n = i16::from_be_bytes([body[0], body[1]]) as usize;
+    let mut pos = 2;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let len = i32::from_be_bytes(body[pos..pos + 4].try_into().unwrap());
+        pos += 4;
+        if len < 0 {
+            out.push(None);
+        } else {
+            let len = len as usize;
+            out.push(Some(
+                String::from_utf8_lossy(&body[pos..pos + len]).into_owned(),
+            ));
+            pos += len;
+        }
+    }
+    out
+}
