@@ -1307,6 +1307,9 @@ pub fn answer_locally(
         }
         let body = &up.inbuf[pos + 5..pos + total];
         let named = match tag {
+            // A statement that leaves session state or resets some must meet the server's
+            // path, where it is seen (pin, restore); answered here it would slip by.
+            b'P' if leaves_state(body) => return false,
             b'P' => body.first().is_some_and(|&b| b != 0),
             b'C' => body.first() == Some(&b'S') && body.get(1).is_some_and(|&b| b != 0),
             b'S' => {
@@ -1351,6 +1354,20 @@ pub fn answer_locally(
     }
     up.inbuf.advance(end);
     true
+}
+
+/// Whether a Parse body's query text creates or resets session state.
+fn leaves_state(parse_body: &[u8]) -> bool {
+    let Some(name_end) = cstr_end(parse_body, 0) else {
+        return false;
+    };
+    let Some(query_end) = cstr_end(parse_body, name_end + 1) else {
+        return false;
+    };
+    let sql = &parse_body[name_end + 1..query_end];
+    let mut resets = false;
+    session_state::resets(sql, |_| resets = true);
+    resets || session_state::detect(sql).is_some()
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Session state in transaction mode: detected, and pinned, warned about or refused.
 
 mod common;
+mod wire;
 
 use common::*;
 
@@ -166,4 +167,62 @@ async fn error_refuses_with_0a000_and_the_session_goes_on() {
     // Nothing leaked to the server.
     let d = pooler.client().await;
     assert_eq!(first_value(&d, "SHOW work_mem").await, "4MB");
+}
+
+/// Session state that used to slip past detection leaks no more: the next client on that
+/// server (the most recently used idle one, so a leak would show) sees the default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_hidden_by_quoting_or_local_answers_is_still_pinned() {
+    use std::net::SocketAddr;
+    let pg = PgServer::shared();
+    let db = pg.create_db("pin_hidden").await;
+    let pooler = Pooler::start(
+        pg,
+        &db,
+        "pool_mode = \"transaction\"\ndefault_pool_size = 2",
+    )
+    .await;
+    let addr = SocketAddr::from(([127, 0, 0, 1], pooler.port()));
+    let probe = pooler.client().await;
+    let default = first_value(&probe, "SHOW work_mem").await;
+    drop(probe);
+    let cases = [
+        "SELECT $$it's$$; SET work_mem = '9MB'",
+        "SELECT E'it\\'s'; SET work_mem = '9MB'",
+        "DO $$BEGIN PERFORM set_config('work_mem', '9MB', false); END$$",
+    ];
+    for sql in cases {
+        let a = pooler.client().await;
+        a.batch_execute(sql).await.unwrap();
+        assert_eq!(first_value(&a, "SHOW work_mem").await, "9MB", "{sql}");
+        let b = pooler.client().await;
+        assert_eq!(
+            first_value(&b, "SHOW work_mem").await,
+            default,
+            "{sql} leaked"
+        );
+    }
+    // A named Parse + Sync the pooler could answer itself, then its execution.
+    let mut a = wire::Raw::new(wire::login(addr, APP_USER, APP_PASSWORD, &db).await);
+    let mut parse = b"st\0SET work_mem = '9MB'\0".to_vec();
+    parse.extend_from_slice(&[0, 0]);
+    a.send(&[wire::msg(b'P', &parse), wire::sync()].concat())
+        .await;
+    a.until_ready().await;
+    let mut bind = b"\0st\0".to_vec();
+    bind.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+    let exec = [
+        wire::msg(b'B', &bind),
+        wire::msg(b'E', &[0, 0, 0, 0, 0]),
+        wire::sync(),
+    ]
+    .concat();
+    a.send(&exec).await;
+    assert!(a.until_ready().await.errors.is_empty());
+    let b = pooler.client().await;
+    assert_eq!(
+        first_value(&b, "SHOW work_mem").await,
+        default,
+        "named Parse leaked"
+    );
 }
