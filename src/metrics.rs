@@ -30,6 +30,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 
+use crate::accept::AcceptErrors;
 use crate::app::App;
 use crate::error::PoolerError;
 use crate::stats::{CloseReason, PoolStats};
@@ -505,9 +506,11 @@ fn lock(table: &Mutex<Connections>) -> std::sync::MutexGuard<'_, Connections> {
 /// connections are open and decides which one goes when a new one needs room.
 pub async fn serve_http(app: Arc<App>, listener: TcpListener) {
     let table = Arc::new(Mutex::new(Connections::default()));
+    let mut errors = AcceptErrors::new("metrics");
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
+                errors.accepted();
                 let (id, answering, evicted) = lock(&table).admit();
                 let registered = Registered {
                     table: table.clone(),
@@ -521,10 +524,7 @@ pub async fn serve_http(app: Arc<App>, listener: TcpListener) {
                     registered,
                 ));
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "metrics accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            Err(e) => tokio::time::sleep(errors.failed(&e)).await,
         }
     }
 }
