@@ -695,6 +695,38 @@ mod tests {
     }
 
     #[test]
+    fn a_full_listener_drops_the_oldest_connection_not_answering() {
+        let mut table = Connections::default();
+        let mut admitted: Vec<_> = (0..HTTP_MAX_CONNECTIONS).map(|_| table.admit()).collect();
+        // The two oldest are answering a request; the third is the oldest idle one.
+        admitted[0].1.store(true, Ordering::Relaxed);
+        admitted[1].1.store(true, Ordering::Relaxed);
+        let (newest, _, mut newest_rx) = table.admit();
+        assert_eq!(table.open.len(), HTTP_MAX_CONNECTIONS);
+        let mut evicted = Vec::new();
+        for (id, _, rx) in admitted.iter_mut() {
+            if rx.try_recv() == Err(oneshot::error::TryRecvError::Closed) {
+                evicted.push(*id);
+            }
+        }
+        assert_eq!(evicted, [admitted[2].0]);
+        assert!(
+            newest_rx
+                .try_recv()
+                .is_err_and(|e| e == oneshot::error::TryRecvError::Empty)
+        );
+        // Every one answering: the oldest goes.
+        for c in &table.open {
+            c.answering.store(true, Ordering::Relaxed);
+        }
+        table.admit();
+        assert!(!table.open.iter().any(|c| c.id == admitted[0].0));
+        assert!(table.open.iter().any(|c| c.id == newest));
+        table.remove(newest);
+        assert!(!table.open.iter().any(|c| c.id == newest));
+    }
+
+    #[test]
     fn label_values_are_escaped() {
         assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
     }
