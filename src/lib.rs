@@ -2,6 +2,7 @@
 //!
 //! See `docs/architecture.md` for the map of modules and the life of a transaction.
 
+pub mod accept;
 pub mod admin;
 pub mod app;
 pub mod auth;

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
+use crate::accept::AcceptErrors;
 use crate::app::App;
 use crate::lifecycle::{self, Phase};
 use crate::metrics;
@@ -21,26 +22,28 @@ pub async fn bind(app: &App) -> std::io::Result<TcpListener> {
 /// ErrorResponse.
 pub async fn accept_loop(app: Arc<App>, listener: TcpListener) {
     let mut phase = app.control.phase_signal();
+    let mut errors = AcceptErrors::new("clients");
     loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = phase.wait_for(|p| *p >= Phase::Draining) => {
-                // Dropping the listener closes the socket: new connections are refused.
-                app.control.set_listening(false);
-                return;
-            }
+        let pause = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    errors.accepted();
+                    tokio::spawn(tls::serve(app.clone(), stream, peer));
+                    continue;
+                }
+                // EMFILE and friends: the connection stays in the backlog and the next accept
+                // would fail at once; wait (see `accept`), a shutdown still ends the wait.
+                Err(e) => errors.failed(&e),
+            },
+            _ = phase.wait_for(|p| *p >= Phase::Draining) => break,
         };
-        match accepted {
-            Ok((stream, peer)) => {
-                tokio::spawn(tls::serve(app.clone(), stream, peer));
-            }
-            Err(e) => {
-                // EMFILE and friends: back off briefly instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = phase.wait_for(|p| *p >= Phase::Draining) => break,
         }
     }
+    // Dropping the listener (on return) closes the socket: new connections are refused.
+    app.control.set_listening(false);
 }
 
 /// A pooler serving in the background of the current runtime (used by tests and `main`).

@@ -1,5 +1,6 @@
-//! Every metric name in one place, the Prometheus rendering, and the small HTTP listener that
-//! serves `/metrics`, `/healthz` and `/readyz`.
+//! Every metric name in one place, the Prometheus rendering, and the HTTP listener (hyper)
+//! that serves `/metrics`, `/healthz` and `/readyz`, bounded so idle or slow connections cannot
+//! keep a probe from being answered.
 //!
 //! The recorder is the App's own (not the process-global one), so several poolers in one
 //! process (the tests) keep separate numbers. Gauges and totals are not updated on the client
@@ -8,16 +9,28 @@
 //! transaction. Names follow prometheus-community/pgbouncer_exporter with `pooler_` for
 //! `pgbouncer_`, so dashboards port by swapping the prefix.
 
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics::{Counter, Key, KeyName, Label, Level, Metadata, Recorder, SharedString};
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
+use std::convert::Infallible;
 use std::fmt::Write as _;
-use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
 
+use crate::accept::AcceptErrors;
 use crate::app::App;
 use crate::error::PoolerError;
 use crate::stats::{CloseReason, PoolStats};
@@ -407,33 +420,162 @@ pub fn readiness(app: &App) -> Result<(), String> {
     }
 }
 
-/// A request line and headers larger than this are refused: probes and scrapers send ~200 bytes.
+/// A request line and headers larger than this are refused with 431: probes and scrapers send
+/// ~200 bytes. (hyper's smallest read buffer; it cannot be set lower.)
 const MAX_REQUEST: usize = 8 * 1024;
-/// A connection that has not sent its request, or not taken its answer, by then is dropped.
+/// A connection must have sent its whole request head by then, counted from the accept: an
+/// idle socket or a slowloris sending a byte a second holds its slot this long at most.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// A connection still open by then (a client that does not take its answer) is dropped.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
-/// Scrapers and probes open a handful of connections; more at once are dropped, so a flood
-/// cannot pile up tasks.
+/// After the answer, unread input is read and thrown away for at most this long before the
+/// socket is closed: closing with unread input would reset the connection and could destroy
+/// the answer (a 431, say) before the client reads it.
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 1 << 20;
+/// Connections served at once. Probes and scrapers open a handful; when more are open, the
+/// oldest one that has not sent a request yet is dropped to make room, so idle or slow sockets
+/// can hold at most this much memory and can never crowd out a probe that just connected.
 const HTTP_MAX_CONNECTIONS: usize = 64;
 
+/// The open connections of the metrics listener, oldest first, for eviction.
+#[derive(Default)]
+struct Connections {
+    next_id: u64,
+    open: std::collections::VecDeque<Connection>,
+}
+
+struct Connection {
+    id: u64,
+    /// Set while a request is being answered: such a connection is dropped only when every
+    /// open connection is answering one.
+    answering: Arc<AtomicBool>,
+    /// Dropping it (taking the entry out of the table) ends the connection's task.
+    _evict: oneshot::Sender<()>,
+}
+
+impl Connections {
+    /// Makes room for a new connection, evicting the oldest not answering a request (or the
+    /// oldest at all) when full; returns its id, flag and eviction signal.
+    fn admit(&mut self) -> (u64, Arc<AtomicBool>, oneshot::Receiver<()>) {
+        while self.open.len() >= HTTP_MAX_CONNECTIONS {
+            let victim = self
+                .open
+                .iter()
+                .position(|c| !c.answering.load(Ordering::Relaxed))
+                .unwrap_or(0);
+            self.open.remove(victim);
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let answering = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = oneshot::channel();
+        self.open.push_back(Connection {
+            id,
+            answering: answering.clone(),
+            _evict: tx,
+        });
+        (id, answering, rx)
+    }
+
+    fn remove(&mut self, id: u64) {
+        self.open.retain(|c| c.id != id);
+    }
+}
+
+/// Takes a connection out of the table when its task ends, however it ends.
+struct Registered {
+    table: Arc<Mutex<Connections>>,
+    id: u64,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        lock(&self.table).remove(self.id);
+    }
+}
+
+fn lock(table: &Mutex<Connections>) -> std::sync::MutexGuard<'_, Connections> {
+    // The table is consistent after any panic (each change is one call): keep serving.
+    table.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Serves the metrics and health endpoints until the task is dropped.
+///
+/// HTTP/1 parsing, timeouts and size limits are hyper's; this loop only bounds how many
+/// connections are open and decides which one goes when a new one needs room.
 pub async fn serve_http(app: Arc<App>, listener: TcpListener) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(HTTP_MAX_CONNECTIONS));
+    let table = Arc::new(Mutex::new(Connections::default()));
+    let mut errors = AcceptErrors::new("metrics");
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                let Ok(slot) = slots.clone().try_acquire_owned() else {
-                    continue;
+                errors.accepted();
+                let (id, answering, evicted) = lock(&table).admit();
+                let registered = Registered {
+                    table: table.clone(),
+                    id,
                 };
-                let app = app.clone();
-                tokio::spawn(async move {
-                    let _ = tokio::time::timeout(HTTP_TIMEOUT, respond(&app, stream)).await;
-                    drop(slot);
-                });
+                tokio::spawn(serve_connection(
+                    app.clone(),
+                    stream,
+                    answering,
+                    evicted,
+                    registered,
+                ));
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "metrics accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            Err(e) => tokio::time::sleep(errors.failed(&e)).await,
+        }
+    }
+}
+
+/// One connection: one request (no keep-alive: a probe or scrape opens a connection each time,
+/// which keeps every socket's life short and bounded), then a lingering close.
+async fn serve_connection(
+    app: Arc<App>,
+    mut stream: TcpStream,
+    answering: Arc<AtomicBool>,
+    evicted: oneshot::Receiver<()>,
+    _registered: Registered,
+) {
+    let service = {
+        let answering = answering.clone();
+        service_fn(move |req: Request<Incoming>| {
+            // From here until the answer is written, this connection is doing real work.
+            answering.store(true, Ordering::Relaxed);
+            std::future::ready(Ok::<_, Infallible>(respond(
+                &app,
+                req.method(),
+                req.uri().path(),
+            )))
+        })
+    };
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .keep_alive(false)
+        .max_buf_size(MAX_REQUEST);
+    let answered = tokio::select! {
+        _ = builder.serve_connection(TokioIo::new(&mut stream), service) => true,
+        _ = evicted => false,
+        _ = tokio::time::sleep(HTTP_TIMEOUT) => false,
+    };
+    if answered {
+        answering.store(false, Ordering::Relaxed);
+        let _ = tokio::time::timeout(LINGER, drain(&mut stream)).await;
+    }
+}
+
+/// Reads and discards what the client still sends, up to a bound, until it closes.
+async fn drain(stream: &mut TcpStream) {
+    let _ = stream.shutdown().await;
+    let mut buf = [0u8; 4096];
+    let mut drained = 0;
+    while drained < LINGER_BYTES {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => drained += n,
         }
     }
 }
@@ -448,94 +590,44 @@ pub async fn upkeep(app: Weak<App>) {
     }
 }
 
-/// One HTTP/1.x exchange: GET or HEAD of a known path, then close.
-async fn respond(app: &App, mut stream: TcpStream) -> std::io::Result<()> {
-    let mut buf = [0u8; MAX_REQUEST];
-    let mut len = 0;
-    let head_end = loop {
-        if let Some(i) = buf[..len].windows(4).position(|w| w == b"\r\n\r\n") {
-            break i;
-        }
-        if len == buf.len() {
-            write_response(&mut stream, false, 431, "text/plain", "request too large\n").await?;
-            // Closing with unread input would reset the connection and could destroy the
-            // answer before the client reads it: take (a bounded amount of) the rest first.
-            let mut drained = 0;
-            while drained < 1 << 20 {
-                match stream.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => drained += n,
-                }
-            }
-            return Ok(());
-        }
-        let n = stream.read(&mut buf[len..]).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        len += n;
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]);
-    let mut parts = head.lines().next().unwrap_or("").split_whitespace();
-    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = target.split('?').next().unwrap_or("");
-    let is_head = method == "HEAD";
-    if method != "GET" && !is_head {
-        return write_response(&mut stream, false, 405, "text/plain", "GET only\n").await;
+/// The answer to GET or HEAD of a known path (hyper leaves the body out for HEAD).
+fn respond(app: &App, method: &Method, path: &str) -> Response<Full<Bytes>> {
+    if method != Method::GET && method != Method::HEAD {
+        let mut r = text_response(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n");
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
     }
     match path {
-        "/metrics" => {
-            let body = app.metrics.render(app);
-            write_response(
-                &mut stream,
-                is_head,
-                200,
-                "text/plain; version=0.0.4; charset=utf-8",
-                &body,
-            )
-            .await
-        }
-        "/healthz" => write_response(&mut stream, is_head, 200, "text/plain", "ok\n").await,
+        "/metrics" => text_response(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            app.metrics.render(app),
+        ),
+        "/healthz" => text_response(StatusCode::OK, "text/plain", "ok\n"),
         "/readyz" => match readiness(app) {
-            Ok(()) => write_response(&mut stream, is_head, 200, "text/plain", "ready\n").await,
-            Err(why) => {
-                let body = format!("not ready: {why}\n");
-                write_response(&mut stream, is_head, 503, "text/plain", &body).await
-            }
+            Ok(()) => text_response(StatusCode::OK, "text/plain", "ready\n"),
+            Err(why) => text_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("not ready: {why}\n"),
+            ),
         },
-        _ => write_response(&mut stream, is_head, 404, "text/plain", "not found\n").await,
+        _ => text_response(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
     }
 }
 
-async fn write_response(
-    stream: &mut TcpStream,
-    head_only: bool,
-    status: u16,
-    content_type: &str,
-    body: &str,
-) -> std::io::Result<()> {
-    let reason = match status {
-        200 => "OK",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        431 => "Request Header Fields Too Large",
-        503 => "Service Unavailable",
-        _ => "Error",
-    };
-    let mut out = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
-         Cache-Control: no-store\r\nConnection: close\r\n",
-        body.len()
-    );
-    if status == 405 {
-        out.push_str("Allow: GET, HEAD\r\n");
-    }
-    out.push_str("\r\n");
-    if !head_only {
-        out.push_str(body);
-    }
-    stream.write_all(out.as_bytes()).await?;
-    stream.shutdown().await
+fn text_response(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
 }
 
 #[cfg(test)]
@@ -600,6 +692,38 @@ mod tests {
         ] {
             assert!(ERROR_KINDS.contains(&e.kind()), "{}", e.kind());
         }
+    }
+
+    #[test]
+    fn a_full_listener_drops_the_oldest_connection_not_answering() {
+        let mut table = Connections::default();
+        let mut admitted: Vec<_> = (0..HTTP_MAX_CONNECTIONS).map(|_| table.admit()).collect();
+        // The two oldest are answering a request; the third is the oldest idle one.
+        admitted[0].1.store(true, Ordering::Relaxed);
+        admitted[1].1.store(true, Ordering::Relaxed);
+        let (newest, _, mut newest_rx) = table.admit();
+        assert_eq!(table.open.len(), HTTP_MAX_CONNECTIONS);
+        let mut evicted = Vec::new();
+        for (id, _, rx) in admitted.iter_mut() {
+            if rx.try_recv() == Err(oneshot::error::TryRecvError::Closed) {
+                evicted.push(*id);
+            }
+        }
+        assert_eq!(evicted, [admitted[2].0]);
+        assert!(
+            newest_rx
+                .try_recv()
+                .is_err_and(|e| e == oneshot::error::TryRecvError::Empty)
+        );
+        // Every one answering: the oldest goes.
+        for c in &table.open {
+            c.answering.store(true, Ordering::Relaxed);
+        }
+        table.admit();
+        assert!(!table.open.iter().any(|c| c.id == admitted[0].0));
+        assert!(table.open.iter().any(|c| c.id == newest));
+        table.remove(newest);
+        assert!(!table.open.iter().any(|c| c.id == newest));
     }
 
     #[test]

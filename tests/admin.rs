@@ -2,6 +2,7 @@
 //! PAUSE/RESUME/KILL against real transactions, SHUTDOWN.
 
 mod common;
+mod wire;
 
 use common::*;
 use std::time::Duration;
@@ -364,4 +365,42 @@ async fn shutdown_stops_listening_and_readyz_says_so() {
         .await,
         "still accepting clients after SHUTDOWN"
     );
+}
+
+/// Issue 12, item 8: a console command that is not valid UTF-8 gets an error, as Postgres
+/// answers such a query (22021), and the session goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_utf8_in_a_console_command_is_an_error_not_a_disconnect() {
+    use tokio::io::AsyncWriteExt;
+    let pg = PgServer::shared();
+    let db = pg.create_db("admin_utf8").await;
+    let pooler = start(pg, &db, "").await;
+    let mut s = wire::login(pooler.running.addr, "admin", "admin-pw", "pgbouncer").await;
+    // "SHOW " then a lone continuation byte and a truncated two-byte sequence.
+    let mut body = b"SHOW \xc3(POOLS \xff".to_vec();
+    body.push(0);
+    s.write_all(&wire::msg(b'Q', &body)).await.unwrap();
+    let reply = wire::read_until(&mut s, b'Z').await;
+    let errors: Vec<_> = reply
+        .iter()
+        .filter(|(t, _)| *t == b'E')
+        .map(|(_, b)| pooler::protocol::error_fields(b))
+        .collect();
+    assert_eq!(
+        errors,
+        [(
+            "22021".to_string(),
+            "invalid byte sequence for encoding \"UTF8\": 0xc3 0x28".to_string()
+        )],
+        "{reply:?}"
+    );
+    assert_eq!(
+        reply.last().map(|(t, b)| (*t, b.clone())),
+        Some((b'Z', vec![b'I']))
+    );
+    // Still the same session: a valid command is answered.
+    s.write_all(&wire::query("SHOW VERSION")).await.unwrap();
+    let reply = wire::read_until(&mut s, b'Z').await;
+    assert!(reply.iter().any(|(t, _)| *t == b'D'), "{reply:?}");
+    assert!(!reply.iter().any(|(t, _)| *t == b'E'), "{reply:?}");
 }

@@ -432,10 +432,74 @@ async fn the_http_listener_answers_only_bounded_gets() {
         raw_status(addr, huge.as_bytes()).await,
         "HTTP/1.1 431 Request Header Fields Too Large"
     );
+    // An HTTP/1.0 request gets an HTTP/1.0 answer (hyper's choice, which 1.0 clients expect).
     assert_eq!(
         raw_status(addr, b"HEAD /healthz HTTP/1.0\r\n\r\n").await,
-        "HTTP/1.1 200 OK"
+        "HTTP/1.0 200 OK"
     );
     // Still serving after all that.
+    assert!(pooler.scrape().await.contains("pooler_up 1"));
+}
+
+/// Issue 12, item 4: a pile of idle sockets and slowloris clients on the metrics port must not
+/// keep probes from being answered, and are themselves closed by the pooler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_are_answered_while_idle_and_slow_connections_pile_up() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pg = PgServer::shared();
+    let db = pg.create_db("metrics_starve").await;
+    let pooler = Pooler::start(pg, &db, &format!("metrics_port = {}", free_port())).await;
+    let addr = pooler.running.metrics_addr.unwrap();
+    // More idle sockets than the listener serves at once (64); they send nothing.
+    let mut idle = Vec::new();
+    for _ in 0..80 {
+        idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    // A few slowloris clients: a request head that never ends, one byte a second, until the
+    // pooler closes them (or LIMIT passes: then the test fails below).
+    let mut slow = Vec::new();
+    for _ in 0..4 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        slow.push(tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + LIMIT;
+            let head = b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: ".iter();
+            for byte in head.chain(std::iter::repeat(&b'a')) {
+                if tokio::time::Instant::now() >= deadline {
+                    return false;
+                }
+                if s.write_all(&[*byte]).await.is_err() {
+                    return true;
+                }
+                let mut one = [0u8; 1];
+                match tokio::time::timeout(Duration::from_secs(1), s.read(&mut one)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => return true,
+                    _ => {}
+                }
+            }
+            false
+        }));
+    }
+    // Probes and a scrape are answered, several rounds, with more idle sockets arriving.
+    for round in 0..3 {
+        for path in ["/healthz", "/readyz", "/metrics"] {
+            let (status, body) = pooler.http_get(path).await;
+            assert_eq!(status, 200, "round {round} {path}: {body}");
+        }
+        for _ in 0..20 {
+            idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+    }
+    // Every idle socket is closed by the pooler: dropped to make room, or timed out.
+    for (i, mut s) in idle.into_iter().enumerate() {
+        let mut buf = [0u8; 64];
+        let closed = tokio::time::timeout(LIMIT, s.read(&mut buf)).await;
+        assert!(
+            matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+            "idle socket {i} still open: {closed:?}"
+        );
+    }
+    for s in slow {
+        assert!(s.await.unwrap(), "a slowloris client was never cut off");
+    }
     assert!(pooler.scrape().await.contains("pooler_up 1"));
 }

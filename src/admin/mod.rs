@@ -192,9 +192,18 @@ impl Console {
             let mut out = BytesMut::new();
             match tag {
                 b'Q' => {
-                    let mut b = body.as_slice();
-                    let sql = protocol::take_cstr(&mut b)?;
-                    let shutdown = self.execute(app, &sql, &mut out).await;
+                    let sql = match query_text(&body)? {
+                        Ok(sql) => sql,
+                        Err(message) => {
+                            // Well framed, only not text: a bad command, not a bad
+                            // connection. Postgres answers it so, and the session goes on.
+                            protocol::error_response(&mut out, "ERROR", "22021", &message);
+                            protocol::ready_for_query(&mut out, b'I');
+                            stream.write_all(&out).await?;
+                            continue;
+                        }
+                    };
+                    let shutdown = self.execute(app, sql, &mut out).await;
                     protocol::ready_for_query(&mut out, b'I');
                     stream.write_all(&out).await?;
                     if shutdown {
@@ -297,6 +306,37 @@ impl Console {
             _ => Err(syntax(statement)),
         }
     }
+}
+
+/// The text of a Query message: a framing error (no terminator) ends the session; text that
+/// is not UTF-8 is `Err` with Postgres's message for it.
+fn query_text(body: &[u8]) -> Result<Result<&str, String>> {
+    let end = body
+        .iter()
+        .position(|&b| b == 0)
+        .ok_or_else(|| PoolerError::protocol("missing string terminator"))?;
+    let raw = &body[..end];
+    Ok(std::str::from_utf8(raw).map_err(|e| invalid_utf8(&raw[e.valid_up_to()..])))
+}
+
+/// Postgres's text for an invalid UTF-8 sequence: the bytes of the character the first byte
+/// announces (as many as there are), `invalid byte sequence for encoding "UTF8": 0xc3 0x28`.
+fn invalid_utf8(bad: &[u8]) -> String {
+    let announced = match bad.first() {
+        Some(0xc0..=0xdf) => 2,
+        Some(0xe0..=0xef) => 3,
+        Some(0xf0..=0xf7) => 4,
+        _ => 1,
+    };
+    let bytes: Vec<String> = bad
+        .iter()
+        .take(announced)
+        .map(|b| format!("0x{b:02x}"))
+        .collect();
+    format!(
+        "invalid byte sequence for encoding \"UTF8\": {}",
+        bytes.join(" ")
+    )
 }
 
 struct CommandError {
@@ -471,6 +511,17 @@ fn kill(app: &Arc<App>, db: Option<&str>) -> Result<Reply, CommandError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn query_text_tells_bad_framing_from_bad_text() {
+        assert_eq!(query_text(b"SHOW POOLS\0").ok(), Some(Ok("SHOW POOLS")));
+        assert!(query_text(b"SHOW POOLS").is_err());
+        let bad = |body: &[u8]| query_text(body).ok().and_then(|r| r.err());
+        let prefix = "invalid byte sequence for encoding \"UTF8\": ";
+        assert_eq!(bad(b"SHOW \xc3(\0"), Some(format!("{prefix}0xc3 0x28")));
+        assert_eq!(bad(b"\xff\0"), Some(format!("{prefix}0xff")));
+        assert_eq!(bad(b"a\xe2\x82\0"), Some(format!("{prefix}0xe2 0x82")));
+    }
 
     #[test]
     fn console_names() {
