@@ -2,8 +2,13 @@
 //!
 //! Key names and defaults are PgBouncer's, so a migrating user rewrites syntax, not semantics.
 //! Every timeout is in seconds (fractions allowed) and `0` disables it, as in PgBouncer.
+//! A `pgbouncer.ini` is read as it is (`ini`): it becomes the same TOML table a `pooler.toml`
+//! parses to, so both go through one deserialisation and one validation.
+
+pub mod ini;
 
 use serde::Deserialize;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -435,6 +440,21 @@ pub struct DatabaseConfig {
     pub session_state: Option<crate::session_state::Policy>,
 }
 
+/// One `[users.NAME]` entry (PgBouncer's `[users]` section): settings for the pools of one
+/// server user. They win over the database entry's and the global ones, as in PgBouncer.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub pool_mode: Option<PoolMode>,
+    pub pool_size: Option<usize>,
+    /// Overrides `max_user_connections` for this user.
+    pub max_user_connections: Option<usize>,
+}
+
+/// The name of the fallback database entry: clients asking for a database without an entry of
+/// its own get this one, with the name they asked for as `dbname` (PgBouncer's `*`).
+pub const FALLBACK_DATABASE: &str = "*";
+
 fn default_host() -> String {
     "127.0.0.1".into()
 }
@@ -449,9 +469,15 @@ pub struct Config {
     pub pooler: PoolerSettings,
     #[serde(default)]
     pub databases: BTreeMap<String, DatabaseConfig>,
+    #[serde(default)]
+    pub users: BTreeMap<String, UserConfig>,
     /// Where this config came from, so RELOAD can read it again the same way.
     #[serde(skip)]
     pub origin: Origin,
+    /// Keys of a `pgbouncer.ini` that the pooler read but does not act on, one sentence each:
+    /// logged at start and at RELOAD so none is dropped silently.
+    #[serde(skip)]
+    pub warnings: Vec<String>,
 }
 
 /// The file and environment overrides a config was loaded from.
@@ -483,7 +509,14 @@ impl Config {
             file: file.clone(),
             source,
         })?;
-        let mut config = Config::parse_with_overrides(&text, &file, &overrides)?;
+        let mut config = if ini::is_ini(path, &text) {
+            let parsed = ini::parse(path, &text, &|p: &Path| std::fs::read_to_string(p))?;
+            let mut config = Config::from_table(parsed.table, &file, &overrides)?;
+            config.warnings = parsed.warnings;
+            config
+        } else {
+            Config::parse_with_overrides(&text, &file, &overrides)?
+        };
         if let Some(dir) = path.parent() {
             let p = &mut config.pooler;
             for file in [
@@ -528,23 +561,60 @@ impl Config {
             file: file.to_string(),
             message,
         };
-        let config: Config = if overrides.is_empty() {
-            toml::from_str(text).map_err(|e| invalid(e.to_string().trim_end().to_string()))?
-        } else {
-            let mut table: toml::Table =
+        if !overrides.is_empty() {
+            let table: toml::Table =
                 toml::from_str(text).map_err(|e| invalid(e.to_string().trim_end().to_string()))?;
-            crate::env::apply(&mut table, overrides).map_err(invalid)?;
-            let names: Vec<&str> = overrides.iter().map(|(k, _)| k.as_str()).collect();
-            table.try_into().map_err(|e: toml::de::Error| {
-                invalid(format!(
-                    "{} (with environment overrides {})",
-                    e.to_string().trim_end(),
-                    names.join(", ")
-                ))
-            })?
-        };
+            return Config::from_table(table, file, overrides);
+        }
+        // Straight from the text, so errors point at the line.
+        let config: Config =
+            toml::from_str(text).map_err(|e| invalid(e.to_string().trim_end().to_string()))?;
         config.validate(file)?;
         Ok(config)
+    }
+
+    /// A config from a parsed table (TOML, or a `pgbouncer.ini` turned into one), with the
+    /// environment overrides applied over it, validated.
+    pub fn from_table(
+        mut table: toml::Table,
+        file: &str,
+        overrides: &[(String, String)],
+    ) -> Result<Config, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            file: file.to_string(),
+            message,
+        };
+        crate::env::apply(&mut table, overrides).map_err(invalid)?;
+        let config: Config = table.try_into().map_err(|e: toml::de::Error| {
+            let names: Vec<&str> = overrides.iter().map(|(k, _)| k.as_str()).collect();
+            let message = e.to_string().trim_end().to_string();
+            invalid(if names.is_empty() {
+                message
+            } else {
+                format!(
+                    "{message} (with environment overrides {})",
+                    names.join(", ")
+                )
+            })
+        })?;
+        config.validate(file)?;
+        Ok(config)
+    }
+
+    /// The entry for a database a client asks for: its own, or the `*` fallback with the
+    /// asked-for name as `dbname` (unless the fallback names one).
+    pub fn database(&self, name: &str) -> Option<Cow<'_, DatabaseConfig>> {
+        // `*` itself is not a database name a client can ask for.
+        if name == FALLBACK_DATABASE {
+            return None;
+        }
+        if let Some(db) = self.databases.get(name) {
+            return Some(Cow::Borrowed(db));
+        }
+        let fallback = self.databases.get(FALLBACK_DATABASE)?;
+        let mut db = fallback.clone();
+        db.dbname.get_or_insert_with(|| name.to_string());
+        Some(Cow::Owned(db))
     }
 
     fn validate(&self, file: &str) -> Result<(), ConfigError> {
@@ -613,12 +683,46 @@ impl Config {
                 )));
             }
         }
+        for (name, user) in &self.users {
+            if user.pool_size == Some(0) {
+                return Err(invalid(format!(
+                    "users.{name}.pool_size: must be at least 1"
+                )));
+            }
+        }
         Ok(())
     }
 
-    /// The pool limits of one database, with per-database overrides applied.
+    /// The pool size of a database entry, before any user's override (SHOW DATABASES).
     pub fn pool_size(&self, db: &DatabaseConfig) -> usize {
         db.pool_size.unwrap_or(self.pooler.default_pool_size)
+    }
+
+    /// The pool size of one database's pool for `user`: the user's, the database's, or the
+    /// default, in that order (PgBouncer's precedence).
+    pub fn pool_size_for(&self, db: &DatabaseConfig, user: &str) -> usize {
+        self.users
+            .get(user)
+            .and_then(|u| u.pool_size)
+            .unwrap_or_else(|| self.pool_size(db))
+    }
+
+    /// The pool mode of one database's pool for `user`: the user's, the database's, or the
+    /// global one.
+    pub fn pool_mode(&self, db: &DatabaseConfig, user: &str) -> PoolMode {
+        self.users
+            .get(user)
+            .and_then(|u| u.pool_mode)
+            .or(db.pool_mode)
+            .unwrap_or(self.pooler.pool_mode)
+    }
+
+    /// `max_user_connections` for one user: the user's entry, or the global one.
+    pub fn max_user_connections(&self, user: &str) -> usize {
+        self.users
+            .get(user)
+            .and_then(|u| u.max_user_connections)
+            .unwrap_or(self.pooler.max_user_connections)
     }
 }
 
