@@ -142,6 +142,40 @@ impl NameList {
     }
 }
 
+/// A boolean as PgBouncer users write it: TOML's `true`/`false`, or `0`/`1`, or the strings
+/// `"yes"`/`"no"`, `"on"`/`"off"`, `"1"`/`"0"`, so `log_connections = 0` copied from a
+/// pgbouncer.ini works in TOML too.
+fn pg_bool<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    struct Visitor;
+    impl serde::de::Visitor<'_> for Visitor {
+        type Value = bool;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a boolean: true/false, 1/0, \"yes\"/\"no\", \"on\"/\"off\"")
+        }
+        fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<bool, E> {
+            Ok(v)
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<bool, E> {
+            match v {
+                0 => Ok(false),
+                1 => Ok(true),
+                _ => Err(E::invalid_value(serde::de::Unexpected::Signed(v), &self)),
+            }
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<bool, E> {
+            match v {
+                0 => Ok(false),
+                1 => Ok(true),
+                _ => Err(E::invalid_value(serde::de::Unexpected::Unsigned(v), &self)),
+            }
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<bool, E> {
+            ini::parse_bool(v).ok_or_else(|| E::invalid_value(serde::de::Unexpected::Str(v), &self))
+        }
+    }
+    d.deserialize_any(Visitor)
+}
+
 /// The `[pooler]` section: PgBouncer's `[pgbouncer]` section, same keys.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -189,7 +223,9 @@ pub struct PoolerSettings {
     pub session_state: crate::session_state::Policy,
     pub ignore_startup_parameters: NameList,
     pub track_extra_parameters: NameList,
+    #[serde(deserialize_with = "pg_bool")]
     pub log_connections: bool,
+    #[serde(deserialize_with = "pg_bool")]
     pub log_disconnections: bool,
     /// Where `/metrics`, `/healthz` and `/readyz` are served; `metrics_port = 0` turns it off.
     pub metrics_addr: String,
@@ -781,6 +817,28 @@ mod tests {
                 "pooler.toml.example does not document {key}"
             );
         }
+    }
+
+    #[test]
+    fn booleans_take_pgbouncer_spellings() {
+        for (v, want) in [
+            ("0", false),
+            ("1", true),
+            ("true", true),
+            ("false", false),
+            ("\"yes\"", true),
+            ("\"off\"", false),
+        ] {
+            let c = Config::parse(
+                &format!("[pooler]\nauth_type = \"trust\"\nlog_connections = {v}\nlog_disconnections = {v}\n"),
+                "t.toml",
+            )
+            .unwrap_or_else(|e| panic!("{v}: {e}"));
+            assert_eq!(c.pooler.log_connections, want, "{v}");
+            assert_eq!(c.pooler.log_disconnections, want, "{v}");
+        }
+        let e = Config::parse("[pooler]\nlog_connections = 2\n", "t.toml").unwrap_err();
+        assert!(e.to_string().contains("log_connections"), "{e}");
     }
 
     #[test]
