@@ -302,6 +302,7 @@ impl App {
             let o = &old.pooler;
             p.listen_addr = o.listen_addr.clone();
             p.listen_port = o.listen_port;
+            p.unix_socket_dir = o.unix_socket_dir.clone();
             p.metrics_addr = o.metrics_addr.clone();
             p.metrics_port = o.metrics_port;
             p.track_extra_parameters = o.track_extra_parameters.clone();

@@ -180,8 +180,11 @@ fn pg_bool<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PoolerSettings {
+    /// One address, a comma-separated list, or `*` (every IPv4 and IPv6 address).
     pub listen_addr: String,
     pub listen_port: u16,
+    /// A directory for PgBouncer's Unix socket `.s.PGSQL.<listen_port>`; empty: none.
+    pub unix_socket_dir: String,
     pub pool_mode: PoolMode,
     pub auth_type: AuthType,
     pub auth_file: Option<PathBuf>,
@@ -241,6 +244,8 @@ impl Default for PoolerSettings {
         PoolerSettings {
             listen_addr: "127.0.0.1".into(),
             listen_port: 6432,
+            // PgBouncer's default is /tmp; off here so that existing configs change nothing.
+            unix_socket_dir: String::new(),
             pool_mode: PoolMode::Session,
             auth_type: AuthType::Md5,
             auth_file: None,
@@ -315,6 +320,7 @@ impl PoolerSettings {
         vec![
             ("listen_addr", self.listen_addr.clone(), Text),
             ("listen_port", self.listen_port.to_string(), Value),
+            ("unix_socket_dir", self.unix_socket_dir.clone(), Text),
             ("pool_mode", self.pool_mode.as_str().into(), Text),
             ("auth_type", self.auth_type.as_str().into(), Text),
             ("auth_file", path(&self.auth_file), Text),
@@ -445,6 +451,7 @@ impl PoolerSettings {
 pub const RESTART_ONLY: &[&str] = &[
     "listen_addr",
     "listen_port",
+    "unix_socket_dir",
     "metrics_addr",
     "metrics_port",
     "track_extra_parameters",

@@ -141,11 +141,17 @@ async fn serve(app: App) -> ExitCode {
     let mut running = match Running::start(app).await {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("pooler: cannot listen: {e}");
+            // The error names the address and what it was for (clients, metrics).
+            eprintln!("pooler: {e}");
             return ExitCode::FAILURE;
         }
     };
-    tracing::info!(addr = %running.addr, "listening");
+    for addr in &running.addrs {
+        tracing::info!(%addr, "listening");
+    }
+    if let Some(path) = &running.unix_socket {
+        tracing::info!(path = %path.display(), "listening on unix socket");
+    }
     if let Some(addr) = running.metrics_addr {
         tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
     }

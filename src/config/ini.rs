@@ -469,9 +469,14 @@ use Unsupported::{Ignored, RefusedWhenSet};
 const UNSUPPORTED_SETTINGS: &[(&str, Unsupported)] = &[
     ("logfile", Ignored("logs go to stderr")),
     ("pidfile", Ignored("no pid file is written")),
-    ("unix_socket_dir", Ignored("no Unix socket is opened")),
-    ("unix_socket_mode", Ignored("no Unix socket is opened")),
-    ("unix_socket_group", Ignored("no Unix socket is opened")),
+    (
+        "unix_socket_mode",
+        Ignored("the socket gets the process's umask"),
+    ),
+    (
+        "unix_socket_group",
+        Ignored("the socket gets the process's group"),
+    ),
     ("user", Ignored("start the process as that user instead")),
     (
         "max_db_client_connections",
