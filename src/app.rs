@@ -303,6 +303,7 @@ impl App {
             p.listen_addr = o.listen_addr.clone();
             p.listen_port = o.listen_port;
             p.unix_socket_dir = o.unix_socket_dir.clone();
+            p.log_format = o.log_format;
             p.metrics_addr = o.metrics_addr.clone();
             p.metrics_port = o.metrics_port;
             p.track_extra_parameters = o.track_extra_parameters.clone();

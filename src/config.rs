@@ -230,6 +230,8 @@ pub struct PoolerSettings {
     pub log_connections: bool,
     #[serde(deserialize_with = "pg_bool")]
     pub log_disconnections: bool,
+    /// `text` (coloured only on a terminal) or `json` (one object per line).
+    pub log_format: crate::logging::LogFormat,
     /// Where `/metrics`, `/healthz` and `/readyz` are served; `metrics_port = 0` turns it off.
     pub metrics_addr: String,
     pub metrics_port: u16,
@@ -281,6 +283,7 @@ impl Default for PoolerSettings {
             track_extra_parameters: NameList::Empty,
             log_connections: true,
             log_disconnections: true,
+            log_format: crate::logging::LogFormat::Text,
             // Loopback by default: metrics reveal database and user names.
             metrics_addr: "127.0.0.1".into(),
             // pgbouncer_exporter's port: the pooler replaces that exporter.
@@ -422,6 +425,7 @@ impl PoolerSettings {
                 u8::from(self.log_disconnections).to_string(),
                 Bool,
             ),
+            ("log_format", self.log_format.as_str().into(), Text),
             ("metrics_addr", self.metrics_addr.clone(), Text),
             ("metrics_port", self.metrics_port.to_string(), Value),
             ("admin_users", list(&self.admin_users), Text),
@@ -452,6 +456,7 @@ pub const RESTART_ONLY: &[&str] = &[
     "listen_addr",
     "listen_port",
     "unix_socket_dir",
+    "log_format",
     "metrics_addr",
     "metrics_port",
     "track_extra_parameters",
@@ -555,7 +560,8 @@ impl Config {
         let mut config = if ini::is_ini(path, &text) {
             let parsed = ini::parse(path, &text, &|p: &Path| std::fs::read_to_string(p))?;
             let mut config = Config::from_table(parsed.table, &file, &overrides)?;
-            config.warnings = parsed.warnings;
+            // The file's warnings first, then the environment's.
+            config.warnings.splice(0..0, parsed.warnings);
             config
         } else {
             Config::parse_with_overrides(&text, &file, &overrides)?
@@ -627,8 +633,8 @@ impl Config {
             file: file.to_string(),
             message,
         };
-        crate::env::apply(&mut table, overrides).map_err(invalid)?;
-        let config: Config = table.try_into().map_err(|e: toml::de::Error| {
+        let warnings = crate::env::apply(&mut table, overrides).map_err(invalid)?;
+        let mut config: Config = table.try_into().map_err(|e: toml::de::Error| {
             let names: Vec<&str> = overrides.iter().map(|(k, _)| k.as_str()).collect();
             let message = e.to_string().trim_end().to_string();
             invalid(if names.is_empty() {
@@ -641,6 +647,7 @@ impl Config {
             })
         })?;
         config.validate(file)?;
+        config.warnings = warnings;
         Ok(config)
     }
 

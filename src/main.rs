@@ -9,7 +9,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use pooler::app::App;
 use pooler::config::{self, Config};
 use pooler::listener::Running;
-use pooler::{env, lifecycle};
+use pooler::{env, lifecycle, logging};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -22,6 +22,8 @@ Environment:
   POOLER_DATABASES__<DB>__<KEY> overrides a database entry's key, e.g.
                                 POOLER_DATABASES__APP__HOST=db.internal
   POOLER_LOG                    log filter (tracing syntax), e.g. info or pooler=debug
+  Kubernetes service variables (POOLER_PORT=tcp://..., POOLER_SERVICE_HOST, ...) and names
+  unlike any key are ignored with a warning; other unknown POOLER_* names are errors.
 
 Signals:
   SIGTERM, SIGINT  graceful shutdown: stop accepting, let transactions finish (at most
@@ -88,15 +90,17 @@ fn main() -> ExitCode {
     if let Some(Command::Convert { file }) = &cli.command {
         return convert(file);
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env(env::LOG_VAR)
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let config = Config::load_with_overrides(&cli.config, env::from_process());
-    let app = match config.and_then(App::new) {
+    // The config says how to log, so it is read first; its errors go to stderr as text.
+    let config = match Config::load_with_overrides(&cli.config, env::from_process()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("pooler: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = std::env::var(env::LOG_VAR).ok();
+    logging::init(config.pooler.log_format, filter.as_deref());
+    let app = match App::new(config) {
         Ok(app) => app,
         Err(e) => {
             eprintln!("pooler: {e}");
