@@ -5,9 +5,11 @@
 # State lives in ${POOLER_DEV_DIR:-/tmp/pooler-dev}; `scripts/quickstart.sh --stop` stops Postgres.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Postgres itself is installed when missing (Debian packages), so a machine with only Rust will do.
+[ "${1:-}" = --stop ] || scripts/ensure-postgres.sh
 DIR=${POOLER_DEV_DIR:-/tmp/pooler-dev}
 PGPORT=${POOLER_DEV_PGPORT:-54329}
-BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+BIN=${PG_BINDIR:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)}
 [ -n "$BIN" ] || BIN=$(dirname "$(command -v initdb)")
 asuser() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 

@@ -90,11 +90,11 @@ fn load_users(config: &Config) -> Result<AuthFile, ConfigError> {
     }
 }
 
-/// The sizes and timeouts of one database's pools under `config`.
-fn limits_for(config: &Config, db: &DatabaseConfig) -> PoolLimits {
+/// The sizes and timeouts of one database's pool for `user` under `config`.
+fn limits_for(config: &Config, db: &DatabaseConfig, user: &str) -> PoolLimits {
     let p = &config.pooler;
     PoolLimits {
-        pool_size: config.pool_size(db),
+        pool_size: config.pool_size_for(db, user),
         reserve_size: db.reserve_pool_size.unwrap_or(p.reserve_pool_size),
         min_pool_size: db.min_pool_size.unwrap_or(p.min_pool_size),
         reserve_timeout: secs(p.reserve_pool_timeout),
@@ -108,9 +108,9 @@ fn limits_for(config: &Config, db: &DatabaseConfig) -> PoolLimits {
     }
 }
 
-fn settings_for(config: &Config, db: &DatabaseConfig) -> PoolSettings {
+fn settings_for(config: &Config, db: &DatabaseConfig, user: &str) -> PoolSettings {
     PoolSettings {
-        mode: db.pool_mode.unwrap_or(config.pooler.pool_mode),
+        mode: config.pool_mode(db, user),
         reset_query: config.pooler.server_reset_query.clone(),
         session_state: db.session_state.unwrap_or(config.pooler.session_state),
     }
@@ -225,11 +225,10 @@ impl App {
     fn shared_limits(&self, config: &Config, db_name: &str, user: &str) -> PoolLimitsShared {
         let mut l = self.conn_limits.lock().unwrap_or_else(|e| e.into_inner());
         let db_max = config
-            .databases
-            .get(db_name)
+            .database(db_name)
             .and_then(|d| d.max_db_connections)
             .unwrap_or(config.pooler.max_db_connections);
-        let user_max = config.pooler.max_user_connections;
+        let user_max = config.max_user_connections(user);
         PoolLimitsShared {
             database: l
                 .databases
@@ -259,8 +258,8 @@ impl App {
             db_name.to_string(),
             server_user.clone(),
             target_for(db_name, db, &server_user, self.server_tls.clone()),
-            settings_for(&config, db),
-            limits_for(&config, db),
+            settings_for(&config, db, &server_user),
+            limits_for(&config, db, &server_user),
             self.shared_limits(&config, db_name, &server_user),
             credential,
             stats,
@@ -303,6 +302,8 @@ impl App {
             let o = &old.pooler;
             p.listen_addr = o.listen_addr.clone();
             p.listen_port = o.listen_port;
+            p.unix_socket_dir = o.unix_socket_dir.clone();
+            p.log_format = o.log_format;
             p.metrics_addr = o.metrics_addr.clone();
             p.metrics_port = o.metrics_port;
             p.track_extra_parameters = o.track_extra_parameters.clone();
@@ -322,24 +323,25 @@ impl App {
             let l = self.conn_limits.lock().unwrap_or_else(|e| e.into_inner());
             for (name, limit) in &l.databases {
                 let max = new
-                    .databases
-                    .get(name)
+                    .database(name)
                     .and_then(|d| d.max_db_connections)
                     .unwrap_or(new.pooler.max_db_connections);
                 limit.set_max(max);
             }
-            for limit in l.users.values() {
-                limit.set_max(new.pooler.max_user_connections);
+            for (user, limit) in &l.users {
+                limit.set_max(new.max_user_connections(user));
             }
         }
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
         let before = pools.len();
         pools.retain(|(db_name, _), pool| {
-            let Some(db) = new.databases.get(db_name) else {
+            let Some(db) = new.database(db_name) else {
                 return false;
             };
-            let old_db = old.databases.get(db_name);
-            let settings = settings_for(&new, db);
+            let db = &*db;
+            let old_db = old.database(db_name);
+            let old_db = old_db.as_deref();
+            let settings = settings_for(&new, db, &pool.user);
             let target = target_for(db_name, db, &pool.user, None);
             let same_server = old_db.map(|d| &d.user) == Some(&db.user)
                 && target.host == pool.target.host
@@ -352,7 +354,7 @@ impl App {
             if !same_server {
                 return false;
             }
-            pool.set_limits(limits_for(&new, db));
+            pool.set_limits(limits_for(&new, db, &pool.user));
             let secret = |users: &AuthFile| users.get(&pool.user).map(|u| u.secret.clone());
             let password_changed = old_db.map(|d| (&d.user, &d.password))
                 != Some((&db.user, &db.password))

@@ -170,10 +170,10 @@ async fn login(
         return Ok(Some(Login::Console(console)));
     }
     // Authenticated: from here on, telling which databases exist reveals nothing.
-    let Some(db) = config.databases.get(&database) else {
+    let Some(db) = config.database(&database) else {
         return Err(PoolerError::NoSuchDatabase(database));
     };
-    let pool = app.pool(&database, db, &user);
+    let pool = app.pool(&database, &db, &user);
     if let Some(keys) = keys
         && db.user.is_none()
     {

@@ -2,8 +2,13 @@
 //!
 //! Key names and defaults are PgBouncer's, so a migrating user rewrites syntax, not semantics.
 //! Every timeout is in seconds (fractions allowed) and `0` disables it, as in PgBouncer.
+//! A `pgbouncer.ini` is read as it is (`ini`): it becomes the same TOML table a `pooler.toml`
+//! parses to, so both go through one deserialisation and one validation.
+
+pub mod ini;
 
 use serde::Deserialize;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -137,12 +142,49 @@ impl NameList {
     }
 }
 
+/// A boolean as PgBouncer users write it: TOML's `true`/`false`, or `0`/`1`, or the strings
+/// `"yes"`/`"no"`, `"on"`/`"off"`, `"1"`/`"0"`, so `log_connections = 0` copied from a
+/// pgbouncer.ini works in TOML too.
+fn pg_bool<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    struct Visitor;
+    impl serde::de::Visitor<'_> for Visitor {
+        type Value = bool;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a boolean: true/false, 1/0, \"yes\"/\"no\", \"on\"/\"off\"")
+        }
+        fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<bool, E> {
+            Ok(v)
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<bool, E> {
+            match v {
+                0 => Ok(false),
+                1 => Ok(true),
+                _ => Err(E::invalid_value(serde::de::Unexpected::Signed(v), &self)),
+            }
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<bool, E> {
+            match v {
+                0 => Ok(false),
+                1 => Ok(true),
+                _ => Err(E::invalid_value(serde::de::Unexpected::Unsigned(v), &self)),
+            }
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<bool, E> {
+            ini::parse_bool(v).ok_or_else(|| E::invalid_value(serde::de::Unexpected::Str(v), &self))
+        }
+    }
+    d.deserialize_any(Visitor)
+}
+
 /// The `[pooler]` section: PgBouncer's `[pgbouncer]` section, same keys.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PoolerSettings {
+    /// One address, a comma-separated list, or `*` (every IPv4 and IPv6 address).
     pub listen_addr: String,
     pub listen_port: u16,
+    /// A directory for PgBouncer's Unix socket `.s.PGSQL.<listen_port>`; empty: none.
+    pub unix_socket_dir: String,
     pub pool_mode: PoolMode,
     pub auth_type: AuthType,
     pub auth_file: Option<PathBuf>,
@@ -184,8 +226,12 @@ pub struct PoolerSettings {
     pub session_state: crate::session_state::Policy,
     pub ignore_startup_parameters: NameList,
     pub track_extra_parameters: NameList,
+    #[serde(deserialize_with = "pg_bool")]
     pub log_connections: bool,
+    #[serde(deserialize_with = "pg_bool")]
     pub log_disconnections: bool,
+    /// `text` (coloured only on a terminal) or `json` (one object per line).
+    pub log_format: crate::logging::LogFormat,
     /// Where `/metrics`, `/healthz` and `/readyz` are served; `metrics_port = 0` turns it off.
     pub metrics_addr: String,
     pub metrics_port: u16,
@@ -200,6 +246,8 @@ impl Default for PoolerSettings {
         PoolerSettings {
             listen_addr: "127.0.0.1".into(),
             listen_port: 6432,
+            // PgBouncer's default is /tmp; off here so that existing configs change nothing.
+            unix_socket_dir: String::new(),
             pool_mode: PoolMode::Session,
             auth_type: AuthType::Md5,
             auth_file: None,
@@ -235,6 +283,7 @@ impl Default for PoolerSettings {
             track_extra_parameters: NameList::Empty,
             log_connections: true,
             log_disconnections: true,
+            log_format: crate::logging::LogFormat::Text,
             // Loopback by default: metrics reveal database and user names.
             metrics_addr: "127.0.0.1".into(),
             // pgbouncer_exporter's port: the pooler replaces that exporter.
@@ -274,6 +323,7 @@ impl PoolerSettings {
         vec![
             ("listen_addr", self.listen_addr.clone(), Text),
             ("listen_port", self.listen_port.to_string(), Value),
+            ("unix_socket_dir", self.unix_socket_dir.clone(), Text),
             ("pool_mode", self.pool_mode.as_str().into(), Text),
             ("auth_type", self.auth_type.as_str().into(), Text),
             ("auth_file", path(&self.auth_file), Text),
@@ -375,6 +425,7 @@ impl PoolerSettings {
                 u8::from(self.log_disconnections).to_string(),
                 Bool,
             ),
+            ("log_format", self.log_format.as_str().into(), Text),
             ("metrics_addr", self.metrics_addr.clone(), Text),
             ("metrics_port", self.metrics_port.to_string(), Value),
             ("admin_users", list(&self.admin_users), Text),
@@ -404,6 +455,8 @@ impl PoolerSettings {
 pub const RESTART_ONLY: &[&str] = &[
     "listen_addr",
     "listen_port",
+    "unix_socket_dir",
+    "log_format",
     "metrics_addr",
     "metrics_port",
     "track_extra_parameters",
@@ -435,6 +488,21 @@ pub struct DatabaseConfig {
     pub session_state: Option<crate::session_state::Policy>,
 }
 
+/// One `[users.NAME]` entry (PgBouncer's `[users]` section): settings for the pools of one
+/// server user. They win over the database entry's and the global ones, as in PgBouncer.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub pool_mode: Option<PoolMode>,
+    pub pool_size: Option<usize>,
+    /// Overrides `max_user_connections` for this user.
+    pub max_user_connections: Option<usize>,
+}
+
+/// The name of the fallback database entry: clients asking for a database without an entry of
+/// its own get this one, with the name they asked for as `dbname` (PgBouncer's `*`).
+pub const FALLBACK_DATABASE: &str = "*";
+
 fn default_host() -> String {
     "127.0.0.1".into()
 }
@@ -449,9 +517,15 @@ pub struct Config {
     pub pooler: PoolerSettings,
     #[serde(default)]
     pub databases: BTreeMap<String, DatabaseConfig>,
+    #[serde(default)]
+    pub users: BTreeMap<String, UserConfig>,
     /// Where this config came from, so RELOAD can read it again the same way.
     #[serde(skip)]
     pub origin: Origin,
+    /// Keys of a `pgbouncer.ini` that the pooler read but does not act on, one sentence each:
+    /// logged at start and at RELOAD so none is dropped silently.
+    #[serde(skip)]
+    pub warnings: Vec<String>,
 }
 
 /// The file and environment overrides a config was loaded from.
@@ -483,7 +557,15 @@ impl Config {
             file: file.clone(),
             source,
         })?;
-        let mut config = Config::parse_with_overrides(&text, &file, &overrides)?;
+        let mut config = if ini::is_ini(path, &text) {
+            let parsed = ini::parse(path, &text, &|p: &Path| std::fs::read_to_string(p))?;
+            let mut config = Config::from_table(parsed.table, &file, &overrides)?;
+            // The file's warnings first, then the environment's.
+            config.warnings.splice(0..0, parsed.warnings);
+            config
+        } else {
+            Config::parse_with_overrides(&text, &file, &overrides)?
+        };
         if let Some(dir) = path.parent() {
             let p = &mut config.pooler;
             for file in [
@@ -528,23 +610,61 @@ impl Config {
             file: file.to_string(),
             message,
         };
-        let config: Config = if overrides.is_empty() {
-            toml::from_str(text).map_err(|e| invalid(e.to_string().trim_end().to_string()))?
-        } else {
-            let mut table: toml::Table =
+        if !overrides.is_empty() {
+            let table: toml::Table =
                 toml::from_str(text).map_err(|e| invalid(e.to_string().trim_end().to_string()))?;
-            crate::env::apply(&mut table, overrides).map_err(invalid)?;
-            let names: Vec<&str> = overrides.iter().map(|(k, _)| k.as_str()).collect();
-            table.try_into().map_err(|e: toml::de::Error| {
-                invalid(format!(
-                    "{} (with environment overrides {})",
-                    e.to_string().trim_end(),
-                    names.join(", ")
-                ))
-            })?
-        };
+            return Config::from_table(table, file, overrides);
+        }
+        // Straight from the text, so errors point at the line.
+        let config: Config =
+            toml::from_str(text).map_err(|e| invalid(e.to_string().trim_end().to_string()))?;
         config.validate(file)?;
         Ok(config)
+    }
+
+    /// A config from a parsed table (TOML, or a `pgbouncer.ini` turned into one), with the
+    /// environment overrides applied over it, validated.
+    pub fn from_table(
+        mut table: toml::Table,
+        file: &str,
+        overrides: &[(String, String)],
+    ) -> Result<Config, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            file: file.to_string(),
+            message,
+        };
+        let warnings = crate::env::apply(&mut table, overrides).map_err(invalid)?;
+        let mut config: Config = table.try_into().map_err(|e: toml::de::Error| {
+            let names: Vec<&str> = overrides.iter().map(|(k, _)| k.as_str()).collect();
+            let message = e.to_string().trim_end().to_string();
+            invalid(if names.is_empty() {
+                message
+            } else {
+                format!(
+                    "{message} (with environment overrides {})",
+                    names.join(", ")
+                )
+            })
+        })?;
+        config.validate(file)?;
+        config.warnings = warnings;
+        Ok(config)
+    }
+
+    /// The entry for a database a client asks for: its own, or the `*` fallback with the
+    /// asked-for name as `dbname` (unless the fallback names one).
+    pub fn database(&self, name: &str) -> Option<Cow<'_, DatabaseConfig>> {
+        // `*` itself is not a database name a client can ask for.
+        if name == FALLBACK_DATABASE {
+            return None;
+        }
+        if let Some(db) = self.databases.get(name) {
+            return Some(Cow::Borrowed(db));
+        }
+        let fallback = self.databases.get(FALLBACK_DATABASE)?;
+        let mut db = fallback.clone();
+        db.dbname.get_or_insert_with(|| name.to_string());
+        Some(Cow::Owned(db))
     }
 
     fn validate(&self, file: &str) -> Result<(), ConfigError> {
@@ -613,12 +733,46 @@ impl Config {
                 )));
             }
         }
+        for (name, user) in &self.users {
+            if user.pool_size == Some(0) {
+                return Err(invalid(format!(
+                    "users.{name}.pool_size: must be at least 1"
+                )));
+            }
+        }
         Ok(())
     }
 
-    /// The pool limits of one database, with per-database overrides applied.
+    /// The pool size of a database entry, before any user's override (SHOW DATABASES).
     pub fn pool_size(&self, db: &DatabaseConfig) -> usize {
         db.pool_size.unwrap_or(self.pooler.default_pool_size)
+    }
+
+    /// The pool size of one database's pool for `user`: the user's, the database's, or the
+    /// default, in that order (PgBouncer's precedence).
+    pub fn pool_size_for(&self, db: &DatabaseConfig, user: &str) -> usize {
+        self.users
+            .get(user)
+            .and_then(|u| u.pool_size)
+            .unwrap_or_else(|| self.pool_size(db))
+    }
+
+    /// The pool mode of one database's pool for `user`: the user's, the database's, or the
+    /// global one.
+    pub fn pool_mode(&self, db: &DatabaseConfig, user: &str) -> PoolMode {
+        self.users
+            .get(user)
+            .and_then(|u| u.pool_mode)
+            .or(db.pool_mode)
+            .unwrap_or(self.pooler.pool_mode)
+    }
+
+    /// `max_user_connections` for one user: the user's entry, or the global one.
+    pub fn max_user_connections(&self, user: &str) -> usize {
+        self.users
+            .get(user)
+            .and_then(|u| u.max_user_connections)
+            .unwrap_or(self.pooler.max_user_connections)
     }
 }
 
@@ -677,6 +831,28 @@ mod tests {
                 "pooler.toml.example does not document {key}"
             );
         }
+    }
+
+    #[test]
+    fn booleans_take_pgbouncer_spellings() {
+        for (v, want) in [
+            ("0", false),
+            ("1", true),
+            ("true", true),
+            ("false", false),
+            ("\"yes\"", true),
+            ("\"off\"", false),
+        ] {
+            let c = Config::parse(
+                &format!("[pooler]\nauth_type = \"trust\"\nlog_connections = {v}\nlog_disconnections = {v}\n"),
+                "t.toml",
+            )
+            .unwrap_or_else(|e| panic!("{v}: {e}"));
+            assert_eq!(c.pooler.log_connections, want, "{v}");
+            assert_eq!(c.pooler.log_disconnections, want, "{v}");
+        }
+        let e = Config::parse("[pooler]\nlog_connections = 2\n", "t.toml").unwrap_err();
+        assert!(e.to_string().contains("log_connections"), "{e}");
     }
 
     #[test]

@@ -1,8 +1,17 @@
 //! Configuration from the environment, which is how containers are configured: every
 //! `[pooler]` key can be overridden by `POOLER_<KEY>` (`POOLER_DEFAULT_POOL_SIZE=50`), and a
 //! database entry's key by `POOLER_DATABASES__<NAME>__<KEY>` (`POOLER_DATABASES__APP__HOST=db`).
-//! Overrides win over the file; a variable that names no key is an error, so a typo cannot
-//! silently leave the file's value in force.
+//! Overrides win over the file.
+//!
+//! A `POOLER_*` variable that names no key is sorted by one rule, so that a typo cannot
+//! silently leave the file's value in force while the variables Kubernetes injects for a
+//! Service named `pooler` (`POOLER_PORT=tcp://10.0.0.1:6432`, `POOLER_SERVICE_HOST`, ...)
+//! cannot stop the process:
+//! 1. the shape of a Kubernetes service link (`*_SERVICE_HOST`, `*_SERVICE_PORT[_NAME]`,
+//!    `*_PORT=tcp://...`, `*_PORT_<n>_<TCP|UDP|SCTP>[_PROTO|_PORT|_ADDR]`): a warning, ignored;
+//! 2. otherwise, a name that looks like a key (its first word starts a key, as `MAX_` or
+//!    `SERVER_` do, or it is within two edits of one): an error naming it;
+//! 3. anything else: a warning, ignored.
 
 use crate::config::{KeyKind, PoolerSettings};
 
@@ -34,9 +43,70 @@ pub fn from_process() -> Vec<(String, String)> {
 /// Database entry keys whose values are text.
 const DATABASE_TEXT_KEYS: &[&str] = &["host", "dbname", "user", "password", "pool_mode"];
 
-/// Writes the overrides into a parsed config file.
-pub fn apply(table: &mut toml::Table, overrides: &[(String, String)]) -> Result<(), String> {
+/// Whether a variable has the shape of the ones Kubernetes injects for each Service
+/// (`<NAME>_SERVICE_HOST`, `<NAME>_PORT=tcp://...`, ...); `name` is without `POOLER_`.
+fn is_service_link(name: &str, value: &str) -> bool {
+    let full = format!("{PREFIX}{name}");
+    if full.ends_with("_SERVICE_HOST")
+        || full.ends_with("_SERVICE_PORT")
+        || full.contains("_SERVICE_PORT_")
+    {
+        return true;
+    }
+    if full.ends_with("_PORT")
+        && ["tcp://", "udp://", "sctp://"]
+            .iter()
+            .any(|p| value.starts_with(p))
+    {
+        return true;
+    }
+    // <NAME>_PORT_<number>_<protocol>[_PROTO|_PORT|_ADDR]
+    let parts: Vec<&str> = full.split('_').collect();
+    parts.windows(3).enumerate().any(|(i, w)| {
+        w[0] == "PORT"
+            && !w[1].is_empty()
+            && w[1].bytes().all(|b| b.is_ascii_digit())
+            && matches!(w[2], "TCP" | "UDP" | "SCTP")
+            && match &parts[i + 3..] {
+                [] => true,
+                [last] => matches!(*last, "PROTO" | "PORT" | "ADDR"),
+                _ => false,
+            }
+    })
+}
+
+/// Whether an unknown key (lower case) looks like one of ours: a typo, not someone else's.
+fn looks_like_a_key(key: &str, keys: &[&str]) -> bool {
+    let first = key.split('_').next().unwrap_or(key);
+    keys.iter()
+        .any(|k| k.split('_').next() == Some(first) || edit_distance(key, k) <= 2)
+}
+
+/// Levenshtein distance, for spotting typos.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+/// Writes the overrides into a parsed config file; returns a warning for each variable that
+/// is ignored (see the module comment for which those are).
+pub fn apply(
+    table: &mut toml::Table,
+    overrides: &[(String, String)],
+) -> Result<Vec<String>, String> {
     let settings = PoolerSettings::default().entries();
+    let keys: Vec<&str> = settings.iter().map(|(k, _, _)| *k).collect();
+    let mut warnings = Vec::new();
     for (var, raw) in overrides {
         let name = var.strip_prefix(PREFIX).unwrap_or(var);
         let (section, key, kind) = match name.strip_prefix(DATABASES) {
@@ -64,7 +134,17 @@ pub fn apply(table: &mut toml::Table, overrides: &[(String, String)]) -> Result<
             None => {
                 let key = name.to_ascii_lowercase();
                 let Some((_, _, kind)) = settings.iter().find(|(k, _, _)| *k == key) else {
-                    return Err(format!("{var}: no such setting `{key}`"));
+                    if is_service_link(name, raw) {
+                        warnings.push(format!(
+                            "{var}: ignored (a Kubernetes service variable, not a setting)"
+                        ));
+                        continue;
+                    }
+                    if looks_like_a_key(&key, &keys) {
+                        return Err(format!("{var}: no such setting `{key}`"));
+                    }
+                    warnings.push(format!("{var}: ignored (no setting is called `{key}`)"));
+                    continue;
                 };
                 let section = table
                     .entry("pooler")
@@ -87,7 +167,7 @@ pub fn apply(table: &mut toml::Table, overrides: &[(String, String)]) -> Result<
         };
         section.insert(key, value);
     }
-    Ok(())
+    Ok(warnings)
 }
 
 /// A number or boolean written as TOML would write it.
@@ -153,6 +233,47 @@ mod tests {
         );
         let e = apply(&mut t, &vars(&[("POOLER_DEFAULT_POOL_SIZE", "many")])).unwrap_err();
         assert!(e.contains("POOLER_DEFAULT_POOL_SIZE"), "{e}");
+    }
+
+    #[test]
+    fn kubernetes_service_variables_are_ignored_and_typos_still_refused() {
+        // What Kubernetes injects for Services named `pooler` and `pooler-server`.
+        let injected = vars(&[
+            ("POOLER_PORT", "tcp://10.96.0.12:6432"),
+            ("POOLER_PORT_6432_TCP", "tcp://10.96.0.12:6432"),
+            ("POOLER_PORT_6432_TCP_PROTO", "tcp"),
+            ("POOLER_PORT_6432_TCP_PORT", "6432"),
+            ("POOLER_PORT_6432_TCP_ADDR", "10.96.0.12"),
+            ("POOLER_SERVICE_HOST", "10.96.0.12"),
+            ("POOLER_SERVICE_PORT", "6432"),
+            ("POOLER_SERVICE_PORT_METRICS", "9127"),
+            ("POOLER_SERVER_SERVICE_HOST", "10.96.0.13"),
+            ("POOLER_SERVER_PORT", "tcp://10.96.0.13:5432"),
+            ("POOLER_LISTEN_PORT", "7000"),
+        ]);
+        let mut t = toml::Table::new();
+        let warnings = apply(&mut t, &injected).unwrap();
+        assert_eq!(warnings.len(), injected.len() - 1, "{warnings:?}");
+        assert!(
+            warnings.iter().any(|w| w.starts_with("POOLER_PORT:")),
+            "{warnings:?}"
+        );
+        assert_eq!(t["pooler"]["listen_port"].as_integer(), Some(7000));
+        // Unrelated names are warnings too; names like our keys stay errors.
+        let w = apply(&mut t, &vars(&[("POOLER_IMAGE_TAG", "1.2")])).unwrap();
+        assert!(w[0].contains("POOLER_IMAGE_TAG"), "{w:?}");
+        for typo in [
+            "POOLER_DEFUALT_POOL_SIZE",
+            "POOLER_MAX_CLIENT_CONNECTIONS",
+            "POOLER_SERVER_IDLE_TIMEOUT_S",
+            "POOLER_LISTEN_PROT",
+            "POOLER_POOLMODE",
+        ] {
+            let e = apply(&mut t, &vars(&[(typo, "5")])).unwrap_err();
+            assert!(e.contains(typo), "{e}");
+        }
+        // A bare *_PORT is a service link only with a URL value.
+        assert!(apply(&mut t, &vars(&[("POOLER_LISTEN_PORTS", "tcp://x:1")])).is_err());
     }
 
     #[test]

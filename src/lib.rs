@@ -13,6 +13,7 @@ pub mod error;
 pub mod lifecycle;
 pub mod limits;
 pub mod listener;
+pub mod logging;
 pub mod metrics;
 pub mod pool;
 pub mod prepared;

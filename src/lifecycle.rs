@@ -92,6 +92,9 @@ pub fn reload(
 ) -> Result<crate::app::ReloadReport, crate::config::ConfigError> {
     match app.reload() {
         Ok(report) => {
+            for warning in &app.config().warnings {
+                tracing::warn!(trigger, "{warning}");
+            }
             tracing::info!(
                 trigger,
                 retired_pools = report.retired_pools,

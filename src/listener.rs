@@ -1,20 +1,118 @@
-//! The accept loop: one task per client connection.
+//! The accept loops: one task per client connection.
+//!
+//! `listen_addr` is PgBouncer's: one address, a comma-separated list, or `*` (every IPv4 and
+//! IPv6 address). `unix_socket_dir` adds PgBouncer's Unix socket, `<dir>/.s.PGSQL.<port>`,
+//! which is where `psql -h <dir>` looks. A Unix connection is bridged to a loopback TCP pair
+//! (as TLS is, see `tls.rs`), so the session and the relay keep driving one `TcpStream` type.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UnixListener};
 
 use crate::accept::AcceptErrors;
 use crate::app::App;
+use crate::client;
 use crate::lifecycle::{self, Phase};
 use crate::metrics;
 use crate::tls;
 
-/// Binds the configured address.
-pub async fn bind(app: &App) -> std::io::Result<TcpListener> {
+/// A listener that could not be opened, naming what it was for.
+fn listen_error(what: &str, addr: impl std::fmt::Display, e: std::io::Error) -> std::io::Error {
+    let reason = match e.kind() {
+        std::io::ErrorKind::AddrInUse => "address in use".to_string(),
+        _ => e.to_string(),
+    };
+    std::io::Error::new(
+        e.kind(),
+        format!("cannot listen on {addr} ({what}): {reason}"),
+    )
+}
+
+/// The addresses `listen_addr` names: `*` is every IPv4 and IPv6 address; a list is split at
+/// commas; names are resolved.
+async fn listen_addrs(listen_addr: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+    let mut addrs = Vec::new();
+    for part in listen_addr
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+    {
+        if part == "*" {
+            addrs.push(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port));
+            addrs.push(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port));
+            continue;
+        }
+        // An IPv6 literal may come bracketed, as in a URL.
+        let host = part.trim_start_matches('[').trim_end_matches(']');
+        for addr in tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|e| listen_error("clients", part, e))?
+        {
+            if !addrs.contains(&addr) {
+                addrs.push(addr);
+            }
+        }
+    }
+    Ok(addrs)
+}
+
+/// One TCP listener. IPv6 ones are IPv6-only, so `*` can hold `0.0.0.0` and `::` on one port.
+fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Binds every address of `listen_addr`. With `listen_port = 0` (tests) the first gets an
+/// ephemeral port and the others the same one.
+pub async fn bind(app: &App) -> std::io::Result<Vec<TcpListener>> {
     let config = app.config();
     let p = &config.pooler;
-    TcpListener::bind((p.listen_addr.as_str(), p.listen_port)).await
+    let mut port = p.listen_port;
+    let mut listeners = Vec::new();
+    let wildcard = p.listen_addr.split(',').any(|a| a.trim() == "*");
+    for mut addr in listen_addrs(&p.listen_addr, port).await? {
+        addr.set_port(port);
+        let listener = match bind_tcp(addr) {
+            Ok(l) => l,
+            // `*` on a host without IPv6: IPv4 alone, as PgBouncer does.
+            Err(e) if wildcard && addr.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED) => {
+                tracing::warn!(error = %e, "listen_addr = *: no IPv6, listening on IPv4 only");
+                continue;
+            }
+            Err(e) => return Err(listen_error("clients", addr, e)),
+        };
+        port = listener.local_addr()?.port();
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
+
+/// The Unix socket PgBouncer would open: `<unix_socket_dir>/.s.PGSQL.<port>`. A socket file
+/// left by a pooler that is gone is replaced; one that answers is in use.
+fn bind_unix(dir: &Path, port: u16) -> std::io::Result<(UnixListener, PathBuf)> {
+    let path = dir.join(format!(".s.PGSQL.{port}"));
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+            return Err(listen_error(
+                "clients",
+                path.display(),
+                std::io::Error::from(std::io::ErrorKind::AddrInUse),
+            ));
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+    let listener =
+        UnixListener::bind(&path).map_err(|e| listen_error("clients", path.display(), e))?;
+    Ok((listener, path))
 }
 
 /// Accepts clients until the task is dropped or SHUTDOWN. `max_client_conn` is enforced
@@ -46,13 +144,52 @@ pub async fn accept_loop(app: Arc<App>, listener: TcpListener) {
     app.control.set_listening(false);
 }
 
+/// The Unix socket's accept loop. Unix clients skip TLS negotiation (an SSLRequest gets 'N',
+/// and `client_tls_sslmode = require` does not apply), as in PgBouncer: the socket never
+/// leaves the host.
+async fn accept_unix(app: Arc<App>, listener: UnixListener, path: PathBuf) {
+    let mut phase = app.control.phase_signal();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = phase.wait_for(|p| *p >= Phase::Draining) => break,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                let app = app.clone();
+                tokio::spawn(async move {
+                    match tls::bridge(stream).await {
+                        Ok(tcp) => {
+                            // The session sees the loopback end; SHOW CLIENTS shows that address.
+                            let peer = tcp
+                                .local_addr()
+                                .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
+                            client::serve(app, tcp, peer).await
+                        }
+                        Err(e) => tracing::warn!(error = %e, "unix socket client: bridge failed"),
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed (unix socket)");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&path);
+}
+
 /// A pooler serving in the background of the current runtime (used by tests and `main`).
 pub struct Running {
+    /// The first client address listened on (`addrs` has them all).
     pub addr: SocketAddr,
+    pub addrs: Vec<SocketAddr>,
+    /// The Unix socket's path, with `unix_socket_dir` set.
+    pub unix_socket: Option<PathBuf>,
     /// Where `/metrics`, `/healthz` and `/readyz` are served (None: `metrics_port = 0`).
     pub metrics_addr: Option<SocketAddr>,
     pub app: Arc<App>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
     /// The shutdown supervisor: it ends when a shutdown is complete.
     supervisor: Option<tokio::task::JoinHandle<()>>,
     background: Vec<tokio::task::JoinHandle<()>>,
@@ -61,25 +198,58 @@ pub struct Running {
 impl Running {
     pub async fn start(app: App) -> std::io::Result<Running> {
         let app = Arc::new(app);
-        let listener = bind(&app).await?;
-        let addr = listener.local_addr()?;
+        let listeners = bind(&app).await?;
+        let addrs = listeners
+            .iter()
+            .map(|l| l.local_addr())
+            .collect::<std::io::Result<Vec<_>>>()?;
         let config = app.config();
         let p = &config.pooler;
+        let unix = match p.unix_socket_dir.trim() {
+            "" => None,
+            dir => {
+                // PgBouncer names the socket after the port; with port 0 (tests), the TCP one.
+                let port = addrs.first().map(|a| a.port()).unwrap_or(p.listen_port);
+                Some(bind_unix(Path::new(dir), port)?)
+            }
+        };
+        let Some(&addr) = addrs.first() else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("listen_addr = {:?} names no address", p.listen_addr),
+            ));
+        };
         let mut background = vec![tokio::spawn(metrics::upkeep(Arc::downgrade(&app)))];
         let mut metrics_addr = None;
         if p.metrics_port != 0 {
-            let http = TcpListener::bind((p.metrics_addr.as_str(), p.metrics_port)).await?;
+            let where_ = format!("{}:{}", p.metrics_addr, p.metrics_port);
+            let http = TcpListener::bind((p.metrics_addr.as_str(), p.metrics_port))
+                .await
+                .map_err(|e| listen_error("metrics", &where_, e))?;
             metrics_addr = Some(http.local_addr()?);
             background.push(tokio::spawn(metrics::serve_http(app.clone(), http)));
         }
         app.control.set_listening(true);
-        let task = tokio::spawn(accept_loop(app.clone(), listener));
+        let mut tasks: Vec<_> = listeners
+            .into_iter()
+            .map(|l| tokio::spawn(accept_loop(app.clone(), l)))
+            .collect();
+        let unix_socket = unix.map(|(listener, path)| {
+            tasks.push(tokio::spawn(accept_unix(
+                app.clone(),
+                listener,
+                path.clone(),
+            )));
+            path
+        });
         let supervisor = tokio::spawn(lifecycle::supervise(app.clone()));
         Ok(Running {
             addr,
+            addrs,
+            unix_socket,
             metrics_addr,
             app,
-            task: Some(task),
+            tasks,
             supervisor: Some(supervisor),
             background,
         })
@@ -100,8 +270,12 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        for task in self.task.iter().chain(&self.supervisor) {
+        for task in self.tasks.iter().chain(&self.supervisor) {
             task.abort();
+        }
+        // An aborted accept loop cannot remove its socket file.
+        if let Some(path) = &self.unix_socket {
+            let _ = std::fs::remove_file(path);
         }
         for task in &self.background {
             task.abort();

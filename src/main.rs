@@ -1,15 +1,15 @@
 //! The `pooler` binary: parse flags, load the config (file plus environment), serve; turn
 //! signals into a graceful shutdown (SIGTERM, SIGINT) or a reload (SIGHUP).
 
-use clap::Parser;
-use std::path::PathBuf;
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tokio::signal::unix::{SignalKind, signal};
 
 use pooler::app::App;
-use pooler::config::Config;
+use pooler::config::{self, Config};
 use pooler::listener::Running;
-use pooler::{env, lifecycle};
+use pooler::{env, lifecycle, logging};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -22,6 +22,8 @@ Environment:
   POOLER_DATABASES__<DB>__<KEY> overrides a database entry's key, e.g.
                                 POOLER_DATABASES__APP__HOST=db.internal
   POOLER_LOG                    log filter (tracing syntax), e.g. info or pooler=debug
+  Kubernetes service variables (POOLER_PORT=tcp://..., POOLER_SERVICE_HOST, ...) and names
+  unlike any key are ignored with a warning; other unknown POOLER_* names are errors.
 
 Signals:
   SIGTERM, SIGINT  graceful shutdown: stop accepting, let transactions finish (at most
@@ -30,32 +32,84 @@ Signals:
   SIGHUP           reload the config and auth files (like the console's RELOAD)"
 )]
 struct Cli {
-    /// Path to the TOML config file.
+    /// Path to the config file: TOML, or PgBouncer's pgbouncer.ini (read by its `.ini`
+    /// extension or its content).
     #[arg(short, long, env = env::CONFIG_VAR, default_value = "pooler.toml")]
     config: PathBuf,
     /// Validate the config (with environment overrides) and the auth file, then exit:
     /// status 0 when valid, 2 with the file and key named when not.
     #[arg(long)]
     check: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print the pooler.toml equivalent of a PgBouncer pgbouncer.ini (its %include files
+    /// read), with what it ignores as comments; exit 2 if the ini cannot be used.
+    Convert { file: PathBuf },
+}
+
+/// `pooler convert FILE`: the TOML goes to stdout, so `pooler convert a.ini > pooler.toml`.
+fn convert(file: &Path) -> ExitCode {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("pooler: {}: cannot read: {e}", file.display());
+            return ExitCode::from(2);
+        }
+    };
+    let read = |p: &Path| std::fs::read_to_string(p);
+    let converted = config::ini::parse(file, &text, &read).and_then(|parsed| {
+        // The same checks a start would make, so what is printed is known to be valid.
+        Config::from_table(parsed.table.clone(), &file.display().to_string(), &[])?;
+        Ok(parsed)
+    });
+    let parsed = match converted {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("pooler: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match config::ini::to_toml(&parsed, file) {
+        Ok(toml) => {
+            print!("{toml}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("pooler: cannot write TOML: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env(env::LOG_VAR)
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let config = Config::load_with_overrides(&cli.config, env::from_process());
-    let app = match config.and_then(App::new) {
+    if let Some(Command::Convert { file }) = &cli.command {
+        return convert(file);
+    }
+    // The config says how to log, so it is read first; its errors go to stderr as text.
+    let config = match Config::load_with_overrides(&cli.config, env::from_process()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("pooler: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = std::env::var(env::LOG_VAR).ok();
+    logging::init(config.pooler.log_format, filter.as_deref());
+    let app = match App::new(config) {
         Ok(app) => app,
         Err(e) => {
             eprintln!("pooler: {e}");
             return ExitCode::from(2);
         }
     };
+    for warning in &app.config().warnings {
+        tracing::warn!("{warning}");
+    }
     if cli.check {
         println!("pooler: {} is valid", cli.config.display());
         return ExitCode::SUCCESS;
@@ -91,11 +145,17 @@ async fn serve(app: App) -> ExitCode {
     let mut running = match Running::start(app).await {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("pooler: cannot listen: {e}");
+            // The error names the address and what it was for (clients, metrics).
+            eprintln!("pooler: {e}");
             return ExitCode::FAILURE;
         }
     };
-    tracing::info!(addr = %running.addr, "listening");
+    for addr in &running.addrs {
+        tracing::info!(%addr, "listening");
+    }
+    if let Some(path) = &running.unix_socket {
+        tracing::info!(path = %path.display(), "listening on unix socket");
+    }
     if let Some(addr) = running.metrics_addr {
         tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
     }

@@ -317,10 +317,10 @@ async fn peek_code(stream: &TcpStream) -> Result<Option<i32>> {
     Ok(None)
 }
 
-/// Moves bytes between a TLS stream and one end of a fresh loopback TCP pair; returns the
+/// Moves bytes between a TLS stream (or a Unix socket, see `listener.rs`) and one end of a fresh loopback TCP pair; returns the
 /// other end. The bridge ends when the plaintext side closes (the session or server
 /// connection is over) or the TLS peer leaves.
-async fn bridge<S>(tls: S) -> std::io::Result<TcpStream>
+pub(crate) async fn bridge<S>(tls: S) -> std::io::Result<TcpStream>
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {

@@ -465,6 +465,26 @@ impl Pooler {
         }
     }
 
+    /// A pooler started from config files written as given (`(name, text)` pairs, e.g. a
+    /// `pgbouncer.ini` and the files it includes) into a fresh directory that also holds the
+    /// default `userlist.txt`; `config` names the one to load. `db` is what `url` connects to.
+    pub async fn start_from_files(db: &str, config: &str, files: &[(&str, &str)]) -> Pooler {
+        let dir = std::env::temp_dir().join(unique("pooler-cfg"));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(dir.join("userlist.txt"), Pooler::default_userlist()).expect("userlist");
+        for (name, text) in files {
+            std::fs::write(dir.join(name), text).expect("config file");
+        }
+        let config = Config::load(&dir.join(config)).expect("valid test config");
+        let app = App::new(config).expect("app");
+        let running = Running::start(app).await.expect("start pooler");
+        Pooler {
+            running,
+            db: db.to_string(),
+            dir,
+        }
+    }
+
     pub fn port(&self) -> u16 {
         self.running.addr.port()
     }
