@@ -233,10 +233,14 @@ async fn forward_cancel(app: &App, pid: i32, secret: i32) {
     let send = async {
         let mut s = TcpStream::connect((target.host.as_str(), target.port)).await?;
         s.write_all(&msg).await?;
-        s.shutdown().await
+        s.shutdown().await?;
+        // Postgres closes the connection once it has signalled the backend: only then may
+        // the client's server go to someone else (`target` holds it until dropped).
+        let mut sink = [0u8; 64];
+        while tokio::io::AsyncReadExt::read(&mut s, &mut sink).await? > 0 {}
+        Ok::<(), std::io::Error>(())
     };
-    let limit = secs(app.config().pooler.server_connect_timeout)
-        .unwrap_or(std::time::Duration::from_secs(15));
+    let limit = cancel_limit(app) - std::time::Duration::from_secs(1);
     match tokio::time::timeout(limit, send).await {
         Ok(Ok(())) => tracing::debug!(backend_pid = target.backend_pid, "cancel forwarded"),
         Ok(Err(e)) => tracing::warn!(error = %e, "could not forward cancel request"),
@@ -324,6 +328,21 @@ async fn run_session(app: &App, stream: &mut TcpStream, session: &Session) -> Re
             attached,
             xact_done,
         );
+        // A cancel for this client still on its way could hit the next client's query.
+        if session.client.cancels_in_flight()
+            && !session.client.cancels_settled(cancel_limit(app)).await
+        {
+            pool.discard(server);
+            match end {
+                Ok(RelayEnd::Idle) => {
+                    down.flush(stream).await?;
+                    continue;
+                }
+                Ok(RelayEnd::ClientGone { .. }) => return Ok(()),
+                Ok(RelayEnd::ServerGone) => return Err(PoolerError::ServerGone),
+                Err(e) => return Err(e),
+            }
+        }
         match end {
             Ok(RelayEnd::Idle) if !release_on_idle || client_side.pinned.is_some() => {
                 // Session mode or a pinned client, the pooler is shutting down: the server is
@@ -358,6 +377,13 @@ async fn run_session(app: &App, stream: &mut TcpStream, session: &Session) -> Re
             }
         }
     }
+}
+
+/// How long a session waits for its cancels to reach Postgres before it closes its server
+/// instead: a cancel is bounded by `server_connect_timeout` (see `forward_cancel`).
+fn cancel_limit(app: &App) -> std::time::Duration {
+    secs(app.config().pooler.server_connect_timeout).unwrap_or(std::time::Duration::from_secs(15))
+        + std::time::Duration::from_secs(1)
 }
 
 /// A clean server whose client left: in session mode it is reset before anyone else gets it.

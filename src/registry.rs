@@ -7,7 +7,9 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicI32, AtomicU8, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicI32, AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed, Ordering::SeqCst,
+};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::net::TcpStream;
@@ -66,6 +68,10 @@ pub struct ClientInfo {
     pub cancel_key: (i32, i32),
     /// 1 + index in `session_state::Kind::ALL` once the client is pinned to its server.
     pinned: AtomicU8,
+    /// CancelRequests for this client on their way to its server. While one is, the server
+    /// is not handed to anyone else: a late cancel must never hit the next client's query.
+    cancels_in_flight: AtomicU32,
+    cancels_settled: Notify,
 }
 
 /// The server a client is linked to, as far as `SHOW SERVERS` needs it.
@@ -118,7 +124,8 @@ impl ClientInfo {
         self.server_secret.store(server.backend_secret, Relaxed);
         self.server_connected_us
             .store(us_of(server.created_at), Relaxed);
-        self.state.store(ClientState::Active as u8, Relaxed);
+        // SeqCst, paired with `cancel_target`: see `cancels_settled`.
+        self.state.store(ClientState::Active as u8, SeqCst);
         now
     }
 
@@ -146,7 +153,35 @@ impl ClientInfo {
             std::mem::take(&mut scan.warned),
             std::mem::take(&mut scan.refused),
         );
-        self.state.store(ClientState::Idle as u8, Relaxed);
+        self.state.store(ClientState::Idle as u8, SeqCst);
+    }
+
+    /// Waits, at most `limit`, until no CancelRequest for this client is on its way to the
+    /// server it just left; false if one still is (the caller closes that server instead of
+    /// reusing it). Called after `relayed` marked the client idle: a canceller counts itself
+    /// in flight, then checks the client is active; this marks idle, then checks the count.
+    /// Both in SeqCst order, so either the canceller sees idle and sends nothing, or this
+    /// sees its count and waits until the cancel has reached Postgres (where a cancel that
+    /// arrives for an idle backend is ignored).
+    pub fn cancels_in_flight(&self) -> bool {
+        self.cancels_in_flight.load(SeqCst) > 0
+    }
+
+    pub async fn cancels_settled(&self, limit: std::time::Duration) -> bool {
+        if self.cancels_in_flight.load(SeqCst) == 0 {
+            return true;
+        }
+        tokio::time::timeout(limit, async {
+            loop {
+                let settled = self.cancels_settled.notified();
+                if self.cancels_in_flight.load(SeqCst) == 0 {
+                    return;
+                }
+                settled.await;
+            }
+        })
+        .await
+        .is_ok()
     }
 
     /// The client created session state under `session_state = pin`: shown in SHOW CLIENTS
@@ -176,13 +211,24 @@ pub struct ClientRegistry {
     by_cancel_pid: Mutex<HashMap<i32, u64>>,
 }
 
-/// Where to send a CancelRequest for a client's current query.
-#[derive(Debug, Clone)]
+/// Where to send a CancelRequest for a client's current query. While it lives, the client's
+/// server stays with the client (see `ClientInfo::cancels_settled`): drop it once the cancel
+/// has reached Postgres, or failed to.
 pub struct CancelTarget {
     pub host: String,
     pub port: u16,
     pub backend_pid: i32,
     pub backend_secret: i32,
+    _in_flight: InFlight,
+}
+
+struct InFlight(Arc<ClientInfo>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.cancels_in_flight.fetch_sub(1, SeqCst);
+        self.0.cancels_settled.notify_waiters();
+    }
 }
 
 /// A registered client; dropping it unregisters. It must be dropped before the client's
@@ -262,6 +308,8 @@ impl ClientRegistry {
             stop: Notify::new(),
             cancel_key,
             pinned: AtomicU8::new(0),
+            cancels_in_flight: AtomicU32::new(0),
+            cancels_settled: Notify::new(),
         });
         self.lock().insert(info.id, info.clone());
         Registration {
@@ -280,7 +328,13 @@ impl ClientRegistry {
             .get(&pid)?;
         let info = self.lock().get(&id)?.clone();
         // Compare without an early exit, so timing does not leak how much matched.
-        if (info.cancel_key.1 ^ secret) != 0 || info.state() != ClientState::Active {
+        if (info.cancel_key.1 ^ secret) != 0 {
+            return None;
+        }
+        // Counted in flight before the state is looked at (see `cancels_settled`).
+        info.cancels_in_flight.fetch_add(1, SeqCst);
+        let in_flight = InFlight(info.clone());
+        if info.state.load(SeqCst) != ClientState::Active as u8 {
             return None;
         }
         let pool = info.pool.as_ref()?;
@@ -289,6 +343,7 @@ impl ClientRegistry {
             port: pool.target.port,
             backend_pid: info.server_pid.load(Relaxed),
             backend_secret: info.server_secret.load(Relaxed),
+            _in_flight: in_flight,
         })
     }
 

@@ -2,6 +2,7 @@
 //! and logs in to Postgres with what that secret allows.
 
 mod common;
+mod wire;
 
 use common::*;
 
@@ -91,4 +92,31 @@ async fn forced_user_on_database_entry() {
     .await;
     let c = connect(&pooler.url("someone", "pw")).await;
     assert_eq!(first_value(&c, "SELECT current_user").await, APP_USER);
+}
+
+/// An auth-file user with an empty secret has no password: refused under every password
+/// method (28P01), as by Postgres and PgBouncer; the empty password does not log in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_secret_never_logs_in() {
+    let pg = PgServer::shared();
+    let db = pg.create_db("emptysecret").await;
+    let userlist = format!("\"{APP_USER}\" \"\"\n");
+    for auth in ["md5", "scram-sha-256", "plain"] {
+        // The server login uses the entry's own credentials, so only the pooler's check
+        // stands between the empty password and a session.
+        let pooler = Pooler::start_full(
+            pg.port,
+            &db,
+            &format!("auth_type = \"{auth}\""),
+            &format!("user = \"{APP_USER}\"\npassword = \"{APP_PASSWORD}\""),
+            &userlist,
+        )
+        .await;
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], pooler.port()));
+        let err = wire::login_params(addr, APP_USER, "", &db, &[])
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{auth}: logged in with an empty password"));
+        assert!(err.starts_with("28P01"), "{auth}: {err}");
+    }
 }

@@ -67,3 +67,68 @@ async fn cancel_reaches_the_running_query_and_wrong_keys_cancel_nothing() {
     assert_eq!(sqlstate(&err).as_deref(), Some("57014"), "{err:?}");
     assert_eq!(sleeping_backends(pg, &db).await, 0);
 }
+
+/// A cancel for client A never cancels client B's query, however A's transactions and its
+/// cancels race B's for the one server (issue: the target was looked up, then the cancel sent
+/// while the server already ran B's query).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_cancel_never_hits_the_next_client() {
+    let pg = PgServer::shared();
+    let db = pg.create_db("cancel_race").await;
+    let pooler = Pooler::start(
+        pg,
+        &db,
+        "pool_mode = \"transaction\"\ndefault_pool_size = 1",
+    )
+    .await;
+    let a = pooler.client().await;
+    let b = pooler.client().await;
+    let token = a.cancel_token();
+    const ROUNDS: usize = 150;
+    let bystander = tokio::spawn(async move {
+        let mut cancelled = 0;
+        for _ in 0..ROUNDS {
+            let r = tokio::time::timeout(
+                Duration::from_secs(60),
+                b.simple_query("SELECT pg_sleep(0.002)"),
+            )
+            .await
+            .expect("bystander query answered");
+            if let Err(e) = r {
+                assert_eq!(sqlstate(&e).as_deref(), Some("57014"), "{e}");
+                cancelled += 1;
+            }
+        }
+        cancelled
+    });
+    let mut a_cancelled = 0;
+    for i in 0..ROUNDS {
+        let cancel = async {
+            // Spread the cancel over the query's life: before, during and after it.
+            tokio::time::sleep(Duration::from_micros((i % 7) as u64 * 150)).await;
+            let _ = tokio::time::timeout(
+                Duration::from_secs(20),
+                token.cancel_query(tokio_postgres::NoTls),
+            )
+            .await;
+        };
+        let (r, ()) = tokio::join!(
+            tokio::time::timeout(
+                Duration::from_secs(60),
+                a.simple_query("SELECT pg_sleep(0.001)")
+            ),
+            cancel
+        );
+        if r.expect("query answered").is_err() {
+            a_cancelled += 1;
+        }
+    }
+    let b_cancelled = tokio::time::timeout(Duration::from_secs(120), bystander)
+        .await
+        .expect("bystander done")
+        .unwrap();
+    assert_eq!(
+        b_cancelled, 0,
+        "B's queries cancelled by A's cancels (A had {a_cancelled})"
+    );
+}

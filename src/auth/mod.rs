@@ -223,6 +223,9 @@ pub async fn authenticate_client<S: AsyncRead + AsyncWrite + Unpin>(
     user: Option<&User>,
 ) -> Result<Option<ScramKeys>> {
     let failed = || PoolerError::AuthFailed(name.to_string());
+    // An empty secret in the auth file is no password at all: as in Postgres and PgBouncer,
+    // it never logs in under a password method (it fails like an unknown user).
+    let user = user.filter(|u| !matches!(&u.secret, Secret::Plain(p) if p.is_empty()));
     let mut out = BytesMut::with_capacity(128);
     let use_scram = match auth_type {
         AuthType::Trust => return Ok(None),
