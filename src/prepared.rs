@@ -10,7 +10,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 /// One statement as the servers know it.
 #[derive(Debug)]
@@ -22,19 +22,36 @@ pub struct ServerStatement {
     pub parse: Bytes,
 }
 
-/// Pooler-wide: one server-side statement per distinct (query, parameter types).
+/// Pooler-wide: one server-side statement per distinct (query, parameter types) that some
+/// client or server still holds. The registry itself holds statements weakly: a statement no
+/// client names and no server cache holds is forgotten, so memory follows what is in use, not
+/// every text ever seen. Forgetting cannot break a server: a server can only have a statement
+/// its cache holds (a strong reference), and ids are never reused, so a text that comes back
+/// gets a new name no server has.
 #[derive(Default)]
 pub struct Registry {
-    by_text: Mutex<HashMap<Bytes, Arc<ServerStatement>>>,
+    by_text: Mutex<Statements>,
     next_id: AtomicU64,
+}
+
+#[derive(Default)]
+struct Statements {
+    map: HashMap<Bytes, Weak<ServerStatement>>,
+    /// Dead entries are swept when the map grows past this (amortised O(1) per insert).
+    sweep_at: usize,
 }
 
 impl Registry {
     /// The statement for a Parse body's text part (query and parameter types, after the name).
     pub fn statement(&self, text: &[u8]) -> Arc<ServerStatement> {
-        let mut map = self.by_text.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(s) = map.get(text) {
-            return s.clone();
+        let mut guard = self.by_text.lock().unwrap_or_else(|e| e.into_inner());
+        let st = &mut *guard;
+        if let Some(s) = st.map.get(text).and_then(Weak::upgrade) {
+            return s;
+        }
+        if st.map.len() >= st.sweep_at {
+            st.map.retain(|_, w| w.strong_count() > 0);
+            st.sweep_at = (st.map.len() * 2).max(1024);
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let name = format!("POOLER_{id}");
@@ -49,12 +66,15 @@ impl Registry {
             name,
             parse: parse.freeze(),
         });
-        map.insert(Bytes::copy_from_slice(text), stmt.clone());
+        st.map
+            .insert(Bytes::copy_from_slice(text), Arc::downgrade(&stmt));
         stmt
     }
 
+    /// Statements some client or server still holds.
     pub fn len(&self) -> usize {
-        self.by_text.lock().unwrap_or_else(|e| e.into_inner()).len()
+        let st = self.by_text.lock().unwrap_or_else(|e| e.into_inner());
+        st.map.values().filter(|w| w.strong_count() > 0).count()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -149,5 +169,27 @@ mod tests {
         assert!(cache.contains(a.id));
         assert_eq!(cache.evict_for(3).map(|s| s.id), None);
         assert_eq!(cache.evict_for(2).map(|s| s.id), Some(c.id));
+    }
+
+    #[test]
+    fn statements_nobody_holds_are_forgotten_and_never_renamed_while_held() {
+        let r = Registry::default();
+        let held = r.statement(b"select 0\0\0\0");
+        for i in 0..10_000 {
+            let _ = r.statement(format!("select {i}\0\0\0").as_bytes());
+        }
+        assert_eq!(r.len(), 1, "only the held statement is live");
+        assert!(
+            r.by_text.lock().unwrap().map.len() < 3000,
+            "dead entries are swept"
+        );
+        assert!(Arc::ptr_eq(&held, &r.statement(b"select 0\0\0\0")));
+        let id = held.id;
+        drop(held);
+        assert_ne!(
+            r.statement(b"select 0\0\0\0").id,
+            id,
+            "a forgotten id is never reused"
+        );
     }
 }

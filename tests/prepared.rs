@@ -2,6 +2,7 @@
 //! on whichever server the client lands on.
 
 mod common;
+mod wire;
 
 use common::*;
 use std::time::Duration;
@@ -172,4 +173,54 @@ async fn errors_inside_pipelined_batches_keep_replies_in_order() {
         Some("22012")
     );
     assert_eq!(results[4].as_ref().unwrap(), &10);
+}
+
+/// 50,000 distinct statements, each prepared and closed: the pooler-wide registry keeps only
+/// what someone still uses, and a statement still cached on a server keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distinct_statements_do_not_grow_memory_without_bound() {
+    let pg = PgServer::shared();
+    let db = pg.create_db("prep_many").await;
+    let pooler = Pooler::start(
+        pg,
+        &db,
+        "pool_mode = \"transaction\"\ndefault_pool_size = 1",
+    )
+    .await;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], pooler.port()));
+    let c = pooler.client().await;
+    let kept = c.prepare("SELECT 424242").await.unwrap();
+    assert_eq!(
+        c.query_one(&kept, &[]).await.unwrap().get::<_, i32>(0),
+        424242
+    );
+    let mut raw = wire::Raw::new(wire::login(addr, APP_USER, APP_PASSWORD, &db).await);
+    const N: usize = 50_000;
+    for chunk in 0..(N / 1000) {
+        let mut batch = Vec::new();
+        for i in chunk * 1000..(chunk + 1) * 1000 {
+            let mut parse = format!("s{i}\0SELECT {i}\0").into_bytes();
+            parse.extend_from_slice(&[0, 0]);
+            batch.extend(wire::msg(b'P', &parse));
+            batch.extend(wire::msg(b'C', format!("Ss{i}\0").as_bytes()));
+        }
+        batch.extend(wire::sync());
+        raw.send(&batch).await;
+        let seen = raw.until_ready().await;
+        assert!(seen.errors.is_empty(), "{seen:?}");
+    }
+    // What is left is what the one server's cache holds (max_prepared_statements = 200 by
+    // default) and the kept statement: bounded by configuration, not by the traffic.
+    let live = pooler.running.app.statements.len();
+    assert!(live <= 201, "{live} statements held after {N} closed ones");
+    // The statement still cached on the server and named by a client works as before.
+    assert_eq!(
+        c.query_one(&kept, &[]).await.unwrap().get::<_, i32>(0),
+        424242
+    );
+    let again = c.prepare("SELECT 424242").await.unwrap();
+    assert_eq!(
+        c.query_one(&again, &[]).await.unwrap().get::<_, i32>(0),
+        424242
+    );
 }
