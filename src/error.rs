@@ -39,6 +39,11 @@ pub enum PoolerError {
         "pooler: {0} creates session state, which transaction pooling cannot keep (session_state = error)"
     )]
     SessionState(&'static str),
+    /// A named Parse too large for the pooler to keep (it must re-prepare it on other servers).
+    #[error(
+        "pooler: prepared statement text over {0} MB cannot be pooled; use an unnamed statement or the simple protocol"
+    )]
+    StatementTooLarge(usize),
     #[error("server conn crashed?")]
     ServerGone,
     #[error("server returned an unexpected response: {0}")]
@@ -79,6 +84,7 @@ impl PoolerError {
             PoolerError::SslRequired => "28000",
             PoolerError::AuthFailed(_) => "28P01",
             PoolerError::SessionState(_) => "0A000",
+            PoolerError::StatementTooLarge(_) => "54000",
             PoolerError::NotAllowed => "28000",
             PoolerError::NoSuchDatabase(_) => "3D000",
             PoolerError::TooManyClients => "53300",
@@ -97,6 +103,7 @@ impl PoolerError {
             PoolerError::AuthFailed(_) | PoolerError::NotAllowed => "auth_failed",
             PoolerError::NoSuchDatabase(_) => "no_such_database",
             PoolerError::SessionState(_) => "session_state",
+            PoolerError::StatementTooLarge(_) => "statement_too_large",
             PoolerError::TooManyClients => "max_client_conn",
             PoolerError::QueryWaitTimeout => "query_wait_timeout",
             PoolerError::ClientLoginTimeout => "client_login_timeout",

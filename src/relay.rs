@@ -544,6 +544,10 @@ impl ClientSide {
                     self.restore_after_sync(&mut up.out, tracker);
                 }
                 b'Q' | b'F' => {
+                    if tag == b'Q' && self.reads_text(stmts.is_some()) {
+                        // Larger than MAX_INSPECTED: streamed unread.
+                        self.unread_text()?;
+                    }
                     self.queries += u64::from(tag == b'Q');
                     self.unsynced = false;
                     tracker.push(Expect::Pass(Request::Query, None));
@@ -572,6 +576,21 @@ impl ClientSide {
                     if tag != b'd' {
                         tracker.copy_end();
                     }
+                    up.pass(total, false);
+                }
+                b'P' if total > MAX_INSPECTED => {
+                    // Too large to keep whole. Only the name is needed: an unnamed Parse
+                    // streams through, its text unread (so, to be safe, it pins); a named one
+                    // would have to be kept to be prepared again elsewhere: refused.
+                    let Some(&first) = up.inbuf.get(5) else {
+                        return Ok(());
+                    };
+                    if first != 0 && stmts.is_some() {
+                        return Err(PoolerError::StatementTooLarge(MAX_INSPECTED >> 20));
+                    }
+                    self.unsynced = true;
+                    self.unread_text()?;
+                    tracker.push(Expect::Pass(Request::Parse, None));
                     up.pass(total, false);
                 }
                 b'P' | b'D' | b'C' => {
@@ -670,6 +689,16 @@ impl ClientSide {
 
     fn needs_inspection(&self) -> bool {
         self.policy.is_some() && self.pinned.is_none()
+    }
+
+    /// A query text too large to read passes unread: it may create session state (pinned,
+    /// the safe side) or reset parameters (re-checked at the next checkout).
+    fn unread_text(&mut self) -> Result<()> {
+        self.params_touched = true;
+        if self.needs_inspection() && self.on_session_state(Kind::Unclassified)? == Policy::Error {
+            return Err(PoolerError::SessionState(Kind::Unclassified.as_str()));
+        }
+        Ok(())
     }
 
     /// Whether query texts are read at all: for session-state detection, and for the resets
@@ -1039,10 +1068,14 @@ impl ServerSide {
                     let hide = tracker.on_ready(&mut cache);
                     down.pass(total, hide);
                 }
+                b'S' | b'E' if total > MAX_INSPECTED => {
+                    // Too large to read whole (an error quoting a huge input): streamed. Its
+                    // place in the request flow is all that matters; the fields go unread.
+                    let hide =
+                        tag == b'E' && matches!(tracker.on_error(&mut cache), ErrorFate::Hide);
+                    down.pass(total, hide);
+                }
                 b'S' | b'E' => {
-                    if total > MAX_INSPECTED {
-                        return Err(PoolerError::ServerProtocol("oversized message".into()));
-                    }
                     if down.inbuf.len() < total {
                         return Ok(());
                     }

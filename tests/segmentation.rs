@@ -151,3 +151,49 @@ async fn pipelined_batches_in_small_pieces_are_all_answered() {
     let expected: Vec<String> = (0..BATCHES).map(|i| (i + 1_000_000).to_string()).collect();
     assert_eq!(rows, expected);
 }
+
+/// Messages over 16 MB are streamed, not refused: a 20 MB ErrorResponse from Postgres, a
+/// 17 MB unnamed Parse, a 100 MB simple query (Postgres allows up to 1 GB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_over_16_mb_pass_both_ways() {
+    let _bound = deadline(
+        "messages_over_16_mb_pass_both_ways",
+        HANG + Duration::from_secs(15),
+    );
+    let pg = PgServer::shared();
+    let db = pg.create_db("seg_huge").await;
+    let pooler = Pooler::start(pg, &db, TX1).await;
+    let c = pooler.client().await;
+    let n = 20 * 1024 * 1024;
+    let err = tokio::time::timeout(
+        HANG,
+        c.simple_query(&format!("SELECT repeat('x', {n})::int")),
+    )
+    .await
+    .expect("answered")
+    .unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("22P02"));
+    assert!(message(&err).len() > n, "the whole message arrives");
+    // The session goes on.
+    let rows = c.simple_query("SELECT 5").await.unwrap();
+    assert_eq!(first_cell(&rows).as_deref(), Some("5"));
+
+    let mut raw = Raw::new(login(addr(&pooler), APP_USER, APP_PASSWORD, &db).await);
+    let big = 17 * 1024 * 1024;
+    let mut bytes = extended(&long_select(big));
+    bytes.extend(sync());
+    raw.send(&bytes).await;
+    let seen = raw.until_ready().await;
+    assert!(seen.errors.is_empty(), "{seen:?}");
+    assert_eq!(seen.rows, vec![vec![Some(big.to_string())]]);
+    // A text too large to read pins its client (it might create session state): let the
+    // one server go.
+    drop(raw);
+
+    let huge = 100 * 1024 * 1024;
+    let rows = tokio::time::timeout(HANG, c.simple_query(&long_select(huge)))
+        .await
+        .expect("answered")
+        .unwrap();
+    assert_eq!(first_cell(&rows), Some(huge.to_string()));
+}
