@@ -316,6 +316,7 @@ async fn run_session(app: &App, stream: &mut TcpStream, session: &Session) -> Re
         let end = watchdog
             .relay(&mut relay, release_on_idle, &mut on_param)
             .await;
+        tracker.drain_unprepared(&mut client_statements);
         if std::mem::take(&mut client_side.params_touched) {
             server.params_uncertain = true;
         }

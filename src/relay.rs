@@ -73,6 +73,17 @@ enum Expect {
     Hide(Request, Option<Arc<ServerStatement>>),
     /// A request the pooler answered itself: this reply goes to the client in its turn.
     Synth(u8),
+    /// An error the pooler raised itself (a complete ErrorResponse), in its turn; the client's
+    /// messages after it up to Sync are dropped, as Postgres skips them.
+    SynthError(Box<[u8]>),
+    /// The client's Parse of a named statement: ParseComplete from the server (`forwarded`)
+    /// or from the pooler. Should the server skip it after an earlier error, the client's
+    /// name must not exist either (see `Tracker::unprepared`).
+    Prepared {
+        name: Box<str>,
+        stmt: Arc<ServerStatement>,
+        forwarded: bool,
+    },
     /// The client ended a COPY IN (CopyDone/CopyFail): Syncs before it, sent while the server
     /// was copying, are ignored by the server and get no reply.
     CopyEnd,
@@ -91,6 +102,9 @@ pub struct Tracker {
     skipping: bool,
     /// The server is in COPY IN mode and the client has not ended it: Syncs are ignored.
     in_copy_in: bool,
+    /// Client statement names whose Parse failed or was skipped, with the statement each was
+    /// to name: the client side forgets them before it looks at another name.
+    unprepared: Vec<(Box<str>, u64)>,
 }
 
 impl Tracker {
@@ -108,6 +122,15 @@ impl Tracker {
 
     pub fn is_idle(&self) -> bool {
         self.queue.is_empty()
+    }
+
+    /// Forgets the client's names whose Parse did not happen on the server.
+    pub fn drain_unprepared(&mut self, client: &mut ClientStatements) {
+        for (name, id) in self.unprepared.drain(..) {
+            if client.get(&*name).is_some_and(|s| s.id == id) {
+                client.remove(&*name);
+            }
+        }
     }
 
     /// The client sent CopyDone or CopyFail.
@@ -148,9 +171,20 @@ impl Tracker {
     /// Emits replies the pooler owes the client, once everything before them is answered.
     fn emit_synthetic(&mut self, out: &mut BytesMut) {
         self.drop_stale_markers();
-        while let Some(Expect::Synth(tag)) = self.queue.front() {
-            out.put_u8(*tag);
-            out.put_i32(4);
+        loop {
+            match self.queue.front() {
+                Some(Expect::Synth(tag)) => {
+                    out.put_u8(*tag);
+                    out.put_i32(4);
+                }
+                Some(Expect::Prepared {
+                    forwarded: false, ..
+                }) => {
+                    out.put_slice(&[b'1', 0, 0, 0, 4]);
+                }
+                Some(Expect::SynthError(msg)) => out.put_slice(msg),
+                _ => return,
+            }
             self.queue.pop_front();
         }
     }
@@ -167,6 +201,12 @@ impl Tracker {
             Some(Expect::Hide(r, _)) if r.completed_by(tag) => {
                 self.queue.pop_front();
                 true
+            }
+            Some(Expect::Prepared {
+                forwarded: true, ..
+            }) if tag == b'1' => {
+                self.queue.pop_front();
+                false
             }
             _ => false,
         }
@@ -185,7 +225,7 @@ impl Tracker {
             if matches!(e, Expect::Pass(Request::Sync | Request::Query, _)) {
                 return false;
             }
-            forget_unprepared(&e, cache);
+            self.forget_unprepared(&e, cache);
         }
         false
     }
@@ -211,14 +251,14 @@ impl Tracker {
             _ => None,
         };
         if let Some(e) = &failed {
-            forget_unprepared(e, cache);
+            self.forget_unprepared(e, cache);
         }
         while let Some(e) = self.queue.front() {
             if matches!(e, Expect::Pass(Request::Sync, _)) {
                 return ErrorFate::Pass(stmt);
             }
             let e = self.queue.pop_front().expect("front exists");
-            forget_unprepared(&e, cache);
+            self.forget_unprepared(&e, cache);
         }
         self.skipping = true;
         ErrorFate::Pass(stmt)
@@ -233,14 +273,25 @@ enum ErrorFate {
     Hide,
 }
 
-/// A Parse that failed or was skipped did not prepare its statement on the server.
-fn forget_unprepared(e: &Expect, cache: &mut Option<&mut ServerCache>) {
-    if let (
-        Expect::Pass(Request::Parse, Some(s)) | Expect::Hide(Request::Parse, Some(s)),
-        Some(c),
-    ) = (e, cache.as_deref_mut())
-    {
-        c.remove(s.id);
+impl Tracker {
+    /// A Parse that failed or was skipped did not prepare its statement on the server, nor
+    /// the client's name for it.
+    fn forget_unprepared(&mut self, e: &Expect, cache: &mut Option<&mut ServerCache>) {
+        let (stmt, on_server) = match e {
+            Expect::Hide(Request::Parse, Some(s)) => (s, true),
+            Expect::Prepared {
+                name,
+                stmt,
+                forwarded,
+            } => {
+                self.unprepared.push((name.clone(), stmt.id));
+                (stmt, *forwarded)
+            }
+            _ => return,
+        };
+        if on_server && let Some(c) = cache.as_deref_mut() {
+            c.remove(stmt.id);
+        }
     }
 }
 
@@ -484,6 +535,8 @@ pub struct ClientSide {
     pub startup: Vec<(String, String)>,
     /// Bit i: `startup[i]` was reset since the last sync point and must be set again.
     restore: u64,
+    /// The pooler refused a message of the current batch: the rest up to Sync is dropped.
+    discarding: bool,
     /// A `RESET` ran on the server: the session re-checks every tracked parameter of this
     /// server before it serves the next client (what the pooler recorded may be stale).
     pub params_touched: bool,
@@ -504,6 +557,7 @@ impl ClientSide {
                 return Ok(());
             }
             if let Some(s) = stmts.as_deref_mut() {
+                tracker.drain_unprepared(s.client);
                 // Statements whose plans went stale are closed before anything else.
                 while let Some(stale) = s.server.to_close.pop() {
                     prepared::close_message(&mut up.out, &stale);
@@ -513,6 +567,14 @@ impl ClientSide {
             let Some((tag, total)) = header(&up.inbuf, false)? else {
                 return Ok(());
             };
+            if self.discarding && tag != b'S' && tag != b'X' {
+                if !FRONTEND_TAGS.contains(&tag) {
+                    return Err(invalid_type(tag));
+                }
+                up.pass(total, true);
+                continue;
+            }
+            self.discarding = false;
             match tag {
                 b'Q' if self.reads_text(stmts.is_some()) && total <= MAX_INSPECTED => {
                     if up.inbuf.len() < total {
@@ -636,7 +698,11 @@ impl ClientSide {
                         }
                     }
                     match tag {
-                        b'P' => parse(up, total, tracker, stmts.as_deref_mut())?,
+                        b'P' => {
+                            // Refused by the pooler: like Postgres after an error, the rest
+                            // of the batch up to Sync is skipped.
+                            self.discarding = parse(up, total, tracker, stmts.as_deref_mut())?;
+                        }
                         b'D' => describe(up, total, tracker, stmts.as_deref_mut())?,
                         _ => close(up, total, tracker, stmts.as_deref_mut())?,
                     }
@@ -887,31 +953,48 @@ fn parse(
     total: usize,
     tracker: &mut Tracker,
     stmts: Option<&mut Statements<'_>>,
-) -> Result<()> {
+) -> Result<bool> {
     let name_end = cstr_end(&up.inbuf[..total], 5).ok_or_else(|| malformed("Parse"))?;
     let (Some(s), false) = (stmts, name_end == 5) else {
         tracker.push(Expect::Pass(Request::Parse, None));
         up.pass(total, false);
-        return Ok(());
+        return Ok(false);
     };
-    let name = std::str::from_utf8(&up.inbuf[5..name_end])
-        .map_err(|_| malformed("Parse"))?
-        .to_string();
+    let name = std::str::from_utf8(&up.inbuf[5..name_end]).map_err(|_| malformed("Parse"))?;
+    if tracker.skipping {
+        // Skipped by Postgres too: nothing is prepared.
+        up.inbuf.advance(total);
+        return Ok(false);
+    }
+    if s.client.contains_key(name) {
+        // As Postgres: a name is not silently replaced.
+        let mut err = BytesMut::new();
+        protocol::error_response(
+            &mut err,
+            "ERROR",
+            "42P05",
+            &format!("prepared statement \"{name}\" already exists"),
+        );
+        up.inbuf.advance(total);
+        tracker.push(Expect::SynthError(err.to_vec().into_boxed_slice()));
+        return Ok(true);
+    }
+    let name: Box<str> = name.into();
     let stmt = s.registry.statement(&up.inbuf[name_end + 1..total]);
     up.inbuf.advance(total);
-    s.client.insert(name, stmt.clone());
-    if tracker.skipping {
-        return Ok(());
-    }
-    if s.server.contains(stmt.id) {
-        tracker.push(Expect::Synth(b'1'));
-    } else {
+    s.client.insert(name.to_string(), stmt.clone());
+    let forwarded = !s.server.contains(stmt.id);
+    if forwarded {
         make_room(s, tracker, &mut up.out);
         close_then_parse(&mut up.out, &stmt, tracker);
         s.server.insert(&stmt);
-        tracker.push(Expect::Pass(Request::Parse, Some(stmt)));
     }
-    Ok(())
+    tracker.push(Expect::Prepared {
+        name,
+        stmt,
+        forwarded,
+    });
+    Ok(false)
 }
 
 /// Writes a Describe or Close of a server statement.
@@ -1343,6 +1426,13 @@ pub fn answer_locally(
             // A statement that leaves session state or resets some must meet the server's
             // path, where it is seen (pin, restore); answered here it would slip by.
             b'P' if leaves_state(body) => return false,
+            // A name in use is refused in order, on the server's path (42P05).
+            b'P' if cstr_end(body, 0)
+                .and_then(|end| std::str::from_utf8(&body[..end]).ok())
+                .is_some_and(|name| client.contains_key(name)) =>
+            {
+                return false;
+            }
             b'P' => body.first().is_some_and(|&b| b != 0),
             b'C' => body.first() == Some(&b'S') && body.get(1).is_some_and(|&b| b != 0),
             b'S' => {

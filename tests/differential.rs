@@ -224,3 +224,42 @@ async fn deallocate_affects_only_its_client() {
     assert_eq!(seen[12].errors, vec!["26000".to_string()], "s1 is gone");
     assert_eq!(cell(&seen[13]).as_deref(), Some("1"), "another client's s1");
 }
+
+/// Item 11: a Parse of a name in use is refused (42P05) and the rest of its batch skipped; a
+/// named Parse that Postgres skipped after an error prepares nothing; a simple Query sent
+/// while the server skips to Sync gets no answer and leaves nothing pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statement_names_and_error_recovery_as_postgres() {
+    let pg = PgServer::shared();
+    let db = pg.create_db("diff_names").await;
+    let mut sc = Scenario::new(vec![vec![], vec![], vec![]]);
+    sc.raw(0, with_sync(parse_named("d1", "SELECT 1")));
+    sc.raw(
+        0,
+        with_sync([parse_named("d1", "SELECT 2"), bind_execute("d1")].concat()),
+    );
+    sc.raw(0, with_sync(bind_execute("d1")));
+    sc.raw(
+        1,
+        with_sync([bind_execute("nosuch"), parse_named("d2", "SELECT 2")].concat()),
+    );
+    sc.raw(1, with_sync(bind_execute("d2")));
+    sc.raw(1, with_sync(parse_named("d2", "SELECT 22")));
+    sc.raw(1, with_sync(bind_execute("d2")));
+    sc.raw(
+        2,
+        [bind_execute("nosuch"), query("SELECT 1"), sync()].concat(),
+    );
+    sc.q(2, "SELECT 3");
+    sc.q(0, "SELECT 4");
+    let seen = sc.compare(pg, &db, TX1).await;
+    assert_eq!(seen[1].errors, vec!["42P05".to_string()]);
+    assert!(
+        seen[1].rows.is_empty(),
+        "the batch after the refusal is skipped"
+    );
+    assert_eq!(cell(&seen[2]).as_deref(), Some("1"), "d1 unchanged");
+    assert_eq!(seen[4].errors, vec!["26000".to_string()], "skipped Parse");
+    assert_eq!(cell(&seen[6]).as_deref(), Some("22"));
+    assert_eq!(cell(&seen[8]).as_deref(), Some("3"));
+}
