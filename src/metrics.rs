@@ -191,6 +191,8 @@ pub const ERROR_KINDS: &[&str] = &[
     "idle_transaction_timeout",
     "query_timeout",
     "ssl_required",
+    "database_disabled",
+    "admin_killed",
 ];
 
 /// Seconds; from sub-millisecond pool hits to `query_wait_timeout`'s default of 120 s.

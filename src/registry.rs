@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicI32, AtomicU8, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::net::TcpStream;
@@ -66,6 +66,8 @@ pub struct ClientInfo {
     pub cancel_key: (i32, i32),
     /// 1 + index in `session_state::Kind::ALL` once the client is pinned to its server.
     pinned: AtomicU8,
+    /// KILL_CLIENT: the session ends at its next wake-up with `admin forced disconnect`.
+    killed: AtomicBool,
 }
 
 /// The server a client is linked to, as far as `SHOW SERVERS` needs it.
@@ -77,6 +79,11 @@ pub struct LinkedServer {
 }
 
 impl ClientInfo {
+    /// Whether the console's KILL_CLIENT asked this session to end.
+    pub fn is_killed(&self) -> bool {
+        self.killed.load(Relaxed)
+    }
+
     pub fn state(&self) -> ClientState {
         match self.state.load(Relaxed) {
             1 => ClientState::Waiting,
@@ -166,6 +173,9 @@ impl ClientInfo {
         (i > 0).then(|| Kind::ALL[usize::from(i - 1).min(Kind::ALL.len() - 1)])
     }
 }
+
+/// How long KILL_CLIENT lets a session end by itself before its socket is shut down.
+const KILL_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Every logged-in client, by id.
 #[derive(Default)]
@@ -262,6 +272,7 @@ impl ClientRegistry {
             stop: Notify::new(),
             cancel_key,
             pinned: AtomicU8::new(0),
+            killed: AtomicBool::new(false),
         });
         self.lock().insert(info.id, info.clone());
         Registration {
@@ -308,6 +319,37 @@ impl ClientRegistry {
     pub fn wake_all(&self) {
         for c in self.lock().values() {
             c.stop.notify_one();
+        }
+    }
+
+    /// KILL_CLIENT: asks one client's session (a console session too) to end now. Its task
+    /// wakes, sends `admin forced disconnect` and ends the normal way (a server mid-transaction
+    /// is closed). Returns false if no such client is connected.
+    pub fn kill_client(self: &Arc<Self>, id: u64) -> bool {
+        let Some(client) = self.lock().get(&id).cloned() else {
+            return false;
+        };
+        client.killed.store(true, Relaxed);
+        client.stop.notify_one();
+        // A session blocked writing to a client that does not read never wakes to look: cut
+        // its socket after a grace period if it is still connected then.
+        let registry = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(KILL_GRACE).await;
+            if let Some(registry) = registry.upgrade() {
+                registry.shutdown_socket(id);
+            }
+        });
+        true
+    }
+
+    fn shutdown_socket(&self, id: u64) {
+        let clients = self.lock();
+        if let Some(c) = clients.get(&id) {
+            // SAFETY: as in `kill`: the entry is in the map, under its lock, so its fd is open.
+            unsafe {
+                libc::shutdown(c.fd, libc::SHUT_RDWR);
+            }
         }
     }
 
