@@ -284,8 +284,20 @@ impl App {
     /// retired (new clients get a new one, connected ones finish on it); keys that need a
     /// restart keep their running values and are reported.
     pub fn reload(&self) -> Result<ReloadReport, ConfigError> {
+        let new = self.config().reload()?;
+        self.apply(new)
+    }
+
+    /// The console's `SET key = value`: applied exactly as a RELOAD that changed only that key
+    /// (the config file is not read again; the auth file is, as RELOAD does).
+    pub fn set(&self, key: &str, value: &str) -> Result<ReloadReport, ConfigError> {
+        let new = self.config().with_setting(key, value)?;
+        self.apply(new)
+    }
+
+    /// Swaps in a new, valid config (and the auth file it names) the way RELOAD does.
+    fn apply(&self, mut new: Config) -> Result<ReloadReport, ConfigError> {
         let old = self.config();
-        let mut new = old.reload()?;
         let users = load_users(&new)?;
         let mut report = ReloadReport::default();
         let old_entries = old.pooler.entries();

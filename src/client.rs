@@ -173,6 +173,10 @@ async fn login(
     let Some(db) = config.database(&database) else {
         return Err(PoolerError::NoSuchDatabase(database));
     };
+    // The console's DISABLE: refused after authentication, like an unknown database.
+    if app.control.is_disabled(&database) {
+        return Err(PoolerError::DatabaseDisabled(database));
+    }
     let pool = app.pool(&database, &db, &user);
     if let Some(keys) = keys
         && db.user.is_none()

@@ -7,7 +7,7 @@
 
 pub mod ini;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -25,7 +25,7 @@ pub enum ConfigError {
 }
 
 /// `pool_mode`: when a server connection goes back to the pool.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PoolMode {
     /// Released after the client disconnects (PgBouncer's default).
@@ -44,7 +44,7 @@ impl PoolMode {
 }
 
 /// `auth_type`: how the pooler checks the client's password.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 pub enum AuthType {
     #[serde(rename = "trust")]
     Trust,
@@ -57,7 +57,7 @@ pub enum AuthType {
 }
 
 /// `client_tls_sslmode`: PgBouncer's client-facing TLS modes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ClientTlsMode {
     /// SSLRequest is answered 'N': the client goes on in cleartext or gives up.
@@ -70,7 +70,7 @@ pub enum ClientTlsMode {
 }
 
 /// `server_tls_sslmode`: libpq's modes, for the pooler's connections to Postgres.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ServerTlsMode {
     Disable,
@@ -128,6 +128,14 @@ pub enum NameList {
     List(Vec<String>),
 }
 
+/// Written as the list of names: TOML has no unit value for `Empty`, and a list reads back
+/// the same whichever way it was written.
+impl Serialize for NameList {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.names().serialize(s)
+    }
+}
+
 impl NameList {
     pub fn names(&self) -> Vec<String> {
         match self {
@@ -177,7 +185,8 @@ fn pg_bool<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
 }
 
 /// The `[pooler]` section: PgBouncer's `[pgbouncer]` section, same keys.
-#[derive(Debug, Clone, Deserialize)]
+// Serialize: the console's SET rebuilds the section from the running values (`with_setting`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PoolerSettings {
     /// One address, a comma-separated list, or `*` (every IPv4 and IPv6 address).
@@ -594,6 +603,31 @@ impl Config {
             Some(path) => Config::load_with_overrides(path, self.origin.overrides.clone()),
             None => Ok(self.clone()),
         }
+    }
+
+    /// The console's `SET key = value`: this config with one `[pooler]` key changed, the value
+    /// read as the environment override `POOLER_<KEY>` would be (same parsing, same
+    /// validation), everything else as it is running now (the file is not read again).
+    pub fn with_setting(&self, key: &str, raw: &str) -> Result<Config, ConfigError> {
+        let var = format!("POOLER_{}", key.to_ascii_uppercase());
+        let invalid = |message: String| ConfigError::Invalid {
+            file: "SET".into(),
+            message: message.replacen(&var, key, 1),
+        };
+        let pooler = toml::Table::try_from(&self.pooler).map_err(|e| invalid(e.to_string()))?;
+        let mut table = toml::Table::new();
+        table.insert("pooler".into(), toml::Value::Table(pooler));
+        crate::env::apply(&mut table, &[(var.clone(), raw.to_string())]).map_err(invalid)?;
+        let section = table
+            .remove("pooler")
+            .ok_or_else(|| invalid("the [pooler] section went missing".into()))?;
+        let pooler: PoolerSettings = section
+            .try_into()
+            .map_err(|e: toml::de::Error| invalid(e.to_string().trim_end().to_string()))?;
+        let mut config = self.clone();
+        config.pooler = pooler;
+        config.validate("SET")?;
+        Ok(config)
     }
 
     /// Parses config text; `file` only names the source in error messages.

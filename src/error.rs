@@ -61,6 +61,12 @@ pub enum PoolerError {
     IdleTransactionTimeout,
     #[error("query timeout")]
     QueryTimeout,
+    /// DISABLE on the console: new clients of the database are refused (PgBouncer's text).
+    #[error("database \"{0}\" is disabled")]
+    DatabaseDisabled(String),
+    /// KILL_CLIENT on the console (PgBouncer's text).
+    #[error("admin forced disconnect")]
+    AdminKilled,
     /// `client_tls_sslmode = require` and the client did not ask for TLS.
     #[error("SSL required")]
     SslRequired,
@@ -79,7 +85,9 @@ impl PoolerError {
             | PoolerError::ServerLoginRetry(_)
             | PoolerError::ClientIdleTimeout
             | PoolerError::IdleTransactionTimeout
-            | PoolerError::QueryTimeout => "08P01",
+            | PoolerError::QueryTimeout
+            | PoolerError::DatabaseDisabled(_)
+            | PoolerError::AdminKilled => "08P01",
             PoolerError::ShuttingDown => "57P01",
             PoolerError::SslRequired => "28000",
             PoolerError::AuthFailed(_) => "28P01",
@@ -117,6 +125,8 @@ impl PoolerError {
             PoolerError::IdleTransactionTimeout => "idle_transaction_timeout",
             PoolerError::QueryTimeout => "query_timeout",
             PoolerError::SslRequired => "ssl_required",
+            PoolerError::DatabaseDisabled(_) => "database_disabled",
+            PoolerError::AdminKilled => "admin_killed",
         }
     }
 

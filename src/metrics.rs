@@ -191,6 +191,8 @@ pub const ERROR_KINDS: &[&str] = &[
     "idle_transaction_timeout",
     "query_timeout",
     "ssl_required",
+    "database_disabled",
+    "admin_killed",
 ];
 
 /// Seconds; from sub-millisecond pool hits to `query_wait_timeout`'s default of 120 s.
@@ -368,9 +370,20 @@ impl Metrics {
                 t.wait_us as f64 / 1e6
             );
         }
-        let mut out = self.handle.render();
-        if !out.is_empty() && !out.ends_with('\n') {
-            out.push('\n');
+        // The recorder cannot forget a series, so those of pools no longer in use (a RELOAD
+        // removed their database or changed its server, and their last client left) are
+        // dropped from the text here: a dashboard must not show a pool that is gone.
+        let live: std::collections::HashSet<(String, String)> = pools
+            .iter()
+            .map(|p| (escape_label(&p.database), escape_label(&p.user)))
+            .collect();
+        let rendered = self.handle.render();
+        let mut out = String::with_capacity(rendered.len());
+        for line in rendered.lines() {
+            if pool_of(line).is_none_or(|pool| live.contains(&pool)) {
+                out.push_str(line);
+                out.push('\n');
+            }
         }
         out.push_str(&wait_seconds);
         out
@@ -390,6 +403,32 @@ fn help(name: &str) -> &'static str {
         .find(|(n, _)| *n == name)
         .map(|(_, h)| *h)
         .unwrap_or("")
+}
+
+/// The (escaped) `database` and `user` labels of a per-pool sample line, which the pooler
+/// always renders first, in that order; None for other lines.
+fn pool_of(line: &str) -> Option<(String, String)> {
+    if line.starts_with('#') {
+        return None;
+    }
+    let (_, labels) = line.split_once('{')?;
+    let (database, rest) = quoted(labels.strip_prefix("database=\"")?)?;
+    let (user, _) = quoted(rest.strip_prefix(",user=\"")?)?;
+    Some((database.to_string(), user.to_string()))
+}
+
+/// An escaped label value up to its closing quote, and what follows the quote.
+fn quoted(s: &str) -> Option<(&str, &str)> {
+    let mut escaped = false;
+    for (i, c) in s.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            '"' => return Some((&s[..i], &s[i + 1..])),
+            _ => {}
+        }
+    }
+    None
 }
 
 /// A label value as the text format wants it.
@@ -724,6 +763,22 @@ mod tests {
         assert!(table.open.iter().any(|c| c.id == newest));
         table.remove(newest);
         assert!(!table.open.iter().any(|c| c.id == newest));
+    }
+
+    #[test]
+    fn per_pool_lines_are_told_by_their_first_two_labels() {
+        let pool = |l: &str| pool_of(l);
+        assert_eq!(
+            pool(r#"x_total{database="a\"b",user="u"} 1"#),
+            Some((r#"a\"b"#.to_string(), "u".to_string()))
+        );
+        assert_eq!(
+            pool(r#"h_bucket{database="d",user="u",le="0.1"} 1"#),
+            Some(("d".to_string(), "u".to_string()))
+        );
+        assert_eq!(pool(r#"pooler_errors_total{kind="io"} 0"#), None);
+        assert_eq!(pool("pooler_up 1"), None);
+        assert_eq!(pool("# TYPE x counter"), None);
     }
 
     #[test]

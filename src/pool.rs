@@ -89,6 +89,24 @@ struct PoolState {
     connecting: usize,
     /// PAUSE: no server is handed out, servers that come back are closed.
     paused: bool,
+    /// RECONNECT: servers opened before this instant are closed instead of reused.
+    reconnect_mark: Option<Instant>,
+    /// Servers from before `reconnect_mark` still out with clients (WAIT_CLOSE waits for 0).
+    close_needed: usize,
+}
+
+impl PoolState {
+    /// Whether RECONNECT asked for this server to be closed when it comes back.
+    fn stale(&self, server: &ServerConn) -> bool {
+        self.reconnect_mark.is_some_and(|m| server.created_at < m)
+    }
+
+    /// A stale server left the pool's hands for good (closed).
+    fn untag(&mut self, server: &ServerConn) {
+        if self.stale(server) {
+            self.close_needed = self.close_needed.saturating_sub(1);
+        }
+    }
 }
 
 /// Point-in-time counts for the admin console and metrics.
@@ -150,6 +168,8 @@ impl Pool {
                 total: 0,
                 connecting: 0,
                 paused: false,
+                reconnect_mark: None,
+                close_needed: 0,
             }),
             defaults: OnceLock::new(),
             next_waiter: AtomicU64::new(1),
@@ -513,6 +533,13 @@ impl Pool {
                 Ok(_) => None,
                 Err(e) => Some((Instant::now(), e.to_string())),
             };
+            // Connected just before a RECONNECT that counted it as still connecting: it is
+            // stale all the same and will be closed when it comes back; count it.
+            if let Ok(server) = &result
+                && st.stale(server)
+            {
+                st.close_needed += 1;
+            }
         }
         match result {
             Ok(server) => {
@@ -541,12 +568,15 @@ impl Pool {
             } else {
                 CloseReason::Admin
             })
+        } else if st.stale(&server) {
+            Some(CloseReason::Admin)
         } else if st.limits.life_over(&server, now) {
             Some(CloseReason::Lifetime)
         } else {
             None
         };
         if let Some(reason) = close {
+            st.untag(&server);
             self.remove_slots(&mut st, 1);
             // A waiter may open a fresh server in the slot this one leaves.
             self.grant_waiters(&mut st);
@@ -580,6 +610,7 @@ impl Pool {
 
     fn close(&self, server: ServerConn, reason: CloseReason) {
         self.stats.server_closed(reason);
+        self.lock().untag(&server);
         self.release_slot();
         // Dropping the socket closes it; a backend mid-transaction rolls back on EOF.
         drop(server);
@@ -740,6 +771,31 @@ impl Pool {
         for server in idle {
             tokio::spawn(server.terminate());
         }
+    }
+
+    /// RECONNECT: every server open now is closed instead of reused: idle ones at once, the
+    /// ones clients hold when they come back. New servers are opened as needed meanwhile.
+    pub fn reconnect(&self) {
+        let idle = {
+            let mut st = self.lock();
+            st.reconnect_mark = Some(Instant::now());
+            let idle = std::mem::take(&mut st.idle);
+            self.remove_slots(&mut st, idle.len());
+            // Every server still counted is held by a client (or still connecting, which
+            // `open` counts when it finishes): all older than the mark.
+            st.close_needed = st.total - st.connecting;
+            self.grant_waiters(&mut st);
+            idle
+        };
+        self.stats.server_closed_n(CloseReason::Admin, idle.len());
+        for server in idle {
+            tokio::spawn(server.terminate());
+        }
+    }
+
+    /// Servers RECONNECT marked that clients still hold (PgBouncer's `close_needed`).
+    pub fn close_needed(&self) -> usize {
+        self.lock().close_needed
     }
 
     /// RESUME: waiters get servers again, first come first served.

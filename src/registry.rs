@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{
-    AtomicI32, AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed, Ordering::SeqCst,
+    AtomicBool, AtomicI32, AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed, Ordering::SeqCst,
 };
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -72,6 +72,8 @@ pub struct ClientInfo {
     /// is not handed to anyone else: a late cancel must never hit the next client's query.
     cancels_in_flight: AtomicU32,
     cancels_settled: Notify,
+    /// KILL_CLIENT: the session ends at its next wake-up with `admin forced disconnect`.
+    killed: AtomicBool,
 }
 
 /// The server a client is linked to, as far as `SHOW SERVERS` needs it.
@@ -83,6 +85,11 @@ pub struct LinkedServer {
 }
 
 impl ClientInfo {
+    /// Whether the console's KILL_CLIENT asked this session to end.
+    pub fn is_killed(&self) -> bool {
+        self.killed.load(Relaxed)
+    }
+
     pub fn state(&self) -> ClientState {
         match self.state.load(Relaxed) {
             1 => ClientState::Waiting,
@@ -202,6 +209,9 @@ impl ClientInfo {
     }
 }
 
+/// How long KILL_CLIENT lets a session end by itself before its socket is shut down.
+const KILL_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Every logged-in client, by id.
 #[derive(Default)]
 pub struct ClientRegistry {
@@ -310,6 +320,7 @@ impl ClientRegistry {
             pinned: AtomicU8::new(0),
             cancels_in_flight: AtomicU32::new(0),
             cancels_settled: Notify::new(),
+            killed: AtomicBool::new(false),
         });
         self.lock().insert(info.id, info.clone());
         Registration {
@@ -363,6 +374,37 @@ impl ClientRegistry {
     pub fn wake_all(&self) {
         for c in self.lock().values() {
             c.stop.notify_one();
+        }
+    }
+
+    /// KILL_CLIENT: asks one client's session (a console session too) to end now. Its task
+    /// wakes, sends `admin forced disconnect` and ends the normal way (a server mid-transaction
+    /// is closed). Returns false if no such client is connected.
+    pub fn kill_client(self: &Arc<Self>, id: u64) -> bool {
+        let Some(client) = self.lock().get(&id).cloned() else {
+            return false;
+        };
+        client.killed.store(true, Relaxed);
+        client.stop.notify_one();
+        // A session blocked writing to a client that does not read never wakes to look: cut
+        // its socket after a grace period if it is still connected then.
+        let registry = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(KILL_GRACE).await;
+            if let Some(registry) = registry.upgrade() {
+                registry.shutdown_socket(id);
+            }
+        });
+        true
+    }
+
+    fn shutdown_socket(&self, id: u64) {
+        let clients = self.lock();
+        if let Some(c) = clients.get(&id) {
+            // SAFETY: as in `kill`: the entry is in the map, under its lock, so its fd is open.
+            unsafe {
+                libc::shutdown(c.fd, libc::SHUT_RDWR);
+            }
         }
     }
 

@@ -12,7 +12,7 @@
 use serde::Deserialize;
 
 /// What the pooler does on session state in transaction mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Policy {
     /// Keep the client on its server until it disconnects; reset the server afterwards.

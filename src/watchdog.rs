@@ -105,6 +105,15 @@ impl<'a> Watchdog<'a> {
         self.app.control.phase()
     }
 
+    /// After a wake-up: KILL_CLIENT ends the session wherever it is.
+    fn killed(&self) -> Result<()> {
+        if self.client.is_killed() {
+            Err(PoolerError::AdminKilled)
+        } else {
+            Ok(())
+        }
+    }
+
     /// Waits for the client's next request with no server held. Shutting down or idling past
     /// `client_idle_timeout` ends the session; the caller sends the error.
     pub async fn next_request(&mut self, stream: &TcpStream, up: &mut Flow) -> Result<bool> {
@@ -114,6 +123,7 @@ impl<'a> Watchdog<'a> {
             if self.phase() >= Phase::Draining {
                 return Err(PoolerError::ShuttingDown);
             }
+            self.killed()?;
             tokio::select! {
                 biased;
                 _ = self.client.stop.notified() => continue,
@@ -125,8 +135,11 @@ impl<'a> Watchdog<'a> {
 
     /// Checks a server out; only a forced shutdown interrupts the wait. (Interrupting a
     /// checkout that is opening a server leaves that pool's counts off by one; it happens only
-    /// when every pool is about to be closed.)
+    /// when every pool is about to be closed.) Other wake-ups (a drain starting, KILL_CLIENT)
+    /// keep the same checkout going, for that reason; a killed session ends in `relay`.
     pub async fn checkout(&self, pool: &Arc<Pool>) -> Result<ServerConn> {
+        let checkout = pool.checkout();
+        tokio::pin!(checkout);
         loop {
             if self.phase() >= Phase::Closing {
                 return Err(PoolerError::ShuttingDown);
@@ -134,7 +147,7 @@ impl<'a> Watchdog<'a> {
             tokio::select! {
                 biased;
                 _ = self.client.stop.notified() => continue,
-                r = pool.checkout() => return r,
+                r = &mut checkout => return r,
             }
         }
     }
@@ -159,6 +172,7 @@ impl<'a> Watchdog<'a> {
             if phase >= Phase::Closing {
                 return Err(PoolerError::ShuttingDown);
             }
+            self.killed()?;
             let draining = phase >= Phase::Draining;
             let release = release_on_idle || draining;
             // A client pinned to its server (session state in transaction mode) is let go at

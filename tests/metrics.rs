@@ -503,3 +503,63 @@ async fn probes_are_answered_while_idle_and_slow_connections_pile_up() {
     }
     assert!(pooler.scrape().await.contains("pooler_up 1"));
 }
+
+/// Issue 14: the series of a pool RELOAD removed disappear from /metrics (the database is
+/// gone from the config), the others stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn series_of_pools_removed_by_reload_disappear() {
+    let pg = PgServer::shared();
+    let db = pg.create_db("metrics_reload").await;
+    let db2 = pg.create_db("metrics_reload2").await;
+    let userlist = format!("{}\"admin\" \"admin-pw\"\n", Pooler::default_userlist());
+    let pooler = Pooler::start_full(
+        pg.port,
+        &db,
+        &format!(
+            "pool_mode = \"transaction\"\nadmin_users = \"admin\"\nmetrics_port = {}",
+            free_port()
+        ),
+        "",
+        &userlist,
+    )
+    .await;
+    let client = pooler.client().await;
+    assert_eq!(first_value(&client, "SELECT 1").await, "1");
+    drop(client);
+    let pool = [("database", db.as_str()), ("user", APP_USER)];
+    let body = pooler.scrape().await;
+    assert!(
+        metric(&body, "pooler_pools_pool_size", &pool).is_some(),
+        "{body}"
+    );
+    // The database entry is renamed: its pool is retired, a new database appears.
+    let path = pooler.dir.join("pooler.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replace(&format!("[databases.{db}]"), &format!("[databases.{db2}]")),
+    )
+    .unwrap();
+    let console = connect(&pooler.console_url("admin", "admin-pw")).await;
+    console.simple_query("RELOAD").await.expect("RELOAD");
+    let url2 = format!(
+        "host=127.0.0.1 port={} user={APP_USER} password={APP_PASSWORD} dbname={db2}",
+        pooler.port()
+    );
+    let c2 = connect(&url2).await;
+    assert_eq!(first_value(&c2, "SELECT 2").await, "2");
+    let body = pooler.scrape().await;
+    let gone = format!("database=\"{db}\"");
+    assert!(
+        !body
+            .lines()
+            .any(|l| !l.starts_with('#') && l.contains(&gone)),
+        "series of the removed pool remain:\n{body}"
+    );
+    let pool2 = [("database", db2.as_str()), ("user", APP_USER)];
+    assert!(
+        metric(&body, "pooler_pools_pool_size", &pool2).is_some(),
+        "{body}"
+    );
+    assert_eq!(metric(&body, "pooler_up", &[]), Some(1.0));
+}

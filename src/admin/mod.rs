@@ -50,6 +50,8 @@ pub struct Control {
 struct Paused {
     all: bool,
     databases: HashSet<String>,
+    /// DISABLE: databases whose new clients are refused.
+    disabled: HashSet<String>,
 }
 
 impl Default for Control {
@@ -72,6 +74,16 @@ impl Control {
     pub fn is_paused(&self, database: &str) -> bool {
         let p = self.paused();
         p.all || p.databases.contains(database)
+    }
+
+    /// Whether DISABLE is in force for `database` (new clients are refused).
+    pub fn is_disabled(&self, database: &str) -> bool {
+        self.paused().disabled.contains(database)
+    }
+
+    /// Whether a PAUSE (or KILL) of the whole pooler is in force (SHOW STATE).
+    pub fn is_all_paused(&self) -> bool {
+        self.paused().all
     }
 
     pub fn set_listening(&self, listening: bool) {
@@ -244,8 +256,8 @@ impl Console {
     /// Runs every statement of one Query message; stops at the first error, like Postgres.
     /// Returns true when the client asked for SHUTDOWN.
     async fn execute(&self, app: &Arc<App>, sql: &str, out: &mut BytesMut) -> bool {
-        let statements: Vec<&str> = sql
-            .split(';')
+        let statements: Vec<&str> = split_statements(sql)
+            .into_iter()
             .map(str::trim)
             .filter(|s| !s.is_empty())
             .collect();
@@ -270,6 +282,9 @@ impl Console {
     }
 
     async fn command(&self, app: &Arc<App>, statement: &str) -> Result<Reply, CommandError> {
+        if let Some((key, value)) = parse_set(statement) {
+            return self.set(app, &key, &value);
+        }
         let words: Vec<String> = statement
             .split_whitespace()
             .map(|w| w.trim_matches('"').to_string())
@@ -283,29 +298,155 @@ impl Console {
             return Err(syntax(statement));
         }
         if verb == "SHOW" {
-            let what = arg.ok_or_else(|| syntax(statement))?.to_ascii_uppercase();
-            return show(app, &what);
+            let what = arg.ok_or_else(|| syntax(statement))?;
+            return show(app, what);
         }
-        if self.access != Access::Admin {
-            return Err(CommandError {
-                code: "42501",
-                message: "admin access needed".into(),
-            });
-        }
+        self.admin_only()?;
         match verb.as_str() {
             "PAUSE" => pause(app, arg).await,
             "RESUME" => resume(app, arg),
             "KILL" => kill(app, arg),
+            "KILL_CLIENT" => kill_client(app, arg),
+            "DISABLE" => disable(app, arg, true),
+            "ENABLE" => disable(app, arg, false),
+            "RECONNECT" => reconnect(app, arg),
+            "WAIT_CLOSE" => wait_close(app, arg).await,
             "SHUTDOWN" if arg.is_none() => Ok(Reply::Shutdown),
             "RELOAD" if arg.is_none() => reload(app),
-            "SET" => Err(CommandError {
-                code: "0A000",
-                message: "SET is not supported yet: change the configuration file and restart"
-                    .into(),
-            }),
             _ => Err(syntax(statement)),
         }
     }
+
+    fn admin_only(&self) -> Result<(), CommandError> {
+        if self.access == Access::Admin {
+            Ok(())
+        } else {
+            Err(CommandError {
+                code: "42501",
+                message: "admin access needed".into(),
+            })
+        }
+    }
+
+    /// SET key = value: the parameters drivers set on connect are acknowledged and ignored
+    /// (as PgBouncer does, for anyone); a `[pooler]` key changeable by RELOAD is changed as
+    /// RELOAD would change it (admins only).
+    fn set(&self, app: &Arc<App>, key: &str, value: &str) -> Result<Reply, CommandError> {
+        if show::FAKE_PARAMETERS
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case(key))
+        {
+            return Ok(Reply::Notice {
+                message: "SET ignored".into(),
+                detail: String::new(),
+                tag: "SET".into(),
+            });
+        }
+        self.admin_only()?;
+        let key = key.to_ascii_lowercase();
+        let failed = |why: String| CommandError {
+            code: "55000",
+            message: format!("SET failed: {why}"),
+        };
+        let known = crate::config::PoolerSettings::default()
+            .entries()
+            .iter()
+            .any(|(k, _, _)| *k == key);
+        if !known {
+            return Err(CommandError {
+                code: "42704",
+                message: format!("SET failed: no setting is called {key} (see SHOW CONFIG)"),
+            });
+        }
+        if crate::config::RESTART_ONLY.contains(&key.as_str()) {
+            return Err(failed(format!(
+                "{key} takes effect only at start (SHOW CONFIG: changeable = no)"
+            )));
+        }
+        match app.set(&key, value) {
+            Ok(_) => {
+                tracing::info!(key, value, "SET on the console");
+                Ok(Reply::Tag(format!("SET {key}={value}")))
+            }
+            Err(e) => {
+                tracing::warn!(key, value, error = %e, "SET refused");
+                Err(failed(e.to_string()))
+            }
+        }
+    }
+}
+
+/// Splits a Query message into statements at `;` outside quotes (a SET value may hold one).
+fn split_statements(sql: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut quote = None;
+    let mut start = 0;
+    for (i, c) in sql.char_indices() {
+        match (quote, c) {
+            (None, '\'' | '"') => quote = Some(c),
+            (Some(q), c) if c == q => quote = None,
+            (None, ';') => {
+                out.push(&sql[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&sql[start..]);
+    out
+}
+
+/// `SET key = value` / `SET key TO value`, PgBouncer's forms: the key a word or `"quoted"`,
+/// the value a word or a `'string'` (with `''` for a quote). None if it is not a SET.
+fn parse_set(statement: &str) -> Option<(String, String)> {
+    let rest = statement.trim();
+    let head = rest.get(..4)?;
+    if !head.eq_ignore_ascii_case("set ") && !head.eq_ignore_ascii_case("set\t") {
+        return None;
+    }
+    let rest = rest[4..].trim_start();
+    let (key, rest) = word(rest)?;
+    let rest = rest.trim_start();
+    let rest = if let Some(r) = rest.strip_prefix('=') {
+        r
+    } else if rest.len() >= 2 && rest[..2].eq_ignore_ascii_case("to") {
+        &rest[2..]
+    } else {
+        return None;
+    };
+    let rest = rest.trim_start();
+    let (value, rest) = if let Some(body) = rest.strip_prefix('\'') {
+        let mut value = String::new();
+        let mut chars = body.char_indices();
+        let end = loop {
+            let (i, c) = chars.next()?;
+            if c == '\'' {
+                if body[i + 1..].starts_with('\'') {
+                    chars.next();
+                    value.push('\'');
+                    continue;
+                }
+                break i + 1;
+            }
+            value.push(c);
+        };
+        (value, &body[end..])
+    } else {
+        word(rest)?
+    };
+    rest.trim().is_empty().then_some((key, value))
+}
+
+/// A bare word (letters, digits, `_`, `.`, `-`) or a `"quoted"` one, and what follows it.
+fn word(s: &str) -> Option<(String, &str)> {
+    if let Some(body) = s.strip_prefix('"') {
+        let end = body.find('"')?;
+        return Some((body[..end].to_string(), &body[end + 1..]));
+    }
+    let end = s
+        .find(|c: char| !(c.is_alphanumeric() || matches!(c, '_' | '.' | '-')))
+        .unwrap_or(s.len());
+    (end > 0).then(|| (s[..end].to_string(), &s[end..]))
 }
 
 /// The text of a Query message: a framing error (no terminator) ends the session; text that
@@ -356,9 +497,9 @@ enum Reply {
     Notice {
         message: String,
         detail: String,
-        tag: &'static str,
+        tag: String,
     },
-    Tag(&'static str),
+    Tag(String),
     Shutdown,
 }
 
@@ -386,9 +527,14 @@ impl Reply {
     }
 }
 
-/// A result set: text values, `None` for NULL.
+/// A database named in a command must be configured, and not the console itself
+/// (PgBouncer's messages).
 fn known_database(app: &App, db: Option<&str>) -> Result<(), CommandError> {
     match db {
+        Some(name) if is_console(name) => Err(CommandError {
+            code: "55000",
+            message: format!("cannot use the admin db in this command: {name}"),
+        }),
         Some(name) if !app.config().databases.contains_key(name) => Err(CommandError {
             code: "3D000",
             message: format!("no such database: {name}"),
@@ -401,14 +547,14 @@ fn known_database(app: &App, db: Option<&str>) -> Result<(), CommandError> {
 /// the running config stays.
 fn reload(app: &Arc<App>) -> Result<Reply, CommandError> {
     match crate::lifecycle::reload(app, "RELOAD") {
-        Ok(report) if report.restart_needed.is_empty() => Ok(Reply::Tag("RELOAD")),
+        Ok(report) if report.restart_needed.is_empty() => Ok(Reply::Tag("RELOAD".into())),
         Ok(report) => Ok(Reply::Notice {
             message: "RELOAD done".into(),
             detail: format!(
                 "these settings take effect at the next restart: {}",
                 report.restart_needed.join(", ")
             ),
-            tag: "RELOAD",
+            tag: "RELOAD".into(),
         }),
         Err(e) => Err(CommandError {
             code: "F0000",
@@ -442,7 +588,7 @@ async fn pause(app: &Arc<App>, db: Option<&str>) -> Result<Reply, CommandError> 
     while pools.iter().any(|p| p.counts().total > 0) {
         tokio::time::sleep(PAUSE_POLL).await;
     }
-    Ok(Reply::Tag("PAUSE"))
+    Ok(Reply::Tag("PAUSE".into()))
 }
 
 /// RESUME [db]: undoes PAUSE or KILL.
@@ -482,7 +628,7 @@ fn resume(app: &Arc<App>, db: Option<&str>) -> Result<Reply, CommandError> {
             pool.resume();
         }
     }
-    Ok(Reply::Tag("RESUME"))
+    Ok(Reply::Tag("RESUME".into()))
 }
 
 /// KILL [db]: drops the database's clients and servers now; new clients wait for RESUME.
@@ -504,10 +650,77 @@ fn kill(app: &Arc<App>, db: Option<&str>) -> Result<Reply, CommandError> {
     }
     let n = app.clients_registry.kill(db);
     tracing::info!(database = db.unwrap_or("*"), clients = n, "KILL");
-    Ok(Reply::Tag("KILL"))
+    Ok(Reply::Tag("KILL".into()))
 }
 
-/// `YYYY-MM-DD HH:MM:SS UTC`, as PgBouncer prints times.
+/// DISABLE db / ENABLE db: new clients of the database are refused / admitted again;
+/// connected ones are not touched.
+fn disable(app: &Arc<App>, db: Option<&str>, on: bool) -> Result<Reply, CommandError> {
+    let name = db.ok_or_else(|| CommandError {
+        code: "42601",
+        message: "a database is required".into(),
+    })?;
+    known_database(app, Some(name))?;
+    {
+        let mut p = app.control.paused();
+        if on {
+            p.disabled.insert(name.to_string());
+        } else {
+            p.disabled.remove(name);
+        }
+    }
+    let verb = if on { "DISABLE" } else { "ENABLE" };
+    tracing::info!(database = name, "{verb}");
+    Ok(Reply::Tag(verb.into()))
+}
+
+/// RECONNECT [db]: every server of the database (or all) is closed instead of reused, idle
+/// ones now, busy ones when their clients release them; new ones open as needed.
+fn reconnect(app: &Arc<App>, db: Option<&str>) -> Result<Reply, CommandError> {
+    known_database(app, db)?;
+    for pool in app.pools() {
+        if db.is_none_or(|d| d == pool.database) {
+            pool.reconnect();
+        }
+    }
+    tracing::info!(database = db.unwrap_or("*"), "RECONNECT");
+    Ok(Reply::Tag("RECONNECT".into()))
+}
+
+/// WAIT_CLOSE [db]: returns once no server RECONNECT marked is left (SHOW SERVERS'
+/// `close_needed`), for switchover scripts.
+async fn wait_close(app: &Arc<App>, db: Option<&str>) -> Result<Reply, CommandError> {
+    known_database(app, db)?;
+    let pools: Vec<_> = app
+        .pools()
+        .into_iter()
+        .filter(|p| db.is_none_or(|d| d == p.database))
+        .collect();
+    while pools.iter().any(|p| p.close_needed() > 0) {
+        tokio::time::sleep(PAUSE_POLL).await;
+    }
+    Ok(Reply::Tag("WAIT_CLOSE".into()))
+}
+
+/// KILL_CLIENT id: ends one client (its `id` in SHOW CLIENTS) with `admin forced
+/// disconnect`; a transaction it has open rolls back.
+fn kill_client(app: &Arc<App>, id: Option<&str>) -> Result<Reply, CommandError> {
+    let id: u64 = id
+        .and_then(|i| i.parse().ok())
+        .ok_or_else(|| CommandError {
+            code: "22023",
+            message: "invalid client pointer supplied".into(),
+        })?;
+    if !app.clients_registry.kill_client(id) {
+        return Err(CommandError {
+            code: "55000",
+            message: "client not found".into(),
+        });
+    }
+    tracing::info!(client = id, "KILL_CLIENT");
+    Ok(Reply::Tag("KILL_CLIENT".into()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -521,6 +734,28 @@ mod tests {
         assert_eq!(bad(b"SHOW \xc3(\0"), Some(format!("{prefix}0xc3 0x28")));
         assert_eq!(bad(b"\xff\0"), Some(format!("{prefix}0xff")));
         assert_eq!(bad(b"a\xe2\x82\0"), Some(format!("{prefix}0xe2 0x82")));
+    }
+
+    #[test]
+    fn set_statements_parse_as_pgbouncer_writes_them() {
+        let set = parse_set;
+        assert_eq!(
+            set("SET default_pool_size = 5"),
+            Some(("default_pool_size".into(), "5".into()))
+        );
+        assert_eq!(set("set x to y"), Some(("x".into(), "y".into())));
+        assert_eq!(
+            set("SET server_check_query='select ''a''; '"),
+            Some(("server_check_query".into(), "select 'a'; ".into()))
+        );
+        assert_eq!(set("SET \"k\" = 1"), Some(("k".into(), "1".into())));
+        assert_eq!(set("SET x = 1 2"), None);
+        assert_eq!(set("SETTLE x = 1"), None);
+        assert_eq!(set("SHOW POOLS"), None);
+        assert_eq!(
+            split_statements("SET a = 'x;y'; SHOW POOLS"),
+            ["SET a = 'x;y'", " SHOW POOLS"]
+        );
     }
 
     #[test]

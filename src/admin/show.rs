@@ -1,6 +1,6 @@
 //! The console's SHOW commands: PgBouncer's result sets, column for column.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -32,15 +32,62 @@ fn s(v: impl ToString) -> Option<String> {
 const T: u32 = TEXT_OID;
 const N: u32 = INT8_OID;
 
+/// Parameters some drivers `SHOW` or `SET` on connect: PgBouncer fakes an answer for these,
+/// so the console does too (its sessions have no real server behind them).
+pub(super) const FAKE_PARAMETERS: &[(&str, &str)] = &[
+    ("client_encoding", "UTF-8"),
+    ("default_transaction_isolation", "read committed"),
+    ("standard_conforming_strings", "on"),
+    ("datestyle", "ISO"),
+    ("timezone", "GMT"),
+];
+
 pub(super) fn show(app: &Arc<App>, what: &str) -> Result<Reply, CommandError> {
-    let table = match what {
+    if let Some((name, value)) = FAKE_PARAMETERS
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case(what))
+    {
+        let mut t = Table::new(&[(name, T)]);
+        t.rows.push(vec![s(value)]);
+        return Ok(Reply::Table(t));
+    }
+    let table = match what.to_ascii_uppercase().as_str() {
         "POOLS" => show_pools(app),
         "STATS" => show_stats(app),
+        "STATS_TOTALS" => show_stats_totals(app),
+        "STATS_AVERAGES" => show_stats_averages(app),
+        "TOTALS" => show_totals(app),
         "CLIENTS" => show_clients(app),
         "SERVERS" => show_servers(app),
         "DATABASES" => show_databases(app),
+        "USERS" => show_users(app),
         "CONFIG" => show_config(&app.config().pooler),
         "LISTS" => show_lists(app),
+        "MEM" => show_mem(app),
+        "STATE" => show_state(app),
+        // No peering and no DNS cache (host names are resolved at connect): PgBouncer's
+        // columns, no rows, so scripts that read them keep working.
+        "PEERS" => Table::new(&[("peer_id", N), ("host", T), ("port", N), ("pool_size", N)]),
+        "PEER_POOLS" => Table::new(&[
+            ("peer_id", N),
+            ("cl_active_cancel_req", N),
+            ("cl_waiting_cancel_req", N),
+            ("sv_active_cancel", N),
+            ("sv_login", N),
+        ]),
+        "DNS_HOSTS" => Table::new(&[("hostname", T), ("ttl", N), ("addrs", T)]),
+        "DNS_ZONES" => Table::new(&[("zonename", T), ("serial", N), ("count", N)]),
+        "SOCKETS" | "ACTIVE_SOCKETS" | "FDS" => {
+            // PgBouncer's rows here are its buffer positions and file descriptors (for online
+            // restart); the pooler has neither to show.
+            return Err(CommandError {
+                code: "0A000",
+                message: format!(
+                    "SHOW {} is not supported by this pooler: use SHOW CLIENTS and SHOW SERVERS",
+                    what.to_ascii_uppercase()
+                ),
+            });
+        }
         "VERSION" => {
             let mut t = Table::new(&[("version", T)]);
             t.rows
@@ -50,17 +97,25 @@ pub(super) fn show(app: &Arc<App>, what: &str) -> Result<Reply, CommandError> {
         "HELP" => {
             return Ok(Reply::Notice {
                 message: "Console usage".into(),
-                detail: "\n\tSHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|STATS|LISTS|VERSION\
-                         \n\tPAUSE [<db>]\n\tRESUME [<db>]\n\tKILL [<db>]\n\tSHUTDOWN\
-                         \n\tRELOAD"
+                detail: "\n\tSHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|VERSION\
+                         \n\tSHOW PEERS|PEER_POOLS\
+                         \n\tSHOW LISTS|MEM|STATE\
+                         \n\tSHOW DNS_HOSTS|DNS_ZONES\
+                         \n\tSHOW STATS|STATS_TOTALS|STATS_AVERAGES|TOTALS\
+                         \n\tSET key = arg\n\tRELOAD\n\tPAUSE [<db>]\n\tRESUME [<db>]\
+                         \n\tDISABLE <db>\n\tENABLE <db>\n\tRECONNECT [<db>]\n\tKILL [<db>]\
+                         \n\tKILL_CLIENT <client_id>\n\tSHUTDOWN\n\tWAIT_CLOSE [<db>]"
                     .into(),
-                tag: "SHOW",
+                tag: "SHOW".into(),
             });
         }
         _ => {
             return Err(CommandError {
                 code: "42601",
-                message: format!("unknown SHOW command: {what}, use SHOW HELP;"),
+                message: format!(
+                    "unknown SHOW command: {}, use SHOW HELP;",
+                    what.to_ascii_uppercase()
+                ),
             });
         }
     };
@@ -85,6 +140,7 @@ fn show_pools(app: &App) -> Table {
         ("maxwait", N),
         ("maxwait_us", N),
         ("pool_mode", T),
+        ("load_balance_hosts", T),
     ]);
     for pool in app.pools() {
         let c = pool.counts();
@@ -106,6 +162,8 @@ fn show_pools(app: &App) -> Table {
             s(c.max_wait.as_secs()),
             s(c.max_wait.subsec_micros()),
             s(pool.settings.mode.as_str()),
+            // PgBouncer fills it only for a comma-separated host list; the pooler has one host.
+            None,
         ]);
     }
     t
@@ -137,26 +195,7 @@ fn show_stats(app: &App) -> Table {
         ("avg_server_parse_count", N),
         ("avg_bind_count", N),
     ]);
-    // PgBouncer's SHOW STATS is per database: sum the pools of each.
-    let mut by_db: BTreeMap<String, (Totals, Averages, u64, u64)> = BTreeMap::new();
-    for pool in app.pools() {
-        let e = by_db.entry(pool.database.clone()).or_default();
-        e.0.add(&pool.stats.totals());
-        let a = pool.stats.averages();
-        e.1.server_assignments += a.server_assignments;
-        e.1.xacts += a.xacts;
-        e.1.queries += a.queries;
-        e.1.received += a.received;
-        e.1.sent += a.sent;
-        // Mean durations, weighted by how many transactions / assignments each pool had.
-        e.2 += a.xact_us * a.xacts;
-        e.3 += a.wait_us * a.server_assignments;
-    }
-    for (db, (tot, mut avg, xact_weighted, wait_weighted)) in by_db {
-        avg.xact_us = xact_weighted.checked_div(avg.xacts).unwrap_or(0);
-        avg.wait_us = wait_weighted
-            .checked_div(avg.server_assignments)
-            .unwrap_or(0);
+    for (db, tot, avg) in stats_by_database(app) {
         t.rows.push(vec![
             s(db),
             s(tot.server_assignments),
@@ -183,6 +222,179 @@ fn show_stats(app: &App) -> Table {
             s(0),
             s(0),
         ]);
+    }
+    t
+}
+
+/// Totals and averages per database, summed over its pools (PgBouncer's SHOW STATS is per
+/// database): averages of durations weighted by how many transactions / assignments each
+/// pool had.
+fn stats_by_database(app: &App) -> Vec<(String, Totals, Averages)> {
+    let mut by_db: BTreeMap<String, (Totals, Averages, u64, u64)> = BTreeMap::new();
+    for pool in app.pools() {
+        let e = by_db.entry(pool.database.clone()).or_default();
+        e.0.add(&pool.stats.totals());
+        let a = pool.stats.averages();
+        e.1.server_assignments += a.server_assignments;
+        e.1.xacts += a.xacts;
+        e.1.queries += a.queries;
+        e.1.received += a.received;
+        e.1.sent += a.sent;
+        e.2 += a.xact_us * a.xacts;
+        e.3 += a.wait_us * a.server_assignments;
+    }
+    by_db
+        .into_iter()
+        .map(|(db, (tot, mut avg, xact_weighted, wait_weighted))| {
+            avg.xact_us = xact_weighted.checked_div(avg.xacts).unwrap_or(0);
+            avg.wait_us = wait_weighted
+                .checked_div(avg.server_assignments)
+                .unwrap_or(0);
+            (db, tot, avg)
+        })
+        .collect()
+}
+
+/// The eleven figures PgBouncer keeps per database, in its order: assignments,
+/// transactions, queries, bytes in and out, transaction time, query time, wait time, and the
+/// three prepared-statement counts (query time and those three are not measured: 0).
+fn figures(
+    assignments: u64,
+    xacts: u64,
+    queries: u64,
+    recv: u64,
+    sent: u64,
+    xact_us: u64,
+    wait_us: u64,
+) -> [u64; 11] {
+    [
+        assignments,
+        xacts,
+        queries,
+        recv,
+        sent,
+        xact_us,
+        0,
+        wait_us,
+        0,
+        0,
+        0,
+    ]
+}
+
+fn totals_figures(t: &Totals) -> [u64; 11] {
+    figures(
+        t.server_assignments,
+        t.xacts,
+        t.queries,
+        t.received,
+        t.sent,
+        t.xact_us,
+        t.wait_us,
+    )
+}
+
+fn averages_figures(a: &Averages) -> [u64; 11] {
+    figures(
+        a.server_assignments,
+        a.xacts,
+        a.queries,
+        a.received,
+        a.sent,
+        a.xact_us,
+        a.wait_us,
+    )
+}
+
+/// SHOW STATS_TOTALS and SHOW STATS_AVERAGES: PgBouncer's column names (the averages' last
+/// three keep their `avg_` prefix there, as in PgBouncer).
+fn stats_table(app: &App, last_three: [&'static str; 3], averages: bool) -> Table {
+    let mut columns = vec![
+        ("database", T),
+        ("server_assignment_count", N),
+        ("xact_count", N),
+        ("query_count", N),
+        ("bytes_received", N),
+        ("bytes_sent", N),
+        ("xact_time", N),
+        ("query_time", N),
+        ("wait_time", N),
+    ];
+    columns.extend(last_three.map(|c| (c, N)));
+    let mut t = Table::new(&columns);
+    for (db, tot, avg) in stats_by_database(app) {
+        let values = if averages {
+            averages_figures(&avg)
+        } else {
+            totals_figures(&tot)
+        };
+        let mut row = vec![s(db)];
+        row.extend(values.iter().map(s));
+        t.rows.push(row);
+    }
+    t
+}
+
+fn show_stats_totals(app: &App) -> Table {
+    stats_table(
+        app,
+        ["client_parse_count", "server_parse_count", "bind_count"],
+        false,
+    )
+}
+
+fn show_stats_averages(app: &App) -> Table {
+    stats_table(
+        app,
+        [
+            "avg_client_parse_count",
+            "avg_server_parse_count",
+            "avg_bind_count",
+        ],
+        true,
+    )
+}
+
+/// SHOW TOTALS: SHOW STATS summed over every database, one `name`, `value` row per figure,
+/// named as PgBouncer names them.
+fn show_totals(app: &App) -> Table {
+    const NAMES: [&str; 11] = [
+        "server_assignment_count",
+        "xact_count",
+        "query_count",
+        "client_bytes",
+        "server_bytes",
+        "xact_time",
+        "query_time",
+        "wait_time",
+        "ps_client_parse_count",
+        "ps_server_parse_count",
+        "ps_bind_count",
+    ];
+    let mut tot = Totals::default();
+    let (mut avg, mut xact_weighted, mut wait_weighted) = (Averages::default(), 0, 0);
+    for (_, t, a) in stats_by_database(app) {
+        tot.add(&t);
+        avg.server_assignments += a.server_assignments;
+        avg.xacts += a.xacts;
+        avg.queries += a.queries;
+        avg.received += a.received;
+        avg.sent += a.sent;
+        xact_weighted += a.xact_us * a.xacts;
+        wait_weighted += a.wait_us * a.server_assignments;
+    }
+    avg.xact_us = xact_weighted.checked_div(avg.xacts).unwrap_or(0);
+    avg.wait_us = wait_weighted
+        .checked_div(avg.server_assignments)
+        .unwrap_or(0);
+    let mut t = Table::new(&[("name", T), ("value", N)]);
+    for (prefix, values) in [
+        ("total", totals_figures(&tot)),
+        ("avg", averages_figures(&avg)),
+    ] {
+        for (name, value) in NAMES.iter().zip(values) {
+            t.rows.push(vec![s(format!("{prefix}_{name}")), s(value)]);
+        }
     }
     t
 }
@@ -348,6 +560,7 @@ fn show_databases(app: &App) -> Table {
         ("reserve_pool_size", N),
         ("server_lifetime", N),
         ("pool_mode", T),
+        ("load_balance_hosts", T),
         ("max_connections", N),
         ("current_connections", N),
         ("max_client_connections", N),
@@ -374,12 +587,13 @@ fn show_databases(app: &App) -> Table {
             s(db.reserve_pool_size.unwrap_or(p.reserve_pool_size)),
             s(p.server_lifetime as u64),
             db.pool_mode.map(|m| m.as_str().to_string()),
+            None,
             s(db.max_db_connections.unwrap_or(p.max_db_connections)),
             s(servers),
             s(0),
             s(clients),
             s(u8::from(app.control.is_paused(name))),
-            s(0),
+            s(u8::from(app.control.is_disabled(name))),
         ]);
     }
     t
@@ -411,7 +625,9 @@ fn show_lists(app: &App) -> Table {
     for (list, items) in [
         ("databases", app.config().databases.len()),
         ("users", users.len()),
+        ("peers", 0),
         ("pools", pools.len()),
+        ("peer_pools", 0),
         ("free_clients", 0),
         ("used_clients", used_clients),
         ("login_clients", used_clients.saturating_sub(registered)),
@@ -424,6 +640,105 @@ fn show_lists(app: &App) -> Table {
     ] {
         t.rows.push(vec![s(list), s(items)]);
     }
+    t
+}
+
+/// SHOW USERS: every user the pooler knows (auth file, `[users]`, pools), PgBouncer's
+/// columns; per-user overrides are NULL when not set.
+fn show_users(app: &App) -> Table {
+    let mut t = Table::new(&[
+        ("name", T),
+        ("pool_size", T),
+        ("reserve_pool_size", T),
+        ("pool_mode", T),
+        ("max_user_connections", N),
+        ("current_connections", N),
+        ("max_user_client_connections", N),
+        ("current_client_connections", N),
+    ]);
+    let config = app.config();
+    let pools = app.pools();
+    let clients = app.clients_registry.snapshot();
+    let mut names: BTreeSet<String> = app.users().names().into_iter().collect();
+    names.extend(config.users.keys().cloned());
+    names.extend(pools.iter().map(|p| p.user.clone()));
+    for name in names {
+        let entry = config.users.get(&name);
+        let servers: usize = pools
+            .iter()
+            .filter(|p| p.user == name)
+            .map(|p| p.counts().total)
+            .sum();
+        let connected = clients.iter().filter(|c| c.user == name).count();
+        t.rows.push(vec![
+            entry.and_then(|u| u.pool_size).map(|v| v.to_string()),
+            // No per-user reserve in the pooler's config.
+            None,
+            entry
+                .and_then(|u| u.pool_mode)
+                .map(|m| m.as_str().to_string()),
+            s(config.max_user_connections(&name)),
+            s(servers),
+            // max_user_client_connections is not a pooler key: 0, PgBouncer's "no limit".
+            s(0),
+            s(connected),
+        ]);
+        t.rows.last_mut().expect("just pushed").insert(0, s(&name));
+    }
+    t
+}
+
+/// SHOW MEM: PgBouncer lists its slab caches; the pooler has none, so this lists the objects
+/// it keeps per connection with their in-memory size (`free` is always 0: nothing is cached
+/// for reuse).
+fn show_mem(app: &App) -> Table {
+    let mut t = Table::new(&[
+        ("name", T),
+        ("size", N),
+        ("used", N),
+        ("free", N),
+        ("memtotal", N),
+    ]);
+    let pools = app.pools();
+    let servers: usize = pools.iter().map(|p| p.counts().total).sum();
+    let clients = app.clients_registry.snapshot().len();
+    for (name, size, used) in [
+        (
+            "db_cache",
+            std::mem::size_of::<crate::config::DatabaseConfig>(),
+            app.config().databases.len(),
+        ),
+        (
+            "pool_cache",
+            std::mem::size_of::<crate::pool::Pool>(),
+            pools.len(),
+        ),
+        (
+            "client_cache",
+            std::mem::size_of::<crate::registry::ClientInfo>(),
+            clients,
+        ),
+        (
+            "server_cache",
+            std::mem::size_of::<crate::server::ServerConn>(),
+            servers,
+        ),
+    ] {
+        t.rows
+            .push(vec![s(name), s(size), s(used), s(0), s(size * used)]);
+    }
+    t
+}
+
+/// SHOW STATE: whether the pooler as a whole is paused (`PAUSE`/`KILL` without a database);
+/// it is never suspended (no SUSPEND).
+fn show_state(app: &App) -> Table {
+    let mut t = Table::new(&[("key", T), ("value", T)]);
+    let paused = app.control.is_all_paused();
+    let yes = |b: bool| s(if b { "yes" } else { "no" });
+    t.rows.push(vec![s("active"), yes(!paused)]);
+    t.rows.push(vec![s("paused"), yes(paused)]);
+    t.rows.push(vec![s("suspended"), yes(false)]);
     t
 }
 

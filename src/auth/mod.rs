@@ -145,6 +145,11 @@ impl AuthFile {
         self.users.get(name).cloned()
     }
 
+    /// Every user name in the file (SHOW USERS).
+    pub fn names(&self) -> Vec<String> {
+        self.users.keys().cloned().collect()
+    }
+
     pub fn insert(&mut self, user: User) {
         self.users.insert(user.name.clone(), Arc::new(user));
     }
