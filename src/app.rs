@@ -318,6 +318,7 @@ impl App {
             p.server_tls_sslmode = o.server_tls_sslmode;
             p.server_tls_ca_file = o.server_tls_ca_file.clone();
             p.peer_id = o.peer_id;
+            p.so_reuseport = o.so_reuseport;
         }
         let old_users = self.users();
         let new = Arc::new(new);

@@ -242,6 +242,10 @@ pub struct PoolerSettings {
     /// This pooler's id among its peers (PgBouncer's `peer_id`), carried in every cancel key
     /// it hands out so a peer that receives the cancel can pass it here; 0: peering off.
     pub peer_id: u16,
+    /// `SO_REUSEPORT` on the TCP listeners: several poolers on one host share the port and
+    /// the kernel spreads connections among them (rolling restarts, more cores).
+    #[serde(deserialize_with = "pg_bool")]
+    pub so_reuseport: bool,
 }
 
 impl Default for PoolerSettings {
@@ -294,6 +298,7 @@ impl Default for PoolerSettings {
             admin_users: NameList::Empty,
             stats_users: NameList::Empty,
             peer_id: 0,
+            so_reuseport: false,
         }
     }
 }
@@ -452,6 +457,11 @@ impl PoolerSettings {
             ),
             ("server_tls_ca_file", path(&self.server_tls_ca_file), Text),
             ("peer_id", self.peer_id.to_string(), Value),
+            (
+                "so_reuseport",
+                u8::from(self.so_reuseport).to_string(),
+                Bool,
+            ),
         ]
     }
 }
@@ -472,6 +482,7 @@ pub const RESTART_ONLY: &[&str] = &[
     "server_tls_ca_file",
     // Cancel keys already handed out carry the old id: changing it would strand them.
     "peer_id",
+    "so_reuseport",
 ];
 
 /// One `[databases.NAME]` entry: where the name a client asks for really lives.

@@ -391,3 +391,161 @@ async fn a_forwarded_late_cancel_never_hits_the_next_client() {
     assert_eq!(cancelled, 0, "the bystander's queries were cancelled");
     drop(a);
 }
+
+const CLIENTS: &str = "pooler_pools_client_active_connections";
+
+/// The clients a pooler process has in its pool for `db` (from its own `/metrics`).
+async fn clients_of(p: &Proc, db: &str) -> f64 {
+    metric(
+        &p.scrape().await,
+        CLIENTS,
+        &[("database", db), ("user", APP_USER)],
+    )
+    .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn so_reuseport_lets_two_processes_share_the_port_and_both_get_clients() {
+    const N: usize = 16;
+    let pg = PgServer::shared();
+    let db = pg.create_db("peers_reuseport").await;
+    let port = free_port();
+    let extra = "so_reuseport = true\ndefault_pool_size = 4";
+    // Without so_reuseport the second process cannot bind and never comes up.
+    let a = Proc::start(pg, &db, port, extra, "").await;
+    let b = Proc::start(pg, &db, port, extra, "").await;
+    let url = format!("host=127.0.0.1 port={port} user={APP_USER} dbname={db}");
+    let mut clients = Vec::new();
+    for _ in 0..N {
+        let c = connect(&url).await;
+        assert_eq!(first_value(&c, "SELECT 1").await, "1");
+        clients.push(c);
+    }
+    let (on_a, on_b) = (clients_of(&a, &db).await, clients_of(&b, &db).await);
+    assert_eq!(on_a + on_b, N as f64, "A {on_a}, B {on_b}");
+    // The kernel hashes each connection to one of the two: all 16 on one has odds 2^-15.
+    assert!(on_a > 0.0 && on_b > 0.0, "A {on_a}, B {on_b}");
+}
+
+/// A rolling restart on one host: the old pooler serves a pgbench run, a new one starts on the
+/// same port, the old one gets SIGTERM. No transaction fails (pgbench's clients on the old one
+/// finish theirs and are told 57P01; pgbench does not reconnect without -C), and a client
+/// connecting throughout is never refused: it reaches the old pooler, or the new one, or is
+/// told 57P01 by the old one and reconnects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_to_one_of_two_during_pgbench_fails_no_transaction_and_refuses_no_one() {
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    let pg = PgServer::shared();
+    let db = pg.create_db("peers_rolling").await;
+    let init = Command::new("timeout")
+        .args(["120", "pgbench", "-i", "-q", "-s", "1", "-h", "127.0.0.1"])
+        .args(["-p", &pg.port.to_string(), "-U", APP_USER, &db])
+        .env("PGPASSWORD", APP_PASSWORD)
+        .output()
+        .expect("pgbench -i");
+    assert!(init.status.success(), "{init:?}");
+    let port = free_port();
+    let extra = "so_reuseport = true\ndefault_pool_size = 4\nshutdown_timeout = 20";
+    let mut old = Proc::start(pg, &db, port, extra, "").await;
+
+    // A client connecting all along, one connection per query.
+    let url = format!("host=127.0.0.1 port={port} user={APP_USER} dbname={db}");
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicU32::new(0));
+    let prober = {
+        let (stop, url, served) = (stop.clone(), url.clone(), served.clone());
+        tokio::spawn(async move {
+            let (mut reconnect, mut refused) = (0u32, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                let attempt = tokio::time::timeout(HANG, async {
+                    let c = try_connect(&url).await?;
+                    c.simple_query("SELECT 1").await.map(|_| ())
+                })
+                .await
+                .expect("probe answered");
+                match attempt {
+                    Ok(()) => {
+                        served.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) if sqlstate(&e).as_deref() == Some("57P01") => reconnect += 1,
+                    Err(e) => refused.push(format!("{e:?}")),
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            (reconnect, refused)
+        })
+    };
+
+    let pgbench = {
+        let args = format!("-n -c 4 -j 2 -T 8 -h 127.0.0.1 -p {port} -U {APP_USER} {db}");
+        std::thread::spawn(move || {
+            Command::new("timeout")
+                .arg("120")
+                .arg("pgbench")
+                .args(args.split(' '))
+                .output()
+                .expect("pgbench")
+        })
+    };
+    let xacts = |body: String| {
+        metric(
+            &body,
+            "pooler_stats_totals_sql_transactions_pooled_total",
+            &[("database", db.as_str()), ("user", APP_USER)],
+        )
+        .unwrap_or(0.0)
+    };
+    assert!(
+        eventually(HANG, || async { xacts(old.scrape().await) > 0.0 }).await,
+        "pgbench made no progress"
+    );
+    let new = Proc::start(pg, &db, port, extra, "").await;
+    old.signal(libc::SIGTERM);
+    let status = old.wait_exit(HANG);
+    assert!(status.success(), "{status:?}: {}", old.log());
+    // The new pooler serves on its own: the prober's next connections reach it.
+    let at_exit = served.load(Ordering::Relaxed);
+    assert!(
+        eventually(HANG, || async {
+            served.load(Ordering::Relaxed) >= at_exit + 5
+        })
+        .await,
+        "no probe served after the old pooler left"
+    );
+
+    let out = pgbench.join().expect("pgbench thread");
+    stop.store(true, Ordering::Relaxed);
+    let (reconnect, refused) = tokio::time::timeout(HANG, prober)
+        .await
+        .expect("prober done")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let report = format!(
+        "pgbench {:?}\n{stdout}\n{stderr}\nnew: {}",
+        out.status,
+        new.log()
+    );
+    assert!(
+        stdout.contains("number of failed transactions: 0 "),
+        "{report}"
+    );
+    let processed: u64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .and_then(|v| v.split('/').next()?.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(processed > 0, "{report}");
+    // Clients of the old pooler leave only with its 57P01 ("server shutting down"), which
+    // comes between transactions: no other error, and none counted as failed above.
+    for line in stderr
+        .lines()
+        .filter(|l| l.contains("FATAL") || l.contains("ERROR"))
+    {
+        assert!(line.contains("server shutting down"), "{line}\n{report}");
+    }
+    assert!(
+        refused.is_empty(),
+        "refused: {refused:?} ({served:?} served, {reconnect} told to reconnect)"
+    );
+}

@@ -664,7 +664,6 @@ const UNSUPPORTED_SETTINGS: &[(&str, Unsupported)] = &[
         Ignored("the system's default backlog is used"),
     ),
     ("sbuf_loopcnt", Ignored("not applicable")),
-    ("so_reuseport", Ignored("not applicable")),
     ("tcp_defer_accept", Ignored("the system default is used")),
     ("tcp_socket_buffer", Ignored("the system default is used")),
     ("tcp_keepalive", Ignored("the system default is used")),
@@ -910,12 +909,13 @@ batch = pool_mode=session max_user_connections=4 pool_size=2
     #[test]
     fn peers_and_peer_id_in_pgbouncer_form() {
         let (c, w) = config(
-            "[pgbouncer]\nauth_type = trust\npeer_id = 1\n\
+            "[pgbouncer]\nauth_type = trust\npeer_id = 1\nso_reuseport = 1\n\
              [peers]\n1 = host=10.0.0.1\n2 = host=/tmp/pooler-2 port=5555 pool_size=3\n",
         )
         .unwrap();
         assert!(w.is_empty(), "{w:?}");
         assert_eq!(c.pooler.peer_id, 1);
+        assert!(c.pooler.so_reuseport);
         assert_eq!(c.peers["1"].port, 6432);
         let peers = c.peers();
         // The own entry is allowed and left out.
