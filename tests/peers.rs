@@ -281,6 +281,71 @@ async fn a_cancel_sent_to_the_other_peer_cancels_the_query_and_bad_keys_nothing(
         .await
         .expect("query ended");
     assert_eq!(codes, vec!["57014".to_string()], "B: {}", b.log());
+    // B passed on the three keys that name A (forged, stale, real) and no other.
+    let body = b.scrape().await;
+    let peer = [("peer_id", "1")];
+    assert_eq!(metric(&body, FORWARDED, &peer), Some(3.0), "{body}");
+    assert_eq!(metric(&body, FAILED, &peer), Some(0.0), "{body}");
+}
+
+const FORWARDED: &str = "pooler_peer_cancels_forwarded_total";
+const FAILED: &str = "pooler_peer_cancel_forward_failures_total";
+
+/// SHOW PEERS lists the other peers with PgBouncer's columns; a peer that cannot be reached
+/// counts failed forwards, and the requester is let go all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn show_peers_and_failed_forwards() {
+    let pg = PgServer::shared();
+    let db = pg.create_db("peers_show").await;
+    let (port, dead) = (free_port(), free_port());
+    let peers = format!(
+        "[peers.1]\nhost = \"127.0.0.1\"\nport = {dead}\npool_size = 3\n\
+         [peers.2]\nhost = \"127.0.0.1\"\nport = {port}\n\
+         [peers.4]\nhost = \"/nonexistent-dir\"\n"
+    );
+    let b = Proc::start(
+        pg,
+        &db,
+        port,
+        "peer_id = 2\nadmin_users = \"postgres\"\ndefault_pool_size = 7",
+        &peers,
+    )
+    .await;
+    let console = connect(&format!(
+        "host=127.0.0.1 port={port} user=postgres dbname=pgbouncer"
+    ))
+    .await;
+    let rows: Vec<Vec<String>> = console
+        .simple_query("SHOW PEERS")
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(
+                (0..r.len())
+                    .map(|i| r.get(i).unwrap_or("").to_string())
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect();
+    let want = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        rows,
+        vec![
+            want(&["1", "127.0.0.1", &dead.to_string(), "3"]),
+            want(&["4", "/nonexistent-dir", "6432", "7"]),
+        ]
+    );
+    for peer in [1, 4] {
+        send_cancel(b.addr(), 12345, pooler::peers::issue_secret(peer, 0x5a5a)).await;
+    }
+    let body = b.scrape().await;
+    for peer in ["1", "4"] {
+        let l = [("peer_id", peer)];
+        assert_eq!(metric(&body, FAILED, &l), Some(1.0), "{body}");
+        assert_eq!(metric(&body, FORWARDED, &l), Some(0.0), "{body}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

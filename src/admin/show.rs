@@ -41,6 +41,7 @@ pub(super) fn show(app: &Arc<App>, what: &str) -> Result<Reply, CommandError> {
         "DATABASES" => show_databases(app),
         "CONFIG" => show_config(&app.config().pooler),
         "LISTS" => show_lists(app),
+        "PEERS" => show_peers(app),
         "VERSION" => {
             let mut t = Table::new(&[("version", T)]);
             t.rows
@@ -50,10 +51,11 @@ pub(super) fn show(app: &Arc<App>, what: &str) -> Result<Reply, CommandError> {
         "HELP" => {
             return Ok(Reply::Notice {
                 message: "Console usage".into(),
-                detail: "\n\tSHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|STATS|LISTS|VERSION\
+                detail:
+                    "\n\tSHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|STATS|LISTS|PEERS|VERSION\
                          \n\tPAUSE [<db>]\n\tRESUME [<db>]\n\tKILL [<db>]\n\tSHUTDOWN\
                          \n\tRELOAD"
-                    .into(),
+                        .into(),
                 tag: "SHOW",
             });
         }
@@ -332,6 +334,20 @@ fn show_servers(app: &App) -> Table {
                 "",
             ));
         }
+    }
+    t
+}
+
+/// PgBouncer's columns; what was forwarded to each peer is in `/metrics`.
+fn show_peers(app: &App) -> Table {
+    let mut t = Table::new(&[("peer_id", N), ("host", T), ("port", N), ("pool_size", N)]);
+    for peer in app.peers.snapshot().values() {
+        t.rows.push(vec![
+            s(peer.id),
+            s(&peer.host),
+            s(peer.port),
+            s(peer.pool_size),
+        ]);
     }
     t
 }
