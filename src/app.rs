@@ -15,6 +15,7 @@ use crate::auth::{AuthFile, Secret, User};
 use crate::config::{AuthType, Config, ConfigError, DatabaseConfig, RESTART_ONLY, secs};
 use crate::limits::{ConnLimit, PoolLimitsShared};
 use crate::metrics::Metrics;
+use crate::peers::Peers;
 use crate::pool::{Pool, PoolLimits, PoolSettings};
 use crate::prepared::Registry;
 use crate::registry::ClientRegistry;
@@ -48,6 +49,8 @@ pub struct App {
     pub statements: Registry,
     pub metrics: Metrics,
     pub clients_registry: Arc<ClientRegistry>,
+    /// Other poolers that cancel requests carrying their `peer_id` are passed to.
+    pub peers: Peers,
     /// PAUSE state, shutdown and readiness, driven by the admin console and signals.
     pub control: Control,
     /// TLS towards clients and towards Postgres; None when off. Fixed at start.
@@ -159,6 +162,7 @@ impl App {
         }
         let client_tls = ClientTls::from_settings(&config.pooler)?;
         let server_tls = ServerTls::from_settings(&config.pooler)?;
+        let peers = Peers::new(&config);
         Ok(App {
             client_tls,
             server_tls,
@@ -171,7 +175,8 @@ impl App {
             tracked,
             statements: Registry::default(),
             metrics: Metrics::new(),
-            clients_registry: Arc::default(),
+            clients_registry: Arc::new(ClientRegistry::new(peers.own_id())),
+            peers,
             control: Control::default(),
         })
     }
@@ -324,6 +329,8 @@ impl App {
             p.client_tls_key_file = o.client_tls_key_file.clone();
             p.server_tls_sslmode = o.server_tls_sslmode;
             p.server_tls_ca_file = o.server_tls_ca_file.clone();
+            p.peer_id = o.peer_id;
+            p.so_reuseport = o.so_reuseport;
         }
         let old_users = self.users();
         let new = Arc::new(new);
@@ -331,6 +338,7 @@ impl App {
         *self.config.write().unwrap_or_else(|e| e.into_inner()) = new.clone();
         *self.users.write().unwrap_or_else(|e| e.into_inner()) = users.clone();
         self.generation.fetch_add(1, Ordering::Relaxed);
+        self.peers.apply(&new);
         {
             let l = self.conn_limits.lock().unwrap_or_else(|e| e.into_inner());
             for (name, limit) in &l.databases {

@@ -224,6 +224,11 @@ async fn login(
 /// own key. A key that matches no client, or a client with no server right now, cancels
 /// nothing; the requester is told nothing either way, as with Postgres.
 async fn forward_cancel(app: &App, pid: i32, secret: i32) {
+    // Another pooler's key goes to that pooler (`peers`); only this pooler's are looked up.
+    let peer_limit = cancel_limit(app) - std::time::Duration::from_secs(1);
+    let Some(secret) = app.peers.cancel(pid, secret, peer_limit).await else {
+        return;
+    };
     let Some(target) = app.clients_registry.cancel_target(pid, secret) else {
         tracing::debug!(pid, "cancel request matches no active client");
         return;

@@ -248,6 +248,13 @@ pub struct PoolerSettings {
     pub admin_users: NameList,
     /// Users who may run the console's read-only `SHOW` commands.
     pub stats_users: NameList,
+    /// This pooler's id among its peers (PgBouncer's `peer_id`), carried in every cancel key
+    /// it hands out so a peer that receives the cancel can pass it here; 0: peering off.
+    pub peer_id: u16,
+    /// `SO_REUSEPORT` on the TCP listeners: several poolers on one host share the port and
+    /// the kernel spreads connections among them (rolling restarts, more cores).
+    #[serde(deserialize_with = "pg_bool")]
+    pub so_reuseport: bool,
 }
 
 impl Default for PoolerSettings {
@@ -299,6 +306,8 @@ impl Default for PoolerSettings {
             metrics_port: 9127,
             admin_users: NameList::Empty,
             stats_users: NameList::Empty,
+            peer_id: 0,
+            so_reuseport: false,
         }
     }
 }
@@ -456,6 +465,12 @@ impl PoolerSettings {
                 Text,
             ),
             ("server_tls_ca_file", path(&self.server_tls_ca_file), Text),
+            ("peer_id", self.peer_id.to_string(), Value),
+            (
+                "so_reuseport",
+                u8::from(self.so_reuseport).to_string(),
+                Bool,
+            ),
         ]
     }
 }
@@ -474,6 +489,9 @@ pub const RESTART_ONLY: &[&str] = &[
     "client_tls_key_file",
     "server_tls_sslmode",
     "server_tls_ca_file",
+    // Cancel keys already handed out carry the old id: changing it would strand them.
+    "peer_id",
+    "so_reuseport",
 ];
 
 /// One `[databases.NAME]` entry: where the name a client asks for really lives.
@@ -508,6 +526,27 @@ pub struct UserConfig {
     pub max_user_connections: Option<usize>,
 }
 
+/// One `[peers.ID]` entry (PgBouncer's `[peers]` section): another pooler that cancel
+/// requests carrying its `peer_id` are passed to.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// A host name or IP address, or a directory holding the peer's Unix socket
+    /// (`.s.PGSQL.<port>`) when it starts with `/`, as in PgBouncer.
+    pub host: String,
+    #[serde(default = "default_peer_port")]
+    pub port: u16,
+    /// At most this many cancel requests in flight to the peer; default `default_pool_size`.
+    pub pool_size: Option<usize>,
+}
+
+/// The largest `peer_id`: the id takes 14 bits of a cancel key (PgBouncer's maximum too).
+pub const MAX_PEER_ID: u16 = 16383;
+
+fn default_peer_port() -> u16 {
+    6432
+}
+
 /// The name of the fallback database entry: clients asking for a database without an entry of
 /// its own get this one, with the name they asked for as `dbname` (PgBouncer's `*`).
 pub const FALLBACK_DATABASE: &str = "*";
@@ -528,6 +567,9 @@ pub struct Config {
     pub databases: BTreeMap<String, DatabaseConfig>,
     #[serde(default)]
     pub users: BTreeMap<String, UserConfig>,
+    /// Other poolers by `peer_id` (TOML table keys are strings: `[peers.2]`).
+    #[serde(default)]
+    pub peers: BTreeMap<String, PeerConfig>,
     /// Where this config came from, so RELOAD can read it again the same way.
     #[serde(skip)]
     pub origin: Origin,
@@ -767,6 +809,24 @@ impl Config {
                 )));
             }
         }
+        if p.peer_id > MAX_PEER_ID {
+            return Err(invalid(format!(
+                "peer_id: must be between 0 (peering off) and {MAX_PEER_ID}"
+            )));
+        }
+        for (id, peer) in &self.peers {
+            if !matches!(id.parse::<u16>(), Ok(n) if (1..=MAX_PEER_ID).contains(&n)) {
+                return Err(invalid(format!(
+                    "peers.{id}: a peer's id must be a number from 1 to {MAX_PEER_ID}"
+                )));
+            }
+            if peer.host.trim().is_empty() {
+                return Err(invalid(format!("peers.{id}.host: must not be empty")));
+            }
+            if peer.pool_size == Some(0) {
+                return Err(invalid(format!("peers.{id}.pool_size: must be at least 1")));
+            }
+        }
         for (name, user) in &self.users {
             if user.pool_size == Some(0) {
                 return Err(invalid(format!(
@@ -799,6 +859,19 @@ impl Config {
             .and_then(|u| u.pool_mode)
             .or(db.pool_mode)
             .unwrap_or(self.pooler.pool_mode)
+    }
+
+    /// The peers by id, without this pooler's own entry (PgBouncer allows it, so every
+    /// pooler of a group can share one `[peers]` list) and empty while peering is off.
+    pub fn peers(&self) -> BTreeMap<u16, PeerConfig> {
+        if self.pooler.peer_id == 0 {
+            return BTreeMap::new();
+        }
+        self.peers
+            .iter()
+            .filter_map(|(id, p)| Some((id.parse::<u16>().ok()?, p.clone())))
+            .filter(|(id, _)| *id != self.pooler.peer_id)
+            .collect()
     }
 
     /// `max_user_connections` for one user: the user's entry, or the global one.
@@ -887,6 +960,46 @@ mod tests {
         }
         let e = Config::parse("[pooler]\nlog_connections = 2\n", "t.toml").unwrap_err();
         assert!(e.to_string().contains("log_connections"), "{e}");
+    }
+
+    #[test]
+    fn peers_table() {
+        let c = Config::parse(
+            "[pooler]\nauth_type = \"trust\"\npeer_id = 2\n\
+             [peers.1]\nhost = \"10.0.0.1\"\n[peers.2]\nhost = \"10.0.0.2\"\nport = 7000\n",
+            "t.toml",
+        )
+        .unwrap();
+        let peers = c.peers();
+        assert_eq!(peers.keys().copied().collect::<Vec<_>>(), vec![1]);
+        assert_eq!(
+            (peers[&1].host.as_str(), peers[&1].port),
+            ("10.0.0.1", 6432)
+        );
+        // Peering off: the list is not used.
+        let off = Config::parse(
+            "[pooler]\nauth_type = \"trust\"\n[peers.1]\nhost = \"a\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert!(off.peers().is_empty());
+        for (text, needle) in [
+            ("[peers.1]\nport = 1\n", "host"),
+            (
+                "[peers.1]\nhost = \"a\"\npool_size = 0\n",
+                "peers.1.pool_size",
+            ),
+            ("[peers.99999]\nhost = \"a\"\n", "peers.99999"),
+            ("peer_id = 20000\n", "peer_id"),
+        ] {
+            let e = Config::parse(
+                &format!("[pooler]\nauth_type = \"trust\"\n{text}"),
+                "t.toml",
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains(needle), "{text}: {e}");
+        }
     }
 
     #[test]

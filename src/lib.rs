@@ -15,6 +15,7 @@ pub mod limits;
 pub mod listener;
 pub mod logging;
 pub mod metrics;
+pub mod peers;
 pub mod pool;
 pub mod prepared;
 pub mod protocol;

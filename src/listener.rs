@@ -58,13 +58,18 @@ async fn listen_addrs(listen_addr: &str, port: u16) -> std::io::Result<Vec<Socke
 }
 
 /// One TCP listener. IPv6 ones are IPv6-only, so `*` can hold `0.0.0.0` and `::` on one port.
-fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// With `reuse_port` (`so_reuseport`) other processes may bind the same port: the kernel
+/// spreads connections among the listeners of one user.
+fn bind_tcp(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
     socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
@@ -81,7 +86,7 @@ pub async fn bind(app: &App) -> std::io::Result<Vec<TcpListener>> {
     let wildcard = p.listen_addr.split(',').any(|a| a.trim() == "*");
     for mut addr in listen_addrs(&p.listen_addr, port).await? {
         addr.set_port(port);
-        let listener = match bind_tcp(addr) {
+        let listener = match bind_tcp(addr, p.so_reuseport) {
             Ok(l) => l,
             // `*` on a host without IPv6: IPv4 alone, as PgBouncer does.
             Err(e) if wildcard && addr.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED) => {
@@ -140,7 +145,21 @@ pub async fn accept_loop(app: Arc<App>, listener: TcpListener) {
             _ = phase.wait_for(|p| *p >= Phase::Draining) => break,
         }
     }
-    // Dropping the listener (on return) closes the socket: new connections are refused.
+    // Closing the socket takes it out of the kernel's list, and with so_reuseport out of the
+    // port's group, so new connections are refused or go to the other poolers. The ones the
+    // kernel has already queued here would be reset by the close: accept them first (a
+    // non-blocking sweep, then the close at once), so they get what every client of a
+    // draining pooler gets, 57P01 (reconnect), instead of a reset.
+    if let Ok(listener) = listener.into_std() {
+        while let Ok((stream, peer)) = listener.accept() {
+            // Accepted sockets do not inherit the listener's non-blocking mode.
+            if stream.set_nonblocking(true).is_ok()
+                && let Ok(stream) = tokio::net::TcpStream::from_std(stream)
+            {
+                tokio::spawn(tls::serve(app.clone(), stream, peer));
+            }
+        }
+    }
     app.control.set_listening(false);
 }
 

@@ -71,6 +71,9 @@ pub const USED_CLIENTS: &str = "pooler_used_clients";
 pub const POOLS: &str = "pooler_pools";
 pub const DATABASES: &str = "pooler_databases";
 pub const ERRORS: &str = "pooler_errors_total";
+// Per peer, label `peer_id`.
+pub const PEER_FORWARDED: &str = "pooler_peer_cancels_forwarded_total";
+pub const PEER_FAILED: &str = "pooler_peer_cancel_forward_failures_total";
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Kind {
@@ -160,6 +163,14 @@ pub const DESCRIPTIONS: &[(&str, &str)] = &[
     (
         ERRORS,
         "Errors that ended a client's session or login, by kind",
+    ),
+    (
+        PEER_FORWARDED,
+        "Cancel requests for a peer's clients passed to that peer",
+    ),
+    (
+        PEER_FAILED,
+        "Cancel requests for a peer's clients that could not be passed to it (no slot in time, connect or send failed, timed out)",
     ),
 ];
 
@@ -369,6 +380,11 @@ impl Metrics {
                 escape_label(&pool.user),
                 t.wait_us as f64 / 1e6
             );
+        }
+        for peer in app.peers.snapshot().values() {
+            let labels = || vec![Label::new("peer_id", peer.id.to_string())];
+            self.counter(PEER_FORWARDED, labels(), peer.counters.sent());
+            self.counter(PEER_FAILED, labels(), peer.counters.failed());
         }
         // The recorder cannot forget a series, so those of pools no longer in use (a RELOAD
         // removed their database or changed its server, and their last client left) are

@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 
 use rand::RngExt;
 
+use crate::peers;
 use crate::pool::Pool;
 use crate::relay::{ClientSide, Flow};
 use crate::server::ServerConn;
@@ -219,6 +220,8 @@ pub struct ClientRegistry {
     clients: Mutex<HashMap<u64, Arc<ClientInfo>>>,
     /// Cancel key process id → client id, for CancelRequest.
     by_cancel_pid: Mutex<HashMap<i32, u64>>,
+    /// Written into every cancel key's secret (see `peers`); 0: peering off.
+    peer_id: u16,
 }
 
 /// Where to send a CancelRequest for a client's current query. While it lives, the client's
@@ -270,6 +273,14 @@ impl Drop for Registration {
 }
 
 impl ClientRegistry {
+    /// A registry whose cancel keys carry `peer_id` (fixed for the process's life).
+    pub fn new(peer_id: u16) -> ClientRegistry {
+        ClientRegistry {
+            peer_id,
+            ..ClientRegistry::default()
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<ClientInfo>>> {
         self.clients.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -294,7 +305,7 @@ impl ClientRegistry {
                 let pid = rng.random::<i32>() & 0x7fff_ffff;
                 if pid != 0 && !by_pid.contains_key(&pid) {
                     by_pid.insert(pid, id);
-                    break (pid, rng.random::<i32>());
+                    break (pid, peers::issue_secret(self.peer_id, rng.random::<i32>()));
                 }
             }
         };

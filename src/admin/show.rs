@@ -65,9 +65,9 @@ pub(super) fn show(app: &Arc<App>, what: &str) -> Result<Reply, CommandError> {
         "LISTS" => show_lists(app),
         "MEM" => show_mem(app),
         "STATE" => show_state(app),
-        // No peering and no DNS cache (host names are resolved at connect): PgBouncer's
-        // columns, no rows, so scripts that read them keep working.
-        "PEERS" => Table::new(&[("peer_id", N), ("host", T), ("port", N), ("pool_size", N)]),
+        "PEERS" => show_peers(app),
+        // No per-peer pools and no DNS cache (host names are resolved at connect):
+        // PgBouncer's columns, no rows, so scripts that read them keep working.
         "PEER_POOLS" => Table::new(&[
             ("peer_id", N),
             ("cl_active_cancel_req", N),
@@ -544,6 +544,20 @@ fn show_servers(app: &App) -> Table {
                 "",
             ));
         }
+    }
+    t
+}
+
+/// PgBouncer's columns; what was forwarded to each peer is in `/metrics`.
+fn show_peers(app: &App) -> Table {
+    let mut t = Table::new(&[("peer_id", N), ("host", T), ("port", N), ("pool_size", N)]);
+    for peer in app.peers.snapshot().values() {
+        t.rows.push(vec![
+            s(peer.id),
+            s(&peer.host),
+            s(peer.port),
+            s(peer.pool_size),
+        ]);
     }
     t
 }

@@ -148,10 +148,7 @@ impl Reader<'_> {
                 Section::Pgbouncer => self.setting(&at, &key.to_ascii_lowercase(), value)?,
                 Section::Databases => self.database(&at, &key, value)?,
                 Section::Users => self.user(&at, &key, value)?,
-                Section::Peers => self.parsed.warnings.push(at.warning(format!(
-                    "[peers] {key}: peers are not supported; cancel requests are not forwarded \
-                     to other poolers"
-                ))),
+                Section::Peers => self.peer(&at, &key, value)?,
             }
         }
         Ok(())
@@ -280,6 +277,34 @@ impl Reader<'_> {
             )));
         }
         section(&mut self.parsed.table, "databases").insert(name.to_string(), Value::Table(entry));
+        Ok(())
+    }
+
+    /// A `[peers]` line: `ID = host=... port=... pool_size=...`, PgBouncer's three keys.
+    fn peer(&mut self, at: &At, id: &str, value: &str) -> Result<(), ConfigError> {
+        let pairs = connstr(value).map_err(|e| at.error(format!("[peers] {id}: {e}")))?;
+        let mut entry = Table::new();
+        for (key, v) in pairs {
+            match key.as_str() {
+                "host" => {
+                    entry.insert(key, Value::String(v));
+                }
+                "port" | "pool_size" => {
+                    let n =
+                        integer(&v).map_err(|e| at.error(format!("[peers] {id}: {key}: {e}")))?;
+                    entry.insert(key, n);
+                }
+                other => {
+                    return Err(at.error(format!(
+                        "[peers] {id}: unknown key `{other}` (a peer has host, port and pool_size)"
+                    )));
+                }
+            }
+        }
+        if !entry.contains_key("host") {
+            return Err(at.error(format!("[peers] {id}: host is required")));
+        }
+        section(&mut self.parsed.table, "peers").insert(id.to_string(), Value::Table(entry));
         Ok(())
     }
 
@@ -490,7 +515,6 @@ const UNSUPPORTED_SETTINGS: &[(&str, Unsupported)] = &[
         "server_round_robin",
         Ignored("idle servers are reused most recent first"),
     ),
-    ("peer_id", Ignored("peers are not supported")),
     (
         "disable_pqexec",
         RefusedWhenSet("multi-statement simple queries would be allowed"),
@@ -640,7 +664,6 @@ const UNSUPPORTED_SETTINGS: &[(&str, Unsupported)] = &[
         Ignored("the system's default backlog is used"),
     ),
     ("sbuf_loopcnt", Ignored("not applicable")),
-    ("so_reuseport", Ignored("not applicable")),
     ("tcp_defer_accept", Ignored("the system default is used")),
     ("tcp_socket_buffer", Ignored("the system default is used")),
     ("tcp_keepalive", Ignored("the system default is used")),
@@ -660,7 +683,7 @@ pub fn to_toml(parsed: &Parsed, source: &Path) -> Result<String, toml::ser::Erro
     for w in &parsed.warnings {
         out.push_str(&format!("# warning: {w}\n"));
     }
-    for name in ["pooler", "databases", "users"] {
+    for name in ["pooler", "databases", "users", "peers"] {
         if let Some(value) = parsed.table.get(name) {
             let mut one = Table::new();
             one.insert(name.to_string(), value.clone());
@@ -874,18 +897,42 @@ batch = pool_mode=session max_user_connections=4 pool_size=2
     fn unsupported_keys_are_warnings_naming_them() {
         let (_, w) = config(
             "[pgbouncer]\nauth_type = trust\ntcp_keepalive = 1\npidfile = /run/p.pid\n\
-             [databases]\nlocal = dbname=x\n[users]\nbob = query_timeout=5\n[peers]\n1 = host=a\n",
+             [databases]\nlocal = dbname=x\n[users]\nbob = query_timeout=5\n",
         )
         .unwrap();
         let all = w.join("\n");
-        for name in [
-            "tcp_keepalive",
-            "pidfile",
-            "no host",
-            "query_timeout",
-            "peers",
-        ] {
+        for name in ["tcp_keepalive", "pidfile", "no host", "query_timeout"] {
             assert!(all.contains(name), "{name} not in {all}");
+        }
+    }
+
+    #[test]
+    fn peers_and_peer_id_in_pgbouncer_form() {
+        let (c, w) = config(
+            "[pgbouncer]\nauth_type = trust\npeer_id = 1\nso_reuseport = 1\n\
+             [peers]\n1 = host=10.0.0.1\n2 = host=/tmp/pooler-2 port=5555 pool_size=3\n",
+        )
+        .unwrap();
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(c.pooler.peer_id, 1);
+        assert!(c.pooler.so_reuseport);
+        assert_eq!(c.peers["1"].port, 6432);
+        let peers = c.peers();
+        // The own entry is allowed and left out.
+        assert_eq!(peers.keys().copied().collect::<Vec<_>>(), vec![2]);
+        assert_eq!(peers[&2].host, "/tmp/pooler-2");
+        assert_eq!((peers[&2].port, peers[&2].pool_size), (5555, Some(3)));
+        for (text, needle) in [
+            ("[peers]\n2 = port=1\n", "host is required"),
+            ("[peers]\n2 = host=a dbname=x\n", "dbname"),
+            ("[peers]\n0 = host=a\n", "peers.0"),
+            ("[peers]\nx = host=a\n", "peers.x"),
+            ("[pgbouncer]\npeer_id = 16384\n", "peer_id"),
+        ] {
+            let e = config(&format!("[pgbouncer]\nauth_type = trust\n{text}"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(needle), "{text}: {e}");
         }
     }
 
