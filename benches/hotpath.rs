@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
-use pooler::relay::{ClientSide, Flow, ServerSide, Tracker};
+use pooler::engine::{ClientSide, Flow, ServerSide, Tracker};
 use pooler::session_state::Policy;
 
 /// Counts every allocation (and reallocation) made by this process.
@@ -433,7 +433,7 @@ impl State {
         State {
             up: Flow::default(),
             down: Flow::default(),
-            client: ClientSide::new(policy, None),
+            client: ClientSide::new(policy),
             server: ServerSide::default(),
             tracker: Tracker::default(),
         }
@@ -569,7 +569,7 @@ fn session_future_size() -> Option<usize> {
                 .await
                 .ok()?;
             let (stream, peer) = listener.accept().await.ok()?;
-            let session = pooler::client::serve(app, stream, peer);
+            let session = pooler::session::serve(app, stream, peer);
             let size = std::mem::size_of_val(&session);
             drop(session);
             drop(client);

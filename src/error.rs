@@ -6,7 +6,7 @@
 
 use bytes::BytesMut;
 
-use crate::protocol;
+use crate::wire;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PoolerError {
@@ -133,7 +133,7 @@ impl PoolerError {
     /// The FATAL ErrorResponse that ends the client's session.
     pub fn to_fatal(&self) -> BytesMut {
         let mut buf = BytesMut::new();
-        protocol::error_response(&mut buf, "FATAL", self.sqlstate(), &self.to_string());
+        wire::error_response(&mut buf, "FATAL", self.sqlstate(), &self.to_string());
         buf
     }
 

@@ -12,9 +12,9 @@ use tokio::net::{TcpListener, UnixListener};
 
 use crate::accept::AcceptErrors;
 use crate::app::App;
-use crate::client;
 use crate::lifecycle::{self, Phase};
 use crate::metrics;
+use crate::session;
 use crate::tls;
 
 /// A listener that could not be opened, naming what it was for.
@@ -183,7 +183,7 @@ async fn accept_unix(app: Arc<App>, listener: UnixListener, path: PathBuf) {
                             let peer = tcp
                                 .local_addr()
                                 .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
-                            client::serve(app, tcp, peer).await
+                            session::serve(app, tcp, peer).await
                         }
                         Err(e) => tracing::warn!(error = %e, "unix socket client: bridge failed"),
                     }

@@ -19,7 +19,6 @@ use rand::RngExt;
 
 use crate::peers;
 use crate::pool::Pool;
-use crate::relay::{ClientSide, Flow};
 use crate::server::ServerConn;
 use crate::session_state::Kind;
 use crate::stats::{now_us, us_of};
@@ -42,6 +41,18 @@ impl ClientState {
             ClientState::Active => "active",
         }
     }
+}
+
+/// What one stretch of relaying did, for the pool's statistics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Relayed {
+    /// Bytes read from the client, and from the server.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub queries: u64,
+    /// Session-state statements let through under `warn`, and refused under `error`.
+    pub warned: u64,
+    pub refused: u64,
 }
 
 /// One connected client as the admin console sees it.
@@ -139,28 +150,14 @@ impl ClientInfo {
 
     /// A stretch of relaying ended: account its bytes and queries to the pool, and the
     /// transaction when one completed (`xact_done`: transaction mode, server clean and idle).
-    pub fn relayed(
-        &self,
-        pool: &Pool,
-        up: &mut Flow,
-        down: &mut Flow,
-        scan: &mut ClientSide,
-        attached: Instant,
-        xact_done: bool,
-    ) {
-        pool.stats.transferred(
-            std::mem::take(&mut up.bytes_read),
-            std::mem::take(&mut down.bytes_read),
-            std::mem::take(&mut scan.queries),
-        );
+    pub fn relayed(&self, pool: &Pool, counts: Relayed, attached: Instant, xact_done: bool) {
+        pool.stats
+            .transferred(counts.bytes_in, counts.bytes_out, counts.queries);
         if xact_done {
             pool.stats.transaction(attached.elapsed());
         }
-        pool.stats.session_state_seen(
-            false,
-            std::mem::take(&mut scan.warned),
-            std::mem::take(&mut scan.refused),
-        );
+        pool.stats
+            .session_state_seen(false, counts.warned, counts.refused);
         self.state.store(ClientState::Idle as u8, SeqCst);
     }
 

@@ -33,10 +33,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::app::App;
-use crate::client;
 use crate::config::{ClientTlsMode, ConfigError, PoolerSettings, ServerTlsMode, secs};
 use crate::error::{PoolerError, Result};
-use crate::protocol;
+use crate::session;
+use crate::wire;
 
 const SSL_REQUEST: i32 = 80_877_103;
 const GSSENC_REQUEST: i32 = 80_877_104;
@@ -244,7 +244,7 @@ impl ServerCertVerifier for ChainOnly {
 /// ordinary session (`client::serve`).
 pub async fn serve(app: Arc<App>, stream: TcpStream, peer: SocketAddr) {
     let Some(tls) = app.client_tls.as_ref() else {
-        return client::serve(app, stream, peer).await;
+        return session::serve(app, stream, peer).await;
     };
     let timeout = secs(app.config().pooler.client_login_timeout);
     let negotiated = negotiate(tls, stream);
@@ -255,7 +255,7 @@ pub async fn serve(app: Arc<App>, stream: TcpStream, peer: SocketAddr) {
         None => negotiated.await,
     };
     match negotiated {
-        Ok(Some(stream)) => client::serve(app, stream, peer).await,
+        Ok(Some(stream)) => session::serve(app, stream, peer).await,
         Ok(None) => {}
         Err(e) => {
             tracing::info!(%peer, error = %e, "TLS negotiation failed");
@@ -282,9 +282,9 @@ async fn negotiate(tls: &ClientTls, mut stream: TcpStream) -> Result<Option<TcpS
                 stream.read_exact(&mut packet).await?;
                 stream.write_all(b"N").await?;
             }
-            Some(code) if code == protocol::PROTOCOL_3_0 && tls.mode == ClientTlsMode::Require => {
+            Some(code) if code == wire::PROTOCOL_3_0 && tls.mode == ClientTlsMode::Require => {
                 // Read the startup packet so the refusal reaches a client that is listening.
-                let _ = protocol::read_startup(&mut stream).await;
+                let _ = wire::read_startup(&mut stream).await;
                 let msg = PoolerError::SslRequired.to_fatal();
                 let _ = stream.write_all(&msg).await;
                 let _ = stream.shutdown().await;

@@ -380,7 +380,7 @@ async fn invalid_utf8_in_a_console_command_is_an_error_not_a_disconnect() {
     let errors: Vec<_> = reply
         .iter()
         .filter(|(t, _)| *t == b'E')
-        .map(|(_, b)| pooler::protocol::error_fields(b))
+        .map(|(_, b)| pooler::wire::error_fields(b))
         .collect();
     assert_eq!(
         errors,

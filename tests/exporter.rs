@@ -193,7 +193,7 @@ async fn query(s: &mut tokio::net::TcpStream, sql: &str) -> Result_ {
             b'C' | b'Z' | b'N' | b'S' | b'I' => {}
             b'E' => panic!(
                 "{sql}: error {:?} (the exporter logs a warning and reports pgbouncer_up 0)",
-                pooler::protocol::error_fields(body)
+                pooler::wire::error_fields(body)
             ),
             other => panic!("{sql}: lib/pq rejects message '{}'", *other as char),
         }

@@ -1,7 +1,7 @@
 //! Fuzzed input (proptest, a bounded number of cases per run): the startup-packet parser, the
 //! login-phase message reader, the client-message framer (`ClientSide::process`, with and
 //! without statement rewriting), the local answers to prepare-only batches
-//! (`relay::answer_locally`) and the server framer (`ServerSide::process`).
+//! (`engine::answer_locally`) and the server framer (`ServerSide::process`).
 //!
 //! Properties: no panic, no allocation sized by a length field (a global allocator records
 //! the largest single allocation while the code under test runs), malformed framing is an
@@ -18,10 +18,10 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use pooler::engine::{self, ClientSide, Flow, ServerSide, Statements, Tracker};
 use pooler::prepared::{ClientStatements, Registry, ServerCache};
-use pooler::protocol::{self, MAX_MESSAGE_LEN};
-use pooler::relay::{self, ClientSide, Flow, ServerSide, Statements, Tracker};
 use pooler::session_state::Policy;
+use pooler::wire::{self, MAX_MESSAGE_LEN};
 
 // ---------------------------------------------------------------------------------------
 // The largest single allocation made by this thread while armed.
@@ -283,7 +283,7 @@ fn drive_client(input: &[u8], sizes: &[usize], rewrite: bool) -> ClientRun {
     let registry = Registry::default();
     let mut client_stmts = ClientStatements::new();
     let mut server_cache = ServerCache::default();
-    let mut side = ClientSide::new(rewrite.then_some(Policy::Pin), None);
+    let mut side = ClientSide::new(rewrite.then_some(Policy::Pin));
     let mut tracker = Tracker::default();
     let mut up = Flow::default();
     let mut forwarded = Vec::new();
@@ -319,7 +319,7 @@ fn drive_client(input: &[u8], sizes: &[usize], rewrite: bool) -> ClientRun {
 fn well_framed(bytes: &[u8], tags: &[u8]) -> Result<(), String> {
     let mut pos = 0;
     while pos < bytes.len() {
-        let Some((tag, len)) = protocol::header(&bytes[pos..]) else {
+        let Some((tag, len)) = wire::header(&bytes[pos..]) else {
             return Err(format!("partial header at {pos}"));
         };
         if !tags.contains(&tag) || len < 4 || pos + 1 + len as usize > bytes.len() {
@@ -336,7 +336,7 @@ fn well_framed(bytes: &[u8], tags: &[u8]) -> Result<(), String> {
 #[test]
 fn fuzz_startup_packet_parser() {
     let code = prop_oneof![
-        Just(protocol::PROTOCOL_3_0),
+        Just(wire::PROTOCOL_3_0),
         Just(80_877_103),
         Just(80_877_104),
         Just(80_877_102),
@@ -347,9 +347,9 @@ fn fuzz_startup_packet_parser() {
         (code, body(), prop::collection::vec(any::<u8>(), 0..64)),
         |(code, body, raw)| {
             for input in [[&code.to_be_bytes()[..], &body[..]].concat(), raw.clone()] {
-                let (r, biggest) = watched(|| protocol::parse_startup(&input));
+                let (r, biggest) = watched(|| wire::parse_startup(&input));
                 prop_assert!(biggest <= alloc_bound(input.len()));
-                if code != protocol::PROTOCOL_3_0 && code >> 16 != 1234 {
+                if code != wire::PROTOCOL_3_0 && code >> 16 != 1234 {
                     prop_assert!(r.is_err() || input == raw);
                 }
             }
@@ -373,8 +373,8 @@ fn fuzz_startup_packet_roundtrip() {
             let mut pkt = BytesMut::new();
             postgres_protocol::message::frontend::startup_message(pairs.iter().copied(), &mut pkt)
                 .unwrap();
-            match protocol::parse_startup(&pkt[4..]) {
-                Ok(protocol::StartupRequest::Startup { params: got }) => {
+            match wire::parse_startup(&pkt[4..]) {
+                Ok(wire::StartupRequest::Startup { params: got }) => {
                     prop_assert_eq!(got, params);
                 }
                 other => prop_assert!(false, "{:?}", other),
@@ -403,20 +403,20 @@ fn fuzz_startup_and_login_readers() {
         (len, any::<u8>(), prop::collection::vec(any::<u8>(), 0..80)),
         |(len, tag, rest)| {
             let startup = [&len.to_be_bytes()[..], &rest[..]].concat();
-            let (r, biggest) = watched(|| rt.block_on(protocol::read_startup(&mut &startup[..])));
+            let (r, biggest) = watched(|| rt.block_on(wire::read_startup(&mut &startup[..])));
             prop_assert!(biggest <= alloc_bound(startup.len()), "{biggest}");
-            if !(8..=protocol::MAX_STARTUP_LEN as i32).contains(&len) {
+            if !(8..=wire::MAX_STARTUP_LEN as i32).contains(&len) {
                 prop_assert!(r.is_err());
             }
             let msg = [&[tag][..], &len.to_be_bytes()[..], &rest[..]].concat();
             let (r, biggest) = watched(|| {
-                rt.block_on(protocol::read_message(
+                rt.block_on(wire::read_message(
                     &mut &msg[..],
-                    protocol::MAX_LOGIN_MESSAGE_LEN,
+                    wire::MAX_LOGIN_MESSAGE_LEN,
                 ))
             });
             prop_assert!(biggest <= alloc_bound(msg.len()), "{biggest}");
-            if len < 4 || len as usize - 4 > protocol::MAX_LOGIN_MESSAGE_LEN {
+            if len < 4 || len as usize - 4 > wire::MAX_LOGIN_MESSAGE_LEN {
                 prop_assert!(r.is_err());
             }
             Ok(())
@@ -565,14 +565,14 @@ fn fuzz_answer_locally() {
         prop::collection::vec(valid_msg(), 0..8).prop_map(|m| m.concat()),
         prop::collection::vec(any::<u8>(), 0..128),
     ];
-    run("relay::answer_locally", strategy, |input| {
+    run("engine::answer_locally", strategy, |input| {
         let registry = Registry::default();
         let mut client = ClientStatements::new();
         let mut up = Flow::default();
         let mut down = Flow::default();
         up.inbuf.extend_from_slice(&input);
         let (answered, biggest) =
-            watched(|| relay::answer_locally(&mut up, &mut down, &registry, &mut client));
+            watched(|| engine::answer_locally(&mut up, &mut down, &registry, &mut client));
         prop_assert!(biggest <= alloc_bound(input.len()));
         prop_assert!(down.out.len() <= input.len() + 16);
         if answered {
@@ -609,7 +609,7 @@ fn fuzz_server_framer() {
             let mut client_stmts = ClientStatements::new();
             let mut cache = ServerCache::default();
             let mut tracker = Tracker::default();
-            let mut side = ClientSide::new(rewrite.then_some(Policy::Pin), None);
+            let mut side = ClientSide::new(rewrite.then_some(Policy::Pin));
             let mut up = Flow::default();
             up.inbuf.extend_from_slice(&requests);
             {
@@ -671,7 +671,7 @@ fn answer_locally_leaves_bad_lengths_to_the_framer() {
             let mut up = Flow::default();
             let mut down = Flow::default();
             up.inbuf.extend_from_slice(&input);
-            let answered = relay::answer_locally(
+            let answered = engine::answer_locally(
                 &mut up,
                 &mut down,
                 &Registry::default(),

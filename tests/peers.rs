@@ -173,7 +173,7 @@ async fn raw_login(addr: SocketAddr, db: &str) -> Raw {
     .unwrap();
     let msgs = wire::read_messages(&mut s, |m| m.iter().any(|(t, _)| *t == b'Z')).await;
     if let Some((_, body)) = msgs.iter().find(|(t, _)| *t == b'E') {
-        panic!("login refused: {:?}", pooler::protocol::error_fields(body));
+        panic!("login refused: {:?}", pooler::wire::error_fields(body));
     }
     let (_, key) = msgs
         .iter()

@@ -71,7 +71,7 @@ async fn garbage(addr: std::net::SocketAddr, db: &str, i: usize) -> Garbage {
         3 => {
             must_refuse = true;
             let mut code = rng.next() as i32;
-            if code == pooler::protocol::PROTOCOL_3_0 || code >> 16 == 1234 {
+            if code == pooler::wire::PROTOCOL_3_0 || code >> 16 == 1234 {
                 code = 0x0002_0000;
             }
             let body = rng.some_bytes(0, 63);
@@ -85,7 +85,7 @@ async fn garbage(addr: std::net::SocketAddr, db: &str, i: usize) -> Garbage {
         // Protocol 3.0 with parameters that are not NUL-terminated or not UTF-8.
         4 => {
             must_refuse = true;
-            let mut body = pooler::protocol::PROTOCOL_3_0.to_be_bytes().to_vec();
+            let mut body = pooler::wire::PROTOCOL_3_0.to_be_bytes().to_vec();
             if rng.below(2) == 0 {
                 body.extend_from_slice(b"user\0\xff\xfe\xfd\0\0");
             } else {

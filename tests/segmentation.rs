@@ -144,7 +144,7 @@ async fn pipelined_batches_in_small_pieces_are_all_answered() {
     for (tag, body) in msgs {
         match tag {
             b'D' => rows.push(String::from_utf8_lossy(&body[6..]).into_owned()),
-            b'E' => panic!("error: {:?}", pooler::protocol::error_fields(&body)),
+            b'E' => panic!("error: {:?}", pooler::wire::error_fields(&body)),
             _ => {}
         }
     }

@@ -20,8 +20,8 @@ use tokio::sync::watch;
 use crate::app::App;
 use crate::error::{PoolerError, Result};
 use crate::lifecycle::Phase;
-use crate::protocol;
 use crate::registry::Registration;
+use crate::wire;
 use show::{Table, show};
 
 /// Database names that open the console instead of a pool.
@@ -159,7 +159,7 @@ impl Console {
             return Err(PoolerError::NotAllowed);
         };
         let mut out = BytesMut::with_capacity(256);
-        protocol::auth_ok(&mut out);
+        wire::auth_ok(&mut out);
         let version = format!("{}/pooler", env!("CARGO_PKG_VERSION"));
         for (name, value) in [
             ("server_version", version.as_str()),
@@ -171,10 +171,10 @@ impl Console {
             ("standard_conforming_strings", "on"),
             ("application_name", ""),
         ] {
-            protocol::parameter_status(&mut out, name, value);
+            wire::parameter_status(&mut out, name, value);
         }
-        protocol::backend_key_data(&mut out, 0, 0);
-        protocol::ready_for_query(&mut out, b'I');
+        wire::backend_key_data(&mut out, 0, 0);
+        wire::ready_for_query(&mut out, b'I');
         stream.write_all(&out).await?;
         let client = app
             .clients_registry
@@ -194,7 +194,7 @@ impl Console {
             }
             let read = tokio::select! {
                 _ = self.client.stop.notified() => continue,
-                read = protocol::read_message(stream, MAX_QUERY_LEN) => read,
+                read = wire::read_message(stream, MAX_QUERY_LEN) => read,
             };
             let (tag, body) = match read {
                 Ok(m) => m,
@@ -209,14 +209,14 @@ impl Console {
                         Err(message) => {
                             // Well framed, only not text: a bad command, not a bad
                             // connection. Postgres answers it so, and the session goes on.
-                            protocol::error_response(&mut out, "ERROR", "22021", &message);
-                            protocol::ready_for_query(&mut out, b'I');
+                            wire::error_response(&mut out, "ERROR", "22021", &message);
+                            wire::ready_for_query(&mut out, b'I');
                             stream.write_all(&out).await?;
                             continue;
                         }
                     };
                     let shutdown = self.execute(app, sql, &mut out).await;
-                    protocol::ready_for_query(&mut out, b'I');
+                    wire::ready_for_query(&mut out, b'I');
                     stream.write_all(&out).await?;
                     if shutdown {
                         app.control.shutdown();
@@ -226,13 +226,13 @@ impl Console {
                 b'X' => return Ok(()),
                 b'S' => {
                     skipping = false;
-                    protocol::ready_for_query(&mut out, b'I');
+                    wire::ready_for_query(&mut out, b'I');
                 }
                 b'H' => {}
                 b'P' | b'B' | b'D' | b'E' | b'C' | b'F' => {
                     if !skipping {
                         skipping = true;
-                        protocol::error_response(
+                        wire::error_response(
                             &mut out,
                             "ERROR",
                             "0A000",
@@ -262,7 +262,7 @@ impl Console {
             .filter(|s| !s.is_empty())
             .collect();
         if statements.is_empty() {
-            protocol::empty_query_response(out);
+            wire::empty_query_response(out);
             return false;
         }
         let mut shutdown = false;
@@ -273,7 +273,7 @@ impl Console {
                     reply.write(out);
                 }
                 Err(e) => {
-                    protocol::error_response(out, "ERROR", e.code, &e.message);
+                    wire::error_response(out, "ERROR", e.code, &e.message);
                     break;
                 }
             }
@@ -507,22 +507,22 @@ impl Reply {
     fn write(&self, out: &mut BytesMut) {
         match self {
             Reply::Table(t) => {
-                protocol::row_description(out, &t.columns);
+                wire::row_description(out, &t.columns);
                 for row in &t.rows {
-                    protocol::data_row(out, row);
+                    wire::data_row(out, row);
                 }
-                protocol::command_complete(out, "SHOW");
+                wire::command_complete(out, "SHOW");
             }
             Reply::Notice {
                 message,
                 detail,
                 tag,
             } => {
-                protocol::notice_response(out, message, detail);
-                protocol::command_complete(out, tag);
+                wire::notice_response(out, message, detail);
+                wire::command_complete(out, tag);
             }
-            Reply::Tag(tag) => protocol::command_complete(out, tag),
-            Reply::Shutdown => protocol::command_complete(out, "SHUTDOWN"),
+            Reply::Tag(tag) => wire::command_complete(out, tag),
+            Reply::Shutdown => wire::command_complete(out, "SHUTDOWN"),
         }
     }
 }

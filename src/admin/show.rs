@@ -7,9 +7,9 @@ use std::time::{Duration, SystemTime};
 use super::{CommandError, Reply};
 use crate::app::App;
 use crate::config::{PoolerSettings, RESTART_ONLY};
-use crate::protocol::{INT8_OID, TEXT_OID};
 use crate::registry::ClientState;
 use crate::stats::{Averages, Totals, wall_of};
+use crate::wire::{INT8_OID, TEXT_OID};
 
 pub(super) struct Table {
     pub(super) columns: Vec<(&'static str, u32)>,

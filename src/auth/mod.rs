@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::config::{AuthType, ConfigError};
 use crate::error::{PoolerError, Result};
-use crate::protocol;
+use crate::wire;
 pub use scram::{ScramKeys, ScramSecret};
 
 /// A password as stored in the auth file.
@@ -207,7 +207,7 @@ async fn send<S: AsyncWrite + Unpin>(stream: &mut S, buf: &mut BytesMut) -> Resu
 }
 
 async fn read_password<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Vec<u8>> {
-    let (tag, body) = protocol::read_message(stream, protocol::MAX_LOGIN_MESSAGE_LEN).await?;
+    let (tag, body) = wire::read_message(stream, wire::MAX_LOGIN_MESSAGE_LEN).await?;
     if tag != b'p' {
         return Err(PoolerError::protocol(format!(
             "expected password response, got message type '{}'",
@@ -247,11 +247,11 @@ pub async fn authenticate_client<S: AsyncRead + AsyncWrite + Unpin>(
                 &decoy
             }
         };
-        protocol::auth_sasl(&mut out, scram::MECHANISM);
+        wire::auth_sasl(&mut out, scram::MECHANISM);
         send(stream, &mut out).await?;
         let initial = read_password(stream).await?;
         let mut body = &initial[..];
-        let mechanism = protocol::take_cstr(&mut body)?;
+        let mechanism = wire::take_cstr(&mut body)?;
         if mechanism != scram::MECHANISM {
             return Err(PoolerError::protocol(format!(
                 "unsupported SASL mechanism {mechanism}"
@@ -262,12 +262,12 @@ pub async fn authenticate_client<S: AsyncRead + AsyncWrite + Unpin>(
         }
         let data = &body[4..];
         let (server, server_first) = scram::ScramServer::start(data, secret)?;
-        protocol::auth_sasl_continue(&mut out, server_first.as_bytes());
+        wire::auth_sasl_continue(&mut out, server_first.as_bytes());
         send(stream, &mut out).await?;
         let client_final = read_password(stream).await?;
         return match server.finish(&client_final, secret)? {
             Some((server_final, keys)) if user.is_some() => {
-                protocol::auth_sasl_final(&mut out, server_final.as_bytes());
+                wire::auth_sasl_final(&mut out, server_final.as_bytes());
                 send(stream, &mut out).await?;
                 Ok(Some(keys))
             }
@@ -275,7 +275,7 @@ pub async fn authenticate_client<S: AsyncRead + AsyncWrite + Unpin>(
         };
     }
     if auth_type == AuthType::Plain {
-        protocol::auth_cleartext(&mut out);
+        wire::auth_cleartext(&mut out);
         send(stream, &mut out).await?;
         let body = read_password(stream).await?;
         let given = body.strip_suffix(&[0]).unwrap_or(&body);
@@ -292,7 +292,7 @@ pub async fn authenticate_client<S: AsyncRead + AsyncWrite + Unpin>(
     }
     // md5
     let salt: [u8; 4] = rand::rng().random();
-    protocol::auth_md5(&mut out, salt);
+    wire::auth_md5(&mut out, salt);
     send(stream, &mut out).await?;
     let body = read_password(stream).await?;
     let given = body.strip_suffix(&[0]).unwrap_or(&body);

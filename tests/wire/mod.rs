@@ -73,7 +73,7 @@ pub fn error_codes(buf: &[u8]) -> Vec<String> {
     messages(buf)
         .into_iter()
         .filter(|(t, _)| *t == b'E')
-        .map(|(_, body)| pooler::protocol::error_fields(&body).0)
+        .map(|(_, body)| pooler::wire::error_fields(&body).0)
         .collect()
 }
 
@@ -82,7 +82,7 @@ pub fn error_messages(buf: &[u8]) -> Vec<String> {
     messages(buf)
         .into_iter()
         .filter(|(t, _)| *t == b'E')
-        .map(|(_, body)| pooler::protocol::error_fields(&body).1)
+        .map(|(_, body)| pooler::wire::error_fields(&body).1)
         .collect()
 }
 
@@ -171,7 +171,7 @@ pub async fn login(addr: SocketAddr, user: &str, password: &str, db: &str) -> Tc
                     }
                     s.write_all(&out).await.unwrap();
                 }
-                b'E' => panic!("login refused: {:?}", pooler::protocol::error_fields(&body)),
+                b'E' => panic!("login refused: {:?}", pooler::wire::error_fields(&body)),
                 b'Z' => return s,
                 _ => {}
             }
@@ -355,7 +355,7 @@ pub async fn login_params(
                     status.push((name, value));
                 }
                 b'E' => {
-                    let (code, msg) = pooler::protocol::error_fields(&body);
+                    let (code, msg) = pooler::wire::error_fields(&body);
                     return Err(format!("{code} {msg}"));
                 }
                 b'Z' => return Ok((s, status)),
@@ -427,7 +427,7 @@ impl Raw {
                 self.buf.drain(..1 + len);
                 match tag {
                     b'D' => seen.rows.push(data_row(&body)),
-                    b'E' => seen.errors.push(pooler::protocol::error_fields(&body).0),
+                    b'E' => seen.errors.push(pooler::wire::error_fields(&body).0),
                     b'C' => seen.tags.push(
                         String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(&body))
                             .into_owned(),

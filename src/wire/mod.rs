@@ -5,6 +5,9 @@
 //! login come from `postgres-protocol`; that crate has no backend writers and no parser for
 //! the startup packet, so those few live here.
 
+mod frame;
+pub use frame::*;
+
 use bytes::{Buf, BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 

@@ -15,11 +15,13 @@ use tokio::time::Instant;
 
 use crate::app::App;
 use crate::config::{Config, secs};
+use crate::engine::Flow;
 use crate::error::{PoolerError, Result};
 use crate::lifecycle::Phase;
 use crate::pool::Pool;
 use crate::registry::ClientInfo;
-use crate::relay::{self, Flow, Relay, RelayEnd};
+
+use super::relay::{self, Relay, RelayEnd};
 use crate::server::ServerConn;
 
 /// One session's watchdog.

@@ -5,6 +5,10 @@
 //! BackendKeyData. After that the session loops: wait for a request, check a server out,
 //! make the server's session parameters match the client's, relay, give the server back.
 
+mod cancel;
+pub mod relay;
+pub mod watchdog;
+
 use bytes::BytesMut;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,14 +20,15 @@ use crate::admin::{self, Console};
 use crate::app::App;
 use crate::auth::{self, Secret, User};
 use crate::config::{PoolMode, secs};
+use crate::engine::{self, ClientSide, Flow, ServerSide, Statements, Tracker};
 use crate::error::{PoolerError, Result};
 use crate::pool::Pool;
 use crate::prepared::ClientStatements;
-use crate::protocol::{self, StartupRequest};
-use crate::registry::Registration;
-use crate::relay::{self, ClientSide, Flow, Relay, RelayEnd, ServerSide, Statements, Tracker};
+use crate::registry::{Registration, Relayed};
 use crate::server::{Params, ServerConn, ServerCredential};
-use crate::watchdog::Watchdog;
+use crate::wire::{self, StartupRequest};
+use relay::{Relay, RelayEnd};
+use watchdog::Watchdog;
 
 /// A logged-in client.
 struct Session {
@@ -120,11 +125,11 @@ async fn login(
     client_count: usize,
 ) -> Result<Option<Login>> {
     let params = loop {
-        match protocol::read_startup(stream).await? {
+        match wire::read_startup(stream).await? {
             // No TLS yet: 'N' tells the client to go on in cleartext (or give up if it insists).
             StartupRequest::Ssl | StartupRequest::GssEnc => stream.write_all(b"N").await?,
             StartupRequest::Cancel { pid, secret } => {
-                forward_cancel(app, pid, secret).await;
+                cancel::forward_cancel(app, pid, secret).await;
                 return Ok(None);
             }
             StartupRequest::Startup { params } => break params,
@@ -197,18 +202,18 @@ async fn login(
         }
     }
     let mut out = BytesMut::with_capacity(512);
-    protocol::auth_ok(&mut out);
+    wire::auth_ok(&mut out);
     for (name, value) in &defaults.0 {
         let value = requested.get(name).unwrap_or(value);
-        protocol::parameter_status(&mut out, name, value);
+        wire::parameter_status(&mut out, name, value);
     }
     let app_name = session_params.get("application_name").unwrap_or_default();
     let client =
         app.clients_registry
             .register(stream, &user_name, &database, app_name, Some(pool.clone()));
     let (pid, secret) = client.cancel_key;
-    protocol::backend_key_data(&mut out, pid, secret);
-    protocol::ready_for_query(&mut out, b'I');
+    wire::backend_key_data(&mut out, pid, secret);
+    wire::ready_for_query(&mut out, b'I');
     stream.write_all(&out).await?;
     Ok(Some(Login::Pool(Session {
         pool,
@@ -220,43 +225,6 @@ async fn login(
     })))
 }
 
-/// Passes a client's CancelRequest on to the server running its query, with that server's
-/// own key. A key that matches no client, or a client with no server right now, cancels
-/// nothing; the requester is told nothing either way, as with Postgres.
-async fn forward_cancel(app: &App, pid: i32, secret: i32) {
-    // Another pooler's key goes to that pooler (`peers`); only this pooler's are looked up.
-    let peer_limit = cancel_limit(app) - std::time::Duration::from_secs(1);
-    let Some(secret) = app.peers.cancel(pid, secret, peer_limit).await else {
-        return;
-    };
-    let Some(target) = app.clients_registry.cancel_target(pid, secret) else {
-        tracing::debug!(pid, "cancel request matches no active client");
-        return;
-    };
-    let mut msg = BytesMut::with_capacity(16);
-    postgres_protocol::message::frontend::cancel_request(
-        target.backend_pid,
-        target.backend_secret,
-        &mut msg,
-    );
-    let send = async {
-        let mut s = TcpStream::connect((target.host.as_str(), target.port)).await?;
-        s.write_all(&msg).await?;
-        s.shutdown().await?;
-        // Postgres closes the connection once it has signalled the backend: only then may
-        // the client's server go to someone else (`target` holds it until dropped).
-        let mut sink = [0u8; 64];
-        while tokio::io::AsyncReadExt::read(&mut s, &mut sink).await? > 0 {}
-        Ok::<(), std::io::Error>(())
-    };
-    let limit = cancel_limit(app) - std::time::Duration::from_secs(1);
-    match tokio::time::timeout(limit, send).await {
-        Ok(Ok(())) => tracing::debug!(backend_pid = target.backend_pid, "cancel forwarded"),
-        Ok(Err(e)) => tracing::warn!(error = %e, "could not forward cancel request"),
-        Err(_) => tracing::warn!("timed out forwarding cancel request"),
-    }
-}
-
 /// The session loop: one checkout per transaction (or one for the session).
 async fn run_session(app: &App, stream: &mut TcpStream, session: &Session) -> Result<()> {
     let pool = &session.pool;
@@ -265,7 +233,6 @@ async fn run_session(app: &App, stream: &mut TcpStream, session: &Session) -> Re
     let mut down = Flow::default();
     let mut client_side = ClientSide::new(
         (pool.settings.mode == PoolMode::Transaction).then_some(pool.settings.session_state),
-        Some(session.client.info.clone()),
     );
     client_side.startup = session.startup.0.clone();
     let mut tracker = Tracker::default();
@@ -281,7 +248,7 @@ async fn run_session(app: &App, stream: &mut TcpStream, session: &Session) -> Re
             return Ok(());
         }
         if rewrite_statements
-            && relay::answer_locally(&mut up, &mut down, &app.statements, &mut client_statements)
+            && engine::answer_locally(&mut up, &mut down, &app.statements, &mut client_statements)
         {
             down.flush(stream).await?;
             continue;
@@ -321,6 +288,7 @@ async fn run_session(app: &App, stream: &mut TcpStream, session: &Session) -> Re
             server_side: &mut server_side,
             tracker: &mut tracker,
             statements,
+            client_info: Some(&session.client.info),
         };
         let end = watchdog
             .relay(&mut relay, release_on_idle, &mut on_param)
@@ -330,17 +298,20 @@ async fn run_session(app: &App, stream: &mut TcpStream, session: &Session) -> Re
             server.params_uncertain = true;
         }
         let xact_done = release_on_idle && matches!(end, Ok(RelayEnd::Idle));
-        (session.client).relayed(
-            pool,
-            &mut up,
-            &mut down,
-            &mut client_side,
-            attached,
-            xact_done,
-        );
+        let counts = Relayed {
+            bytes_in: std::mem::take(&mut up.bytes_read),
+            bytes_out: std::mem::take(&mut down.bytes_read),
+            queries: std::mem::take(&mut client_side.queries),
+            warned: std::mem::take(&mut client_side.warned),
+            refused: std::mem::take(&mut client_side.refused),
+        };
+        session.client.relayed(pool, counts, attached, xact_done);
         // A cancel for this client still on its way could hit the next client's query.
         if session.client.cancels_in_flight()
-            && !session.client.cancels_settled(cancel_limit(app)).await
+            && !session
+                .client
+                .cancels_settled(cancel::cancel_limit(app))
+                .await
         {
             pool.discard(server);
             match end {
@@ -387,13 +358,6 @@ async fn run_session(app: &App, stream: &mut TcpStream, session: &Session) -> Re
             }
         }
     }
-}
-
-/// How long a session waits for its cancels to reach Postgres before it closes its server
-/// instead: a cancel is bounded by `server_connect_timeout` (see `forward_cancel`).
-fn cancel_limit(app: &App) -> std::time::Duration {
-    secs(app.config().pooler.server_connect_timeout).unwrap_or(std::time::Duration::from_secs(15))
-        + std::time::Duration::from_secs(1)
 }
 
 /// A clean server whose client left: in session mode it is reset before anyone else gets it.
@@ -451,8 +415,8 @@ async fn sync_params(app: &App, server: &mut ServerConn, wanted: &mut Params) ->
             }
             sql.push_str(&format!(
                 "pg_catalog.set_config({}, {}, false)",
-                protocol::quote_literal(name),
-                protocol::quote_literal(value)
+                wire::quote_literal(name),
+                wire::quote_literal(value)
             ));
         }
         sql.push(';');

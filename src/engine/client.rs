@@ -1,0 +1,605 @@
+//! Client → server: the client's messages, read as far as the pooler must, into what goes to
+//! the server; session-state detection, resets, statement-name rewriting.
+
+use bytes::{Buf, BufMut, BytesMut};
+use std::sync::Arc;
+
+use crate::error::{PoolerError, Result};
+use crate::prepared::{self, ServerStatement};
+use crate::session_state::{self, Kind, Policy, Reset};
+use crate::wire::{self, FRONTEND_TAGS, cstr_end, frame_header as header, invalid_type, malformed};
+
+use super::tracker::{Expect, Request};
+use super::{Flow, MAX_INSPECTED, Statements, Tracker};
+
+/// Client → server state.
+#[derive(Default)]
+pub struct ClientSide {
+    /// Messages since the last sync point that leave state on the server (Parse, Bind, ...).
+    unsynced: bool,
+    /// The client sent Terminate.
+    pub terminated: bool,
+    /// Simple and extended queries seen (for statistics).
+    pub queries: u64,
+    /// Session-state detection (transaction mode only).
+    pub policy: Option<Policy>,
+    /// The client created session state under `pin`: it keeps its server from now on.
+    pub pinned: Option<Kind>,
+    /// A pin the session has not reported yet (SHOW CLIENTS, metrics): the engine tells, the
+    /// session driver makes it visible.
+    pub newly_pinned: Option<Kind>,
+    /// Session-state statements let through under `warn`, and refused under `error`.
+    pub warned: u64,
+    pub refused: u64,
+    /// The client's startup values of tracked parameters: what `RESET` returns to on a
+    /// dedicated connection. The server's own defaults are the pool's, so after a `RESET` the
+    /// pooler sets these again (a hidden query after the sync point).
+    pub startup: Vec<(String, String)>,
+    /// Bit i: `startup[i]` was reset since the last sync point and must be set again.
+    restore: u64,
+    /// The pooler refused a message of the current batch: the rest up to Sync is dropped.
+    discarding: bool,
+    /// A `RESET` ran on the server: the session re-checks every tracked parameter of this
+    /// server before it serves the next client (what the pooler recorded may be stale).
+    pub params_touched: bool,
+}
+
+impl ClientSide {
+    /// Processes the client's input into `up.out`, rewriting statement names when `stmts` is
+    /// given. Stops at a partial message it must see whole.
+    pub fn process(
+        &mut self,
+        up: &mut Flow,
+        tracker: &mut Tracker,
+        mut stmts: Option<&mut Statements<'_>>,
+    ) -> Result<()> {
+        up.ready_out();
+        loop {
+            if !up.continue_message() || self.terminated {
+                return Ok(());
+            }
+            if let Some(s) = stmts.as_deref_mut() {
+                tracker.drain_unprepared(s.client);
+                // Statements whose plans went stale are closed before anything else.
+                while let Some(stale) = s.server.to_close.pop() {
+                    prepared::close_message(&mut up.out, &stale);
+                    tracker.push(Expect::Hide(Request::Close, None));
+                }
+            }
+            let Some((tag, total)) = header(&up.inbuf, false)? else {
+                return Ok(());
+            };
+            if self.discarding && tag != b'S' && tag != b'X' {
+                if !FRONTEND_TAGS.contains(&tag) {
+                    return Err(invalid_type(tag));
+                }
+                up.pass(total, true);
+                continue;
+            }
+            self.discarding = false;
+            match tag {
+                b'Q' if self.reads_text(stmts.is_some()) && total <= MAX_INSPECTED => {
+                    if up.inbuf.len() < total {
+                        return Ok(());
+                    }
+                    self.queries += 1;
+                    self.unsynced = false;
+                    tracker.push(Expect::Pass(Request::Query, None));
+                    if self.needs_inspection()
+                        && let Some(kind) = session_state::detect(&up.inbuf[5..total])
+                        && self.on_session_state(kind)? == Policy::Error
+                    {
+                        up.inbuf.advance(total);
+                        refusal_query(&mut up.out, kind);
+                        continue;
+                    }
+                    // The text without its terminator (absent from a malformed empty Query).
+                    let text_end = total - usize::from(total > 5 && up.inbuf[total - 1] == 0);
+                    match self.on_resets(&up.inbuf[5..text_end], stmts.as_deref_mut(), true) {
+                        Some(stmt) => {
+                            // `DEALLOCATE name` of a protocol-level statement: the server
+                            // knows it by the pooler's name.
+                            up.inbuf.advance(total);
+                            let sql = format!("DEALLOCATE \"{}\"", stmt.name);
+                            wire::query(&mut up.out, &sql);
+                        }
+                        None => up.pass(total, false),
+                    }
+                    self.restore_after_sync(&mut up.out, tracker);
+                }
+                b'Q' | b'F' => {
+                    if tag == b'Q' && self.reads_text(stmts.is_some()) {
+                        // Larger than MAX_INSPECTED: streamed unread.
+                        self.unread_text()?;
+                    }
+                    self.queries += u64::from(tag == b'Q');
+                    self.unsynced = false;
+                    tracker.push(Expect::Pass(Request::Query, None));
+                    up.pass(total, false);
+                }
+                b'S' => {
+                    self.unsynced = false;
+                    tracker.push(Expect::Pass(Request::Sync, None));
+                    up.pass(total, false);
+                    self.restore_after_sync(&mut up.out, tracker);
+                }
+                b'H' => {
+                    self.unsynced = true;
+                    up.pass(total, false);
+                }
+                b'E' => {
+                    self.queries += 1;
+                    self.unsynced = true;
+                    tracker.push(Expect::Pass(Request::Execute, None));
+                    up.pass(total, false);
+                }
+                // COPY data belongs to the request that started the COPY; outside one the
+                // server ignores it, so it must not look like a clean boundary either.
+                b'd' | b'c' | b'f' => {
+                    self.unsynced |= tracker.is_idle();
+                    if tag != b'd' {
+                        tracker.copy_end();
+                    }
+                    up.pass(total, false);
+                }
+                b'P' if total > MAX_INSPECTED => {
+                    // Too large to keep whole. Only the name is needed: an unnamed Parse
+                    // streams through, its text unread (so, to be safe, it pins); a named one
+                    // would have to be kept to be prepared again elsewhere: refused.
+                    let Some(&first) = up.inbuf.get(5) else {
+                        return Ok(());
+                    };
+                    if first != 0 && stmts.is_some() {
+                        return Err(PoolerError::StatementTooLarge(MAX_INSPECTED >> 20));
+                    }
+                    self.unsynced = true;
+                    self.unread_text()?;
+                    tracker.push(Expect::Pass(Request::Parse, None));
+                    up.pass(total, false);
+                }
+                b'P' | b'D' | b'C' => {
+                    if total > MAX_INSPECTED {
+                        return Err(PoolerError::protocol("oversized extended-protocol message"));
+                    }
+                    if up.inbuf.len() < total {
+                        return Ok(());
+                    }
+                    self.unsynced = true;
+                    if tag == b'P' && self.reads_text(stmts.is_some()) {
+                        let name_end =
+                            cstr_end(&up.inbuf[..total], 5).ok_or_else(|| malformed("Parse"))?;
+                        let query_end = cstr_end(&up.inbuf[..total], name_end + 1)
+                            .ok_or_else(|| malformed("Parse"))?;
+                        if self.needs_inspection()
+                            && let Some(kind) =
+                                session_state::detect(&up.inbuf[name_end + 1..query_end])
+                            && self.on_session_state(kind)? == Policy::Error
+                        {
+                            // Mid-pipeline there is no clean way to refuse one message.
+                            return Err(PoolerError::SessionState(kind.as_str()));
+                        }
+                        let unnamed = name_end == 5;
+                        if let Some(stmt) = self.on_resets(
+                            &up.inbuf[name_end + 1..query_end],
+                            stmts.as_deref_mut(),
+                            unnamed,
+                        ) {
+                            // An unnamed `DEALLOCATE name`: the same Parse with the
+                            // pooler's name in the text, parameter types unchanged.
+                            let sql = format!("DEALLOCATE \"{}\"", stmt.name);
+                            let rest = &up.inbuf[query_end + 1..total];
+                            up.out.put_u8(b'P');
+                            up.out.put_i32((4 + 1 + sql.len() + 1 + rest.len()) as i32);
+                            up.out.put_u8(0);
+                            up.out.put_slice(sql.as_bytes());
+                            up.out.put_u8(0);
+                            up.out.put_slice(rest);
+                            up.inbuf.advance(total);
+                            tracker.push(Expect::Pass(Request::Parse, None));
+                            continue;
+                        }
+                    }
+                    match tag {
+                        b'P' => {
+                            // Refused by the pooler: like Postgres after an error, the rest
+                            // of the batch up to Sync is skipped.
+                            self.discarding = parse(up, total, tracker, stmts.as_deref_mut())?;
+                        }
+                        b'D' => describe(up, total, tracker, stmts.as_deref_mut())?,
+                        _ => close(up, total, tracker, stmts.as_deref_mut())?,
+                    }
+                }
+                b'B' => {
+                    self.unsynced = true;
+                    // Only the portal and statement names (the start) are needed whole.
+                    let Some(portal_end) = cstr_end(&up.inbuf[..up.inbuf.len().min(total)], 5)
+                    else {
+                        if up.inbuf.len() >= total.min(5 + MAX_INSPECTED) {
+                            return Err(malformed("Bind"));
+                        }
+                        return Ok(());
+                    };
+                    let Some(stmt_end) =
+                        cstr_end(&up.inbuf[..up.inbuf.len().min(total)], portal_end + 1)
+                    else {
+                        if up.inbuf.len() >= total.min(5 + MAX_INSPECTED) {
+                            return Err(malformed("Bind"));
+                        }
+                        return Ok(());
+                    };
+                    bind(
+                        up,
+                        total,
+                        portal_end,
+                        stmt_end,
+                        tracker,
+                        stmts.as_deref_mut(),
+                    );
+                }
+                b'X' => {
+                    self.terminated = true;
+                    up.inbuf.advance(total.min(up.inbuf.len()));
+                    return Ok(());
+                }
+                other => return Err(invalid_type(other)),
+            }
+        }
+    }
+
+    /// `policy`: session-state detection, for transaction mode.
+    pub fn new(policy: Option<Policy>) -> ClientSide {
+        ClientSide {
+            policy,
+            ..Default::default()
+        }
+    }
+
+    pub(crate) fn needs_inspection(&self) -> bool {
+        self.policy.is_some() && self.pinned.is_none()
+    }
+
+    /// A query text too large to read passes unread: it may create session state (pinned,
+    /// the safe side) or reset parameters (re-checked at the next checkout).
+    pub(crate) fn unread_text(&mut self) -> Result<()> {
+        self.params_touched = true;
+        if self.needs_inspection() && self.on_session_state(Kind::Unclassified)? == Policy::Error {
+            return Err(PoolerError::SessionState(Kind::Unclassified.as_str()));
+        }
+        Ok(())
+    }
+
+    /// Whether query texts are read at all: for session-state detection, and for the resets
+    /// the pooler must follow (startup parameters to restore, statement names it rewrites).
+    pub(crate) fn reads_text(&self, rewriting: bool) -> bool {
+        self.needs_inspection() || rewriting || !self.startup.is_empty()
+    }
+
+    /// Follows the resets in a query text. Statements deallocated go from the client's names
+    /// and, since the server loses them for every client, from the server's cache; reset
+    /// parameters are queued for restoring. Returns the statement to deallocate under its
+    /// server name when `sql` is exactly `DEALLOCATE name` of a protocol-level statement
+    /// and `rewritable`.
+    pub(crate) fn on_resets(
+        &mut self,
+        sql: &[u8],
+        mut stmts: Option<&mut Statements<'_>>,
+        rewritable: bool,
+    ) -> Option<Arc<ServerStatement>> {
+        let mut count = 0usize;
+        let mut target = None;
+        let startup = &self.startup;
+        let mut restore = 0u64;
+        let mut touched = false;
+        session_state::resets(sql, |r| {
+            count += 1;
+            match r {
+                Reset::AllParams => {
+                    touched = true;
+                    restore = u64::MAX;
+                }
+                Reset::Param(word) => {
+                    touched = true;
+                    let name = session_state::identifier(word);
+                    if let Some(i) = startup
+                        .iter()
+                        .position(|(n, _)| n.eq_ignore_ascii_case(&name))
+                    {
+                        restore |= 1u64.checked_shl(i as u32).unwrap_or(u64::MAX);
+                    }
+                }
+                Reset::AllStatements => {
+                    if let Some(s) = stmts.as_deref_mut() {
+                        s.client.clear();
+                        s.server.clear();
+                    }
+                }
+                Reset::Statement(word) => {
+                    let name = session_state::identifier(word);
+                    if let Some(s) = stmts.as_deref_mut()
+                        && let Some(stmt) = s.client.remove(&name)
+                    {
+                        s.server.remove(stmt.id);
+                        target = Some(stmt);
+                    }
+                }
+            }
+        });
+        self.restore |= restore;
+        self.params_touched |= touched;
+        // Only a query that is nothing but the DEALLOCATE can be replaced whole.
+        let single = count == 1 && {
+            let trimmed = sql.trim_ascii();
+            let body = trimmed.strip_suffix(b";").unwrap_or(trimmed);
+            !body.contains(&b';')
+        };
+        target.filter(|_| single && rewritable)
+    }
+
+    /// After a sync point, sets again the startup parameters a RESET took back: one hidden
+    /// query, only when a RESET was seen. It changes only parameters that are at the server's
+    /// own reset value now, so a RESET that did not happen (rolled back, failed) changes
+    /// nothing, and inside a transaction the fix shares the transaction's fate.
+    pub(crate) fn restore_after_sync(&mut self, out: &mut BytesMut, tracker: &mut Tracker) {
+        if self.restore == 0 {
+            return;
+        }
+        let mut values = String::new();
+        let mut any = false;
+        for (i, (name, value)) in self.startup.iter().enumerate() {
+            let bit = 1u64.checked_shl(i as u32).unwrap_or(0);
+            if self.restore & bit == 0 && !(i >= 64 && self.restore == u64::MAX) {
+                continue;
+            }
+            if any {
+                values.push_str(", ");
+            }
+            any = true;
+            values.push_str(&format!(
+                "({}, {})",
+                wire::quote_literal(&name.to_ascii_lowercase()),
+                wire::quote_literal(value)
+            ));
+        }
+        let sql = format!(
+            "SELECT pg_catalog.set_config(s.name, v.value, false) \
+             FROM pg_catalog.pg_settings s JOIN (VALUES {values}) AS v(name, value) \
+             ON pg_catalog.lower(s.name) = v.name WHERE s.setting IS NOT DISTINCT FROM s.reset_val"
+        );
+        self.restore = 0;
+        if any {
+            wire::query(out, &sql);
+            tracker.push(Expect::HideQuery);
+        }
+    }
+
+    /// Applies the policy to a detected statement; returns the policy applied.
+    pub(crate) fn on_session_state(&mut self, kind: Kind) -> Result<Policy> {
+        let policy = self.policy.unwrap_or_default();
+        match policy {
+            Policy::Pin => {
+                tracing::info!(
+                    kind = kind.as_str(),
+                    "client creates session state: pinned to its server"
+                );
+                self.pinned = Some(kind);
+                self.newly_pinned = Some(kind);
+            }
+            Policy::Warn => {
+                tracing::warn!(
+                    kind = kind.as_str(),
+                    "client creates session state in transaction pooling"
+                );
+                self.warned += 1;
+            }
+            Policy::Error => self.refused += 1,
+        }
+        Ok(policy)
+    }
+
+    /// True when everything forwarded is a complete request up to a sync point.
+    pub fn at_boundary(&self, up: &Flow) -> bool {
+        !self.unsynced && up.at_boundary()
+    }
+}
+
+/// A query that makes the server itself refuse the client's statement, so the error arrives
+/// in order and a transaction block fails exactly as it would on any error.
+pub(crate) fn refusal_query(out: &mut BytesMut, kind: Kind) {
+    let message = PoolerError::SessionState(kind.as_str()).to_string();
+    let sql = format!(
+        "DO $pooler$BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = {}; END$pooler$",
+        wire::quote_literal(&message)
+    );
+    wire::query(out, &sql);
+}
+
+/// Makes sure the server has `stmt`, injecting its Parse (reply hidden) when it does not.
+pub(crate) fn ensure_prepared(
+    stmt: &Arc<ServerStatement>,
+    s: &mut Statements<'_>,
+    tracker: &mut Tracker,
+    out: &mut BytesMut,
+) {
+    if tracker.skipping || s.server.contains(stmt.id) {
+        return;
+    }
+    make_room(s, tracker, out);
+    close_then_parse(out, stmt, tracker);
+    s.server.insert(stmt);
+    tracker.push(Expect::Hide(Request::Parse, Some(stmt.clone())));
+}
+
+/// Writes the Parse of a pooler statement, preceded by a hidden Close of its name. Closing a
+/// statement that does not exist is no error, and it makes the Parse succeed even where the
+/// cache is wrong about the server (a Close that Postgres skipped after an error, a
+/// `DEALLOCATE ALL` that failed): `42P05 already exists` cannot happen.
+pub(crate) fn close_then_parse(out: &mut BytesMut, stmt: &ServerStatement, tracker: &mut Tracker) {
+    prepared::close_message(out, stmt);
+    tracker.push(Expect::Hide(Request::Close, None));
+    out.extend_from_slice(&stmt.parse);
+}
+
+/// Evicts the least recently used statement (with a hidden Close) when the cache is full.
+pub(crate) fn make_room(s: &mut Statements<'_>, tracker: &mut Tracker, out: &mut BytesMut) {
+    if let Some(old) = s.server.evict_for(s.max) {
+        prepared::close_message(out, &old);
+        tracker.push(Expect::Hide(Request::Close, None));
+    }
+}
+
+pub(crate) fn parse(
+    up: &mut Flow,
+    total: usize,
+    tracker: &mut Tracker,
+    stmts: Option<&mut Statements<'_>>,
+) -> Result<bool> {
+    let name_end = cstr_end(&up.inbuf[..total], 5).ok_or_else(|| malformed("Parse"))?;
+    let (Some(s), false) = (stmts, name_end == 5) else {
+        tracker.push(Expect::Pass(Request::Parse, None));
+        up.pass(total, false);
+        return Ok(false);
+    };
+    let name = std::str::from_utf8(&up.inbuf[5..name_end]).map_err(|_| malformed("Parse"))?;
+    if tracker.skipping {
+        // Skipped by Postgres too: nothing is prepared.
+        up.inbuf.advance(total);
+        return Ok(false);
+    }
+    if s.client.contains_key(name) {
+        // As Postgres: a name is not silently replaced.
+        let mut err = BytesMut::new();
+        wire::error_response(
+            &mut err,
+            "ERROR",
+            "42P05",
+            &format!("prepared statement \"{name}\" already exists"),
+        );
+        up.inbuf.advance(total);
+        tracker.push(Expect::SynthError(err.to_vec().into_boxed_slice()));
+        return Ok(true);
+    }
+    let name: Box<str> = name.into();
+    let stmt = s.registry.statement(&up.inbuf[name_end + 1..total]);
+    up.inbuf.advance(total);
+    s.client.insert(name.to_string(), stmt.clone());
+    let forwarded = !s.server.contains(stmt.id);
+    if forwarded {
+        make_room(s, tracker, &mut up.out);
+        close_then_parse(&mut up.out, &stmt, tracker);
+        s.server.insert(&stmt);
+    }
+    tracker.push(Expect::Prepared {
+        name,
+        stmt,
+        forwarded,
+    });
+    Ok(false)
+}
+
+/// Writes a Describe or Close of a server statement.
+pub(crate) fn put_named(out: &mut BytesMut, tag: u8, kind: u8, name: &str) {
+    out.put_u8(tag);
+    out.put_i32((4 + 1 + name.len() + 1) as i32);
+    out.put_u8(kind);
+    out.put_slice(name.as_bytes());
+    out.put_u8(0);
+}
+
+pub(crate) fn describe(
+    up: &mut Flow,
+    total: usize,
+    tracker: &mut Tracker,
+    stmts: Option<&mut Statements<'_>>,
+) -> Result<()> {
+    let kind = *up.inbuf.get(5).ok_or_else(|| malformed("Describe"))?;
+    let name_end = cstr_end(&up.inbuf[..total], 6).ok_or_else(|| malformed("Describe"))?;
+    let known = match stmts {
+        Some(s) if kind == b'S' && name_end > 6 => {
+            let name = &up.inbuf[6..name_end];
+            let found = std::str::from_utf8(name)
+                .ok()
+                .and_then(|n| s.client.get(n))
+                .cloned();
+            found.map(|stmt| (stmt, s))
+        }
+        _ => None,
+    };
+    match known {
+        Some((stmt, s)) => {
+            up.inbuf.advance(total);
+            ensure_prepared(&stmt, s, tracker, &mut up.out);
+            put_named(&mut up.out, b'D', b'S', &stmt.name);
+            tracker.push(Expect::Pass(Request::Describe, Some(stmt)));
+        }
+        None => {
+            tracker.push(Expect::Pass(Request::Describe, None));
+            up.pass(total, false);
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn close(
+    up: &mut Flow,
+    total: usize,
+    tracker: &mut Tracker,
+    stmts: Option<&mut Statements<'_>>,
+) -> Result<()> {
+    let kind = *up.inbuf.get(5).ok_or_else(|| malformed("Close"))?;
+    let name_end = cstr_end(&up.inbuf[..total], 6).ok_or_else(|| malformed("Close"))?;
+    match stmts {
+        Some(s) if kind == b'S' && name_end > 6 => {
+            // The server keeps the statement for other clients; the client's name goes.
+            if !tracker.skipping {
+                if let Ok(name) = std::str::from_utf8(&up.inbuf[6..name_end]) {
+                    s.client.remove(name);
+                }
+                tracker.push(Expect::Synth(b'3'));
+            }
+            up.inbuf.advance(total);
+        }
+        _ => {
+            tracker.push(Expect::Pass(Request::Close, None));
+            up.pass(total, false);
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn bind(
+    up: &mut Flow,
+    total: usize,
+    portal_end: usize,
+    stmt_end: usize,
+    tracker: &mut Tracker,
+    stmts: Option<&mut Statements<'_>>,
+) {
+    let known = match stmts {
+        Some(s) if stmt_end > portal_end + 1 => {
+            let found = std::str::from_utf8(&up.inbuf[portal_end + 1..stmt_end])
+                .ok()
+                .and_then(|n| s.client.get(n))
+                .cloned();
+            found.map(|stmt| (stmt, s))
+        }
+        _ => None,
+    };
+    let Some((stmt, s)) = known else {
+        // Unnamed, session mode, or a name the client never prepared (the server says so).
+        tracker.push(Expect::Pass(Request::Bind, None));
+        up.pass(total, false);
+        return;
+    };
+    ensure_prepared(&stmt, s, tracker, &mut up.out);
+    let old_name_len = stmt_end - portal_end - 1;
+    let new_total = total - old_name_len + stmt.name.len();
+    up.out.put_u8(b'B');
+    up.out.put_i32((new_total - 1) as i32);
+    up.out.extend_from_slice(&up.inbuf[5..=portal_end]);
+    up.out.put_slice(stmt.name.as_bytes());
+    up.out.put_u8(0);
+    up.inbuf.advance(stmt_end + 1);
+    tracker.push(Expect::Pass(Request::Bind, Some(stmt)));
+    // The parameters follow unchanged, however large.
+    up.pass(total - stmt_end - 1, false);
+}

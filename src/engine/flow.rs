@@ -1,0 +1,113 @@
+//! One direction's buffers and the position in its current message. The socket side of a
+//! `Flow` (reads, writes) is the session driver's (`session/io.rs`).
+
+use bytes::{Buf, BytesMut};
+
+use super::{BUFFER_CAP, MAX_INSPECTED};
+
+/// One direction's buffers.
+#[derive(Debug, Default)]
+pub struct Flow {
+    /// Read from the source, not yet processed.
+    pub inbuf: BytesMut,
+    /// Processed, to be written to the destination.
+    pub out: BytesMut,
+    /// Bytes of the current message still to move (or drop) as they arrive.
+    pub(crate) remaining: usize,
+    /// The current message is being dropped rather than moved.
+    pub(crate) dropping: bool,
+    /// The last write would have blocked: wait for writability before trying again.
+    pub(crate) blocked: bool,
+    /// Bytes read from the source since the statistics last took them.
+    pub bytes_read: u64,
+}
+
+impl Flow {
+    pub(crate) fn wants_read(&self) -> bool {
+        self.out.len() < BUFFER_CAP && self.inbuf.len() < BUFFER_CAP + MAX_INSPECTED
+    }
+
+    /// True between messages with nothing half-moved.
+    pub(crate) fn at_boundary(&self) -> bool {
+        self.remaining == 0
+    }
+
+    /// Moves (or drops) the rest of the current message as far as it has arrived.
+    /// Returns false while more of it is still to come.
+    pub(crate) fn continue_message(&mut self) -> bool {
+        if self.remaining == 0 {
+            return true;
+        }
+        let n = self.remaining.min(self.inbuf.len());
+        if self.dropping {
+            self.inbuf.advance(n);
+        } else {
+            self.out.extend_from_slice(&self.inbuf[..n]);
+            self.inbuf.advance(n);
+        }
+        self.remaining -= n;
+        if self.remaining == 0 {
+            self.dropping = false;
+        }
+        self.remaining == 0
+    }
+
+    /// Starts moving a message of `total` bytes; the part not yet read follows later.
+    pub(crate) fn pass(&mut self, total: usize, drop_it: bool) {
+        self.remaining = total;
+        self.dropping = drop_it;
+        self.continue_message();
+    }
+
+    /// Gives the buffers' memory back when they are empty: idle clients hold no buffers.
+    pub fn shrink_if_empty(&mut self) {
+        if self.inbuf.is_empty() && self.inbuf.capacity() > 0 {
+            spare_buffers::give(std::mem::take(&mut self.inbuf));
+        }
+        if self.out.is_empty() && self.out.capacity() > 0 {
+            spare_buffers::give(std::mem::take(&mut self.out));
+        }
+    }
+
+    /// Gives `out` a buffer from the cache before anything is written to it.
+    pub(crate) fn ready_out(&mut self) {
+        if self.out.capacity() == 0 {
+            self.out = spare_buffers::take();
+        }
+    }
+}
+
+/// Buffers of idle clients, kept per worker thread for the next active one: idle clients hold
+/// no buffer, yet a busy client does not pay a malloc/free pair per transaction for them.
+pub(crate) mod spare_buffers {
+    use crate::engine::READ_CHUNK;
+    use bytes::BytesMut;
+    use std::cell::RefCell;
+
+    /// Enough for the clients one worker switches between; beyond it, memory goes back.
+    const KEEP: usize = 64;
+
+    thread_local! {
+        static SPARE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub(crate) fn take() -> BytesMut {
+        SPARE
+            .with(|s| s.borrow_mut().pop())
+            .unwrap_or_else(|| BytesMut::with_capacity(READ_CHUNK))
+    }
+
+    pub(crate) fn give(mut buf: BytesMut) {
+        buf.clear();
+        // Buffers grown by a large message are not worth keeping around.
+        if buf.capacity() < READ_CHUNK || buf.capacity() > 4 * READ_CHUNK {
+            return;
+        }
+        SPARE.with(|s| {
+            let mut s = s.borrow_mut();
+            if s.len() < KEEP {
+                s.push(buf);
+            }
+        });
+    }
+}

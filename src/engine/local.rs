@@ -1,0 +1,106 @@
+//! Requests the pooler answers without a server.
+
+use bytes::Buf;
+
+use crate::prepared::{ClientStatements, Registry};
+use crate::session_state;
+use crate::wire::{self, cstr_end};
+
+use super::{Flow, MAX_INSPECTED};
+
+/// Answers, without a server, a batch that only names statements: `Parse` of named
+/// statements and `Close` of statements, ending with `Sync` (libpq's `PQprepare`,
+/// tokio-postgres dropping a statement). The statements are prepared on a server when first
+/// used (see `ensure_prepared`), so a syntax error surfaces at first execution instead.
+/// Holding no server here is also what keeps a single-threaded client with many connections
+/// (pgbench -j 1 -M prepared) from deadlocking: its blocking prepare does not wait for a
+/// server that its own other connections hold. Returns false when the batch needs a server.
+pub fn answer_locally(
+    up: &mut Flow,
+    down: &mut Flow,
+    registry: &Registry,
+    client: &mut ClientStatements,
+) -> bool {
+    // Check the whole batch first: all complete, all of the two kinds, ending at a Sync.
+    let mut pos = 0;
+    let mut ends_at = None;
+    while let Some((tag, len)) = wire::header(&up.inbuf[pos..]) {
+        // A bad length is the framer's to refuse (08P01), not ours to interpret.
+        if len < 4 {
+            return false;
+        }
+        let total = 1 + len as usize;
+        if up.inbuf.len() - pos < total || total > MAX_INSPECTED {
+            return false;
+        }
+        let body = &up.inbuf[pos + 5..pos + total];
+        let named = match tag {
+            // A statement that leaves session state or resets some must meet the server's
+            // path, where it is seen (pin, restore); answered here it would slip by.
+            b'P' if leaves_state(body) => return false,
+            // A name in use is refused in order, on the server's path (42P05).
+            b'P' if cstr_end(body, 0)
+                .and_then(|end| std::str::from_utf8(&body[..end]).ok())
+                .is_some_and(|name| client.contains_key(name)) =>
+            {
+                return false;
+            }
+            b'P' => body.first().is_some_and(|&b| b != 0),
+            b'C' => body.first() == Some(&b'S') && body.get(1).is_some_and(|&b| b != 0),
+            b'S' => {
+                ends_at = Some(pos + total);
+                break;
+            }
+            _ => false,
+        };
+        if !named || cstr_end(body, 0).is_none() {
+            return false;
+        }
+        pos += total;
+    }
+    let Some(end) = ends_at else {
+        return false;
+    };
+    down.ready_out();
+    let mut pos = 0;
+    while pos < end {
+        let (tag, len) = wire::header(&up.inbuf[pos..]).expect("checked above");
+        let total = 1 + len as usize;
+        let body = &up.inbuf[pos + 5..pos + total];
+        match tag {
+            b'P' => {
+                let name_end = cstr_end(body, 0).expect("checked above");
+                let stmt = registry.statement(&body[name_end + 1..]);
+                client.insert(
+                    String::from_utf8_lossy(&body[..name_end]).into_owned(),
+                    stmt,
+                );
+                down.out.extend_from_slice(&[b'1', 0, 0, 0, 4]);
+            }
+            b'C' => {
+                if let Some(name_end) = cstr_end(body, 1) {
+                    client.remove(String::from_utf8_lossy(&body[1..name_end]).as_ref());
+                }
+                down.out.extend_from_slice(&[b'3', 0, 0, 0, 4]);
+            }
+            _ => wire::ready_for_query(&mut down.out, b'I'),
+        }
+        pos += total;
+    }
+    up.inbuf.advance(end);
+    true
+}
+
+/// Whether a Parse body's query text creates or resets session state.
+pub(crate) fn leaves_state(parse_body: &[u8]) -> bool {
+    let Some(name_end) = cstr_end(parse_body, 0) else {
+        return false;
+    };
+    let Some(query_end) = cstr_end(parse_body, name_end + 1) else {
+        return false;
+    };
+    let sql = &parse_body[name_end + 1..query_end];
+    let mut resets = false;
+    session_state::resets(sql, |_| resets = true);
+    resets || session_state::detect(sql).is_some()
+}

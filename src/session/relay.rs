@@ -1,0 +1,263 @@
+//! The IO driver of one client/server pairing: both sockets, non-blocking reads and writes
+//! from the client's own task, the engine fed in between.
+
+use bytes::Buf;
+use std::io;
+use tokio::net::TcpStream;
+
+use crate::engine::{
+    BUFFER_CAP, ClientSide, Flow, MAX_IN_FLIGHT, READ_CHUNK, ServerSide, Statements, Tracker,
+    spare_buffers,
+};
+use crate::error::Result;
+use crate::registry::ClientInfo;
+use crate::wire::{FRONTEND_TAGS, frame_header as header, invalid_type};
+
+/// How a stretch of relaying ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RelayEnd {
+    /// The server is idle at a clean boundary: it may go back to the pool (transaction mode).
+    Idle,
+    /// The client left (EOF, reset, or Terminate); `server_clean` says the server is idle at a
+    /// clean boundary and may be reused.
+    ClientGone { server_clean: bool },
+    /// The server connection broke.
+    ServerGone,
+}
+
+/// Both directions of one client/server pairing.
+pub struct Relay<'a, 's> {
+    pub client: &'a TcpStream,
+    pub server: &'a TcpStream,
+    /// Client → server.
+    pub up: &'a mut Flow,
+    /// Server → client.
+    pub down: &'a mut Flow,
+    pub client_side: &'a mut ClientSide,
+    pub server_side: &'a mut ServerSide,
+    pub tracker: &'a mut Tracker,
+    /// Present in transaction mode: statement names are rewritten.
+    pub statements: Option<Statements<'s>>,
+    /// Where the engine's reports about the client are made visible (SHOW CLIENTS, metrics).
+    pub client_info: Option<&'a ClientInfo>,
+}
+
+impl Relay<'_, '_> {
+    fn clean(&self) -> bool {
+        self.tracker.is_idle()
+            && self.client_side.at_boundary(self.up)
+            // A message of which only a part has arrived belongs to this server too: releasing
+            // it here would send the session back for a server with nothing new to read.
+            && self.up.inbuf.is_empty()
+            && self.down.at_boundary()
+            && self.down.inbuf.is_empty()
+            && self.up.out.is_empty()
+            && self.server_side.status == b'I'
+    }
+
+    fn process_client(&mut self) -> Result<()> {
+        let processed = self
+            .client_side
+            .process(self.up, self.tracker, self.statements.as_mut());
+        // A pin is counted at once: a pinned client's relay runs until it leaves.
+        if let Some(kind) = self.client_side.newly_pinned.take()
+            && let Some(info) = self.client_info
+        {
+            info.mark_pinned(kind);
+        }
+        processed?;
+        if self.down.at_boundary() {
+            self.down.ready_out();
+            self.tracker.emit_synthetic(&mut self.down.out);
+        }
+        Ok(())
+    }
+
+    /// Relays until the server is idle at a boundary (`release_on_idle`), or one side leaves.
+    /// On `Idle`, bytes for the client may remain in `down.out`: the caller flushes them after
+    /// giving the server back, so the next client does not wait on this one's socket.
+    pub async fn run(
+        &mut self,
+        release_on_idle: bool,
+        on_param: &mut (dyn FnMut(&str, &str) + Send),
+    ) -> Result<RelayEnd> {
+        let mut client_eof = false;
+        let mut flush_asked = false;
+        // Input read before the server was attached.
+        self.process_client()?;
+        loop {
+            // Too many requests in flight (most likely ones the pooler answers itself, queued
+            // behind a reply Postgres keeps buffered): stop reading the client, between
+            // messages only, and ask Postgres to flush so the queue drains.
+            let crowded = self.tracker.queue.len() >= MAX_IN_FLIGHT && self.up.at_boundary();
+            if crowded && !flush_asked {
+                self.up.out.extend_from_slice(&[b'H', 0, 0, 0, 4]);
+            }
+            flush_asked = crowded;
+            if !self.up.out.is_empty() && !self.up.blocked && self.up.write_to(self.server).is_err()
+            {
+                return Ok(RelayEnd::ServerGone);
+            }
+            // Released before the reply is written: the next client gets the server without
+            // waiting for this one's socket, and the transaction is counted before its client
+            // can see the reply.
+            if release_on_idle && self.client_side.pinned.is_none() && self.clean() {
+                return Ok(RelayEnd::Idle);
+            }
+            if !self.down.out.is_empty()
+                && !self.down.blocked
+                && self.down.write_to(self.client).is_err()
+            {
+                return Ok(RelayEnd::ClientGone {
+                    server_clean: self.clean(),
+                });
+            }
+            if (client_eof || self.client_side.terminated) && self.up.out.is_empty() {
+                return Ok(RelayEnd::ClientGone {
+                    server_clean: self.clean(),
+                });
+            }
+            // Replies the pooler writes itself (CloseComplete, ParseComplete) go to `down.out`
+            // without a server in between: a client that sends but never reads must stop being
+            // read once that buffer is full, as with a server's replies.
+            let read_client = !client_eof
+                && !self.client_side.terminated
+                && self.up.wants_read()
+                && self.down.out.len() < BUFFER_CAP
+                && !crowded;
+            let read_server = self.down.wants_read();
+            tokio::select! {
+                r = self.server.readable(), if read_server => {
+                    if r.is_err() {
+                        return Ok(RelayEnd::ServerGone);
+                    }
+                    match self.down.read_from(self.server) {
+                        Ok(Some(0)) | Err(_) => return Ok(RelayEnd::ServerGone),
+                        Ok(Some(_)) => {
+                            let cache = self.statements.as_mut().map(|s| &mut *s.server);
+                            self.server_side.process(self.down, self.tracker, cache, on_param)?;
+                        }
+                        Ok(None) => {}
+                    }
+                }
+                r = self.client.readable(), if read_client => {
+                    if r.is_err() {
+                        client_eof = true;
+                        continue;
+                    }
+                    match self.up.read_from(self.client) {
+                        Ok(Some(0)) | Err(_) => client_eof = true,
+                        Ok(Some(_)) => self.process_client()?,
+                        Ok(None) => {}
+                    }
+                }
+                r = self.server.writable(), if self.up.blocked => {
+                    if r.is_err() {
+                        return Ok(RelayEnd::ServerGone);
+                    }
+                    self.up.blocked = false;
+                }
+                r = self.client.writable(), if self.down.blocked => {
+                    if r.is_err() {
+                        return Ok(RelayEnd::ClientGone { server_clean: self.clean() });
+                    }
+                    self.down.blocked = false;
+                }
+            }
+        }
+    }
+}
+
+/// Reads client bytes while no server is attached, until the first message is complete (or,
+/// for one larger than `BUFFER_CAP`, its header is there) or the client leaves. Returns false
+/// on EOF or Terminate. A message still arriving takes no server: a slow client cannot hold
+/// one while it trickles a query in.
+pub async fn read_request(client: &TcpStream, up: &mut Flow) -> Result<bool> {
+    loop {
+        // Bad framing is refused before a server is taken (and then discarded) for it.
+        if let Some((tag, total)) = header(&up.inbuf, false)? {
+            if !FRONTEND_TAGS.contains(&tag) {
+                return Err(invalid_type(tag));
+            }
+            if tag == b'X' {
+                return Ok(false);
+            }
+            if up.inbuf.len() >= total || total > BUFFER_CAP {
+                return Ok(true);
+            }
+        }
+        client.readable().await?;
+        match up.read_from(client) {
+            Ok(Some(0)) => return Ok(false),
+            Ok(Some(_)) => {}
+            // Nothing after all (stale readiness): do not wait holding a buffer.
+            Ok(None) => up.shrink_if_empty(),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// The socket side of a `Flow`.
+impl Flow {
+    /// Reads what the socket has; `Ok(None)` when it has nothing right now, `Ok(Some(0))` on EOF.
+    ///
+    /// A read that did not fill the buffer drained the socket, so its readiness is cleared
+    /// at once (as tokio's own `poll_read` does): otherwise the next wait would return at
+    /// once and cost a read that only says "would block" — two wasted syscalls per
+    /// transaction. Data arriving later raises a new readiness event, which tokio keeps.
+    fn read_from(&mut self, stream: &TcpStream) -> io::Result<Option<usize>> {
+        if self.inbuf.capacity() == 0 {
+            self.inbuf = spare_buffers::take();
+        }
+        self.inbuf.reserve(READ_CHUNK);
+        let spare = self.inbuf.capacity() - self.inbuf.len();
+        let mut got = 0;
+        let result = stream.try_io(tokio::io::Interest::READABLE, || {
+            let n = stream.try_read_buf(&mut self.inbuf)?;
+            got = n;
+            if n > 0 && n < spare {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(n)
+        });
+        match result {
+            Ok(n) => {
+                self.bytes_read += n as u64;
+                Ok(Some(n))
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => {
+                self.bytes_read += got as u64;
+                Ok(Some(got))
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes as much as the socket takes without blocking.
+    fn write_to(&mut self, stream: &TcpStream) -> io::Result<()> {
+        while !self.out.is_empty() {
+            match stream.try_write(&self.out) {
+                Ok(n) => self.out.advance(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.blocked = true;
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.blocked = false;
+        Ok(())
+    }
+
+    /// Writes everything processed, waiting as needed.
+    pub async fn flush(&mut self, stream: &TcpStream) -> io::Result<()> {
+        loop {
+            self.write_to(stream)?;
+            if self.out.is_empty() {
+                return Ok(());
+            }
+            stream.writable().await?;
+        }
+    }
+}
