@@ -2,227 +2,34 @@
 //! (one connection each) and once through the pooler (transaction mode, one server for all of
 //! them), must show every client the same rows, SQLSTATEs, command tags and statuses.
 //! Clients differ in their startup parameters, so a pooler that lets one client's settings or
-//! statements reach another fails here.
+//! statements reach another fails here. The scenarios live in `tests/scenario/`, shared with
+//! `tests/chopped.rs`, which runs them with every byte stream chopped.
 
 mod common;
+mod scenario;
 mod wire;
 
-use common::*;
-use std::net::SocketAddr;
-use wire::*;
-
-const TX1: &str = "pool_mode = \"transaction\"\ndefault_pool_size = 1";
-
-/// One scenario: each client's startup parameters, then steps of (client, raw request bytes).
-struct Scenario {
-    clients: Vec<Vec<(&'static str, &'static str)>>,
-    steps: Vec<(usize, Vec<u8>)>,
-}
-
-impl Scenario {
-    fn new(clients: Vec<Vec<(&'static str, &'static str)>>) -> Scenario {
-        Scenario {
-            clients,
-            steps: Vec::new(),
-        }
-    }
-
-    /// A simple query by client `c`.
-    fn q(&mut self, c: usize, sql: &str) -> &mut Scenario {
-        self.steps.push((c, query(sql)));
-        self
-    }
-
-    /// Raw extended-protocol bytes by client `c` (ending with Sync).
-    fn raw(&mut self, c: usize, bytes: Vec<u8>) -> &mut Scenario {
-        self.steps.push((c, bytes));
-        self
-    }
-
-    /// Runs against `addr`; returns what each step showed its client.
-    async fn run(&self, addr: SocketAddr, db: &str) -> Vec<Seen> {
-        let mut conns = Vec::new();
-        for params in &self.clients {
-            let (s, _) = login_params(addr, APP_USER, APP_PASSWORD, db, params)
-                .await
-                .unwrap_or_else(|e| panic!("login to {addr}: {e}"));
-            conns.push(Raw::new(s));
-        }
-        let mut seen = Vec::new();
-        for (c, bytes) in &self.steps {
-            conns[*c].send(bytes).await;
-            seen.push(conns[*c].until_ready().await);
-        }
-        seen
-    }
-
-    /// Runs directly and through a fresh pooler; asserts both saw the same; returns it.
-    async fn compare(&self, pg: &PgServer, db: &str, pooler_settings: &str) -> Vec<Seen> {
-        let direct = self
-            .run(SocketAddr::from(([127, 0, 0, 1], pg.port)), db)
-            .await;
-        let pooler = Pooler::start(pg, db, pooler_settings).await;
-        let pooled = self
-            .run(SocketAddr::from(([127, 0, 0, 1], pooler.port())), db)
-            .await;
-        for (i, ((d, p), (c, bytes))) in direct.iter().zip(&pooled).zip(&self.steps).enumerate() {
-            assert_eq!(
-                d,
-                p,
-                "step {i} (client {c}, {:?}): direct vs through the pooler",
-                String::from_utf8_lossy(&bytes[5..bytes.len().min(80)])
-            );
-        }
-        direct
-    }
-}
-
-fn cell(seen: &Seen) -> Option<String> {
-    seen.rows.first().and_then(|r| r.first().cloned().flatten())
-}
-
-/// Two schemas with a table `t` each, holding the schema's name.
-async fn two_schemas(pg: &PgServer, prefix: &str) -> String {
-    let db = pg.create_db(prefix).await;
-    let c = connect(&pg.url(APP_USER, APP_PASSWORD, &db)).await;
-    c.batch_execute(
-        "CREATE SCHEMA s1; CREATE SCHEMA s2;
-         CREATE TABLE s1.t (v text); INSERT INTO s1.t VALUES ('s1');
-         CREATE TABLE s2.t (v text); INSERT INTO s2.t VALUES ('s2');
-         CREATE TABLE public.t (v text); INSERT INTO public.t VALUES ('public');",
-    )
-    .await
-    .expect("schemas");
-    db
-}
+use scenario::Via;
 
 /// Item 2: clients with different startup `search_path` share one server and each reads its
 /// own schema, however their transactions interleave.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn startup_search_path_stays_with_each_client() {
-    let pg = PgServer::shared();
-    let db = two_schemas(pg, "diff_sp").await;
-    let mut sc = Scenario::new(vec![
-        vec![("search_path", "s1")],
-        vec![("search_path", "s2")],
-        vec![],
-        vec![("search_path", "s1")],
-    ]);
-    for _ in 0..4 {
-        for c in [0, 1, 2, 3, 1, 0, 2, 0, 0, 1] {
-            sc.q(c, "SELECT v FROM t");
-            sc.q(c, "SHOW search_path");
-        }
-    }
-    let seen = sc.compare(pg, &db, TX1).await;
-    assert_eq!(cell(&seen[0]).as_deref(), Some("s1"));
-    assert_eq!(cell(&seen[2]).as_deref(), Some("s2"));
-    assert_eq!(cell(&seen[4]).as_deref(), Some("public"));
+    scenario::startup_search_path_stays_with_each_client(Via::Pooler).await;
 }
 
 /// Item 4: RESET ALL, DISCARD ALL, RESET x and SET x TO DEFAULT return to the client's startup
 /// values (as on a dedicated connection), and the next client still gets its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resets_return_to_startup_values() {
-    let pg = PgServer::shared();
-    let db = two_schemas(pg, "diff_reset").await;
-    let mut sc = Scenario::new(vec![
-        vec![("search_path", "s1"), ("application_name", "one")],
-        vec![("search_path", "s2")],
-        vec![],
-    ]);
-    let check = |sc: &mut Scenario, c: usize| {
-        sc.q(c, "SELECT v FROM t");
-        sc.q(c, "SHOW search_path");
-        sc.q(c, "SHOW application_name");
-    };
-    for reset in [
-        "RESET ALL",
-        // asyncpg's reset on pool release
-        "SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;",
-        "DISCARD ALL",
-        "RESET search_path",
-        "RESET application_name",
-        "SET application_name = 'changed'",
-        "BEGIN; RESET ALL; ROLLBACK",
-        "BEGIN; RESET ALL; COMMIT",
-    ] {
-        for c in 0..3 {
-            sc.q(c, reset);
-            check(&mut sc, c);
-            check(&mut sc, (c + 1) % 3);
-        }
-    }
-    let seen = sc.compare(pg, &db, TX1).await;
-    assert_eq!(cell(&seen[1]).as_deref(), Some("s1"), "after RESET ALL");
-    assert_eq!(cell(&seen[3]).as_deref(), Some("one"));
-}
-
-fn parse_named(name: &str, sql: &str) -> Vec<u8> {
-    let mut body = name.as_bytes().to_vec();
-    body.push(0);
-    body.extend_from_slice(sql.as_bytes());
-    body.extend_from_slice(&[0, 0, 0]);
-    msg(b'P', &body)
-}
-
-fn bind_execute(stmt: &str) -> Vec<u8> {
-    let mut body = vec![0u8];
-    body.extend_from_slice(stmt.as_bytes());
-    body.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0]);
-    let mut m = msg(b'B', &body);
-    m.extend(msg(b'E', &[0, 0, 0, 0, 0]));
-    m
-}
-
-fn with_sync(mut m: Vec<u8>) -> Vec<u8> {
-    m.extend(sync());
-    m
+    scenario::resets_return_to_startup_values(Via::Pooler).await;
 }
 
 /// Item 3: `DEALLOCATE ALL` / `DISCARD ALL` drop the client's own statements and nobody
 /// else's; `DEALLOCATE name` of a protocol-level statement works as on Postgres.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deallocate_affects_only_its_client() {
-    let pg = PgServer::shared();
-    let db = two_schemas(pg, "diff_dealloc").await;
-    let mut sc = Scenario::new(vec![vec![], vec![], vec![]]);
-    for c in 0..3 {
-        sc.raw(c, with_sync(parse_named("s1", "SELECT 1")));
-        sc.raw(c, with_sync(parse_named("s2", "SELECT 2")));
-        sc.raw(c, with_sync(bind_execute("s1")));
-    }
-    // psycopg 3 after a ROLLBACK with prepared statements.
-    sc.q(0, "BEGIN").q(0, "ROLLBACK").q(0, "DEALLOCATE ALL");
-    sc.raw(0, with_sync(bind_execute("s1")));
-    sc.raw(1, with_sync(bind_execute("s1")));
-    sc.raw(2, with_sync(bind_execute("s2")));
-    sc.raw(0, with_sync(parse_named("s1", "SELECT 11")));
-    sc.raw(0, with_sync(bind_execute("s1")));
-    sc.q(1, "DISCARD ALL");
-    sc.raw(1, with_sync(bind_execute("s2")));
-    sc.raw(2, with_sync(bind_execute("s1")));
-    sc.raw(1, with_sync(parse_named("s1", "SELECT 1")));
-    sc.raw(1, with_sync(bind_execute("s1")));
-    // DEALLOCATE of one protocol-level statement, in both protocols.
-    sc.q(2, "DEALLOCATE s1");
-    sc.raw(2, with_sync(bind_execute("s1")));
-    sc.raw(2, with_sync(bind_execute("s2")));
-    sc.raw(
-        2,
-        with_sync([parse_named("", "DEALLOCATE s2"), bind_execute("")].concat()),
-    );
-    sc.raw(2, with_sync(bind_execute("s2")));
-    sc.raw(0, with_sync(bind_execute("s1")));
-    // A fresh client after all that.
-    let mut sc2 = sc;
-    sc2.clients.push(vec![]);
-    sc2.raw(3, with_sync(parse_named("s1", "SELECT 1")));
-    sc2.raw(3, with_sync(bind_execute("s1")));
-    let seen = sc2.compare(pg, &db, TX1).await;
-    assert_eq!(cell(&seen[2]).as_deref(), Some("1"));
-    assert_eq!(seen[12].errors, vec!["26000".to_string()], "s1 is gone");
-    assert_eq!(cell(&seen[13]).as_deref(), Some("1"), "another client's s1");
+    scenario::deallocate_affects_only_its_client(Via::Pooler).await;
 }
 
 /// Item 11: a Parse of a name in use is refused (42P05) and the rest of its batch skipped; a
@@ -230,36 +37,5 @@ async fn deallocate_affects_only_its_client() {
 /// while the server skips to Sync gets no answer and leaves nothing pending.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statement_names_and_error_recovery_as_postgres() {
-    let pg = PgServer::shared();
-    let db = pg.create_db("diff_names").await;
-    let mut sc = Scenario::new(vec![vec![], vec![], vec![]]);
-    sc.raw(0, with_sync(parse_named("d1", "SELECT 1")));
-    sc.raw(
-        0,
-        with_sync([parse_named("d1", "SELECT 2"), bind_execute("d1")].concat()),
-    );
-    sc.raw(0, with_sync(bind_execute("d1")));
-    sc.raw(
-        1,
-        with_sync([bind_execute("nosuch"), parse_named("d2", "SELECT 2")].concat()),
-    );
-    sc.raw(1, with_sync(bind_execute("d2")));
-    sc.raw(1, with_sync(parse_named("d2", "SELECT 22")));
-    sc.raw(1, with_sync(bind_execute("d2")));
-    sc.raw(
-        2,
-        [bind_execute("nosuch"), query("SELECT 1"), sync()].concat(),
-    );
-    sc.q(2, "SELECT 3");
-    sc.q(0, "SELECT 4");
-    let seen = sc.compare(pg, &db, TX1).await;
-    assert_eq!(seen[1].errors, vec!["42P05".to_string()]);
-    assert!(
-        seen[1].rows.is_empty(),
-        "the batch after the refusal is skipped"
-    );
-    assert_eq!(cell(&seen[2]).as_deref(), Some("1"), "d1 unchanged");
-    assert_eq!(seen[4].errors, vec!["26000".to_string()], "skipped Parse");
-    assert_eq!(cell(&seen[6]).as_deref(), Some("22"));
-    assert_eq!(cell(&seen[8]).as_deref(), Some("3"));
+    scenario::statement_names_and_error_recovery_as_postgres(Via::Pooler).await;
 }

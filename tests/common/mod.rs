@@ -7,6 +7,8 @@
 //! it is killed.
 #![allow(dead_code)]
 
+pub mod chop;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
