@@ -93,6 +93,9 @@ pub struct ServerCache {
     clock: u64,
     /// Statements to close on the server before the next request (invalidated plans).
     pub to_close: Vec<Arc<ServerStatement>>,
+    /// The client (its id; 0: none) whose unnamed statement the server holds. Another
+    /// client's Bind of the unnamed statement must not run it (see `engine::client`).
+    pub unnamed_owner: u64,
 }
 
 impl ServerCache {
@@ -138,6 +141,7 @@ impl ServerCache {
     pub fn clear(&mut self) {
         self.prepared.clear();
         self.to_close.clear();
+        self.unnamed_owner = 0;
     }
 }
 

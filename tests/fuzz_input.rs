@@ -273,6 +273,9 @@ struct ClientRun {
     result: pooler::error::Result<()>,
     forwarded: Vec<u8>,
     left_in_inbuf: usize,
+    /// A message waits, unread, for replies no server gives here (a Parse of a name whose
+    /// first Parse is still unanswered across a Sync).
+    deferred: bool,
     biggest_alloc: usize,
     max_capacity: usize,
 }
@@ -310,6 +313,7 @@ fn drive_client(input: &[u8], sizes: &[usize], rewrite: bool) -> ClientRun {
         result,
         forwarded,
         left_in_inbuf: up.inbuf.len(),
+        deferred: side.deferred,
         biggest_alloc,
         max_capacity,
     }
@@ -548,7 +552,11 @@ fn fuzz_valid_traffic_stays_well_framed_when_rewritten() {
             let input = msgs.concat();
             let run = drive_client(&input, &sizes, true);
             prop_assert!(run.result.is_ok(), "{:?}", run.result);
-            prop_assert_eq!(run.left_in_inbuf, 0);
+            prop_assert!(
+                run.left_in_inbuf == 0 || run.deferred,
+                "{} left",
+                run.left_in_inbuf
+            );
             if let Err(e) = well_framed(&run.forwarded, FRONTEND_TAGS) {
                 prop_assert!(false, "{}", e);
             }

@@ -591,7 +591,6 @@ fn compare(prefix: &'static str, sc: scenario::Scenario) {
 /// ReadyForQuery; the pooler answers ParseComplete, ParseComplete, ReadyForQuery. Cut
 /// anywhere after the first Parse's last byte, the pooler answers 42P05 as Postgres does.
 #[test]
-#[ignore]
 fn two_parses_of_one_name_in_one_read_are_refused() {
     let mut sc = scenario::Scenario::new(vec![vec![]]);
     sc.raw(
@@ -611,7 +610,6 @@ fn two_parses_of_one_name_in_one_read_are_refused() {
 /// Postgres's answer. (The first step holds both batches, so it reads the first
 /// ReadyForQuery and the second step reads the rest of the first step's answer.)
 #[test]
-#[ignore]
 fn a_skipped_parse_prepares_nothing_in_any_segmentation() {
     let mut sc = scenario::Scenario::new(vec![vec![]]);
     sc.raw(
@@ -637,7 +635,6 @@ fn a_skipped_parse_prepares_nothing_in_any_segmentation() {
 /// s2 with one parameter; Execute; Sync`: Postgres answers 25P02 only; the pooler
 /// ParseComplete then 08P01.
 #[test]
-#[ignore]
 fn a_parse_in_a_failed_transaction_is_refused() {
     let mut sc = scenario::Scenario::new(vec![vec![], vec![]]);
     sc.raw(
@@ -659,7 +656,6 @@ fn a_parse_in_a_failed_transaction_is_refused() {
 /// parsed anything: `Bind ''; Execute; Sync`: Postgres answers 26000 (unnamed prepared
 /// statement does not exist); the pooler runs A's statement (22012).
 #[test]
-#[ignore]
 fn the_unnamed_statement_stays_with_its_client() {
     let mut sc = scenario::Scenario::new(vec![vec![], vec![]]);
     sc.raw(

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::error::{PoolerError, Result};
 use crate::prepared::{self, ServerStatement};
 use crate::session_state::{self, Kind, Policy, Reset};
-use crate::wire::{self, FRONTEND_TAGS, cstr_end, frame_header as header, invalid_type, malformed};
+use crate::wire::{self, cstr_end, frame_header as header, invalid_type, malformed};
 
 use super::tracker::{Expect, Request};
 use super::{Flow, MAX_INSPECTED, Statements, Tracker};
@@ -19,6 +19,8 @@ pub struct ClientSide {
     unsynced: bool,
     /// The client sent Terminate.
     pub terminated: bool,
+    /// The client's id (its registry id; 0 in tests): who owns the server's unnamed statement.
+    pub id: u64,
     /// Simple and extended queries seen (for statistics).
     pub queries: u64,
     /// Session-state detection (transaction mode only).
@@ -37,8 +39,8 @@ pub struct ClientSide {
     pub startup: Vec<(String, String)>,
     /// Bit i: `startup[i]` was reset since the last sync point and must be set again.
     restore: u64,
-    /// The pooler refused a message of the current batch: the rest up to Sync is dropped.
-    discarding: bool,
+    /// A message waits, unread, for replies to earlier requests: process again after them.
+    pub deferred: bool,
     /// A `RESET` ran on the server: the session re-checks every tracked parameter of this
     /// server before it serves the next client (what the pooler recorded may be stale).
     pub params_touched: bool,
@@ -69,14 +71,6 @@ impl ClientSide {
             let Some((tag, total)) = header(&up.inbuf, false)? else {
                 return Ok(());
             };
-            if self.discarding && tag != b'S' && tag != b'X' {
-                if !FRONTEND_TAGS.contains(&tag) {
-                    return Err(invalid_type(tag));
-                }
-                up.pass(total, true);
-                continue;
-            }
-            self.discarding = false;
             match tag {
                 b'Q' if self.reads_text(stmts.is_some()) && total <= MAX_INSPECTED => {
                     if up.inbuf.len() < total {
@@ -84,6 +78,10 @@ impl ClientSide {
                     }
                     self.queries += 1;
                     self.unsynced = false;
+                    // A simple query destroys the unnamed statement.
+                    if let Some(s) = stmts.as_deref_mut() {
+                        s.server.unnamed_owner = 0;
+                    }
                     tracker.push(Expect::Pass(Request::Query, None));
                     if self.needs_inspection()
                         && let Some(kind) = session_state::detect(&up.inbuf[5..total])
@@ -114,6 +112,11 @@ impl ClientSide {
                     }
                     self.queries += u64::from(tag == b'Q');
                     self.unsynced = false;
+                    if tag == b'Q'
+                        && let Some(s) = stmts.as_deref_mut()
+                    {
+                        s.server.unnamed_owner = 0;
+                    }
                     tracker.push(Expect::Pass(Request::Query, None));
                     up.pass(total, false);
                 }
@@ -154,6 +157,9 @@ impl ClientSide {
                     }
                     self.unsynced = true;
                     self.unread_text()?;
+                    if let Some(s) = stmts.as_deref_mut() {
+                        s.server.unnamed_owner = self.id;
+                    }
                     tracker.push(Expect::Pass(Request::Parse, None));
                     up.pass(total, false);
                 }
@@ -196,16 +202,35 @@ impl ClientSide {
                             up.out.put_slice(rest);
                             up.inbuf.advance(total);
                             tracker.push(Expect::Pass(Request::Parse, None));
+                            if let Some(s) = stmts.as_deref_mut() {
+                                s.server.unnamed_owner = self.id;
+                            }
                             continue;
                         }
                     }
                     match tag {
                         b'P' => {
-                            // Refused by the pooler: like Postgres after an error, the rest
-                            // of the batch up to Sync is skipped.
-                            self.discarding = parse(up, total, tracker, stmts.as_deref_mut())?;
+                            // An unnamed Parse: the server's unnamed statement is this client's.
+                            if up.inbuf.get(5) == Some(&0)
+                                && let Some(s) = stmts.as_deref_mut()
+                            {
+                                s.server.unnamed_owner = self.id;
+                            }
+                            match parse(up, total, tracker, stmts.as_deref_mut())? {
+                                ParseOutcome::Done => {}
+                                ParseOutcome::Deferred => {
+                                    self.deferred = true;
+                                    return Ok(());
+                                }
+                            }
                         }
-                        b'D' => describe(up, total, tracker, stmts.as_deref_mut())?,
+                        b'D' => {
+                            // Describe of the unnamed statement ('S' and an empty name).
+                            if up.inbuf.get(5..7) == Some(&b"S\0"[..]) {
+                                self.guard_unnamed(up, tracker, stmts.as_deref_mut());
+                            }
+                            describe(up, total, tracker, stmts.as_deref_mut())?
+                        }
                         _ => close(up, total, tracker, stmts.as_deref_mut())?,
                     }
                 }
@@ -227,6 +252,9 @@ impl ClientSide {
                         }
                         return Ok(());
                     };
+                    if stmt_end == portal_end + 1 {
+                        self.guard_unnamed(up, tracker, stmts.as_deref_mut());
+                    }
                     bind(
                         up,
                         total,
@@ -251,6 +279,26 @@ impl ClientSide {
         ClientSide {
             policy,
             ..Default::default()
+        }
+    }
+
+    /// Before a Bind or Describe of the unnamed statement: if the server's unnamed statement
+    /// is another client's (a previous transaction on this server), close it first, hidden,
+    /// so the server answers `26000` as Postgres would this client, instead of running it.
+    /// (A client whose own unnamed statement was prepared on another server gets the same
+    /// error: the pooler does not carry unnamed statements between servers.)
+    fn guard_unnamed(
+        &mut self,
+        up: &mut Flow,
+        tracker: &mut Tracker,
+        stmts: Option<&mut Statements<'_>>,
+    ) {
+        if let Some(s) = stmts
+            && s.server.unnamed_owner != self.id
+        {
+            up.out.put_slice(&[b'C', 0, 0, 0, 6, b'S', 0]);
+            tracker.push(Expect::Hide(Request::Close, None));
+            s.server.unnamed_owner = self.id;
         }
     }
 
@@ -413,6 +461,27 @@ pub(crate) fn refusal_query(out: &mut BytesMut, kind: Kind) {
     wire::query(out, &sql);
 }
 
+/// Has the server raise an error in the extended protocol (unnamed statement and portal,
+/// their replies hidden), so its transaction fails and it skips to Sync as after any error;
+/// the error itself goes to the client.
+fn raise_on_server(out: &mut BytesMut, tracker: &mut Tracker, code: &str, message: &str) {
+    let sql = format!(
+        "DO $pooler$BEGIN RAISE EXCEPTION USING ERRCODE = '{code}', MESSAGE = {}; END$pooler$",
+        wire::quote_literal(message)
+    );
+    out.put_u8(b'P');
+    out.put_i32((4 + 1 + sql.len() + 1 + 2) as i32);
+    out.put_u8(0);
+    out.put_slice(sql.as_bytes());
+    out.put_slice(&[0, 0, 0]);
+    tracker.push(Expect::Hide(Request::Parse, None));
+    // Bind: unnamed portal and statement, no parameter formats, no parameters, no results.
+    out.put_slice(&[b'B', 0, 0, 0, 12, 0, 0, 0, 0, 0, 0, 0, 0]);
+    tracker.push(Expect::Hide(Request::Bind, None));
+    out.put_slice(&[b'E', 0, 0, 0, 9, 0, 0, 0, 0, 0]);
+    tracker.push(Expect::Pass(Request::Execute, None));
+}
+
 /// Makes sure the server has `stmt`, injecting its Parse (reply hidden) when it does not.
 pub(crate) fn ensure_prepared(
     stmt: &Arc<ServerStatement>,
@@ -452,39 +521,46 @@ pub(crate) fn parse(
     total: usize,
     tracker: &mut Tracker,
     stmts: Option<&mut Statements<'_>>,
-) -> Result<bool> {
+) -> Result<ParseOutcome> {
     let name_end = cstr_end(&up.inbuf[..total], 5).ok_or_else(|| malformed("Parse"))?;
     let (Some(s), false) = (stmts, name_end == 5) else {
         tracker.push(Expect::Pass(Request::Parse, None));
         up.pass(total, false);
-        return Ok(false);
+        return Ok(ParseOutcome::Done);
     };
     let name = std::str::from_utf8(&up.inbuf[5..name_end]).map_err(|_| malformed("Parse"))?;
     if tracker.skipping {
         // Skipped by Postgres too: nothing is prepared.
         up.inbuf.advance(total);
-        return Ok(false);
+        return Ok(ParseOutcome::Done);
+    }
+    if s.client.contains_key(name) && tracker.parse_pending_across_sync(name) {
+        // Whether the name exists depends on replies still to come: wait for them, with
+        // the Parse left unread (the relay processes the client again after them).
+        return Ok(ParseOutcome::Deferred);
     }
     if s.client.contains_key(name) {
         // As Postgres: a name is not silently replaced.
-        let mut err = BytesMut::new();
-        wire::error_response(
-            &mut err,
-            "ERROR",
-            "42P05",
-            &format!("prepared statement \"{name}\" already exists"),
-        );
+        let message = format!("prepared statement \"{name}\" already exists");
         up.inbuf.advance(total);
-        tracker.push(Expect::SynthError(err.to_vec().into_boxed_slice()));
-        return Ok(true);
+        // The server raises it, so that its transaction fails and it skips to Sync exactly
+        // as Postgres would (whether a transaction is open may not be known yet, with
+        // replies still in flight).
+        raise_on_server(&mut up.out, tracker, "42P05", &message);
+        s.server.unnamed_owner = 0;
+        return Ok(ParseOutcome::Done);
     }
     let name: Box<str> = name.into();
     let stmt = s.registry.statement(&up.inbuf[name_end + 1..total]);
     up.inbuf.advance(total);
     s.client.insert(name.to_string(), stmt.clone());
-    let forwarded = !s.server.contains(stmt.id);
+    let cached = s.server.contains(stmt.id);
+    // In a failed transaction the server must answer (25P02), even for a statement it has.
+    let forwarded = !cached || tracker.failed_tx;
     if forwarded {
-        make_room(s, tracker, &mut up.out);
+        if !cached {
+            make_room(s, tracker, &mut up.out);
+        }
         close_then_parse(&mut up.out, &stmt, tracker);
         s.server.insert(&stmt);
     }
@@ -493,7 +569,15 @@ pub(crate) fn parse(
         stmt,
         forwarded,
     });
-    Ok(false)
+    Ok(ParseOutcome::Done)
+}
+
+/// What became of a client's Parse.
+#[derive(PartialEq, Eq)]
+pub(crate) enum ParseOutcome {
+    Done,
+    /// Not processed yet: it waits for replies to earlier requests.
+    Deferred,
 }
 
 /// Writes a Describe or Close of a server statement.

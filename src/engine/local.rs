@@ -21,7 +21,9 @@ pub fn answer_locally(
     registry: &Registry,
     client: &mut ClientStatements,
 ) -> bool {
-    // Check the whole batch first: all complete, all of the two kinds, ending at a Sync.
+    // Check the whole batch first: all complete, all of the two kinds, ending at a Sync, no
+    // name parsed twice (the second is Postgres's 42P05, given on the server's path).
+    let mut parsed: Vec<&[u8]> = Vec::new();
     let mut pos = 0;
     let mut ends_at = None;
     while let Some((tag, len)) = wire::header(&up.inbuf[pos..]) {
@@ -45,7 +47,14 @@ pub fn answer_locally(
             {
                 return false;
             }
-            b'P' => body.first().is_some_and(|&b| b != 0),
+            b'P' => {
+                let name = &body[..cstr_end(body, 0).unwrap_or(0)];
+                if parsed.contains(&name) {
+                    return false;
+                }
+                parsed.push(name);
+                !name.is_empty()
+            }
             b'C' => body.first() == Some(&b'S') && body.get(1).is_some_and(|&b| b != 0),
             b'S' => {
                 ends_at = Some(pos + total);

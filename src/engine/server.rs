@@ -51,6 +51,7 @@ impl ServerSide {
                         return Ok(());
                     }
                     self.status = down.inbuf[5];
+                    tracker.failed_tx = self.status == b'E';
                     let hide = tracker.on_ready(&mut cache);
                     down.pass(total, hide);
                 }

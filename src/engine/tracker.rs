@@ -44,9 +44,6 @@ pub(crate) enum Expect {
     Hide(Request, Option<Arc<ServerStatement>>),
     /// A request the pooler answered itself: this reply goes to the client in its turn.
     Synth(u8),
-    /// An error the pooler raised itself (a complete ErrorResponse), in its turn; the client's
-    /// messages after it up to Sync are dropped, as Postgres skips them.
-    SynthError(Box<[u8]>),
     /// The client's Parse of a named statement: ParseComplete from the server (`forwarded`)
     /// or from the pooler. Should the server skip it after an earlier error, the client's
     /// name must not exist either (see `Tracker::unprepared`).
@@ -71,6 +68,9 @@ pub struct Tracker {
     /// The server hit an error in an extended-protocol batch and discards everything up to
     /// the next Sync; requests sent meanwhile get no reply.
     pub(crate) skipping: bool,
+    /// The server's last ReadyForQuery said `E`: a failed transaction, where Postgres refuses
+    /// every Parse (25P02), so none may be answered by the pooler.
+    pub(crate) failed_tx: bool,
     /// The server is in COPY IN mode and the client has not ended it: Syncs are ignored.
     in_copy_in: bool,
     /// Client statement names whose Parse failed or was skipped, with the statement each was
@@ -93,6 +93,20 @@ impl Tracker {
 
     pub fn is_idle(&self) -> bool {
         self.queue.is_empty()
+    }
+
+    /// Whether the client's Parse of `name` is still unanswered with a Sync after it: whether
+    /// it happened depends on the replies to come (an earlier error skips it).
+    pub(crate) fn parse_pending_across_sync(&self, name: &str) -> bool {
+        let mut found = false;
+        for e in &self.queue {
+            match e {
+                Expect::Prepared { name: n, .. } if &**n == name => found = true,
+                Expect::Pass(Request::Sync, _) if found => return true,
+                _ => {}
+            }
+        }
+        false
     }
 
     /// Forgets the client's names whose Parse did not happen on the server.
@@ -153,7 +167,6 @@ impl Tracker {
                 }) => {
                     out.put_slice(&[b'1', 0, 0, 0, 4]);
                 }
-                Some(Expect::SynthError(msg)) => out.put_slice(msg),
                 _ => return,
             }
             self.queue.pop_front();

@@ -235,6 +235,7 @@ async fn run_session(app: &App, stream: &mut TcpStream, session: &Session) -> Re
         (pool.settings.mode == PoolMode::Transaction).then_some(pool.settings.session_state),
     );
     client_side.startup = session.startup.0.clone();
+    client_side.id = session.client.info.id;
     let mut tracker = Tracker::default();
     let mut client_statements = ClientStatements::new();
     let release_on_idle = pool.settings.mode == PoolMode::Transaction;

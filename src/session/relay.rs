@@ -136,6 +136,9 @@ impl Relay<'_, '_> {
                         Ok(Some(_)) => {
                             let cache = self.statements.as_mut().map(|s| &mut *s.server);
                             self.server_side.process(self.down, self.tracker, cache, on_param)?;
+                            if std::mem::take(&mut self.client_side.deferred) {
+                                self.process_client()?;
+                            }
                         }
                         Ok(None) => {}
                     }
