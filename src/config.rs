@@ -5,6 +5,7 @@
 //! A `pgbouncer.ini` is read as it is (`ini`): it becomes the same TOML table a `pooler.toml`
 //! parses to, so both go through one deserialisation and one validation.
 
+pub mod env;
 pub mod ini;
 
 use serde::{Deserialize, Serialize};
@@ -598,7 +599,7 @@ impl Config {
         Config::load_with_overrides(path, Vec::new())
     }
 
-    /// Like `load`, with `POOLER_*` environment overrides (see `crate::env`) applied on top.
+    /// Like `load`, with `POOLER_*` environment overrides (see `env`) applied on top.
     pub fn load_with_overrides(
         path: &Path,
         overrides: Vec<(String, String)>,
@@ -659,7 +660,7 @@ impl Config {
         let pooler = toml::Table::try_from(&self.pooler).map_err(|e| invalid(e.to_string()))?;
         let mut table = toml::Table::new();
         table.insert("pooler".into(), toml::Value::Table(pooler));
-        crate::env::apply(&mut table, &[(var.clone(), raw.to_string())]).map_err(invalid)?;
+        env::apply(&mut table, &[(var.clone(), raw.to_string())]).map_err(invalid)?;
         let section = table
             .remove("pooler")
             .ok_or_else(|| invalid("the [pooler] section went missing".into()))?;
@@ -709,7 +710,7 @@ impl Config {
             file: file.to_string(),
             message,
         };
-        let warnings = crate::env::apply(&mut table, overrides).map_err(invalid)?;
+        let warnings = env::apply(&mut table, overrides).map_err(invalid)?;
         let mut config: Config = table.try_into().map_err(|e: toml::de::Error| {
             let names: Vec<&str> = overrides.iter().map(|(k, _)| k.as_str()).collect();
             let message = e.to_string().trim_end().to_string();
