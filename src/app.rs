@@ -10,10 +10,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use crate::admin::Control;
 use crate::auth::{AuthFile, Secret, User};
 use crate::config::{AuthType, Config, ConfigError, DatabaseConfig, RESTART_ONLY, secs};
-use crate::limits::{ConnLimit, PoolLimitsShared};
+use crate::lifecycle::Control;
+use crate::limits::{ConnLimit, Evict, PoolLimitsShared};
 use crate::metrics::Metrics;
 use crate::peers::Peers;
 use crate::pool::{Pool, PoolLimits, PoolSettings};
@@ -148,6 +148,15 @@ fn credential_for(
             .map(|u| credential_from(&u.secret))
             .unwrap_or_default(),
         (None, _) => client.map(credential_from).unwrap_or_default(),
+    }
+}
+
+/// Eviction between pools sharing a `max_db_connections`/`max_user_connections` limit goes
+/// through `limits::Evict`, so that `limits` (below the pool) never names `Pool`. The App is
+/// where pools meet their shared limits (`shared_limits`), so the two are joined here.
+impl Evict for Pool {
+    fn evict_one_idle(&self) -> bool {
+        Pool::evict_one_idle(self)
     }
 }
 

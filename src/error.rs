@@ -4,10 +4,6 @@
 //! Texts follow PgBouncer's (scripts grep for them); SQLSTATEs are Postgres's precise ones so
 //! drivers raise the right exception class.
 
-use bytes::BytesMut;
-
-use crate::wire;
-
 #[derive(Debug, thiserror::Error)]
 pub enum PoolerError {
     #[error("connection error: {0}")]
@@ -128,13 +124,6 @@ impl PoolerError {
             PoolerError::DatabaseDisabled(_) => "database_disabled",
             PoolerError::AdminKilled => "admin_killed",
         }
-    }
-
-    /// The FATAL ErrorResponse that ends the client's session.
-    pub fn to_fatal(&self) -> BytesMut {
-        let mut buf = BytesMut::new();
-        wire::error_response(&mut buf, "FATAL", self.sqlstate(), &self.to_string());
-        buf
     }
 
     pub fn protocol(msg: impl Into<String>) -> PoolerError {

@@ -7,15 +7,17 @@
 //! rolls back), the pools close their servers, and the phase becomes `Done`, which is when
 //! `Running::wait` returns and the binary exits 0.
 //!
+//! This module holds the phases and `Control`, the pooler-wide switches (shutdown, PAUSE,
+//! DISABLE, readiness) that the layers below read; it knows nothing of `App`, so anything may
+//! hold a `Control`. The supervisor that drives a shutdown over the App is `supervisor.rs`.
+//!
 //! Sessions learn about a phase change through their own `Notify` in the client registry, so
 //! the per-transaction path only reads an atomic; nothing global is locked per transaction.
 
-use std::sync::Arc;
-use std::time::Duration;
-use tokio::time::Instant;
-
-use crate::app::App;
-use crate::config::secs;
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use tokio::sync::watch;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 #[repr(u8)]
@@ -40,72 +42,94 @@ impl Phase {
     }
 }
 
-/// How long `Closing` waits for sessions to end after being told to.
-const CLOSE_GRACE: Duration = Duration::from_secs(2);
-const POLL: Duration = Duration::from_millis(50);
-
-/// Drives a shutdown once one is asked for; returns when the phase is `Done`.
-pub async fn supervise(app: Arc<App>) {
-    let mut phases = app.control.phase_signal();
-    if phases.wait_for(|p| *p >= Phase::Draining).await.is_err() {
-        return;
-    }
-    let timeout = secs(app.config().pooler.shutdown_timeout);
-    tracing::info!(
-        clients = app.clients_registry.snapshot().len(),
-        shutdown_timeout_s = timeout.map(|t| t.as_secs_f64()),
-        "shutting down: not accepting clients; transactions in flight may finish"
-    );
-    app.clients_registry.wake_all();
-    let deadline = timeout.map(|t| Instant::now() + t);
-    while !app.clients_registry.is_empty()
-        && app.control.phase() < Phase::Closing
-        && deadline.is_none_or(|d| Instant::now() < d)
-    {
-        tokio::time::sleep(POLL).await;
-    }
-    let left = app.clients_registry.snapshot().len();
-    if left > 0 {
-        tracing::warn!(
-            clients = left,
-            "shutdown_timeout reached; disconnecting the remaining clients"
-        );
-    }
-    app.control.advance(Phase::Closing);
-    app.clients_registry.wake_all();
-    let grace = Instant::now() + CLOSE_GRACE;
-    while !app.clients_registry.is_empty() && Instant::now() < grace {
-        tokio::time::sleep(POLL).await;
-    }
-    let pools = app.pools();
-    for pool in &pools {
-        pool.shut_down();
-    }
-    tracing::info!("shutdown complete");
-    app.control.advance(Phase::Done);
+/// Pooler-wide state the console drives: which databases are paused, shutdown, readiness.
+pub struct Control {
+    paused: Mutex<Paused>,
+    /// The shutdown phase, for those who wait on it (listener, supervisor)...
+    phase: watch::Sender<Phase>,
+    /// ...and as a plain atomic for sessions, which read it once per transaction.
+    phase_now: AtomicU8,
+    listening: AtomicBool,
 }
 
-/// RELOAD from a signal or the console, logged either way.
-pub fn reload(
-    app: &App,
-    trigger: &str,
-) -> Result<crate::app::ReloadReport, crate::config::ConfigError> {
-    match app.reload() {
-        Ok(report) => {
-            for warning in &app.config().warnings {
-                tracing::warn!(trigger, "{warning}");
+#[derive(Default)]
+pub(crate) struct Paused {
+    pub(crate) all: bool,
+    pub(crate) databases: HashSet<String>,
+    /// DISABLE: databases whose new clients are refused.
+    pub(crate) disabled: HashSet<String>,
+}
+
+impl Default for Control {
+    fn default() -> Self {
+        Control {
+            paused: Mutex::new(Paused::default()),
+            phase: watch::Sender::new(Phase::Running),
+            phase_now: AtomicU8::new(Phase::Running as u8),
+            listening: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Control {
+    /// The console edits this under its lock (PAUSE, RESUME, KILL, DISABLE, ENABLE).
+    pub(crate) fn paused(&self) -> std::sync::MutexGuard<'_, Paused> {
+        self.paused.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether pools of `database` start paused (a PAUSE or KILL is in force for it).
+    pub fn is_paused(&self, database: &str) -> bool {
+        let p = self.paused();
+        p.all || p.databases.contains(database)
+    }
+
+    /// Whether DISABLE is in force for `database` (new clients are refused).
+    pub fn is_disabled(&self, database: &str) -> bool {
+        self.paused().disabled.contains(database)
+    }
+
+    /// Whether a PAUSE (or KILL) of the whole pooler is in force (SHOW STATE).
+    pub fn is_all_paused(&self) -> bool {
+        self.paused().all
+    }
+
+    pub fn set_listening(&self, listening: bool) {
+        self.listening.store(listening, Ordering::Relaxed);
+    }
+
+    pub fn is_listening(&self) -> bool {
+        self.listening.load(Ordering::Relaxed)
+    }
+
+    /// Asks the pooler to stop gracefully (see `lifecycle`): the accept loop ends, `/readyz`
+    /// says so, sessions finish their transactions. Returns false if it was already stopping.
+    pub fn shutdown(&self) -> bool {
+        self.advance(Phase::Draining)
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.phase() >= Phase::Draining
+    }
+
+    pub fn phase(&self) -> Phase {
+        Phase::from_u8(self.phase_now.load(Ordering::Acquire))
+    }
+
+    /// Moves the shutdown forward (never back); returns whether it moved.
+    pub fn advance(&self, to: Phase) -> bool {
+        self.phase.send_if_modified(|p| {
+            if *p < to {
+                *p = to;
+                // Before the watchers wake: whoever they wake must read the new phase.
+                self.phase_now.store(to as u8, Ordering::Release);
+                true
+            } else {
+                false
             }
-            tracing::info!(
-                trigger,
-                retired_pools = report.retired_pools,
-                restart_needed = ?report.restart_needed,
-                "configuration reloaded"
-            );
-            Ok(report)
-        }
-        Err(e) => {
-            tracing::error!(trigger, error = %e, "reload refused; the running configuration stays");
-            Err(e)
-        }
+        })
+    }
+
+    pub fn phase_signal(&self) -> watch::Receiver<Phase> {
+        self.phase.subscribe()
     }
 }

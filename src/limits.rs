@@ -4,11 +4,34 @@
 //!
 //! When a limit is reached a pool may close an idle server of another pool sharing it
 //! (PgBouncer's eviction): an idle server elsewhere must not starve a client here.
+//!
+//! The limits sit below the pool (a pool holds its `PoolLimitsShared`), so they reach the
+//! pools they evict from through `Evict`, which `Pool` implements, not through `Pool` itself.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use crate::pool::Pool;
+/// A pool, as a limit sees it: something that can close one of its idle servers.
+pub trait Evict: Send + Sync {
+    /// Closes the pool's least recently used idle server; returns whether there was one.
+    fn evict_one_idle(&self) -> bool;
+
+    /// The pool's address, so `evict_idle` can skip the asking pool however it is held.
+    fn id(&self) -> *const () {
+        self as *const Self as *const ()
+    }
+}
+
+/// A pool asks through its `Arc` as well as through `&Pool`; both name the same pool.
+impl<P: Evict + ?Sized> Evict for Arc<P> {
+    fn evict_one_idle(&self) -> bool {
+        (**self).evict_one_idle()
+    }
+
+    fn id(&self) -> *const () {
+        (**self).id()
+    }
+}
 
 #[derive(Default)]
 pub struct ConnLimit {
@@ -16,7 +39,7 @@ pub struct ConnLimit {
     max: AtomicUsize,
     used: AtomicUsize,
     /// The pools counted here, for eviction.
-    pools: Mutex<Vec<Weak<Pool>>>,
+    pools: Mutex<Vec<Weak<dyn Evict>>>,
 }
 
 impl ConnLimit {
@@ -55,22 +78,24 @@ impl ConnLimit {
         }
     }
 
-    pub fn register(&self, pool: &Arc<Pool>) {
+    pub fn register<P: Evict + 'static>(&self, pool: &Arc<P>) {
+        let pool: Weak<P> = Arc::downgrade(pool);
+        let pool: Weak<dyn Evict> = pool;
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
         pools.retain(|p| p.strong_count() > 0);
-        pools.push(Arc::downgrade(pool));
+        pools.push(pool);
     }
 
     /// Closes the least recently used idle server of another pool counted here; returns
     /// whether one was closed. Must be called without holding any pool's lock.
-    pub fn evict_idle(&self, except: &Pool) -> bool {
-        let pools: Vec<Arc<Pool>> = {
+    pub fn evict_idle<P: Evict>(&self, except: &P) -> bool {
+        let pools: Vec<Arc<dyn Evict>> = {
             let pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
             pools.iter().filter_map(Weak::upgrade).collect()
         };
         pools
             .iter()
-            .filter(|p| !std::ptr::eq(p.as_ref(), except))
+            .filter(|p| p.id() != except.id())
             .any(|p| p.evict_one_idle())
     }
 }
@@ -145,5 +170,43 @@ mod tests {
         assert!(!both.try_take());
         assert_eq!(both.database.used(), 1, "the database unit was given back");
         assert!(both.full().is_some());
+    }
+
+    struct Fake {
+        idle: AtomicUsize,
+    }
+
+    impl Evict for Fake {
+        fn evict_one_idle(&self) -> bool {
+            self.idle
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok()
+        }
+    }
+
+    #[test]
+    fn eviction_takes_from_another_pool_only() {
+        let limit = ConnLimit::new(2);
+        let here = Arc::new(Fake {
+            idle: AtomicUsize::new(1),
+        });
+        let there = Arc::new(Fake {
+            idle: AtomicUsize::new(1),
+        });
+        limit.register(&here);
+        limit.register(&there);
+        assert!(limit.evict_idle(here.as_ref()));
+        assert_eq!(there.idle.load(Ordering::Relaxed), 0);
+        assert_eq!(
+            here.idle.load(Ordering::Relaxed),
+            1,
+            "never from the asking pool"
+        );
+        assert!(!limit.evict_idle(here.as_ref()));
+        drop(there);
+        assert!(
+            !limit.evict_idle(here.as_ref()),
+            "a dropped pool is skipped"
+        );
     }
 }

@@ -8,13 +8,16 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::{TcpListener, TcpStream, UnixListener};
 
 use crate::accept::AcceptErrors;
 use crate::app::App;
-use crate::lifecycle::{self, Phase};
-use crate::metrics;
+use crate::config::secs;
+use crate::error::PoolerError;
+use crate::http;
+use crate::lifecycle::Phase;
 use crate::session;
+use crate::supervisor;
 use crate::tls;
 
 /// A listener that could not be opened, naming what it was for.
@@ -131,7 +134,7 @@ pub async fn accept_loop(app: Arc<App>, listener: TcpListener) {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     errors.accepted();
-                    tokio::spawn(tls::serve(app.clone(), stream, peer));
+                    tokio::spawn(serve(app.clone(), stream, peer));
                     continue;
                 }
                 // EMFILE and friends: the connection stays in the backlog and the next accept
@@ -156,11 +159,37 @@ pub async fn accept_loop(app: Arc<App>, listener: TcpListener) {
             if stream.set_nonblocking(true).is_ok()
                 && let Ok(stream) = tokio::net::TcpStream::from_std(stream)
             {
-                tokio::spawn(tls::serve(app.clone(), stream, peer));
+                tokio::spawn(serve(app.clone(), stream, peer));
             }
         }
     }
     app.control.set_listening(false);
+}
+
+/// Serves an accepted TCP connection: TLS negotiation first when client TLS is on (see
+/// `tls::negotiate`), then the ordinary session (`session::serve`). It lives here, not in
+/// `tls.rs`, because it reaches up to the App and the session: `tls.rs` stays a layer the
+/// server side (below the pool) can use.
+async fn serve(app: Arc<App>, stream: TcpStream, peer: SocketAddr) {
+    let Some(tls) = app.client_tls.as_ref() else {
+        return session::serve(app, stream, peer).await;
+    };
+    let timeout = secs(app.config().pooler.client_login_timeout);
+    let negotiated = tls::negotiate(tls, stream);
+    let negotiated = match timeout {
+        Some(t) => tokio::time::timeout(t, negotiated)
+            .await
+            .unwrap_or(Err(PoolerError::ClientLoginTimeout)),
+        None => negotiated.await,
+    };
+    match negotiated {
+        Ok(Some(stream)) => session::serve(app, stream, peer).await,
+        Ok(None) => {}
+        Err(e) => {
+            tracing::info!(%peer, error = %e, "TLS negotiation failed");
+            app.metrics.error(&e);
+        }
+    }
 }
 
 /// The Unix socket's accept loop. Unix clients skip TLS negotiation (an SSLRequest gets 'N',
@@ -238,7 +267,7 @@ impl Running {
                 format!("listen_addr = {:?} names no address", p.listen_addr),
             ));
         };
-        let mut background = vec![tokio::spawn(metrics::upkeep(Arc::downgrade(&app)))];
+        let mut background = vec![tokio::spawn(http::upkeep(Arc::downgrade(&app)))];
         let mut metrics_addr = None;
         if p.metrics_port != 0 {
             let where_ = format!("{}:{}", p.metrics_addr, p.metrics_port);
@@ -246,7 +275,7 @@ impl Running {
                 .await
                 .map_err(|e| listen_error("metrics", &where_, e))?;
             metrics_addr = Some(http.local_addr()?);
-            background.push(tokio::spawn(metrics::serve_http(app.clone(), http)));
+            background.push(tokio::spawn(http::serve_http(app.clone(), http)));
         }
         app.control.set_listening(true);
         let mut tasks: Vec<_> = listeners
@@ -261,7 +290,7 @@ impl Running {
             )));
             path
         });
-        let supervisor = tokio::spawn(lifecycle::supervise(app.clone()));
+        let supervisor = tokio::spawn(supervisor::supervise(app.clone()));
         Ok(Running {
             addr,
             addrs,

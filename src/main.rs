@@ -7,9 +7,9 @@ use std::process::ExitCode;
 use tokio::signal::unix::{SignalKind, signal};
 
 use pooler::app::App;
-use pooler::config::{self, Config};
+use pooler::config::{self, Config, env};
 use pooler::listener::Running;
-use pooler::{env, lifecycle, logging};
+use pooler::{logging, supervisor};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -163,7 +163,7 @@ async fn serve(app: App) -> ExitCode {
     let control = running.app.clone();
     let reloads = tokio::spawn(async move {
         while hup.recv().await.is_some() {
-            let _ = lifecycle::reload(&app, "SIGHUP");
+            let _ = supervisor::reload(&app, "SIGHUP");
         }
     });
     let mut signals = 0;

@@ -18,7 +18,6 @@
 //! `server_tls_ca_file`, `verify-full` also checking the host name), 'N' to plaintext for
 //! `prefer` and to an error otherwise.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,10 +31,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use crate::app::App;
-use crate::config::{ClientTlsMode, ConfigError, PoolerSettings, ServerTlsMode, secs};
+use crate::config::{ClientTlsMode, ConfigError, PoolerSettings, ServerTlsMode};
 use crate::error::{PoolerError, Result};
-use crate::session;
 use crate::wire;
 
 const SSL_REQUEST: i32 = 80_877_103;
@@ -240,33 +237,9 @@ impl ServerCertVerifier for ChainOnly {
     }
 }
 
-/// Serves an accepted connection: TLS negotiation first when client TLS is on, then the
-/// ordinary session (`client::serve`).
-pub async fn serve(app: Arc<App>, stream: TcpStream, peer: SocketAddr) {
-    let Some(tls) = app.client_tls.as_ref() else {
-        return session::serve(app, stream, peer).await;
-    };
-    let timeout = secs(app.config().pooler.client_login_timeout);
-    let negotiated = negotiate(tls, stream);
-    let negotiated = match timeout {
-        Some(t) => tokio::time::timeout(t, negotiated)
-            .await
-            .unwrap_or(Err(PoolerError::ClientLoginTimeout)),
-        None => negotiated.await,
-    };
-    match negotiated {
-        Ok(Some(stream)) => session::serve(app, stream, peer).await,
-        Ok(None) => {}
-        Err(e) => {
-            tracing::info!(%peer, error = %e, "TLS negotiation failed");
-            app.metrics.error(&e);
-        }
-    }
-}
-
 /// Looks at the first packet(s): returns the stream the session should use (the plaintext
 /// end of a TLS bridge, or the connection itself), or None when the connection was refused.
-async fn negotiate(tls: &ClientTls, mut stream: TcpStream) -> Result<Option<TcpStream>> {
+pub async fn negotiate(tls: &ClientTls, mut stream: TcpStream) -> Result<Option<TcpStream>> {
     loop {
         let code = peek_code(&stream).await?;
         match code {

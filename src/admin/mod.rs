@@ -9,17 +9,13 @@
 mod show;
 
 use bytes::BytesMut;
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 
 use crate::app::App;
 use crate::error::{PoolerError, Result};
-use crate::lifecycle::Phase;
 use crate::registry::Registration;
 use crate::wire;
 use show::{Table, show};
@@ -35,97 +31,6 @@ pub fn is_console(database: &str) -> bool {
 const MAX_QUERY_LEN: usize = 64 * 1024;
 /// How often PAUSE looks whether the paused pools' servers are all closed.
 const PAUSE_POLL: Duration = Duration::from_millis(50);
-
-/// Pooler-wide state the console drives: which databases are paused, shutdown, readiness.
-pub struct Control {
-    paused: Mutex<Paused>,
-    /// The shutdown phase, for those who wait on it (listener, supervisor)...
-    phase: watch::Sender<Phase>,
-    /// ...and as a plain atomic for sessions, which read it once per transaction.
-    phase_now: AtomicU8,
-    listening: AtomicBool,
-}
-
-#[derive(Default)]
-struct Paused {
-    all: bool,
-    databases: HashSet<String>,
-    /// DISABLE: databases whose new clients are refused.
-    disabled: HashSet<String>,
-}
-
-impl Default for Control {
-    fn default() -> Self {
-        Control {
-            paused: Mutex::new(Paused::default()),
-            phase: watch::Sender::new(Phase::Running),
-            phase_now: AtomicU8::new(Phase::Running as u8),
-            listening: AtomicBool::new(false),
-        }
-    }
-}
-
-impl Control {
-    fn paused(&self) -> std::sync::MutexGuard<'_, Paused> {
-        self.paused.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Whether pools of `database` start paused (a PAUSE or KILL is in force for it).
-    pub fn is_paused(&self, database: &str) -> bool {
-        let p = self.paused();
-        p.all || p.databases.contains(database)
-    }
-
-    /// Whether DISABLE is in force for `database` (new clients are refused).
-    pub fn is_disabled(&self, database: &str) -> bool {
-        self.paused().disabled.contains(database)
-    }
-
-    /// Whether a PAUSE (or KILL) of the whole pooler is in force (SHOW STATE).
-    pub fn is_all_paused(&self) -> bool {
-        self.paused().all
-    }
-
-    pub fn set_listening(&self, listening: bool) {
-        self.listening.store(listening, Ordering::Relaxed);
-    }
-
-    pub fn is_listening(&self) -> bool {
-        self.listening.load(Ordering::Relaxed)
-    }
-
-    /// Asks the pooler to stop gracefully (see `lifecycle`): the accept loop ends, `/readyz`
-    /// says so, sessions finish their transactions. Returns false if it was already stopping.
-    pub fn shutdown(&self) -> bool {
-        self.advance(Phase::Draining)
-    }
-
-    pub fn is_shutting_down(&self) -> bool {
-        self.phase() >= Phase::Draining
-    }
-
-    pub fn phase(&self) -> Phase {
-        Phase::from_u8(self.phase_now.load(Ordering::Acquire))
-    }
-
-    /// Moves the shutdown forward (never back); returns whether it moved.
-    pub fn advance(&self, to: Phase) -> bool {
-        self.phase.send_if_modified(|p| {
-            if *p < to {
-                *p = to;
-                // Before the watchers wake: whoever they wake must read the new phase.
-                self.phase_now.store(to as u8, Ordering::Release);
-                true
-            } else {
-                false
-            }
-        })
-    }
-
-    pub fn phase_signal(&self) -> watch::Receiver<Phase> {
-        self.phase.subscribe()
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
@@ -546,7 +451,7 @@ fn known_database(app: &App, db: Option<&str>) -> Result<(), CommandError> {
 /// RELOAD: re-reads the config and auth files (see `App::reload`); a bad file is refused and
 /// the running config stays.
 fn reload(app: &Arc<App>) -> Result<Reply, CommandError> {
-    match crate::lifecycle::reload(app, "RELOAD") {
+    match crate::supervisor::reload(app, "RELOAD") {
         Ok(report) if report.restart_needed.is_empty() => Ok(Reply::Tag("RELOAD".into())),
         Ok(report) => Ok(Reply::Notice {
             message: "RELOAD done".into(),

@@ -216,6 +216,17 @@ pub fn error_response(buf: &mut BytesMut, severity: &str, code: &str, message: &
     });
 }
 
+impl PoolerError {
+    /// The FATAL ErrorResponse that ends the client's session. It is written here, with the
+    /// encoder, rather than in `error.rs`: the error type sits below the wire layer that
+    /// returns it, and only its SQLSTATE and text are decided there.
+    pub fn to_fatal(&self) -> BytesMut {
+        let mut buf = BytesMut::new();
+        error_response(&mut buf, "FATAL", self.sqlstate(), &self.to_string());
+        buf
+    }
+}
+
 /// A NoticeResponse with a detail (the admin console's `SHOW HELP`).
 pub fn notice_response(buf: &mut BytesMut, message: &str, detail: &str) {
     put_message(buf, b'N', |b| {
