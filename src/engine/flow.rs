@@ -1,5 +1,5 @@
 //! One direction's buffers and the position in its current message. The socket side of a
-//! `Flow` (reads, writes) is the session driver's (`session/io.rs`).
+//! `Flow` (reads, writes) is the session driver's (`session/relay.rs`).
 
 use bytes::{Buf, BytesMut};
 
