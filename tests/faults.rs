@@ -239,3 +239,104 @@ async fn a_server_resetting_the_login_is_reported_as_08006() {
     server.abort();
     assert_eq!(sqlstate(&err).as_deref(), Some("08006"), "{err:?}");
 }
+
+// ---------------------------------------------------------------------------------------
+// Issue 12: faults that must not cost the pool anything lasting.
+
+/// Every wait in these tests is bounded by this; none asserts a speed.
+const HANG: Duration = Duration::from_secs(60);
+
+/// A forwarding socket in front of Postgres. While `slow` is set, a new connection is held
+/// for `delay` before it is relayed: a Postgres slow to answer logins.
+async fn slow_forwarder(
+    pg_port: u16,
+    delay: Duration,
+    slow: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (u16, tokio::task::JoinHandle<()>) {
+    use std::sync::atomic::Ordering;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let slow = slow.load(Ordering::Relaxed);
+            tokio::spawn(async move {
+                if slow {
+                    tokio::time::sleep(delay).await;
+                }
+                let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", pg_port)).await
+                else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            });
+        }
+    });
+    (port, task)
+}
+
+/// The console's SHOW POOLS row of `db`.
+async fn pool_row(
+    console: &tokio_postgres::Client,
+    db: &str,
+) -> std::collections::BTreeMap<String, String> {
+    show(console, "SHOW POOLS")
+        .await
+        .into_iter()
+        .find(|r| r.get("database").map(String::as_str) == Some(db))
+        .unwrap_or_default()
+}
+
+/// Issue 12 item 1: logins that give up (`client_login_timeout`) while the pool's first
+/// servers are still logging in give their slots back; the pool serves once Postgres answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_whose_first_logins_time_out_recovers() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let _deadline = deadline("slow logins", Duration::from_secs(180));
+    let pg = PgServer::shared();
+    let db = pg.create_db("slowlogin").await;
+    let slow = std::sync::Arc::new(AtomicBool::new(true));
+    let (port, forwarder) = slow_forwarder(pg.port, Duration::from_secs(4), slow.clone()).await;
+    let pooler = Pooler::start_on_port(
+        pg,
+        port,
+        &db,
+        "pool_mode = \"transaction\"\ndefault_pool_size = 2\nclient_login_timeout = 1\n\
+         server_connect_timeout = 30\nadmin_users = \"postgres\"",
+        "",
+    )
+    .await;
+    // More clients than the pool has slots, all logging in while Postgres is slow: two open
+    // servers (and time out doing so), the others queue (and time out waiting).
+    let logins: Vec<_> = (0..4)
+        .map(|_| {
+            let url = pooler.app_url();
+            tokio::spawn(async move { tokio::time::timeout(HANG, try_connect(&url)).await })
+        })
+        .collect();
+    for login in logins {
+        let Err(err) = login.await.unwrap().expect("login hung") else {
+            panic!("a login through a slow Postgres must time out");
+        };
+        assert_eq!(message(&err), "client_login_timeout", "{err:?}");
+    }
+    slow.store(false, Ordering::Relaxed);
+    // Postgres answers again: new logins succeed.
+    let c = tokio::time::timeout(HANG, try_connect(&pooler.app_url()))
+        .await
+        .expect("login hung after Postgres recovered")
+        .unwrap_or_else(|e| panic!("login after Postgres recovered: {}", message(&e)));
+    assert_eq!(first_value(&c, "SELECT 1").await, "1");
+    let console = connect(&pooler.console_url("postgres", SUPERUSER_PASSWORD)).await;
+    let settled = eventually(HANG, || async {
+        let row = pool_row(&console, &db).await;
+        let get = |k: &str| row.get(k).map(String::as_str);
+        get("sv_login") == Some("0") && get("cl_waiting") == Some("0")
+    })
+    .await;
+    assert!(
+        settled,
+        "pool counts never settled: {:?}",
+        pool_row(&console, &db).await
+    );
+    forwarder.abort();
+}
