@@ -2,6 +2,7 @@
 //! wrong passwords and unknown databases.
 
 mod common;
+mod wire;
 
 use common::*;
 use std::time::Duration;
@@ -244,7 +245,7 @@ async fn a_server_resetting_the_login_is_reported_as_08006() {
 // Issue 12: faults that must not cost the pool anything lasting.
 
 /// Every wait in these tests is bounded by this; none asserts a speed.
-const HANG: Duration = Duration::from_secs(60);
+use wire::HANG;
 
 /// A forwarding socket in front of Postgres. While `slow` is set, a new connection is held
 /// for `delay` before it is relayed: a Postgres slow to answer logins.
@@ -339,4 +340,65 @@ async fn a_pool_whose_first_logins_time_out_recovers() {
         pool_row(&console, &db).await
     );
     forwarder.abort();
+}
+
+/// Issue 12 item 2: clients that send an INSERT and leave (FIN, reset, Terminate) while it
+/// waits for a server: none of those INSERTs runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_of_clients_gone_while_queued_never_run() {
+    use tokio::io::AsyncWriteExt;
+    let _deadline = deadline("gone while queued", Duration::from_secs(180));
+    let pg = PgServer::shared();
+    let db = pg.create_db("gonequeued").await;
+    let pooler = Pooler::start(pg, &db, &format!("{TX1}\nadmin_users = \"postgres\"")).await;
+    let console = connect(&pooler.console_url("postgres", SUPERUSER_PASSWORD)).await;
+    let holder = pooler.client().await;
+    holder
+        .batch_execute("CREATE TABLE q (kind text, i int)")
+        .await
+        .unwrap();
+    // The only server is held in a transaction: every request below queues.
+    holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    const EACH: usize = 5;
+    let kinds = ["fin", "reset", "terminate"];
+    let mut queued = Vec::new();
+    for kind in kinds {
+        for i in 0..EACH {
+            let mut s = wire::login(pooler.running.addr, APP_USER, APP_PASSWORD, &db).await;
+            s.write_all(&wire::query(&format!(
+                "INSERT INTO q VALUES ('{kind}', {i})"
+            )))
+            .await
+            .unwrap();
+            queued.push((kind, s));
+        }
+    }
+    let all = (kinds.len() * EACH).to_string();
+    assert!(
+        eventually(HANG, || async {
+            pool_row(&console, &db).await.get("cl_waiting") == Some(&all)
+        })
+        .await,
+        "the requests did not queue: {:?}",
+        pool_row(&console, &db).await
+    );
+    for (kind, mut s) in queued {
+        match kind {
+            "reset" => s.set_zero_linger().unwrap(),
+            "terminate" => s.write_all(&wire::msg(b'X', &[])).await.unwrap(),
+            _ => {}
+        }
+        drop(s);
+    }
+    // The server comes back; each queued request meets a client that is gone.
+    holder.batch_execute("COMMIT").await.unwrap();
+    assert!(
+        // The holder and the console are left.
+        eventually(HANG, || async { pooler.running.app.client_count() == 2 }).await,
+        "the departed clients' sessions did not end"
+    );
+    assert_eq!(first_value(&holder, "SELECT count(*) FROM q").await, "0");
+    // And the pool serves on.
+    let c = pooler.client().await;
+    assert_eq!(first_value(&c, "SELECT 5").await, "5");
 }

@@ -254,7 +254,10 @@ async fn run_session(app: &App, stream: &mut TcpStream, session: &Session) -> Re
             continue;
         }
         session.client.waiting();
-        let mut server = watchdog.checkout(pool).await?;
+        let Some(mut server) = watchdog.checkout(pool, stream).await? else {
+            // The client left while queued: what it asked for never runs.
+            return Ok(());
+        };
         let attached = session.client.attached(&server);
         if let Err(e) = sync_params(app, &mut server, &mut params).await {
             pool.discard(server);

@@ -138,10 +138,17 @@ impl<'a> Watchdog<'a> {
     /// Checks a server out; a forced shutdown or KILL_CLIENT interrupts the wait (dropping the
     /// checkout gives back whatever it held: a queue place, a slot, a server logging in). A
     /// drain starting keeps the same checkout going: the request is served before the end.
-    pub async fn checkout(&self, pool: &Arc<Pool>) -> Result<PooledServer> {
+    ///
+    /// None: the client left while it waited (`relay::client_left`); its request, not yet
+    /// sent, is dropped and the unused server given back.
+    pub async fn checkout(
+        &self,
+        pool: &Arc<Pool>,
+        stream: &TcpStream,
+    ) -> Result<Option<PooledServer>> {
         let checkout = pool.checkout();
         tokio::pin!(checkout);
-        loop {
+        let server = loop {
             if self.phase() >= Phase::Closing {
                 return Err(PoolerError::ShuttingDown);
             }
@@ -149,9 +156,14 @@ impl<'a> Watchdog<'a> {
             tokio::select! {
                 biased;
                 _ = self.client.stop.notified() => continue,
-                r = &mut checkout => return r,
+                r = &mut checkout => break r?,
             }
+        };
+        if relay::client_left(stream) {
+            pool.checkin(server);
+            return Ok(None);
         }
+        Ok(Some(server))
     }
 
     /// Runs the relay until it ends (see `Relay::run`). While the pooler drains, a session-mode
