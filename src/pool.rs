@@ -37,6 +37,8 @@ pub struct PoolLimits {
     pub reserve_timeout: Option<Duration>,
     pub query_wait_timeout: Option<Duration>,
     pub connect_timeout: Option<Duration>,
+    /// `query_timeout`: also the bound of the pooler's own queries when set.
+    pub query_timeout: Option<Duration>,
     pub idle_timeout: Option<Duration>,
     /// `server_lifetime`: a server older than this is closed when next idle.
     pub lifetime: Option<Duration>,
@@ -48,6 +50,15 @@ pub struct PoolLimits {
 }
 
 impl PoolLimits {
+    /// The bound of every query the pooler runs itself (parameter sync, reset, check):
+    /// `query_timeout`, else `server_connect_timeout`, else 15 s. A stuck backend must never
+    /// hold a client (or a slot) longer than that.
+    pub fn internal_query_timeout(&self) -> Duration {
+        self.query_timeout
+            .or(self.connect_timeout)
+            .unwrap_or(Duration::from_secs(15))
+    }
+
     /// Whether an idle server must run the check query before it is handed out.
     fn needs_check(&self, server: &ServerConn, now: Instant) -> bool {
         !self.check_query.is_empty() && now.duration_since(server.last_used) >= self.check_delay
@@ -458,7 +469,7 @@ impl Pool {
                         let check = st
                             .limits
                             .needs_check(&server, Instant::now())
-                            .then(|| (st.limits.check_query.clone(), st.limits.connect_timeout));
+                            .then(|| st.limits.check_query.clone());
                         // The idle server's unit of `total` passes to the guard.
                         Some((PooledServer::new(server, Slot::counted(self)), check))
                     }
@@ -476,7 +487,7 @@ impl Pool {
                 }
                 match check {
                     None => return Ok(server),
-                    Some((query, timeout)) => match self.check(server, &query, timeout).await {
+                    Some(query) => match self.check(server, &query).await {
                         Some(server) => return Ok(server),
                         None => continue,
                     },
@@ -548,19 +559,9 @@ impl Pool {
     }
 
     /// Runs `server_check_query` on a server idle past `server_check_delay`; a server that
-    /// fails it (or does not answer within `server_connect_timeout`) is closed.
-    async fn check(
-        &self,
-        mut server: PooledServer,
-        query: &str,
-        timeout: Option<Duration>,
-    ) -> Option<PooledServer> {
-        let result = match timeout {
-            Some(t) => tokio::time::timeout(t, server.run_internal(query))
-                .await
-                .unwrap_or(Err(PoolerError::ServerGone)),
-            None => server.run_internal(query).await,
-        };
+    /// fails it (or does not answer within the internal query bound) is closed.
+    async fn check(&self, mut server: PooledServer, query: &str) -> Option<PooledServer> {
+        let result = server.run_internal(query).await;
         match result {
             Ok(None) => {
                 server.last_used = Instant::now();
@@ -637,10 +638,13 @@ impl Pool {
     /// Opens a server in `slot`. Dropped before it ends, the slot and the `connecting` count
     /// give themselves back.
     async fn open(&self, slot: Slot) -> Result<PooledServer> {
-        let connect_timeout = {
+        let (connect_timeout, query_bound) = {
             let mut st = self.lock();
             st.connecting += 1;
-            st.limits.connect_timeout
+            (
+                st.limits.connect_timeout,
+                st.limits.internal_query_timeout(),
+            )
         };
         let connecting = Connecting(self);
         let credential = self
@@ -648,7 +652,12 @@ impl Pool {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let result = ServerConn::connect(&self.target, &credential, connect_timeout).await;
+        let result = ServerConn::connect(&self.target, &credential, connect_timeout)
+            .await
+            .map(|mut server| {
+                server.query_bound = query_bound;
+                server
+            });
         {
             // Uncounted here, under the same lock as the outcome.
             std::mem::forget(connecting);
@@ -692,6 +701,8 @@ impl Pool {
         server.last_used = now;
         self.stats.server_answered();
         let mut st = self.lock();
+        // Picked up here, where every server passes before reuse: RELOAD may have changed it.
+        server.query_bound = st.limits.internal_query_timeout();
         let close = if st.paused {
             Some(if st.shutting_down {
                 CloseReason::Shutdown

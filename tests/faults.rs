@@ -402,3 +402,80 @@ async fn requests_of_clients_gone_while_queued_never_run() {
     let c = pooler.client().await;
     assert_eq!(first_value(&c, "SELECT 5").await, "5");
 }
+
+/// A backend stopped with SIGSTOP (a stuck backend: it holds its socket, answers nothing);
+/// continued when dropped, so a failing test leaves nothing stopped.
+struct Stopped(i32);
+
+impl Stopped {
+    fn new(pid: i32) -> Stopped {
+        // SAFETY: kill(2) with a pid and a signal number; no memory is involved.
+        assert_eq!(
+            unsafe { libc::kill(pid, libc::SIGSTOP) },
+            0,
+            "SIGSTOP {pid}"
+        );
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        // SAFETY: as above.
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    }
+}
+
+async fn backend_pid(c: &tokio_postgres::Client) -> i32 {
+    first_value(c, "SELECT pg_backend_pid()")
+        .await
+        .parse()
+        .unwrap()
+}
+
+/// Issue 12 item 3: the pooler's own queries meet a stopped backend: the parameter sync
+/// (`set_config` for a client with another `application_name`) ends with an error carrying a
+/// SQLSTATE, the reset query (`DISCARD ALL` after a session-mode client) gives up; both close
+/// the server, and the pool serves the next client on a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_poolers_own_queries_are_bounded() {
+    let _deadline = deadline("stopped backend", Duration::from_secs(180));
+    let pg = PgServer::shared();
+    let db = pg.create_db("ownquery").await;
+
+    // Parameter sync, transaction mode.
+    let pooler = Pooler::start(pg, &db, &format!("{TX1}\nquery_timeout = 2")).await;
+    let a = connect(&format!("{} application_name=a", pooler.app_url())).await;
+    let stopped = Stopped::new(backend_pid(&a).await);
+    let b = connect(&format!("{} application_name=b", pooler.app_url())).await;
+    let err = tokio::time::timeout(HANG, b.simple_query("SELECT 1"))
+        .await
+        .expect("the parameter sync hung on a stopped backend")
+        .expect_err("the parameter sync cannot succeed on a stopped backend");
+    assert_eq!(sqlstate(&err).as_deref(), Some("08P01"), "{err:?}");
+    assert_eq!(message(&err), "query timeout");
+    let c = pooler.client().await;
+    let got = tokio::time::timeout(HANG, c.simple_query("SELECT pg_backend_pid()"))
+        .await
+        .expect("the next client hung");
+    assert!(got.is_ok(), "{got:?}");
+    drop(stopped);
+
+    // Reset query, session mode: the client leaves, DISCARD ALL meets the stopped backend.
+    let pooler = Pooler::start(
+        pg,
+        &db,
+        "pool_mode = \"session\"\ndefault_pool_size = 1\nquery_timeout = 2",
+    )
+    .await;
+    let a = pooler.client().await;
+    let stopped = Stopped::new(backend_pid(&a).await);
+    drop(a);
+    let b = tokio::time::timeout(HANG, async {
+        let b = pooler.client().await;
+        backend_pid(&b).await
+    })
+    .await
+    .expect("the next client waited forever for a server stuck in its reset query");
+    assert_ne!(b, stopped.0);
+}
