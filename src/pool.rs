@@ -76,6 +76,8 @@ impl PoolLimits {
 enum Grant {
     Server(PooledServer),
     Slot(Slot),
+    /// The pool has no server and could not open one: the error, for every waiter at once.
+    Failed(PoolerError),
 }
 
 /// The right to one server in a pool: one unit of its `total` and of the shared limits,
@@ -185,6 +187,7 @@ fn offer(tx: oneshot::Sender<Grant>, server: PooledServer) -> Option<PooledServe
             slot.detach();
             None
         }
+        Err(Grant::Failed(_)) => None,
     }
 }
 
@@ -396,6 +399,7 @@ impl Pool {
                 match grant {
                     Grant::Slot(slot) => slot.detach(),
                     Grant::Server(server) => st.idle.push(server.detach()),
+                    Grant::Failed(_) => {}
                 }
                 self.remove_slots(st, 1);
             }
@@ -537,6 +541,7 @@ impl Pool {
                     self.close(server, CloseReason::Dead);
                 }
                 Grant::Slot(slot) => return self.open(slot).await,
+                Grant::Failed(e) => return Err(e),
             }
         }
     }
@@ -667,6 +672,17 @@ impl Pool {
                 Ok(_) => None,
                 Err(e) => Some((Instant::now(), e.to_string())),
             };
+            // The server cannot be reached and the pool has no other server open (only this
+            // slot, and others still connecting): nobody queued can be served before another
+            // connect timeout, so all of them get the error now instead of one timeout each.
+            if let Err(e) = &result
+                && unreachable(e)
+                && st.total - st.connecting == 1
+            {
+                for w in std::mem::take(&mut st.waiters) {
+                    let _ = w.tx.send(Grant::Failed(same_error(e)));
+                }
+            }
             // Connected just before a RECONNECT that counted it as still connecting: it is
             // stale all the same and will be closed when it comes back; count it.
             if let Ok(server) = &result
@@ -868,6 +884,18 @@ fn login_retry_error(st: &PoolState) -> Option<PoolerError> {
     let (at, message) = st.login_failed.as_ref()?;
     let retry = st.limits.login_retry?;
     (at.elapsed() < retry).then(|| PoolerError::ServerLoginRetry(message.clone()))
+}
+
+/// The error of a failed server connection, again, for a waiter it fails too.
+fn same_error(e: &PoolerError) -> PoolerError {
+    match e {
+        PoolerError::ServerConnect(m) => PoolerError::ServerConnect(m.clone()),
+        PoolerError::ServerLogin { code, message } => PoolerError::ServerLogin {
+            code: code.clone(),
+            message: message.clone(),
+        },
+        other => PoolerError::ServerConnect(other.to_string()),
+    }
 }
 
 /// Whether a failed attempt to open a server means the server cannot be reached (down,

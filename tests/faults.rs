@@ -479,3 +479,59 @@ async fn the_poolers_own_queries_are_bounded() {
     .expect("the next client waited forever for a server stuck in its reset query");
     assert_ne!(b, stopped.0);
 }
+
+/// Issue 12 item 5: a blackholed Postgres (accepts TCP, never answers). The clients queued
+/// behind the pool's first attempts fail together when those attempts time out, with 08006,
+/// instead of each waiting for an attempt of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_clients_of_a_blackholed_server_fail_together() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let _deadline = deadline("blackhole", Duration::from_secs(180));
+    let pg = PgServer::shared();
+    let db = pg.create_db("blackhole").await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let counted = attempts.clone();
+    let blackhole = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::Relaxed);
+            // Held open, never read, never answered.
+            held.push(s);
+        }
+    });
+    const POOL: usize = 2;
+    const CLIENTS: usize = 10;
+    let pooler = Pooler::start_on_port(
+        pg,
+        port,
+        &db,
+        &format!(
+            "pool_mode = \"transaction\"\ndefault_pool_size = {POOL}\n\
+             server_connect_timeout = 2\nserver_login_retry = 0"
+        ),
+        "",
+    )
+    .await;
+    let logins: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let url = pooler.app_url();
+            tokio::spawn(async move { tokio::time::timeout(HANG, try_connect(&url)).await })
+        })
+        .collect();
+    for login in logins {
+        let Err(err) = login.await.unwrap().expect("login hung") else {
+            panic!("a login through a blackhole cannot succeed");
+        };
+        assert_eq!(sqlstate(&err).as_deref(), Some("08006"), "{err:?}");
+    }
+    let n = attempts.load(Ordering::Relaxed);
+    // The pool's own attempts, and at most a janitor retry or a late client's.
+    assert!(
+        n <= POOL + 2,
+        "{n} connection attempts for {CLIENTS} clients on a pool of {POOL}"
+    );
+    blackhole.abort();
+}
