@@ -103,6 +103,7 @@ fn limits_for(config: &Config, db: &DatabaseConfig, user: &str) -> PoolLimits {
         reserve_timeout: secs(p.reserve_pool_timeout),
         query_wait_timeout: secs(p.query_wait_timeout),
         connect_timeout: secs(p.server_connect_timeout),
+        query_timeout: secs(p.query_timeout),
         idle_timeout: secs(p.server_idle_timeout),
         lifetime: secs(p.server_lifetime),
         login_retry: secs(p.server_login_retry),

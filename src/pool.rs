@@ -37,6 +37,8 @@ pub struct PoolLimits {
     pub reserve_timeout: Option<Duration>,
     pub query_wait_timeout: Option<Duration>,
     pub connect_timeout: Option<Duration>,
+    /// `query_timeout`: also the bound of the pooler's own queries when set.
+    pub query_timeout: Option<Duration>,
     pub idle_timeout: Option<Duration>,
     /// `server_lifetime`: a server older than this is closed when next idle.
     pub lifetime: Option<Duration>,
@@ -48,6 +50,15 @@ pub struct PoolLimits {
 }
 
 impl PoolLimits {
+    /// The bound of every query the pooler runs itself (parameter sync, reset, check):
+    /// `query_timeout`, else `server_connect_timeout`, else 15 s. A stuck backend must never
+    /// hold a client (or a slot) longer than that.
+    pub fn internal_query_timeout(&self) -> Duration {
+        self.query_timeout
+            .or(self.connect_timeout)
+            .unwrap_or(Duration::from_secs(15))
+    }
+
     /// Whether an idle server must run the check query before it is handed out.
     fn needs_check(&self, server: &ServerConn, now: Instant) -> bool {
         !self.check_query.is_empty() && now.duration_since(server.last_used) >= self.check_delay
@@ -59,13 +70,125 @@ impl PoolLimits {
     }
 }
 
-/// What a waiter is handed: a ready server, or the right to open one.
-// Moved once per checkout, never stored in bulk: boxing it would cost an allocation per
-// checkout for nothing.
-#[allow(clippy::large_enum_variant)]
+/// What a waiter is handed: a ready server, or the right to open one. Both are guards: a
+/// grant dropped unreceived (its waiter gave up) gives itself back.
+#[allow(clippy::large_enum_variant)] // one per waiter, moved once: boxing would only add an allocation
 enum Grant {
-    Server(ServerConn),
-    Slot,
+    Server(PooledServer),
+    Slot(Slot),
+    /// The pool has no server and could not open one: the error, for every waiter at once.
+    Failed(PoolerError),
+}
+
+/// The right to one server in a pool: one unit of its `total` and of the shared limits,
+/// counted under the pool's lock when the guard is made. Dropped, it gives the unit back and
+/// serves the next waiter, so a checkout abandoned at any await (a `client_login_timeout`
+/// while the server is still logging in) loses nothing.
+struct Slot {
+    pool: Arc<Pool>,
+    armed: bool,
+}
+
+impl Slot {
+    /// For a unit just counted (or held by an idle server being taken out).
+    fn counted(pool: &Arc<Pool>) -> Slot {
+        Slot {
+            pool: pool.clone(),
+            armed: true,
+        }
+    }
+
+    /// The unit stays counted with nobody holding it: it is accounted for under a lock the
+    /// caller holds (which dropping the guard would need too).
+    fn detach(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if self.armed {
+            self.pool.release_slot();
+        }
+    }
+}
+
+/// A checked-out server. Give it back with `Pool::checkin` (idle and clean) or
+/// `Pool::discard`; dropped otherwise, it is closed and its slot given back.
+pub struct PooledServer {
+    /// Present until `detach` (checkin, or a grant that could not be delivered).
+    server: Option<ServerConn>,
+    reason: CloseReason,
+    // Dropped after `server`: the slot is free only once the socket is closed.
+    slot: Slot,
+}
+
+impl PooledServer {
+    fn new(server: ServerConn, slot: Slot) -> PooledServer {
+        PooledServer {
+            server: Some(server),
+            reason: CloseReason::Unclean,
+            slot,
+        }
+    }
+
+    /// Takes the server out with its slot still counted (for the idle list, a waiter, or
+    /// uncounted by the caller under the lock).
+    fn detach(mut self) -> ServerConn {
+        self.slot.armed = false;
+        self.server
+            .take()
+            .expect("a pooled server holds its server until detached")
+    }
+}
+
+impl std::ops::Deref for PooledServer {
+    type Target = ServerConn;
+    fn deref(&self) -> &ServerConn {
+        self.server
+            .as_ref()
+            .expect("a pooled server holds its server until detached")
+    }
+}
+
+impl std::ops::DerefMut for PooledServer {
+    fn deref_mut(&mut self) -> &mut ServerConn {
+        self.server
+            .as_mut()
+            .expect("a pooled server holds its server until detached")
+    }
+}
+
+impl std::fmt::Debug for PooledServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Pooled({:?})", self.server)
+    }
+}
+
+impl Drop for PooledServer {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            let pool = &self.slot.pool;
+            pool.stats.server_closed(self.reason);
+            pool.lock().untag(&server);
+            // Dropping the socket closes it; a backend mid-transaction rolls back on EOF.
+            drop(server);
+        }
+    }
+}
+
+/// Hands a server to a waiter; the server back if the waiter has gone.
+fn offer(tx: oneshot::Sender<Grant>, server: PooledServer) -> Option<PooledServer> {
+    match tx.send(Grant::Server(server)) {
+        Ok(()) => None,
+        Err(Grant::Server(server)) => Some(server),
+        Err(Grant::Slot(slot)) => {
+            // Not what was sent; keep the unit counted as it was.
+            slot.detach();
+            None
+        }
+        Err(Grant::Failed(_)) => None,
+    }
 }
 
 struct Waiter {
@@ -206,7 +329,7 @@ impl Pool {
 
     /// RELOAD: new sizes and timeouts. A larger pool serves its waiters at once; a smaller one
     /// closes idle servers beyond the new size now and busy ones as they come back.
-    pub fn set_limits(&self, limits: PoolLimits) {
+    pub fn set_limits(self: &Arc<Self>, limits: PoolLimits) {
         let extra = {
             let mut st = self.lock();
             st.limits = limits;
@@ -250,15 +373,15 @@ impl Pool {
 
     /// Hands idle servers, then new-server slots, to waiters in arrival order, as far as the
     /// pool's size and the shared limits allow.
-    fn grant_waiters(&self, st: &mut PoolState) {
+    fn grant_waiters(self: &Arc<Self>, st: &mut PoolState) {
         let now = Instant::now();
         while !st.paused
             && let Some(w) = st.waiters.front()
         {
             if let Some(server) = st.idle.pop() {
                 let w = st.waiters.pop_front().expect("front exists");
-                if let Err(Grant::Server(server)) = w.tx.send(Grant::Server(server)) {
-                    st.idle.push(server);
+                if let Some(back) = offer(w.tx, PooledServer::new(server, Slot::counted(self))) {
+                    st.idle.push(back.detach());
                 }
                 continue;
             }
@@ -271,8 +394,13 @@ impl Pool {
                 break;
             }
             let w = st.waiters.pop_front().expect("front exists");
-            if w.tx.send(Grant::Slot).is_err() {
+            if let Err(grant) = w.tx.send(Grant::Slot(Slot::counted(self))) {
                 // The waiter gave up (its client left): the slot goes to the next one.
+                match grant {
+                    Grant::Slot(slot) => slot.detach(),
+                    Grant::Server(server) => st.idle.push(server.detach()),
+                    Grant::Failed(_) => {}
+                }
                 self.remove_slots(st, 1);
             }
         }
@@ -312,11 +440,13 @@ impl Pool {
             idle: st.idle.len() - used,
             active: st.total - st.idle.len() - st.connecting,
             connecting: st.connecting,
-            waiting: st.waiters.len(),
+            // A waiter whose checkout was dropped stays queued until a grant finds it gone.
+            waiting: st.waiters.iter().filter(|w| !w.tx.is_closed()).count(),
             total: st.total,
             max_wait: st
                 .waiters
-                .front()
+                .iter()
+                .find(|w| !w.tx.is_closed())
                 .map(|w| w.since.elapsed())
                 .unwrap_or_default(),
             paused: st.paused,
@@ -324,14 +454,15 @@ impl Pool {
     }
 
     /// Takes a server: an idle one, a new one if the pool has room, or waits for one.
-    pub async fn checkout(self: &Arc<Self>) -> Result<ServerConn> {
+    /// Dropping the returned future at any point gives back what it held.
+    pub async fn checkout(self: &Arc<Self>) -> Result<PooledServer> {
         let start = Instant::now();
         let server = self.acquire(start).await?;
         self.stats.assigned(start.elapsed());
         Ok(server)
     }
 
-    async fn acquire(self: &Arc<Self>, start: Instant) -> Result<ServerConn> {
+    async fn acquire(self: &Arc<Self>, start: Instant) -> Result<PooledServer> {
         let mut tried_eviction = false;
         loop {
             let mut evict = false;
@@ -342,8 +473,9 @@ impl Pool {
                         let check = st
                             .limits
                             .needs_check(&server, Instant::now())
-                            .then(|| (st.limits.check_query.clone(), st.limits.connect_timeout));
-                        Some((server, check))
+                            .then(|| st.limits.check_query.clone());
+                        // The idle server's unit of `total` passes to the guard.
+                        Some((PooledServer::new(server, Slot::counted(self)), check))
                     }
                     Some(server) => {
                         st.idle.push(server);
@@ -359,7 +491,7 @@ impl Pool {
                 }
                 match check {
                     None => return Ok(server),
-                    Some((query, timeout)) => match self.check(server, &query, timeout).await {
+                    Some(query) => match self.check(server, &query).await {
                         Some(server) => return Ok(server),
                         None => continue,
                     },
@@ -397,7 +529,8 @@ impl Pool {
                 continue;
             }
             let grant = match waiter {
-                None => Grant::Slot,
+                // Counted by `add_slot` above, with no await in between.
+                None => Grant::Slot(Slot::counted(self)),
                 Some((id, rx, reserve_after)) => self.wait(id, rx, start, reserve_after).await?,
             };
             match grant {
@@ -407,7 +540,8 @@ impl Pool {
                     }
                     self.close(server, CloseReason::Dead);
                 }
-                Grant::Slot => return self.open().await,
+                Grant::Slot(slot) => return self.open(slot).await,
+                Grant::Failed(e) => return Err(e),
             }
         }
     }
@@ -430,19 +564,9 @@ impl Pool {
     }
 
     /// Runs `server_check_query` on a server idle past `server_check_delay`; a server that
-    /// fails it (or does not answer within `server_connect_timeout`) is closed.
-    async fn check(
-        &self,
-        mut server: ServerConn,
-        query: &str,
-        timeout: Option<Duration>,
-    ) -> Option<ServerConn> {
-        let result = match timeout {
-            Some(t) => tokio::time::timeout(t, server.run_internal(query))
-                .await
-                .unwrap_or(Err(PoolerError::ServerGone)),
-            None => server.run_internal(query).await,
-        };
+    /// fails it (or does not answer within the internal query bound) is closed.
+    async fn check(&self, mut server: PooledServer, query: &str) -> Option<PooledServer> {
+        let result = server.run_internal(query).await;
         match result {
             Ok(None) => {
                 server.last_used = Instant::now();
@@ -461,7 +585,7 @@ impl Pool {
     }
 
     async fn wait(
-        &self,
+        self: &Arc<Self>,
         id: u64,
         mut rx: oneshot::Receiver<Grant>,
         start: Instant,
@@ -510,32 +634,55 @@ impl Pool {
                         database = %self.database, user = %self.user,
                         "taking a reserve pool connection (waited past reserve_pool_timeout)"
                     );
-                    return Ok(Grant::Slot);
+                    return Ok(Grant::Slot(Slot::counted(self)));
                 }
             }
         }
     }
 
-    /// Opens a server in a slot already counted in `total`.
-    async fn open(&self) -> Result<ServerConn> {
-        let connect_timeout = {
+    /// Opens a server in `slot`. Dropped before it ends, the slot and the `connecting` count
+    /// give themselves back.
+    async fn open(&self, slot: Slot) -> Result<PooledServer> {
+        let (connect_timeout, query_bound) = {
             let mut st = self.lock();
             st.connecting += 1;
-            st.limits.connect_timeout
+            (
+                st.limits.connect_timeout,
+                st.limits.internal_query_timeout(),
+            )
         };
+        let connecting = Connecting(self);
         let credential = self
             .credential
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let result = ServerConn::connect(&self.target, &credential, connect_timeout).await;
+        let result = ServerConn::connect(&self.target, &credential, connect_timeout)
+            .await
+            .map(|mut server| {
+                server.query_bound = query_bound;
+                server
+            });
         {
+            // Uncounted here, under the same lock as the outcome.
+            std::mem::forget(connecting);
             let mut st = self.lock();
             st.connecting -= 1;
             st.login_failed = match &result {
                 Ok(_) => None,
                 Err(e) => Some((Instant::now(), e.to_string())),
             };
+            // The server cannot be reached and the pool has no other server open (only this
+            // slot, and others still connecting): nobody queued can be served before another
+            // connect timeout, so all of them get the error now instead of one timeout each.
+            if let Err(e) = &result
+                && unreachable(e)
+                && st.total - st.connecting == 1
+            {
+                for w in std::mem::take(&mut st.waiters) {
+                    let _ = w.tx.send(Grant::Failed(same_error(e)));
+                }
+            }
             // Connected just before a RECONNECT that counted it as still connecting: it is
             // stale all the same and will be closed when it comes back; count it.
             if let Ok(server) = &result
@@ -548,23 +695,30 @@ impl Pool {
             Ok(server) => {
                 self.stats.server_opened();
                 let _ = self.defaults.set(server.params.clone());
-                Ok(server)
+                Ok(PooledServer::new(server, slot))
             }
             Err(e) => {
                 self.stats.connect_failed(unreachable(&e));
                 tracing::warn!(database = %self.database, user = %self.user, error = %e, "server connection failed");
-                self.release_slot();
+                drop(slot);
                 Err(e)
             }
         }
     }
 
     /// Gives a clean, idle server back.
-    pub fn checkin(&self, mut server: ServerConn) {
+    pub fn checkin(self: &Arc<Self>, server: PooledServer) {
+        debug_assert!(
+            Arc::ptr_eq(self, &server.slot.pool),
+            "checked in to another pool"
+        );
+        let mut server = server.detach();
         let now = Instant::now();
         server.last_used = now;
         self.stats.server_answered();
         let mut st = self.lock();
+        // Picked up here, where every server passes before reuse: RELOAD may have changed it.
+        server.query_bound = st.limits.internal_query_timeout();
         let close = if st.paused {
             Some(if st.shutting_down {
                 CloseReason::Shutdown
@@ -589,10 +743,9 @@ impl Pool {
             return;
         }
         while let Some(w) = st.waiters.pop_front() {
-            match w.tx.send(Grant::Server(server)) {
-                Ok(()) => return,
-                Err(Grant::Server(s)) => server = s,
-                Err(Grant::Slot) => unreachable!("we sent a server"),
+            match offer(w.tx, PooledServer::new(server, Slot::counted(self))) {
+                None => return,
+                Some(back) => server = back.detach(),
             }
         }
         if st.total > st.limits.pool_size {
@@ -607,20 +760,18 @@ impl Pool {
     }
 
     /// Closes a server that cannot be reused (dead, dirty, or mid-transaction).
-    pub fn discard(&self, server: ServerConn) {
+    pub fn discard(&self, server: PooledServer) {
         self.close(server, CloseReason::Unclean);
     }
 
-    fn close(&self, server: ServerConn, reason: CloseReason) {
-        self.stats.server_closed(reason);
-        self.lock().untag(&server);
-        self.release_slot();
-        // Dropping the socket closes it; a backend mid-transaction rolls back on EOF.
+    fn close(&self, mut server: PooledServer, reason: CloseReason) {
+        // The guard's drop closes the socket, then gives the slot back.
+        server.reason = reason;
         drop(server);
     }
 
     /// A server slot is free again: hand it to the first waiter allowed to use it.
-    fn release_slot(&self) {
+    fn release_slot(self: &Arc<Self>) {
         let mut st = self.lock();
         self.remove_slots(&mut st, 1);
         self.grant_waiters(&mut st);
@@ -636,6 +787,7 @@ impl Pool {
         let mut closing: Vec<(ServerConn, CloseReason)> = Vec::new();
         let mut dead = 0;
         let mut to_open = 0;
+        let mut slots = Vec::new();
         let mut evict = false;
         {
             let mut st = self.lock();
@@ -683,11 +835,9 @@ impl Pool {
                 {
                     to_open = 1;
                 }
-                let mut opened = 0;
-                while opened < to_open && self.add_slot(&mut st) {
-                    opened += 1;
+                while slots.len() < to_open && self.add_slot(&mut st) {
+                    slots.push(Slot::counted(self));
                 }
-                to_open = opened;
                 self.grant_waiters(&mut st);
                 evict = !st.waiters.is_empty()
                     && st.idle.is_empty()
@@ -707,14 +857,24 @@ impl Pool {
             self.stats.server_closed(reason);
             tokio::spawn(server.terminate());
         }
-        for _ in 0..to_open {
+        for slot in slots {
             let pool = self.clone();
             tokio::spawn(async move {
-                if let Ok(server) = pool.open().await {
+                if let Ok(server) = pool.open(slot).await {
                     pool.checkin(server);
                 }
             });
         }
+    }
+}
+
+/// A server being opened: counted in `connecting` until the attempt ends, or its future is
+/// dropped.
+struct Connecting<'a>(&'a Pool);
+
+impl Drop for Connecting<'_> {
+    fn drop(&mut self) {
+        self.0.lock().connecting -= 1;
     }
 }
 
@@ -724,6 +884,18 @@ fn login_retry_error(st: &PoolState) -> Option<PoolerError> {
     let (at, message) = st.login_failed.as_ref()?;
     let retry = st.limits.login_retry?;
     (at.elapsed() < retry).then(|| PoolerError::ServerLoginRetry(message.clone()))
+}
+
+/// The error of a failed server connection, again, for a waiter it fails too.
+fn same_error(e: &PoolerError) -> PoolerError {
+    match e {
+        PoolerError::ServerConnect(m) => PoolerError::ServerConnect(m.clone()),
+        PoolerError::ServerLogin { code, message } => PoolerError::ServerLogin {
+            code: code.clone(),
+            message: message.clone(),
+        },
+        other => PoolerError::ServerConnect(other.to_string()),
+    }
 }
 
 /// Whether a failed attempt to open a server means the server cannot be reached (down,
@@ -778,7 +950,7 @@ impl Pool {
 
     /// RECONNECT: every server open now is closed instead of reused: idle ones at once, the
     /// ones clients hold when they come back. New servers are opened as needed meanwhile.
-    pub fn reconnect(&self) {
+    pub fn reconnect(self: &Arc<Self>) {
         let idle = {
             let mut st = self.lock();
             st.reconnect_mark = Some(Instant::now());
@@ -802,7 +974,7 @@ impl Pool {
     }
 
     /// RESUME: waiters get servers again, first come first served.
-    pub fn resume(&self) {
+    pub fn resume(self: &Arc<Self>) {
         let mut st = self.lock();
         if !st.paused || st.shutting_down {
             return;

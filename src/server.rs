@@ -88,6 +88,8 @@ pub struct ServerConn {
     /// A `RESET` ran, or a parameter sync failed: `params` may not be what the server has,
     /// so the next sync sets every tracked parameter explicitly.
     pub params_uncertain: bool,
+    /// How long one of the pooler's own queries (`run_internal`) may take; set by the pool.
+    pub query_bound: Duration,
 }
 
 impl std::fmt::Debug for ServerConn {
@@ -178,6 +180,7 @@ impl ServerConn {
             created_at: Instant::now(),
             last_used: Instant::now(),
             params_uncertain: false,
+            query_bound: Duration::from_secs(15),
         };
         // An IO error here is the server's, not the client's: the client gets 08006.
         conn.login(target, credential).await.map_err(|e| match e {
@@ -299,8 +302,25 @@ impl ServerConn {
     }
 
     /// Runs the pooler's own simple query and swallows its result; parameter changes it
-    /// causes are recorded. Returns the server's error, if the query failed.
+    /// causes are recorded. Returns the server's error, if the query failed. Bounded by
+    /// `query_bound`: past it the result is `QueryTimeout` and the server, left mid-query,
+    /// must be closed (every caller discards a server whose housekeeping failed).
     pub async fn run_internal(&mut self, sql: &str) -> Result<Option<(String, String)>> {
+        let bound = self.query_bound;
+        tokio::time::timeout(bound, self.run_internal_unbounded(sql))
+            .await
+            .unwrap_or_else(|_| {
+                tracing::warn!(
+                    backend_pid = self.backend_pid,
+                    sql,
+                    bound_s = bound.as_secs_f64(),
+                    "the pooler's own query timed out; closing server"
+                );
+                Err(PoolerError::QueryTimeout)
+            })
+    }
+
+    async fn run_internal_unbounded(&mut self, sql: &str) -> Result<Option<(String, String)>> {
         let mut out = BytesMut::with_capacity(sql.len() + 8);
         frontend::query(sql, &mut out)?;
         self.send(&mut out).await?;

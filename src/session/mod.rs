@@ -22,7 +22,7 @@ use crate::auth::{self, Secret, User};
 use crate::config::{PoolMode, secs};
 use crate::engine::{self, ClientSide, Flow, ServerSide, Statements, Tracker};
 use crate::error::{PoolerError, Result};
-use crate::pool::Pool;
+use crate::pool::{Pool, PooledServer};
 use crate::prepared::ClientStatements;
 use crate::registry::{Registration, Relayed};
 use crate::server::{Params, ServerConn, ServerCredential};
@@ -255,7 +255,10 @@ async fn run_session(app: &App, stream: &mut TcpStream, session: &Session) -> Re
             continue;
         }
         session.client.waiting();
-        let mut server = watchdog.checkout(pool).await?;
+        let Some(mut server) = watchdog.checkout(pool, stream).await? else {
+            // The client left while queued: what it asked for never runs.
+            return Ok(());
+        };
         let attached = session.client.attached(&server);
         if let Err(e) = sync_params(app, &mut server, &mut params).await {
             pool.discard(server);
@@ -267,7 +270,7 @@ async fn run_session(app: &App, stream: &mut TcpStream, session: &Session) -> Re
             params: server_params,
             statements: server_statements,
             ..
-        } = &mut server;
+        } = &mut *server;
         let mut on_param = |name: &str, value: &str| {
             server_params.set(name, value);
             if let Some(canonical) = app.tracked_name(name) {
@@ -362,7 +365,7 @@ async fn run_session(app: &App, stream: &mut TcpStream, session: &Session) -> Re
 }
 
 /// A clean server whose client left: in session mode it is reset before anyone else gets it.
-async fn release_after_client(pool: &Arc<Pool>, mut server: ServerConn, pinned: bool) {
+async fn release_after_client(pool: &Arc<Pool>, mut server: PooledServer, pinned: bool) {
     let reset = pool.settings.mode == PoolMode::Session || pinned;
     if reset && !pool.settings.reset_query.is_empty() {
         match server.run_internal(&pool.settings.reset_query).await {

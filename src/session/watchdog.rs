@@ -22,7 +22,7 @@ use crate::pool::Pool;
 use crate::registry::ClientInfo;
 
 use super::relay::{self, Relay, RelayEnd};
-use crate::server::ServerConn;
+use crate::pool::PooledServer;
 
 /// One session's watchdog.
 pub struct Watchdog<'a> {
@@ -135,23 +135,35 @@ impl<'a> Watchdog<'a> {
         }
     }
 
-    /// Checks a server out; only a forced shutdown interrupts the wait. (Interrupting a
-    /// checkout that is opening a server leaves that pool's counts off by one; it happens only
-    /// when every pool is about to be closed.) Other wake-ups (a drain starting, KILL_CLIENT)
-    /// keep the same checkout going, for that reason; a killed session ends in `relay`.
-    pub async fn checkout(&self, pool: &Arc<Pool>) -> Result<ServerConn> {
+    /// Checks a server out; a forced shutdown or KILL_CLIENT interrupts the wait (dropping the
+    /// checkout gives back whatever it held: a queue place, a slot, a server logging in). A
+    /// drain starting keeps the same checkout going: the request is served before the end.
+    ///
+    /// None: the client left while it waited (`relay::client_left`); its request, not yet
+    /// sent, is dropped and the unused server given back.
+    pub async fn checkout(
+        &self,
+        pool: &Arc<Pool>,
+        stream: &TcpStream,
+    ) -> Result<Option<PooledServer>> {
         let checkout = pool.checkout();
         tokio::pin!(checkout);
-        loop {
+        let server = loop {
             if self.phase() >= Phase::Closing {
                 return Err(PoolerError::ShuttingDown);
             }
+            self.killed()?;
             tokio::select! {
                 biased;
                 _ = self.client.stop.notified() => continue,
-                r = &mut checkout => return r,
+                r = &mut checkout => break r?,
             }
+        };
+        if relay::client_left(stream) {
+            pool.checkin(server);
+            return Ok(None);
         }
+        Ok(Some(server))
     }
 
     /// Runs the relay until it ends (see `Relay::run`). While the pooler drains, a session-mode
