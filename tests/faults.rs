@@ -206,14 +206,9 @@ async fn server_down_is_reported_as_connect_failure_not_wait() {
 }
 
 /// Issue 12, item 6: a server that accepts the connection and then resets it during the login
-/// (an I/O error, not an ErrorResponse) must be reported to the client as 08006, not as a bare
-/// close. Today the reset reaches the client session as `PoolerError::Io`, which the session
-/// treats as its own socket failing and closes without a word. Fixing it needs the login's I/O
-/// errors turned into a server-side error where the server is connected (`src/server.rs`
-/// `ServerConn::connect_inner`, or `Pool::open` in `src/pool.rs`), files being rebuilt now:
-/// run this with `--ignored` after that change.
+/// (an I/O error, not an ErrorResponse) is reported to the client as 08006, not as a bare
+/// close: `ServerConn::connect_inner` turns the login's I/O errors into `ServerConnect`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 12 item 6: needs server-login I/O errors mapped in src/server.rs"]
 async fn a_server_resetting_the_login_is_reported_as_08006() {
     use tokio::io::AsyncReadExt;
     let pg = PgServer::shared();
