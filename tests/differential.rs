@@ -39,3 +39,62 @@ async fn deallocate_affects_only_its_client() {
 async fn statement_names_and_error_recovery_as_postgres() {
     scenario::statement_names_and_error_recovery_as_postgres(Via::Pooler).await;
 }
+
+/// Item 11: a startup value Postgres refuses refuses the login through the pooler too (with
+/// Postgres's SQLSTATE), and an accepted one is reported in Postgres's spelling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_values_are_checked_at_login_as_by_postgres() {
+    use common::*;
+    use std::net::SocketAddr;
+    let pg = PgServer::shared();
+    let db = pg.create_db("diff_login").await;
+    let pooler = Pooler::start(
+        pg,
+        &db,
+        "pool_mode = \"transaction\"\ndefault_pool_size = 1",
+    )
+    .await;
+    let direct = SocketAddr::from(([127, 0, 0, 1], pg.port));
+    let pooled = SocketAddr::from(([127, 0, 0, 1], pooler.port()));
+    for params in [
+        &[("TimeZone", "nowhere/at_all")][..],
+        &[("DateStyle", "bogus")],
+        &[("client_encoding", "no_such_encoding")],
+    ] {
+        let d =
+            wire::login_params(direct, common::APP_USER, common::APP_PASSWORD, &db, params).await;
+        let p =
+            wire::login_params(pooled, common::APP_USER, common::APP_PASSWORD, &db, params).await;
+        let code = |r: &Result<_, String>| r.as_ref().err().map(|e| e[..5].to_string());
+        assert!(d.is_err(), "{params:?}: Postgres refuses it");
+        assert_eq!(code(&d), code(&p), "{params:?}: {:?}", p.as_ref().err());
+    }
+    let spelled = |status: &[(String, String)]| {
+        status
+            .iter()
+            .find(|(n, _)| n == "TimeZone")
+            .map(|(_, v)| v.clone())
+    };
+    let (_, d) = wire::login_params(
+        direct,
+        common::APP_USER,
+        common::APP_PASSWORD,
+        &db,
+        &[("TimeZone", "utc")],
+    )
+    .await
+    .unwrap();
+    let (_, p) = wire::login_params(
+        pooled,
+        common::APP_USER,
+        common::APP_PASSWORD,
+        &db,
+        &[("TimeZone", "utc")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(spelled(&d), spelled(&p));
+    // A refused login left the one server usable for everyone.
+    let c = pooler.client().await;
+    assert_eq!(first_value(&c, "SELECT 1").await, "1");
+}

@@ -201,10 +201,25 @@ async fn login(
             session_params.set(name, v);
         }
     }
+    // Postgres refuses a login with an invalid startup value (`TimeZone=nowhere`): so does
+    // the pooler, by applying the client's values on a server before greeting it. That also
+    // gives the greeting Postgres's spelling of them. Any string is a valid application_name.
+    let needs_check = requested.0.iter().any(|(name, value)| {
+        !name.eq_ignore_ascii_case("application_name")
+            && defaults
+                .get(name)
+                .is_none_or(|d| !d.eq_ignore_ascii_case(value))
+    });
+    if needs_check {
+        let mut server = pool.checkout().await?;
+        let checked = sync_params(app, &mut server, &mut session_params).await;
+        pool.checkin(server);
+        checked?;
+    }
     let mut out = BytesMut::with_capacity(512);
     wire::auth_ok(&mut out);
     for (name, value) in &defaults.0 {
-        let value = requested.get(name).unwrap_or(value);
+        let value = session_params.get(name).unwrap_or(value);
         wire::parameter_status(&mut out, name, value);
     }
     let app_name = session_params.get("application_name").unwrap_or_default();
