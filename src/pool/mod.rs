@@ -5,9 +5,16 @@
 //! first served, and a server that comes back goes straight to the first waiter instead of
 //! through the idle list. The shared state is touched once at checkout and once at checkin.
 
+mod admin;
+mod guard;
+
+use admin::janitor;
+pub use guard::PooledServer;
+use guard::{Grant, Slot, offer};
+
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
@@ -67,127 +74,6 @@ impl PoolLimits {
     fn life_over(&self, server: &ServerConn, now: Instant) -> bool {
         self.lifetime
             .is_some_and(|l| now.duration_since(server.created_at) >= l)
-    }
-}
-
-/// What a waiter is handed: a ready server, or the right to open one. Both are guards: a
-/// grant dropped unreceived (its waiter gave up) gives itself back.
-#[allow(clippy::large_enum_variant)] // one per waiter, moved once: boxing would only add an allocation
-enum Grant {
-    Server(PooledServer),
-    Slot(Slot),
-    /// The pool has no server and could not open one: the error, for every waiter at once.
-    Failed(PoolerError),
-}
-
-/// The right to one server in a pool: one unit of its `total` and of the shared limits,
-/// counted under the pool's lock when the guard is made. Dropped, it gives the unit back and
-/// serves the next waiter, so a checkout abandoned at any await (a `client_login_timeout`
-/// while the server is still logging in) loses nothing.
-struct Slot {
-    pool: Arc<Pool>,
-    armed: bool,
-}
-
-impl Slot {
-    /// For a unit just counted (or held by an idle server being taken out).
-    fn counted(pool: &Arc<Pool>) -> Slot {
-        Slot {
-            pool: pool.clone(),
-            armed: true,
-        }
-    }
-
-    /// The unit stays counted with nobody holding it: it is accounted for under a lock the
-    /// caller holds (which dropping the guard would need too).
-    fn detach(mut self) {
-        self.armed = false;
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        if self.armed {
-            self.pool.release_slot();
-        }
-    }
-}
-
-/// A checked-out server. Give it back with `Pool::checkin` (idle and clean) or
-/// `Pool::discard`; dropped otherwise, it is closed and its slot given back.
-pub struct PooledServer {
-    /// Present until `detach` (checkin, or a grant that could not be delivered).
-    server: Option<ServerConn>,
-    reason: CloseReason,
-    // Dropped after `server`: the slot is free only once the socket is closed.
-    slot: Slot,
-}
-
-impl PooledServer {
-    fn new(server: ServerConn, slot: Slot) -> PooledServer {
-        PooledServer {
-            server: Some(server),
-            reason: CloseReason::Unclean,
-            slot,
-        }
-    }
-
-    /// Takes the server out with its slot still counted (for the idle list, a waiter, or
-    /// uncounted by the caller under the lock).
-    fn detach(mut self) -> ServerConn {
-        self.slot.armed = false;
-        self.server
-            .take()
-            .expect("a pooled server holds its server until detached")
-    }
-}
-
-impl std::ops::Deref for PooledServer {
-    type Target = ServerConn;
-    fn deref(&self) -> &ServerConn {
-        self.server
-            .as_ref()
-            .expect("a pooled server holds its server until detached")
-    }
-}
-
-impl std::ops::DerefMut for PooledServer {
-    fn deref_mut(&mut self) -> &mut ServerConn {
-        self.server
-            .as_mut()
-            .expect("a pooled server holds its server until detached")
-    }
-}
-
-impl std::fmt::Debug for PooledServer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Pooled({:?})", self.server)
-    }
-}
-
-impl Drop for PooledServer {
-    fn drop(&mut self) {
-        if let Some(server) = self.server.take() {
-            let pool = &self.slot.pool;
-            pool.stats.server_closed(self.reason);
-            pool.lock().untag(&server);
-            // Dropping the socket closes it; a backend mid-transaction rolls back on EOF.
-            drop(server);
-        }
-    }
-}
-
-/// Hands a server to a waiter; the server back if the waiter has gone.
-fn offer(tx: oneshot::Sender<Grant>, server: PooledServer) -> Option<PooledServer> {
-    match tx.send(Grant::Server(server)) {
-        Ok(()) => None,
-        Err(Grant::Server(server)) => Some(server),
-        Err(Grant::Slot(slot)) => {
-            // Not what was sent; keep the unit counted as it was.
-            slot.detach();
-            None
-        }
-        Err(Grant::Failed(_)) => None,
     }
 }
 
@@ -905,103 +791,5 @@ fn unreachable(e: &PoolerError) -> bool {
     match e {
         PoolerError::ServerLogin { code, .. } => code.starts_with("57P"),
         _ => true,
-    }
-}
-
-/// Per-pool housekeeping, once a second while the pool exists.
-async fn janitor(pool: Weak<Pool>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let Some(pool) = pool.upgrade() else { return };
-        pool.maintain();
-        pool.stats.roll_period();
-    }
-}
-
-/// The admin console's controls.
-impl Pool {
-    /// PAUSE: new transactions wait; idle servers close now, busy ones when they come back.
-    pub fn pause(&self) {
-        self.close_idle(CloseReason::Admin);
-    }
-
-    /// Shutdown, once clients are gone: every server closes, idle ones now.
-    pub fn shut_down(&self) {
-        self.lock().shutting_down = true;
-        self.close_idle(CloseReason::Shutdown);
-        drop(std::mem::take(&mut self.lock().waiters));
-    }
-
-    fn close_idle(&self, reason: CloseReason) {
-        let idle = {
-            let mut st = self.lock();
-            st.paused = true;
-            let idle = std::mem::take(&mut st.idle);
-            self.remove_slots(&mut st, idle.len());
-            idle
-        };
-        self.stats.server_closed_n(reason, idle.len());
-        for server in idle {
-            tokio::spawn(server.terminate());
-        }
-    }
-
-    /// RECONNECT: every server open now is closed instead of reused: idle ones at once, the
-    /// ones clients hold when they come back. New servers are opened as needed meanwhile.
-    pub fn reconnect(self: &Arc<Self>) {
-        let idle = {
-            let mut st = self.lock();
-            st.reconnect_mark = Some(Instant::now());
-            let idle = std::mem::take(&mut st.idle);
-            self.remove_slots(&mut st, idle.len());
-            // Every server still counted is held by a client (or still connecting, which
-            // `open` counts when it finishes): all older than the mark.
-            st.close_needed = st.total - st.connecting;
-            self.grant_waiters(&mut st);
-            idle
-        };
-        self.stats.server_closed_n(CloseReason::Admin, idle.len());
-        for server in idle {
-            tokio::spawn(server.terminate());
-        }
-    }
-
-    /// Servers RECONNECT marked that clients still hold (PgBouncer's `close_needed`).
-    pub fn close_needed(&self) -> usize {
-        self.lock().close_needed
-    }
-
-    /// RESUME: waiters get servers again, first come first served.
-    pub fn resume(self: &Arc<Self>) {
-        let mut st = self.lock();
-        if !st.paused || st.shutting_down {
-            return;
-        }
-        st.paused = false;
-        self.grant_waiters(&mut st);
-    }
-
-    /// KILL: paused, and every waiter is turned away (its client gets an error).
-    pub fn kill(&self) {
-        self.pause();
-        let waiters = std::mem::take(&mut self.lock().waiters);
-        drop(waiters);
-    }
-
-    /// The idle servers, for `SHOW SERVERS` (busy ones are listed through their clients).
-    pub fn idle_servers(&self) -> Vec<ServerSnapshot> {
-        self.lock()
-            .idle
-            .iter()
-            .map(|s| ServerSnapshot {
-                id: s.id,
-                backend_pid: s.backend_pid,
-                connected_us: us_of(s.created_at),
-                last_used_us: us_of(s.last_used),
-                local: s.stream.local_addr().ok(),
-            })
-            .collect()
     }
 }
