@@ -530,3 +530,52 @@ async fn queued_clients_of_a_blackholed_server_fail_together() {
     );
     blackhole.abort();
 }
+
+/// Issue 12, item 9: clients that vanish mid-query, in bursts. The pooler closes their servers,
+/// but a query Postgres is running goes on until it next talks to the socket; unless the pooler
+/// cancels it and waits for the backend to end before reusing the slot, Postgres holds more
+/// of the pool's backends than the pool's bound (pool 2, reserve 0: it held 6 before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_of_departed_clients_end_before_their_slots_are_reused() {
+    use std::net::SocketAddr;
+    let pg = PgServer::shared();
+    let db = pg.create_db("abandon").await;
+    let pooler = Pooler::start(
+        pg,
+        &db,
+        "pool_mode = \"transaction\"\ndefault_pool_size = 2\nreserve_pool_size = 0",
+    )
+    .await;
+    let addr = SocketAddr::from(([127, 0, 0, 1], pooler.port()));
+    let su = pg.superuser().await;
+    let sleeping = || async {
+        su.query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND query LIKE 'SELECT pg_sleep(30)%' AND state = 'active'",
+            &[&db],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+    };
+    let watch = BackendWatch::start(pg, &db, Duration::from_millis(10)).await;
+    for round in 0..3 {
+        let mut clients = Vec::new();
+        for _ in 0..2 {
+            let mut s = wire::login(addr, APP_USER, APP_PASSWORD, &db).await;
+            tokio::io::AsyncWriteExt::write_all(&mut s, &wire::query("SELECT pg_sleep(30)"))
+                .await
+                .unwrap();
+            clients.push(s);
+        }
+        assert!(
+            eventually(Duration::from_secs(20), || async { sleeping().await == 2 }).await,
+            "round {round}: both queries run"
+        );
+        // Gone without a word, mid-query.
+        drop(clients);
+    }
+    // The last round's servers end too.
+    assert!(eventually(Duration::from_secs(20), || async { sleeping().await == 0 }).await);
+    let peak = watch.peak().await;
+    assert!(peak <= 2, "Postgres held {peak} backends for a pool of 2");
+}

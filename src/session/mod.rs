@@ -363,7 +363,7 @@ async fn run_session(app: &App, stream: &mut TcpStream, session: &Session) -> Re
             }) => {
                 // Mid-transaction: closing the server makes Postgres roll back, and no other
                 // client can ever see this transaction.
-                pool.discard(server);
+                cancel::close_busy(app, pool, server, !tracker.is_idle()).await;
                 return Ok(());
             }
             Ok(RelayEnd::ServerGone) => {
