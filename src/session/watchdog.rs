@@ -8,6 +8,7 @@
 //! is cancel-safe (all its state lives in the buffers and scanners it borrows), so a stretch
 //! can be interrupted to look at that state and resumed where it was.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -148,6 +149,17 @@ impl<'a> Watchdog<'a> {
     ) -> Result<Option<PooledServer>> {
         let checkout = pool.checkout();
         tokio::pin!(checkout);
+        if self.phase() >= Phase::Closing {
+            return Err(PoolerError::ShuttingDown);
+        }
+        self.killed()?;
+        // The common case, a server at hand: no wait, so no client that left while waiting,
+        // and no syscall spent looking for one.
+        if let std::task::Poll::Ready(r) =
+            std::future::poll_fn(|cx| std::task::Poll::Ready(checkout.as_mut().poll(cx))).await
+        {
+            return r.map(Some);
+        }
         let server = loop {
             if self.phase() >= Phase::Closing {
                 return Err(PoolerError::ShuttingDown);
