@@ -138,51 +138,12 @@ pub async fn read_until(s: &mut TcpStream, tag: u8) -> Vec<(u8, Vec<u8>)> {
     }
 }
 
-/// Connects and logs in (md5 or cleartext, whatever the pooler asks), up to ReadyForQuery.
+/// Connects and logs in (md5, cleartext or SCRAM, whatever the server asks), up to
+/// ReadyForQuery; panics if the login fails.
 pub async fn login(addr: SocketAddr, user: &str, password: &str, db: &str) -> TcpStream {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    s.write_all(&startup_packet(&[("user", user), ("database", db)]))
-        .await
-        .unwrap();
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let deadline = tokio::time::Instant::now() + HANG;
-    loop {
-        let mut consumed = 0;
-        for (tag, body) in messages(&buf) {
-            consumed += 5 + body.len();
-            match tag {
-                b'R' => {
-                    let code = i32::from_be_bytes(body[..4].try_into().unwrap());
-                    let mut out = BytesMut::new();
-                    match code {
-                        0 => continue,
-                        3 => frontend::password_message(password.as_bytes(), &mut out).unwrap(),
-                        5 => {
-                            let salt = body[4..8].try_into().unwrap();
-                            let hash = postgres_protocol::authentication::md5_hash(
-                                user.as_bytes(),
-                                password.as_bytes(),
-                                salt,
-                            );
-                            frontend::password_message(hash.as_bytes(), &mut out).unwrap();
-                        }
-                        other => panic!("raw login: auth request {other} not supported"),
-                    }
-                    s.write_all(&out).await.unwrap();
-                }
-                b'E' => panic!("login refused: {:?}", pooler::wire::error_fields(&body)),
-                b'Z' => return s,
-                _ => {}
-            }
-        }
-        buf.drain(..consumed);
-        let n = tokio::time::timeout_at(deadline, s.read(&mut chunk))
-            .await
-            .expect("login timed out")
-            .expect("read");
-        assert!(n > 0, "closed during login");
-        buf.extend_from_slice(&chunk[..n]);
+    match login_params(addr, user, password, db, &[]).await {
+        Ok((s, _)) => s,
+        Err(e) => panic!("login refused: {e}"),
     }
 }
 
