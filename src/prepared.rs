@@ -56,11 +56,7 @@ impl Registry {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let name = format!("POOLER_{id}");
         let mut parse = BytesMut::with_capacity(1 + 4 + name.len() + 1 + text.len());
-        parse.put_u8(b'P');
-        parse.put_i32((4 + name.len() + 1 + text.len()) as i32);
-        parse.put_slice(name.as_bytes());
-        parse.put_u8(0);
-        parse.put_slice(text);
+        crate::wire::parse(&mut parse, &name, &[text]);
         let stmt = Arc::new(ServerStatement {
             id,
             name,

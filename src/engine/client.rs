@@ -194,12 +194,7 @@ impl ClientSide {
                             // pooler's name in the text, parameter types unchanged.
                             let sql = format!("DEALLOCATE \"{}\"", stmt.name);
                             let rest = &up.inbuf[query_end + 1..total];
-                            up.out.put_u8(b'P');
-                            up.out.put_i32((4 + 1 + sql.len() + 1 + rest.len()) as i32);
-                            up.out.put_u8(0);
-                            up.out.put_slice(sql.as_bytes());
-                            up.out.put_u8(0);
-                            up.out.put_slice(rest);
+                            wire::parse(&mut up.out, "", &[sql.as_bytes(), &[0], rest]);
                             up.inbuf.advance(total);
                             tracker.push(Expect::Pass(Request::Parse, None));
                             if let Some(s) = stmts.as_deref_mut() {
@@ -469,11 +464,8 @@ fn raise_on_server(out: &mut BytesMut, tracker: &mut Tracker, code: &str, messag
         "DO $pooler$BEGIN RAISE EXCEPTION USING ERRCODE = '{code}', MESSAGE = {}; END$pooler$",
         wire::quote_literal(message)
     );
-    out.put_u8(b'P');
-    out.put_i32((4 + 1 + sql.len() + 1 + 2) as i32);
-    out.put_u8(0);
-    out.put_slice(sql.as_bytes());
-    out.put_slice(&[0, 0, 0]);
+    // The text's terminator, then no parameter types.
+    wire::parse(out, "", &[sql.as_bytes(), &[0, 0, 0]]);
     tracker.push(Expect::Hide(Request::Parse, None));
     // Bind: unnamed portal and statement, no parameter formats, no parameters, no results.
     out.put_slice(&[b'B', 0, 0, 0, 12, 0, 0, 0, 0, 0, 0, 0, 0]);

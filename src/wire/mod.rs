@@ -184,6 +184,20 @@ pub fn query(buf: &mut BytesMut, sql: &str) {
     buf.put_u8(0);
 }
 
+/// A Parse message: the statement name, then the rest of the body (query text with its
+/// terminator, parameter types) given in parts, so a caller can splice a new text in front
+/// of a client's own parameter types without copying them first.
+pub fn parse(buf: &mut BytesMut, name: &str, rest: &[&[u8]]) {
+    let len: usize = rest.iter().map(|p| p.len()).sum();
+    buf.put_u8(b'P');
+    buf.put_i32((4 + name.len() + 1 + len) as i32);
+    buf.put_slice(name.as_bytes());
+    buf.put_u8(0);
+    for part in rest {
+        buf.put_slice(part);
+    }
+}
+
 pub fn parameter_status(buf: &mut BytesMut, name: &str, value: &str) {
     put_message(buf, b'S', |b| {
         put_cstr(b, name);
