@@ -40,6 +40,12 @@ pub enum PoolerError {
         "pooler: prepared statement text over {0} MB cannot be pooled; use an unnamed statement or the simple protocol"
     )]
     StatementTooLarge(usize),
+    /// More session settings than the pooler carries for one client (`SET` of many names).
+    #[error("pooler: too many session settings ({0} names or {1} bytes at most per client)")]
+    TooManySettings(usize, usize),
+    /// The server would not tell the values of the client's settings after its transaction.
+    #[error("pooler: could not read back session settings: {0}")]
+    SettingsUnknown(String),
     #[error("server conn crashed?")]
     ServerGone,
     #[error("server returned an unexpected response: {0}")]
@@ -88,7 +94,8 @@ impl PoolerError {
             PoolerError::SslRequired => "28000",
             PoolerError::AuthFailed(_) => "28P01",
             PoolerError::SessionState(_) => "0A000",
-            PoolerError::StatementTooLarge(_) => "54000",
+            PoolerError::StatementTooLarge(_) | PoolerError::TooManySettings(..) => "54000",
+            PoolerError::SettingsUnknown(_) => "08006",
             PoolerError::NotAllowed => "28000",
             PoolerError::NoSuchDatabase(_) => "3D000",
             PoolerError::TooManyClients => "53300",
@@ -108,6 +115,8 @@ impl PoolerError {
             PoolerError::NoSuchDatabase(_) => "no_such_database",
             PoolerError::SessionState(_) => "session_state",
             PoolerError::StatementTooLarge(_) => "statement_too_large",
+            PoolerError::TooManySettings(..) => "too_many_settings",
+            PoolerError::SettingsUnknown(_) => "settings_unknown",
             PoolerError::TooManyClients => "max_client_conn",
             PoolerError::QueryWaitTimeout => "query_wait_timeout",
             PoolerError::ClientLoginTimeout => "client_login_timeout",

@@ -20,6 +20,9 @@ pub struct ServerStatement {
     pub name: String,
     /// A complete Parse message preparing it under `name`.
     pub parse: Bytes,
+    /// The session settings its text changes (`SET work_mem = ...`): each execution makes
+    /// the pooler read them back, as for a simple query (found once, here, not per Bind).
+    pub settings: Box<[String]>,
 }
 
 /// Pooler-wide: one server-side statement per distinct (query, parameter types) that some
@@ -57,10 +60,14 @@ impl Registry {
         let name = format!("POOLER_{id}");
         let mut parse = BytesMut::with_capacity(1 + 4 + name.len() + 1 + text.len());
         crate::wire::parse(&mut parse, &name, &[text]);
+        let query = text.split(|&b| b == 0).next().unwrap_or_default();
+        let mut settings = Vec::new();
+        crate::session_state::scan(query, &mut |n| settings.push(n));
         let stmt = Arc::new(ServerStatement {
             id,
             name,
             parse: parse.freeze(),
+            settings: settings.into_boxed_slice(),
         });
         st.map
             .insert(Bytes::copy_from_slice(text), Arc::downgrade(&stmt));

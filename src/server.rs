@@ -72,6 +72,18 @@ impl Params {
     }
 }
 
+/// Rows of one of the pooler's own queries: text values, `None` for NULL.
+pub type Rows = Vec<Vec<Option<String>>>;
+
+fn data_row(body: &backend::DataRowBody) -> Result<Vec<Option<String>>> {
+    use fallible_iterator::FallibleIterator;
+    let buf = body.buffer();
+    body.ranges()
+        .map(|r| Ok(r.map(|r| String::from_utf8_lossy(&buf[r]).into_owned())))
+        .collect()
+        .map_err(|e: std::io::Error| unexpected(&format!("bad DataRow: {e}")))
+}
+
 static NEXT_SERVER_ID: AtomicU64 = AtomicU64::new(1);
 
 pub struct ServerConn {
@@ -79,6 +91,9 @@ pub struct ServerConn {
     pub id: u64,
     /// Current values of the server's reported parameters, plus those the pooler set itself.
     pub params: Params,
+    /// Session settings (not tracked parameters) this server has away from its defaults, as
+    /// the pooler set them or read them back after a client's transaction.
+    pub settings: Params,
     /// Protocol-level prepared statements this server has (transaction mode).
     pub statements: ServerCache,
     pub backend_pid: i32,
@@ -174,6 +189,7 @@ impl ServerConn {
             stream,
             id: NEXT_SERVER_ID.fetch_add(1, Ordering::Relaxed),
             params: Params::default(),
+            settings: Params::default(),
             statements: ServerCache::default(),
             backend_pid: 0,
             backend_secret: 0,
@@ -320,7 +336,29 @@ impl ServerConn {
             })
     }
 
+    /// Runs one of the pooler's own queries and returns its rows (text values, `None` for
+    /// NULL), or the server's error (code, message).
+    pub async fn query_rows(&mut self, sql: &str) -> Result<Result<Rows, (String, String)>> {
+        let mut rows = Rows::new();
+        let bound = self.query_bound;
+        let run = self.run_collecting(sql, Some(&mut rows));
+        match tokio::time::timeout(bound, run).await {
+            Ok(Ok(None)) => Ok(Ok(rows)),
+            Ok(Ok(Some(failure))) => Ok(Err(failure)),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(PoolerError::QueryTimeout),
+        }
+    }
+
     async fn run_internal_unbounded(&mut self, sql: &str) -> Result<Option<(String, String)>> {
+        self.run_collecting(sql, None).await
+    }
+
+    async fn run_collecting(
+        &mut self,
+        sql: &str,
+        mut rows: Option<&mut Rows>,
+    ) -> Result<Option<(String, String)>> {
         let mut out = BytesMut::with_capacity(sql.len() + 8);
         frontend::query(sql, &mut out)?;
         self.send(&mut out).await?;
@@ -345,6 +383,11 @@ impl ServerConn {
                 }
                 backend::Message::CopyInResponse(_) => {
                     return Err(unexpected("housekeeping query started COPY"));
+                }
+                backend::Message::DataRow(body) => {
+                    if let Some(rows) = rows.as_deref_mut() {
+                        rows.push(data_row(&body)?);
+                    }
                 }
                 _ => {}
             }

@@ -496,3 +496,10 @@ async fn many_clients_with_their_own_parameters_chopped() {
         .collect();
     assert!(servers.len() <= 2, "{servers:?}");
 }
+
+/// Issue 13: settings changed by SET, set_config, startup parameters and `options` follow each
+/// client with Postgres's transaction semantics while clients share one server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_settings_follow_each_client() {
+    scenario::session_settings_follow_each_client(Via::Chopped).await;
+}

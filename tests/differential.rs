@@ -98,3 +98,10 @@ async fn startup_values_are_checked_at_login_as_by_postgres() {
     let c = pooler.client().await;
     assert_eq!(first_value(&c, "SELECT 1").await, "1");
 }
+
+/// Issue 13: settings changed by SET, set_config, startup parameters and `options` follow each
+/// client with Postgres's transaction semantics while clients share one server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_settings_follow_each_client() {
+    scenario::session_settings_follow_each_client(Via::Pooler).await;
+}

@@ -192,11 +192,17 @@ async fn startup_parameters_hold_on_every_server() {
         "pool_mode = \"transaction\"\ndefault_pool_size = 1",
     )
     .await;
+    // `options` carries settings (`-c name=value`), applied per client like startup values.
     let url = format!(
         "{} application_name=alpha options='-c TimeZone=UTC'",
         pooler.app_url()
     );
-    // `options` is not in ignore_startup_parameters: refused like PgBouncer does.
+    let c = connect(&url).await;
+    let tz: String = c.query_one("SHOW TimeZone", &[]).await.unwrap().get(0);
+    assert_eq!(tz, "UTC");
+    drop(c);
+    // Any other switch cannot be applied per client: refused like PgBouncer does.
+    let url = format!("{} options='-B 100'", pooler.app_url());
     let err = try_connect(&url).await.unwrap_err();
     assert_eq!(sqlstate(&err).as_deref(), Some("08P01"));
     assert_eq!(message(&err), "unsupported startup parameter: options");

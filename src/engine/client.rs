@@ -44,6 +44,14 @@ pub struct ClientSide {
     /// A `RESET` ran on the server: the session re-checks every tracked parameter of this
     /// server before it serves the next client (what the pooler recorded may be stale).
     pub params_touched: bool,
+    /// Settings the client's texts changed since checkout (`SET`, `RESET`, `set_config`), in
+    /// lower case: the session reads their values back once the transaction is over and
+    /// carries them with the client, instead of pinning it.
+    pub settings_touched: Vec<String>,
+    /// `RESET ALL` or `DISCARD ALL`: every setting the session carries must be read back.
+    pub settings_all: bool,
+    /// The settings the client's unnamed statement changes, noted again at each Bind of it.
+    unnamed_settings: Vec<String>,
 }
 
 impl ClientSide {
@@ -84,7 +92,7 @@ impl ClientSide {
                     }
                     tracker.push(Expect::Pass(Request::Query, None));
                     if self.needs_inspection()
-                        && let Some(kind) = session_state::detect(&up.inbuf[5..total])
+                        && let Some(kind) = self.scan(&up.inbuf[5..total], None)
                         && self.on_session_state(kind)? == Policy::Error
                     {
                         up.inbuf.advance(total);
@@ -177,8 +185,10 @@ impl ClientSide {
                         let query_end = cstr_end(&up.inbuf[..total], name_end + 1)
                             .ok_or_else(|| malformed("Parse"))?;
                         if self.needs_inspection()
-                            && let Some(kind) =
-                                session_state::detect(&up.inbuf[name_end + 1..query_end])
+                            && let Some(kind) = self.scan(
+                                &up.inbuf[name_end + 1..query_end],
+                                Some((name_end == 5, stmts.is_some())),
+                            )
                             && self.on_session_state(kind)? == Policy::Error
                         {
                             // Mid-pipeline there is no clean way to refuse one message.
@@ -249,8 +259,13 @@ impl ClientSide {
                     };
                     if stmt_end == portal_end + 1 {
                         self.guard_unnamed(up, tracker, stmts.as_deref_mut());
+                        if !self.unnamed_settings.is_empty() {
+                            let names = std::mem::take(&mut self.unnamed_settings);
+                            self.on_bind(&names);
+                            self.unnamed_settings = names;
+                        }
                     }
-                    bind(
+                    let bound = bind(
                         up,
                         total,
                         portal_end,
@@ -258,6 +273,11 @@ impl ClientSide {
                         tracker,
                         stmts.as_deref_mut(),
                     );
+                    if let Some(stmt) = bound
+                        && !stmt.settings.is_empty()
+                    {
+                        self.on_bind(&stmt.settings);
+                    }
                 }
                 b'X' => {
                     self.terminated = true;
@@ -297,6 +317,35 @@ impl ClientSide {
         }
     }
 
+    /// Scans a query text for session state, noting the settings it changes. For a Parse,
+    /// `parse` tells whether it is unnamed and whether the pooler follows named statements.
+    fn scan(&mut self, sql: &[u8], parse: Option<(bool, bool)>) -> Option<Kind> {
+        let mut names = Vec::new();
+        let kind = session_state::scan(sql, &mut |name| names.push(name));
+        match parse {
+            Some((true, _)) => self.unnamed_settings.clone_from(&names),
+            // A named statement the pooler does not follow (max_prepared_statements = 0)
+            // could run again in a later transaction, unseen: kept on its server.
+            Some((false, false)) if kind.is_none() && !names.is_empty() => {
+                return Some(Kind::Prepare);
+            }
+            _ => {}
+        }
+        for name in names {
+            note_setting(&mut self.settings_touched, name);
+        }
+        kind
+    }
+
+    /// Notes the settings a statement being bound changes.
+    fn on_bind(&mut self, settings: &[String]) {
+        for name in settings {
+            if !self.settings_touched.contains(name) {
+                self.settings_touched.push(name.clone());
+            }
+        }
+    }
+
     pub(crate) fn needs_inspection(&self) -> bool {
         self.policy.is_some() && self.pinned.is_none()
     }
@@ -333,16 +382,20 @@ impl ClientSide {
         let startup = &self.startup;
         let mut restore = 0u64;
         let mut touched = false;
+        let mut all = false;
+        let settings = &mut self.settings_touched;
         session_state::resets(sql, |r| {
             count += 1;
             match r {
                 Reset::AllParams => {
                     touched = true;
+                    all = true;
                     restore = u64::MAX;
                 }
                 Reset::Param(word) => {
                     touched = true;
                     let name = session_state::identifier(word);
+                    note_setting(settings, name.to_ascii_lowercase());
                     if let Some(i) = startup
                         .iter()
                         .position(|(n, _)| n.eq_ignore_ascii_case(&name))
@@ -369,6 +422,7 @@ impl ClientSide {
         });
         self.restore |= restore;
         self.params_touched |= touched;
+        self.settings_all |= all;
         // Only a query that is nothing but the DEALLOCATE can be replaced whole.
         let single = count == 1 && {
             let trimmed = sql.trim_ascii();
@@ -403,10 +457,14 @@ impl ClientSide {
                 wire::quote_literal(value)
             ));
         }
+        // A custom setting (`app.x`) is not in pg_settings: once reset it reads ''.
         let sql = format!(
-            "SELECT pg_catalog.set_config(s.name, v.value, false) \
-             FROM pg_catalog.pg_settings s JOIN (VALUES {values}) AS v(name, value) \
-             ON pg_catalog.lower(s.name) = v.name WHERE s.setting IS NOT DISTINCT FROM s.reset_val"
+            "SELECT pg_catalog.set_config(v.name, v.value, false) \
+             FROM (VALUES {values}) AS v(name, value) \
+             LEFT JOIN pg_catalog.pg_settings s ON pg_catalog.lower(s.name) = v.name \
+             WHERE CASE WHEN s.name IS NULL \
+             THEN coalesce(pg_catalog.current_setting(v.name, true), '') = '' \
+             ELSE s.setting IS NOT DISTINCT FROM s.reset_val END"
         );
         self.restore = 0;
         if any {
@@ -442,6 +500,13 @@ impl ClientSide {
     /// True when everything forwarded is a complete request up to a sync point.
     pub fn at_boundary(&self, up: &Flow) -> bool {
         !self.unsynced && up.at_boundary()
+    }
+}
+
+/// Adds a setting name to those touched, once.
+fn note_setting(touched: &mut Vec<String>, name: String) {
+    if !touched.contains(&name) {
+        touched.push(name);
     }
 }
 
@@ -649,7 +714,7 @@ pub(crate) fn bind(
     stmt_end: usize,
     tracker: &mut Tracker,
     stmts: Option<&mut Statements<'_>>,
-) {
+) -> Option<Arc<ServerStatement>> {
     let known = match stmts {
         Some(s) if stmt_end > portal_end + 1 => {
             let found = std::str::from_utf8(&up.inbuf[portal_end + 1..stmt_end])
@@ -664,7 +729,7 @@ pub(crate) fn bind(
         // Unnamed, session mode, or a name the client never prepared (the server says so).
         tracker.push(Expect::Pass(Request::Bind, None));
         up.pass(total, false);
-        return;
+        return None;
     };
     ensure_prepared(&stmt, s, tracker, &mut up.out);
     let old_name_len = stmt_end - portal_end - 1;
@@ -675,7 +740,8 @@ pub(crate) fn bind(
     up.out.put_slice(stmt.name.as_bytes());
     up.out.put_u8(0);
     up.inbuf.advance(stmt_end + 1);
-    tracker.push(Expect::Pass(Request::Bind, Some(stmt)));
+    tracker.push(Expect::Pass(Request::Bind, Some(stmt.clone())));
     // The parameters follow unchanged, however large.
     up.pass(total - stmt_end - 1, false);
+    Some(stmt)
 }

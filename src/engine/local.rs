@@ -111,5 +111,7 @@ pub(crate) fn leaves_state(parse_body: &[u8]) -> bool {
     let sql = &parse_body[name_end + 1..query_end];
     let mut resets = false;
     session_state::resets(sql, |_| resets = true);
-    resets || session_state::detect(sql).is_some()
+    let mut sets = false;
+    let kind = session_state::scan(sql, &mut |_| sets = true);
+    resets || sets || kind.is_some()
 }

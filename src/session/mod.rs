@@ -7,6 +7,7 @@
 
 mod cancel;
 pub mod relay;
+mod settings;
 pub mod watchdog;
 
 use bytes::BytesMut;
@@ -37,8 +38,11 @@ struct Session {
     database: String,
     /// The values this client expects of the tracked parameters, kept true on every server.
     params: Params,
-    /// The tracked parameters the client gave at startup: what `RESET` returns to.
+    /// The parameters and settings the client gave at startup: what `RESET` returns to.
     startup: Params,
+    /// The client's other session settings (startup parameters, `options=-c`), carried to
+    /// every server it uses (see `settings.rs`).
+    settings: Params,
     /// This client in SHOW CLIENTS; dropped (unregistered) before the socket closes.
     client: Registration,
 }
@@ -142,19 +146,35 @@ async fn login(
     let mut user_name = None;
     let mut database = None;
     let mut requested = Params::default();
+    // Settings that are not tracked parameters: carried per client like a SET.
+    let mut startup_settings = Params::default();
+    let mut take_setting = |name: &str, value: &str| {
+        if let Some(canonical) = app.tracked_name(name) {
+            requested.set(canonical, value);
+        } else if !app.is_ignored(name) {
+            startup_settings.set(&name.to_ascii_lowercase(), value);
+        }
+    };
     for (name, value) in params {
         match name.as_str() {
             "user" => user_name = Some(value),
             "database" => database = Some(value),
-            _ => {
-                if let Some(canonical) = app.tracked_name(&name) {
-                    requested.set(canonical, &value);
-                } else if !app.is_ignored(&name) {
+            "options" if !app.is_ignored("options") => {
+                for (name, value) in settings::parse_options(&value)? {
+                    take_setting(&name, &value);
+                }
+            }
+            // Not settings: a replication connection or a protocol extension the pooler does
+            // not speak.
+            _ if name == "replication" || name.starts_with("_pq_.") => {
+                if !app.is_ignored(&name) {
                     return Err(PoolerError::UnsupportedStartupParameter(name));
                 }
             }
+            _ => take_setting(&name, &value),
         }
     }
+    settings::check_bounds(&startup_settings)?;
     let user_name = user_name
         .filter(|u| !u.is_empty())
         .ok_or_else(|| PoolerError::protocol("no user name specified in startup packet"))?;
@@ -210,11 +230,34 @@ async fn login(
                 .get(name)
                 .is_none_or(|d| !d.eq_ignore_ascii_case(value))
     });
-    if needs_check {
+    if needs_check || !startup_settings.0.is_empty() {
         let mut server = pool.checkout().await?;
-        let checked = sync_params(app, &mut server, &mut session_params).await;
-        pool.checkin(server);
-        checked?;
+        let mut checked =
+            settings::sync(app, &mut server, &mut session_params, &startup_settings).await;
+        if checked.is_ok() && !startup_settings.0.is_empty() {
+            // Postgres's spelling of the values (`8MB` for `8192`), so later comparisons match.
+            let names: Vec<String> = startup_settings.0.iter().map(|(n, _)| n.clone()).collect();
+            checked = settings::read_back(
+                app,
+                &mut server,
+                &names,
+                false,
+                &mut session_params,
+                &mut startup_settings,
+            )
+            .await;
+        }
+        match checked {
+            Ok(()) => pool.checkin(server),
+            Err(e) => {
+                pool.discard(server);
+                return Err(e);
+            }
+        }
+    }
+    // What RESET returns to: the tracked parameters and the settings, as the client gave them.
+    for (name, value) in &startup_settings.0 {
+        requested.set(name, value);
     }
     let mut out = BytesMut::with_capacity(512);
     wire::auth_ok(&mut out);
@@ -236,6 +279,7 @@ async fn login(
         database,
         params: session_params,
         startup: requested,
+        settings: startup_settings,
         client,
     })))
 }
@@ -244,6 +288,7 @@ async fn login(
 async fn run_session(app: &App, stream: &mut TcpStream, session: &Session) -> Result<()> {
     let pool = &session.pool;
     let mut params = session.params.clone();
+    let mut settings = session.settings.clone();
     let mut up = Flow::default();
     let mut down = Flow::default();
     let mut client_side = ClientSide::new(
@@ -275,7 +320,7 @@ async fn run_session(app: &App, stream: &mut TcpStream, session: &Session) -> Re
             return Ok(());
         };
         let attached = session.client.attached(&server);
-        if let Err(e) = sync_params(app, &mut server, &mut params).await {
+        if let Err(e) = settings::sync(app, &mut server, &mut params, &settings).await {
             pool.discard(server);
             return Err(e);
         }
@@ -315,6 +360,31 @@ async fn run_session(app: &App, stream: &mut TcpStream, session: &Session) -> Re
         tracker.drain_unprepared(&mut client_statements);
         if std::mem::take(&mut client_side.params_touched) {
             server.params_uncertain = true;
+        }
+        // Settings the transaction changed: read back before anyone else can get the server.
+        let touched = std::mem::take(&mut client_side.settings_touched);
+        let all = std::mem::take(&mut client_side.settings_all);
+        let clean = matches!(
+            end,
+            Ok(RelayEnd::Idle | RelayEnd::ClientGone { server_clean: true })
+        );
+        if (all || !touched.is_empty()) && release_on_idle && clean && client_side.pinned.is_none()
+        {
+            let gone = !matches!(end, Ok(RelayEnd::Idle));
+            let read = if gone {
+                // Only what the server keeps matters now.
+                let (mut p, mut s) = (Params::default(), Params::default());
+                settings::read_back(app, &mut server, &touched, all, &mut p, &mut s).await
+            } else {
+                // The client has its reply; the read costs it no latency.
+                down.flush(stream).await?;
+                settings::read_back(app, &mut server, &touched, all, &mut params, &mut settings)
+                    .await
+            };
+            if let Err(e) = read {
+                pool.discard(server);
+                return if gone { Ok(()) } else { Err(e) };
+            }
         }
         let xact_done = release_on_idle && matches!(end, Ok(RelayEnd::Idle));
         let counts = Relayed {
@@ -401,74 +471,8 @@ async fn release_after_client(pool: &Arc<Pool>, mut server: PooledServer, pinned
         if let Some(defaults) = pool.defaults() {
             server.params = defaults.clone();
         }
+        server.settings = Params::default();
         server.statements.clear();
     }
     pool.checkin(server);
-}
-
-/// Makes the server's tracked parameters equal the client's, in one round trip when needed.
-async fn sync_params(app: &App, server: &mut ServerConn, wanted: &mut Params) -> Result<()> {
-    let mut sets = Vec::new();
-    let mut resets = Vec::new();
-    // After a RESET on this server, what the pooler recorded may be stale: set everything.
-    let uncertain = std::mem::take(&mut server.params_uncertain);
-    for name in &app.tracked {
-        match (wanted.get(name), server.params.get(name)) {
-            (Some(w), have) if uncertain || have != Some(w) => {
-                sets.push((name.as_str(), w.to_string()))
-            }
-            (None, Some(_)) => resets.push(name.as_str()),
-            (None, None) if uncertain && !is_reported(name) => resets.push(name.as_str()),
-            _ => {}
-        }
-    }
-    if sets.is_empty() && resets.is_empty() {
-        return Ok(());
-    }
-    let mut sql = String::new();
-    if !sets.is_empty() {
-        sql.push_str("SELECT ");
-        for (i, (name, value)) in sets.iter().enumerate() {
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str(&format!(
-                "pg_catalog.set_config({}, {}, false)",
-                wire::quote_literal(name),
-                wire::quote_literal(value)
-            ));
-        }
-        sql.push(';');
-    }
-    for name in &resets {
-        sql.push_str(&format!("RESET \"{}\";", name.replace('"', "\"\"")));
-    }
-    // Recorded as asked before the query runs: a parameter Postgres reports arrives as
-    // ParameterStatus in Postgres's spelling and overwrites it; one it does not report keeps
-    // the value set here, never a previous client's.
-    for (name, value) in &sets {
-        server.params.set(name, value);
-    }
-    for name in &resets {
-        server.params.remove(name);
-    }
-    if let Some((code, message)) = server.run_internal(&sql).await? {
-        tracing::warn!(%code, %message, "could not apply client parameters on server");
-        // The server's state is unknown now: the next client sets everything again.
-        server.params_uncertain = true;
-        return Err(PoolerError::ServerLogin { code, message });
-    }
-    for (name, _) in &sets {
-        // The client adopts Postgres's spelling so the next comparison matches.
-        if let Some(v) = server.params.get(name) {
-            let v = v.to_string();
-            wanted.set(name, &v);
-        }
-    }
-    Ok(())
-}
-
-/// Parameters Postgres reports with ParameterStatus: the server's value is always known.
-fn is_reported(name: &str) -> bool {
-    crate::session_state::is_reported(name)
 }

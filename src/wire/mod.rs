@@ -322,7 +322,13 @@ pub fn error_fields(mut body: &[u8]) -> (String, String) {
 
 /// Quotes a value as an SQL string literal for `SET name = '...'`.
 pub fn quote_literal(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
+    // An escape string when there is a backslash: it means the same whatever the session's
+    // standard_conforming_strings (a client may have turned it off).
+    if value.contains('\\') {
+        format!("E'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
+    } else {
+        format!("'{}'", value.replace('\'', "''"))
+    }
 }
 
 #[cfg(test)]

@@ -161,6 +161,9 @@ pub async fn resets_return_to_startup_values(via: Via) {
         vec![("search_path", "s2")],
         vec![],
     ]);
+    // A custom setting (`myapp.tenant`) another client used stays defined on the server once
+    // reset (Postgres cannot drop it): `current_setting(.., true)` gives '' where a fresh
+    // connection gives NULL, as after any `SET LOCAL` of it. The one difference: folded here.
     let check = |sc: &mut Scenario, c: usize| {
         sc.q(c, "SELECT v FROM t");
         sc.q(c, "SHOW search_path");
@@ -290,4 +293,91 @@ pub async fn statement_names_and_error_recovery_as_postgres(via: Via) {
     assert_eq!(seen[4].errors, vec!["26000".to_string()], "skipped Parse");
     assert_eq!(cell(&seen[6]).as_deref(), Some("22"));
     assert_eq!(cell(&seen[8]).as_deref(), Some("3"));
+}
+
+/// Issue 13: session settings changed by `SET`, `set_config(.., false)`, startup parameters
+/// and `options=-c` follow each client from server to server with Postgres's transaction
+/// semantics (rolled back, `SET LOCAL`, `ROLLBACK TO`), while three clients share one server.
+pub async fn session_settings_follow_each_client(via: Via) {
+    let pg = PgServer::shared();
+    let db = two_schemas(pg, "diff_settings").await;
+    let mut sc = Scenario::new(vec![
+        vec![("options", "-c work_mem=16MB -c myapp.tenant=start")],
+        vec![("statement_timeout", "12s"), ("search_path", "s1")],
+        vec![],
+    ]);
+    let check = |sc: &mut Scenario, c: usize| {
+        sc.q(
+            c,
+            "SELECT current_setting('work_mem'), current_setting('statement_timeout'), \
+             current_setting('search_path'), \
+             coalesce(current_setting('myapp.tenant', true), ''), \
+             current_setting('client_min_messages'), current_setting('extra_float_digits'), \
+             current_setting('default_transaction_read_only'), (SELECT v FROM t)",
+        );
+    };
+    let steps: &[&[u8]] = &[
+        b"SET work_mem = '8MB'",
+        b"BEGIN; SET work_mem = '9MB'; ROLLBACK",
+        b"BEGIN; SET work_mem = '10MB'; COMMIT",
+        b"BEGIN; SET LOCAL work_mem = '11MB'; SHOW work_mem; COMMIT",
+        b"BEGIN; SET work_mem = '12MB'; SAVEPOINT a; SET work_mem = '13MB'; ROLLBACK TO a; COMMIT",
+        b"BEGIN; SAVEPOINT a; SET myapp.tenant = '42'; RELEASE a; COMMIT",
+        // A failed transaction, then its rollback (together: the server stays with it).
+        b"BEGIN; SET statement_timeout = '5s'; SELECT 1/0\0ROLLBACK",
+        b"SET search_path = s2",
+        b"SET SCHEMA 's1'",
+        b"SELECT set_config('client_min_messages', 'warning', false)",
+        b"SELECT set_config('myapp.tenant', '7', true)",
+        b"SET extra_float_digits = 3",
+        b"SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
+        b"CREATE TABLE nope (x int)",
+        b"RESET default_transaction_read_only",
+        b"RESET work_mem",
+        b"SET work_mem TO DEFAULT",
+        b"SET statement_timeout = '3s'; RESET ALL",
+        b"SET work_mem = '5MB'; SET myapp.tenant = 'x'",
+        b"DISCARD ALL",
+    ];
+    for (i, step) in steps.iter().enumerate() {
+        for c in 0..3 {
+            // Each client a step behind the previous one, so their states differ.
+            if let Some(sql) = i.checked_sub(c).and_then(|j| steps.get(j)) {
+                for part in sql.split(|&b| b == 0) {
+                    sc.q(c, std::str::from_utf8(part).unwrap_or_default());
+                }
+            }
+            check(&mut sc, c);
+        }
+        let _ = step;
+    }
+    // The extended protocol: a named SET run in a later transaction, an unnamed one at once.
+    sc.raw(0, with_sync(parse_named("sw", "SET work_mem = '20MB'")));
+    check(&mut sc, 0);
+    check(&mut sc, 1);
+    sc.raw(0, with_sync(bind_execute("sw")));
+    check(&mut sc, 1);
+    check(&mut sc, 0);
+    sc.raw(
+        1,
+        with_sync([parse_named("", "SET work_mem = '21MB'"), bind_execute("")].concat()),
+    );
+    check(&mut sc, 0);
+    check(&mut sc, 1);
+    check(&mut sc, 2);
+    let seen = sc.compare_via(pg, &db, TX1, via).await;
+    // What the client with `options` sees first: its own startup values.
+    assert_eq!(
+        seen[1].rows.first().and_then(|r| r[0].clone()).as_deref(),
+        Some("8MB")
+    );
+    assert_eq!(
+        seen[1].rows.first().and_then(|r| r[3].clone()).as_deref(),
+        Some("start")
+    );
+    // The client with startup values sees them before it changes anything.
+    assert_eq!(
+        seen[2].rows.first().and_then(|r| r[1].clone()).as_deref(),
+        Some("12s")
+    );
 }

@@ -1,13 +1,16 @@
 //! Statements that leave session state behind on a server, detected in transaction mode.
 //!
-//! In transaction mode the next client may get this server; a `SET`, `LISTEN`, session
-//! advisory lock, temporary table, SQL `PREPARE` or `DECLARE ... WITH HOLD` would leak to it
-//! (or vanish for this client). PgBouncer corrupts silently here; the pooler spots them and
-//! applies `session_state`: `pin` the client to its server, `warn`, or `error`.
+//! In transaction mode the next client may get this server. Settings (`SET`, `RESET`,
+//! `set_config`) are state the pooler can carry: `scan` names them, the session reads their
+//! values back after the transaction and replays them on the client's next server. What it
+//! cannot carry — `LISTEN`, session advisory locks, temporary tables, SQL `PREPARE`,
+//! `DECLARE ... WITH HOLD`, `SET ROLE` / `SET SESSION AUTHORIZATION` (never replayed: who the
+//! session is), a `DO` block or a `set_config` whose name is not a literal — falls under
+//! `session_state`: `pin` the client to its server, `warn`, or `error`.
 //!
 //! This is a lexical scan, not a parser: it looks at statement starts and a few function
-//! names outside quoted strings and comments, without allocating. Parameters the pooler
-//! already keeps per client (reported ones such as `TimeZone`) do not count.
+//! names outside quoted strings and comments, allocating only for the names of settings it
+//! finds. Parameters Postgres reports (`TimeZone`) are followed through ParameterStatus.
 
 use serde::Deserialize;
 
@@ -27,7 +30,9 @@ pub enum Policy {
 /// The kind of session state a statement creates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    Set,
+    /// `SET ROLE`, `SET SESSION AUTHORIZATION`: who the session is. Never replayed.
+    Role,
+    /// `set_config` with a name the scanner cannot read (`$1`).
     SetConfig,
     Listen,
     AdvisoryLock,
@@ -40,7 +45,7 @@ pub enum Kind {
 
 impl Kind {
     pub const ALL: [Kind; 8] = [
-        Kind::Set,
+        Kind::Role,
         Kind::SetConfig,
         Kind::Listen,
         Kind::AdvisoryLock,
@@ -52,7 +57,7 @@ impl Kind {
 
     pub fn as_str(self) -> &'static str {
         match self {
-            Kind::Set => "set",
+            Kind::Role => "role",
             Kind::SetConfig => "set_config",
             Kind::Listen => "listen",
             Kind::AdvisoryLock => "advisory_lock",
@@ -222,19 +227,94 @@ fn names_any(word: &[u8], list: &[&str]) -> bool {
     list.iter().any(|n| names(word, n))
 }
 
-/// The first session-state statement in `sql`, if any.
+/// The first session-state statement in `sql`, if any (settings changes ignored).
 pub fn detect(sql: &[u8]) -> Option<Kind> {
+    scan(sql, &mut |_| {})
+}
+
+/// Settings a `SET` names that are not session settings: transaction-scoped ones, and those
+/// Postgres reports with ParameterStatus (the pooler follows those without reading them).
+fn untracked_setting(name: &str) -> bool {
+    is_reported(name)
+        || name.eq_ignore_ascii_case("transaction_isolation")
+        || name.eq_ignore_ascii_case("transaction_read_only")
+        || name.eq_ignore_ascii_case("transaction_deferrable")
+}
+
+/// Settings that change who the session is: never carried to another server.
+fn identity_setting(name: &str) -> bool {
+    name.eq_ignore_ascii_case("role") || name.eq_ignore_ascii_case("session_authorization")
+}
+
+/// The string a plain SQL literal (`'...'`, quotes included) denotes, if `word` is one.
+fn plain_literal(word: &[u8]) -> Option<String> {
+    match word {
+        [b'\'', inner @ .., b'\''] if word.len() >= 2 => {
+            Some(String::from_utf8_lossy(inner).replace("''", "'"))
+        }
+        _ => None,
+    }
+}
+
+/// The setting names a `SET` statement's first word after `SET [SESSION]` stands for, or an
+/// identity change (`SET ROLE`, `SET SESSION AUTHORIZATION`).
+fn set_target(word: &[u8], found: &mut dyn FnMut(String)) -> Option<Kind> {
+    // The SQL-standard spellings first: SET TIME ZONE, SET SCHEMA, SET XML OPTION, SET
+    // SESSION CHARACTERISTICS AS TRANSACTION ...
+    let name = if is(word, "time") {
+        "timezone".to_string()
+    } else if is(word, "schema") {
+        "search_path".to_string()
+    } else if is(word, "xml") {
+        "xmloption".to_string()
+    } else if is(word, "names") || is(word, "constraints") {
+        // client_encoding is reported; constraints are transaction-scoped.
+        return None;
+    } else if is(word, "authorization") {
+        return Some(Kind::Role);
+    } else if is(word, "characteristics") {
+        for name in [
+            "default_transaction_isolation",
+            "default_transaction_read_only",
+            "default_transaction_deferrable",
+        ] {
+            found(name.to_string());
+        }
+        return None;
+    } else {
+        identifier(word)
+    };
+    if identity_setting(&name) {
+        return Some(Kind::Role);
+    }
+    if !untracked_setting(&name) {
+        found(name);
+    }
+    None
+}
+
+/// The first session-state statement in `sql` that the pooler cannot carry to another
+/// server, if any. Settings the text changes for the session (`SET`, `set_config(.., false)`)
+/// are not such state: their names go to `found`, and the pooler reads their values back
+/// once the transaction is over (which also gives Postgres's own semantics for `SET LOCAL`,
+/// rollbacks and savepoints).
+pub fn scan(sql: &[u8], found: &mut dyn FnMut(String)) -> Option<Kind> {
     let mut lx = Lexer { sql, pos: 0 };
     let mut at_start = true;
     let mut first: Option<&[u8]> = None;
     let mut words_in_stmt = 0usize;
     let mut prev: Option<&[u8]> = None;
-    let mut in_set_config: Option<usize> = None;
     let mut depth = 0usize;
-    let mut last_arg_true = false;
-    let mut set_config_reported = false;
     let mut hold_seen = false;
+    // Inside `set_config(`: its depth, which argument, tokens in that argument, and the name
+    // when the first argument is exactly one plain literal.
+    let mut in_set_config: Option<usize> = None;
+    let mut sc_arg = 0usize;
+    let mut sc_tokens = 0usize;
+    let mut sc_name: Option<String> = None;
+    let mut last_arg_true = false;
     while let Some(tok) = lx.next() {
+        let at_sc_depth = in_set_config.is_some() && in_set_config == Some(depth);
         match tok {
             Token::End => {
                 at_start = true;
@@ -244,6 +324,13 @@ pub fn detect(sql: &[u8]) -> Option<Kind> {
                 hold_seen = false;
             }
             Token::Punct(b'(') => {
+                if at_sc_depth {
+                    sc_tokens += 1;
+                    last_arg_true = false;
+                    if sc_arg == 0 {
+                        sc_name = None;
+                    }
+                }
                 depth += 1;
                 if in_set_config.is_none()
                     && let Some(p) = prev
@@ -261,34 +348,61 @@ pub fn detect(sql: &[u8]) -> Option<Kind> {
                     }
                     if names(p, "set_config") {
                         in_set_config = Some(depth);
+                        sc_arg = 0;
+                        sc_tokens = 0;
+                        sc_name = None;
                         last_arg_true = false;
-                        set_config_reported = false;
                     }
                 }
                 prev = None;
             }
             Token::Punct(b')') => {
-                if in_set_config == Some(depth) {
-                    // Only a literal `true` is sure to be transaction-local; a bound `$3` may be
-                    // false, so it counts as session state (the safe side).
-                    if !last_arg_true && !set_config_reported {
-                        return Some(Kind::SetConfig);
+                if at_sc_depth {
+                    // Only a literal `true` is sure to be transaction-local; a bound `$3` may
+                    // be false, so it counts as a session setting (the safe side).
+                    if !(sc_arg == 2 && last_arg_true) {
+                        match sc_name.take() {
+                            Some(name) if identity_setting(&name) => return Some(Kind::Role),
+                            Some(name) => {
+                                if !untracked_setting(&name) {
+                                    found(name.to_ascii_lowercase());
+                                }
+                            }
+                            // A name the scanner cannot read (`$1`, an expression).
+                            None => return Some(Kind::SetConfig),
+                        }
                     }
                     in_set_config = None;
                 }
                 depth = depth.saturating_sub(1);
                 prev = None;
             }
-            Token::Punct(_) => {
+            Token::Punct(c) => {
+                if at_sc_depth {
+                    if c == b',' {
+                        sc_arg += 1;
+                        sc_tokens = 0;
+                    } else {
+                        sc_tokens += 1;
+                        if sc_arg == 0 {
+                            sc_name = None;
+                        }
+                    }
+                }
                 last_arg_true = false;
                 prev = None;
             }
             Token::Word(w) => {
-                if in_set_config == Some(depth) {
-                    if let [b'\'', lit @ .., b'\''] = w {
-                        set_config_reported |= names_any(lit, REPORTED);
+                if at_sc_depth {
+                    sc_tokens += 1;
+                    if sc_arg == 0 {
+                        sc_name = if sc_tokens == 1 {
+                            plain_literal(w)
+                        } else {
+                            None
+                        };
                     }
-                    last_arg_true = is(w, "true");
+                    last_arg_true = sc_tokens == 1 && is(w, "true");
                 }
                 if at_start {
                     at_start = false;
@@ -315,8 +429,14 @@ pub fn detect(sql: &[u8]) -> Option<Kind> {
                         } else if names(w, "session") {
                             // SET SESSION x: the name is the next word.
                             words_in_stmt = 1;
-                        } else if !names_any(w, REPORTED) {
-                            return Some(Kind::Set);
+                        } else {
+                            if let Some(kind) = set_target(w, found) {
+                                return Some(kind);
+                            }
+                            // The rest of the statement is the value.
+                            first = None;
+                            prev = Some(w);
+                            continue;
                         }
                     }
                     if is(f, "prepare") && words_in_stmt == 2 && !is(w, "transaction") {
@@ -477,144 +597,4 @@ fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn detects_each_kind() {
-        let cases: &[(&str, Option<Kind>)] = &[
-            ("SET search_path = app", Some(Kind::Set)),
-            ("set work_mem to '8MB'", Some(Kind::Set)),
-            ("SET SESSION statement_timeout = 5", Some(Kind::Set)),
-            ("SET LOCAL work_mem = '8MB'", None),
-            ("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", None),
-            ("SET TimeZone = 'UTC'", None),
-            ("SET application_name = 'x'", None),
-            (
-                "select set_config('search_path', 'a', false)",
-                Some(Kind::SetConfig),
-            ),
-            ("select set_config('search_path', 'a', true)", None),
-            (
-                "SELECT pg_catalog.set_config('timezone', 'UTC', false)",
-                None,
-            ),
-            ("LISTEN channel", Some(Kind::Listen)),
-            ("select pg_advisory_lock(1)", Some(Kind::AdvisoryLock)),
-            (
-                "SELECT pg_try_advisory_lock_shared(1, 2)",
-                Some(Kind::AdvisoryLock),
-            ),
-            ("select pg_advisory_xact_lock(1)", None),
-            ("CREATE TEMP TABLE t (x int)", Some(Kind::TempTable)),
-            (
-                "create temporary table t as select 1",
-                Some(Kind::TempTable),
-            ),
-            (
-                "CREATE GLOBAL TEMPORARY TABLE t (x int)",
-                Some(Kind::TempTable),
-            ),
-            ("CREATE TABLE temp (x int)", None),
-            (
-                "CREATE OR REPLACE TEMP VIEW v AS SELECT 1",
-                Some(Kind::TempTable),
-            ),
-            ("PREPARE q AS SELECT 1", Some(Kind::Prepare)),
-            ("PREPARE TRANSACTION 'x'", None),
-            (
-                "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
-                Some(Kind::DeclareWithHold),
-            ),
-            ("DECLARE c CURSOR FOR SELECT 1", None),
-            ("SELECT 'set x = 1; listen y'", None),
-            ("SELECT 1; SET search_path = a", Some(Kind::Set)),
-            ("-- SET x = 1\nSELECT 1", None),
-            ("/* LISTEN x */ SELECT 1", None),
-            ("UPDATE t SET x = 1", None),
-            ("BEGIN; SELECT 1; COMMIT", None),
-            // Quoting that used to fool the lexer into missing what follows.
-            ("SELECT $$it's$$; SET search_path = b", Some(Kind::Set)),
-            ("SELECT $q$it's $$ ; $q$; LISTEN x", Some(Kind::Listen)),
-            ("SELECT E'it\\'s'; SET work_mem = '1MB'", Some(Kind::Set)),
-            ("SELECT e'a\\\\'; LISTEN y", Some(Kind::Listen)),
-            ("SELECT $1::text; SET work_mem = 1", Some(Kind::Set)),
-            ("SELECT $$SET x = 1$$", None),
-            ("DO $$BEGIN PERFORM 1; END$$", Some(Kind::Unclassified)),
-            (
-                "select set_config('search_path', $1, $2)",
-                Some(Kind::SetConfig),
-            ),
-            ("SELECT 1 AS x INTO TEMP t", Some(Kind::TempTable)),
-            (
-                "select * into temporary table t from s",
-                Some(Kind::TempTable),
-            ),
-            ("CREATE TABLE pg_temp.x (a int)", Some(Kind::TempTable)),
-            ("INSERT INTO temp VALUES (1)", None),
-        ];
-        for (sql, want) in cases {
-            assert_eq!(detect(sql.as_bytes()), *want, "{sql}");
-        }
-    }
-
-    #[test]
-    fn finds_resets() {
-        let cases: &[(&str, &[Reset<'_>])] = &[
-            ("RESET ALL", &[Reset::AllParams]),
-            ("reset search_path", &[Reset::Param(b"search_path")]),
-            (
-                "SET search_path TO DEFAULT",
-                &[Reset::Param(b"search_path")],
-            ),
-            (
-                "set session timezone = default",
-                &[Reset::Param(b"timezone")],
-            ),
-            ("DISCARD ALL", &[Reset::AllParams, Reset::AllStatements]),
-            ("DISCARD PLANS", &[]),
-            ("DEALLOCATE ALL", &[Reset::AllStatements]),
-            ("deallocate prepare all;", &[Reset::AllStatements]),
-            ("DEALLOCATE s1", &[Reset::Statement(b"s1")]),
-            (
-                "DEALLOCATE PREPARE \"S 1\"",
-                &[Reset::Statement(b"\"S 1\"")],
-            ),
-            (
-                "SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;",
-                &[Reset::AllParams],
-            ),
-            ("SELECT 'RESET ALL'", &[]),
-            ("SET search_path = 'default'", &[]),
-            ("SELECT default_value FROM t", &[]),
-            ("RESET ROLE", &[]),
-        ];
-        for (sql, want) in cases {
-            let mut got = Vec::new();
-            resets(sql.as_bytes(), |r| got.push(r));
-            assert_eq!(&got[..], *want, "{sql}");
-        }
-    }
-
-    #[test]
-    fn garbage_does_not_panic() {
-        for sql in [
-            &b"'"[..],
-            b"\"",
-            b"/*",
-            b"--",
-            b"set",
-            b"(((",
-            b")))",
-            b"\xff\xfe;;(",
-            b"$$",
-            b"$a$ reset all",
-            b"E'\\",
-            b"deallocate",
-            b"reset",
-        ] {
-            let _ = detect(sql);
-            resets(sql, |_| {});
-        }
-    }
-}
+mod tests;

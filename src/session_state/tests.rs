@@ -1,0 +1,199 @@
+//! The scanner's cases.
+use super::*;
+
+#[test]
+fn detects_each_kind() {
+    let cases: &[(&str, Option<Kind>)] = &[
+        ("SET search_path = app", None),
+        ("SET ROLE admin", Some(Kind::Role)),
+        ("SET SESSION AUTHORIZATION admin", Some(Kind::Role)),
+        ("set session role none", Some(Kind::Role)),
+        ("SELECT set_config('role', 'x', false)", Some(Kind::Role)),
+        ("set work_mem to '8MB'", None),
+        ("SET SESSION statement_timeout = 5", None),
+        ("SET LOCAL work_mem = '8MB'", None),
+        ("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", None),
+        ("SET TimeZone = 'UTC'", None),
+        ("SET application_name = 'x'", None),
+        ("select set_config('search_path', 'a', false)", None),
+        ("select set_config($1, 'a', false)", Some(Kind::SetConfig)),
+        (
+            "select set_config('a' || 'b', 'c', false)",
+            Some(Kind::SetConfig),
+        ),
+        ("select set_config('search_path', 'a', true)", None),
+        (
+            "SELECT pg_catalog.set_config('timezone', 'UTC', false)",
+            None,
+        ),
+        ("LISTEN channel", Some(Kind::Listen)),
+        ("select pg_advisory_lock(1)", Some(Kind::AdvisoryLock)),
+        (
+            "SELECT pg_try_advisory_lock_shared(1, 2)",
+            Some(Kind::AdvisoryLock),
+        ),
+        ("select pg_advisory_xact_lock(1)", None),
+        ("CREATE TEMP TABLE t (x int)", Some(Kind::TempTable)),
+        (
+            "create temporary table t as select 1",
+            Some(Kind::TempTable),
+        ),
+        (
+            "CREATE GLOBAL TEMPORARY TABLE t (x int)",
+            Some(Kind::TempTable),
+        ),
+        ("CREATE TABLE temp (x int)", None),
+        (
+            "CREATE OR REPLACE TEMP VIEW v AS SELECT 1",
+            Some(Kind::TempTable),
+        ),
+        ("PREPARE q AS SELECT 1", Some(Kind::Prepare)),
+        ("PREPARE TRANSACTION 'x'", None),
+        (
+            "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+            Some(Kind::DeclareWithHold),
+        ),
+        ("DECLARE c CURSOR FOR SELECT 1", None),
+        ("SELECT 'set x = 1; listen y'", None),
+        (
+            "SELECT 1; SET search_path = a; LISTEN x",
+            Some(Kind::Listen),
+        ),
+        ("-- SET x = 1\nSELECT 1", None),
+        ("/* LISTEN x */ SELECT 1", None),
+        ("UPDATE t SET x = 1", None),
+        ("BEGIN; SELECT 1; COMMIT", None),
+        // Quoting that used to fool the lexer into missing what follows.
+        ("SELECT $$it's$$; SET role = b", Some(Kind::Role)),
+        ("SELECT $q$it's $$ ; $q$; LISTEN x", Some(Kind::Listen)),
+        ("SELECT E'it\\'s'; SET role = 'x'", Some(Kind::Role)),
+        ("SELECT e'a\\\\'; LISTEN y", Some(Kind::Listen)),
+        ("SELECT $1::text; SET role = x", Some(Kind::Role)),
+        ("SELECT $$SET x = 1$$", None),
+        ("DO $$BEGIN PERFORM 1; END$$", Some(Kind::Unclassified)),
+        ("select set_config('search_path', $1, $2)", None),
+        ("SELECT 1 AS x INTO TEMP t", Some(Kind::TempTable)),
+        (
+            "select * into temporary table t from s",
+            Some(Kind::TempTable),
+        ),
+        ("CREATE TABLE pg_temp.x (a int)", Some(Kind::TempTable)),
+        ("INSERT INTO temp VALUES (1)", None),
+    ];
+    for (sql, want) in cases {
+        assert_eq!(detect(sql.as_bytes()), *want, "{sql}");
+    }
+}
+
+#[test]
+fn names_the_settings_a_text_changes() {
+    let cases: &[(&str, &[&str])] = &[
+        ("SET work_mem = '8MB'", &["work_mem"]),
+        (
+            "set session \"Statement_Timeout\" to 5",
+            &["Statement_Timeout"],
+        ),
+        ("SET LOCAL work_mem = '8MB'", &[]),
+        ("SET TRANSACTION READ ONLY", &[]),
+        ("SET TimeZone = 'UTC'", &[]),
+        ("SET TIME ZONE 'UTC'", &[]),
+        ("SET SCHEMA 'app'", &["search_path"]),
+        ("SET XML OPTION DOCUMENT", &["xmloption"]),
+        ("SET NAMES 'UTF8'", &[]),
+        ("SET CONSTRAINTS ALL DEFERRED", &[]),
+        ("SET transaction_isolation = 'serializable'", &[]),
+        (
+            "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
+            &[
+                "default_transaction_isolation",
+                "default_transaction_read_only",
+                "default_transaction_deferrable",
+            ],
+        ),
+        (
+            "SET myapp.tenant = 42; SET search_path = a, b",
+            &["myapp.tenant", "search_path"],
+        ),
+        (
+            "select set_config('Search_Path', 'a', false)",
+            &["search_path"],
+        ),
+        ("select set_config('myapp.tenant', '7', true)", &[]),
+        (
+            "select set_config('myapp.tenant', $1, $2)",
+            &["myapp.tenant"],
+        ),
+        (
+            "select pg_catalog.set_config('x.y', (select 'a'), false)",
+            &["x.y"],
+        ),
+        ("select set_config('x.y', f(1, 2), true)", &[]),
+        ("UPDATE t SET x = 1", &[]),
+        ("SELECT 'SET x = 1'", &[]),
+    ];
+    for (sql, want) in cases {
+        let mut got = Vec::new();
+        assert_eq!(scan(sql.as_bytes(), &mut |n| got.push(n)), None, "{sql}");
+        assert_eq!(&got[..], *want, "{sql}");
+    }
+}
+
+#[test]
+fn finds_resets() {
+    let cases: &[(&str, &[Reset<'_>])] = &[
+        ("RESET ALL", &[Reset::AllParams]),
+        ("reset search_path", &[Reset::Param(b"search_path")]),
+        (
+            "SET search_path TO DEFAULT",
+            &[Reset::Param(b"search_path")],
+        ),
+        (
+            "set session timezone = default",
+            &[Reset::Param(b"timezone")],
+        ),
+        ("DISCARD ALL", &[Reset::AllParams, Reset::AllStatements]),
+        ("DISCARD PLANS", &[]),
+        ("DEALLOCATE ALL", &[Reset::AllStatements]),
+        ("deallocate prepare all;", &[Reset::AllStatements]),
+        ("DEALLOCATE s1", &[Reset::Statement(b"s1")]),
+        (
+            "DEALLOCATE PREPARE \"S 1\"",
+            &[Reset::Statement(b"\"S 1\"")],
+        ),
+        (
+            "SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;",
+            &[Reset::AllParams],
+        ),
+        ("SELECT 'RESET ALL'", &[]),
+        ("SET search_path = 'default'", &[]),
+        ("SELECT default_value FROM t", &[]),
+        ("RESET ROLE", &[]),
+    ];
+    for (sql, want) in cases {
+        let mut got = Vec::new();
+        resets(sql.as_bytes(), |r| got.push(r));
+        assert_eq!(&got[..], *want, "{sql}");
+    }
+}
+
+#[test]
+fn garbage_does_not_panic() {
+    for sql in [
+        &b"'"[..],
+        b"\"",
+        b"/*",
+        b"--",
+        b"set",
+        b"(((",
+        b")))",
+        b"\xff\xfe;;(",
+        b"$$",
+        b"$a$ reset all",
+        b"E'\\",
+        b"deallocate",
+        b"reset",
+    ] {
+        let _ = detect(sql);
+        resets(sql, |_| {});
+    }
+}
