@@ -238,3 +238,110 @@ async fn state_hidden_by_quoting_or_local_answers_does_not_leak() {
         "named Parse leaked"
     );
 }
+
+/// Issue 13: what frameworks do at connect (`SET client_min_messages`, `SET
+/// extra_float_digits`, `SET search_path`) pins nobody: twelve app connections, each with its
+/// own settings, share a pool of three, every transaction sees its own connection's values,
+/// and Postgres never has more than three connections for the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_time_sets_multiplex_fully() {
+    let pg = PgServer::shared();
+    let db = pg.create_db("sets_mux").await;
+    let pooler = Pooler::start(
+        pg,
+        &db,
+        "pool_mode = \"transaction\"\ndefault_pool_size = 3\nadmin_users = \"postgres\"",
+    )
+    .await;
+    let mut clients = Vec::new();
+    for i in 0..12 {
+        let c = connect(&format!("{} application_name=mux{i}", pooler.app_url())).await;
+        c.batch_execute(&format!(
+            "SET client_min_messages TO 'warning'; SET extra_float_digits = 3; \
+             SET statement_timeout = '{}s'",
+            i + 1
+        ))
+        .await
+        .unwrap();
+        clients.push(c);
+    }
+    let direct = connect(&pg.url(APP_USER, APP_PASSWORD, &db)).await;
+    let mut tasks = Vec::new();
+    for (i, c) in clients.into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..20 {
+                let row = c
+                    .query_one(
+                        "SELECT current_setting('statement_timeout'), \
+                         current_setting('client_min_messages')",
+                        &[],
+                    )
+                    .await
+                    .unwrap();
+                assert_eq!(row.get::<_, String>(0), format!("{}s", i + 1));
+                assert_eq!(row.get::<_, String>(1), "warning");
+            }
+            c
+        }));
+    }
+    let mut most = 0i64;
+    while tasks.iter().any(|t| !t.is_finished()) {
+        let n: i64 = direct
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+                &[&db],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        most = most.max(n);
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let mut kept = Vec::new();
+    for t in tasks {
+        kept.push(t.await.unwrap());
+    }
+    assert!(most <= 3, "{most} server connections for a pool of 3");
+    for i in 0..12 {
+        assert_eq!(
+            pinned_of(&pooler, &format!("mux{i}")).await,
+            vec![String::new()]
+        );
+    }
+    drop(kept);
+}
+
+/// Issue 13: the settings a client carries are bounded: past 256 names it is refused with
+/// 54000 (after its transaction, which Postgres has committed), and nothing of it reaches
+/// the next client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn carried_settings_are_bounded() {
+    let pg = PgServer::shared();
+    let db = pg.create_db("sets_bound").await;
+    let pooler = Pooler::start(
+        pg,
+        &db,
+        "pool_mode = \"transaction\"\ndefault_pool_size = 1",
+    )
+    .await;
+    let c = pooler.client().await;
+    let sql: String = (0..300).map(|i| format!("SET app.s{i} = '{i}';")).collect();
+    // The SETs themselves succeed; the connection ends right after.
+    let _ = c.batch_execute(&sql).await;
+    let err = c.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("54000"), "{err:?}");
+    assert!(message(&err).contains("too many session settings"));
+    assert!(
+        c.simple_query("SELECT 1").await.is_err(),
+        "connection ended"
+    );
+    let d = pooler.client().await;
+    assert_eq!(
+        first_value(&d, "SELECT coalesce(current_setting('app.s7', true), '')").await,
+        ""
+    );
+    // Under the bound, all is carried.
+    let sql: String = (0..200).map(|i| format!("SET app.t{i} = '{i}';")).collect();
+    d.batch_execute(&sql).await.unwrap();
+    assert_eq!(first_value(&d, "SHOW app.t199").await, "199");
+}
