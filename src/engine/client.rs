@@ -7,7 +7,10 @@ use std::sync::Arc;
 use crate::error::{PoolerError, Result};
 use crate::prepared::{self, ServerStatement};
 use crate::session_state::{self, Kind, Policy, Reset};
-use crate::wire::{self, cstr_end, frame_header as header, invalid_type, malformed};
+use crate::wire::{
+    self, Backend, Frontend, Frontend as F, cstr_end, frame_header as header, invalid_type,
+    malformed,
+};
 
 use super::tracker::{Expect, Request};
 use super::{Flow, MAX_INSPECTED, Statements, Tracker};
@@ -79,8 +82,11 @@ impl ClientSide {
             let Some((tag, total)) = header(&up.inbuf, false)? else {
                 return Ok(());
             };
-            match tag {
-                b'Q' if self.reads_text(stmts.is_some()) && total <= MAX_INSPECTED => {
+            let Some(kind) = Frontend::of(tag) else {
+                return Err(invalid_type(tag));
+            };
+            match kind {
+                F::Query if self.reads_text(stmts.is_some()) && total <= MAX_INSPECTED => {
                     if up.inbuf.len() < total {
                         return Ok(());
                     }
@@ -113,14 +119,14 @@ impl ClientSide {
                     }
                     self.restore_after_sync(&mut up.out, tracker);
                 }
-                b'Q' | b'F' => {
-                    if tag == b'Q' && self.reads_text(stmts.is_some()) {
+                F::Query | F::FunctionCall => {
+                    if kind == F::Query && self.reads_text(stmts.is_some()) {
                         // Larger than MAX_INSPECTED: streamed unread.
                         self.unread_text()?;
                     }
-                    self.queries += u64::from(tag == b'Q');
+                    self.queries += u64::from(kind == F::Query);
                     self.unsynced = false;
-                    if tag == b'Q'
+                    if kind == F::Query
                         && let Some(s) = stmts.as_deref_mut()
                     {
                         s.server.unnamed_owner = 0;
@@ -128,17 +134,17 @@ impl ClientSide {
                     tracker.push(Expect::Pass(Request::Query, None));
                     up.pass(total, false);
                 }
-                b'S' => {
+                F::Sync => {
                     self.unsynced = false;
                     tracker.push(Expect::Pass(Request::Sync, None));
                     up.pass(total, false);
                     self.restore_after_sync(&mut up.out, tracker);
                 }
-                b'H' => {
+                F::Flush => {
                     self.unsynced = true;
                     up.pass(total, false);
                 }
-                b'E' => {
+                F::Execute => {
                     self.queries += 1;
                     self.unsynced = true;
                     tracker.push(Expect::Pass(Request::Execute, None));
@@ -146,14 +152,14 @@ impl ClientSide {
                 }
                 // COPY data belongs to the request that started the COPY; outside one the
                 // server ignores it, so it must not look like a clean boundary either.
-                b'd' | b'c' | b'f' => {
+                F::CopyData | F::CopyDone | F::CopyFail => {
                     self.unsynced |= tracker.is_idle();
-                    if tag != b'd' {
+                    if kind != F::CopyData {
                         tracker.copy_end();
                     }
                     up.pass(total, false);
                 }
-                b'P' if total > MAX_INSPECTED => {
+                F::Parse if total > MAX_INSPECTED => {
                     // Too large to keep whole. Only the name is needed: an unnamed Parse
                     // streams through, its text unread (so, to be safe, it pins); a named one
                     // would have to be kept to be prepared again elsewhere: refused.
@@ -171,7 +177,7 @@ impl ClientSide {
                     tracker.push(Expect::Pass(Request::Parse, None));
                     up.pass(total, false);
                 }
-                b'P' | b'D' | b'C' => {
+                F::Parse | F::Describe | F::Close => {
                     if total > MAX_INSPECTED {
                         return Err(PoolerError::protocol("oversized extended-protocol message"));
                     }
@@ -179,7 +185,7 @@ impl ClientSide {
                         return Ok(());
                     }
                     self.unsynced = true;
-                    if tag == b'P' && self.reads_text(stmts.is_some()) {
+                    if kind == F::Parse && self.reads_text(stmts.is_some()) {
                         let name_end =
                             cstr_end(&up.inbuf[..total], 5).ok_or_else(|| malformed("Parse"))?;
                         let query_end = cstr_end(&up.inbuf[..total], name_end + 1)
@@ -213,8 +219,8 @@ impl ClientSide {
                             continue;
                         }
                     }
-                    match tag {
-                        b'P' => {
+                    match kind {
+                        F::Parse => {
                             // An unnamed Parse: the server's unnamed statement is this client's.
                             if up.inbuf.get(5) == Some(&0)
                                 && let Some(s) = stmts.as_deref_mut()
@@ -229,7 +235,7 @@ impl ClientSide {
                                 }
                             }
                         }
-                        b'D' => {
+                        F::Describe => {
                             // Describe of the unnamed statement ('S' and an empty name).
                             if up.inbuf.get(5..7) == Some(&b"S\0"[..]) {
                                 self.guard_unnamed(up, tracker, stmts.as_deref_mut());
@@ -239,7 +245,7 @@ impl ClientSide {
                         _ => close(up, total, tracker, stmts.as_deref_mut())?,
                     }
                 }
-                b'B' => {
+                F::Bind => {
                     self.unsynced = true;
                     // Only the portal and statement names (the start) are needed whole.
                     let Some(portal_end) = cstr_end(&up.inbuf[..up.inbuf.len().min(total)], 5)
@@ -279,12 +285,11 @@ impl ClientSide {
                         self.on_bind(&stmt.settings);
                     }
                 }
-                b'X' => {
+                F::Terminate => {
                     self.terminated = true;
                     up.inbuf.advance(total.min(up.inbuf.len()));
                     return Ok(());
-                }
-                other => return Err(invalid_type(other)),
+                } // The relay checked the type before: every Frontend kind is handled above.
             }
         }
     }
@@ -311,7 +316,7 @@ impl ClientSide {
         if let Some(s) = stmts
             && s.server.unnamed_owner != self.id
         {
-            up.out.put_slice(&[b'C', 0, 0, 0, 6, b'S', 0]);
+            put_named(&mut up.out, F::Close.byte(), wire::TARGET_STATEMENT, "");
             tracker.push(Expect::Hide(Request::Close, None));
             s.server.unnamed_owner = self.id;
         }
@@ -533,9 +538,9 @@ fn raise_on_server(out: &mut BytesMut, tracker: &mut Tracker, code: &str, messag
     wire::parse(out, "", &[sql.as_bytes(), &[0, 0, 0]]);
     tracker.push(Expect::Hide(Request::Parse, None));
     // Bind: unnamed portal and statement, no parameter formats, no parameters, no results.
-    out.put_slice(&[b'B', 0, 0, 0, 12, 0, 0, 0, 0, 0, 0, 0, 0]);
+    out.put_slice(&[F::Bind.byte(), 0, 0, 0, 12, 0, 0, 0, 0, 0, 0, 0, 0]);
     tracker.push(Expect::Hide(Request::Bind, None));
-    out.put_slice(&[b'E', 0, 0, 0, 9, 0, 0, 0, 0, 0]);
+    out.put_slice(&[F::Execute.byte(), 0, 0, 0, 9, 0, 0, 0, 0, 0]);
     tracker.push(Expect::Pass(Request::Execute, None));
 }
 
@@ -655,7 +660,7 @@ pub(crate) fn describe(
     let kind = *up.inbuf.get(5).ok_or_else(|| malformed("Describe"))?;
     let name_end = cstr_end(&up.inbuf[..total], 6).ok_or_else(|| malformed("Describe"))?;
     let known = match stmts {
-        Some(s) if kind == b'S' && name_end > 6 => {
+        Some(s) if kind == wire::TARGET_STATEMENT && name_end > 6 => {
             let name = &up.inbuf[6..name_end];
             let found = std::str::from_utf8(name)
                 .ok()
@@ -669,7 +674,12 @@ pub(crate) fn describe(
         Some((stmt, s)) => {
             up.inbuf.advance(total);
             ensure_prepared(&stmt, s, tracker, &mut up.out);
-            put_named(&mut up.out, b'D', b'S', &stmt.name);
+            put_named(
+                &mut up.out,
+                F::Describe.byte(),
+                wire::TARGET_STATEMENT,
+                &stmt.name,
+            );
             tracker.push(Expect::Pass(Request::Describe, Some(stmt)));
         }
         None => {
@@ -689,13 +699,13 @@ pub(crate) fn close(
     let kind = *up.inbuf.get(5).ok_or_else(|| malformed("Close"))?;
     let name_end = cstr_end(&up.inbuf[..total], 6).ok_or_else(|| malformed("Close"))?;
     match stmts {
-        Some(s) if kind == b'S' && name_end > 6 => {
+        Some(s) if kind == wire::TARGET_STATEMENT && name_end > 6 => {
             // The server keeps the statement for other clients; the client's name goes.
             if !tracker.skipping {
                 if let Ok(name) = std::str::from_utf8(&up.inbuf[6..name_end]) {
                     s.client.remove(name);
                 }
-                tracker.push(Expect::Synth(b'3'));
+                tracker.push(Expect::Synth(Backend::CloseComplete));
             }
             up.inbuf.advance(total);
         }
@@ -734,7 +744,7 @@ pub(crate) fn bind(
     ensure_prepared(&stmt, s, tracker, &mut up.out);
     let old_name_len = stmt_end - portal_end - 1;
     let new_total = total - old_name_len + stmt.name.len();
-    up.out.put_u8(b'B');
+    up.out.put_u8(F::Bind.byte());
     up.out.put_i32((new_total - 1) as i32);
     up.out.extend_from_slice(&up.inbuf[5..=portal_end]);
     up.out.put_slice(stmt.name.as_bytes());

@@ -4,7 +4,7 @@ use bytes::Buf;
 
 use crate::prepared::{ClientStatements, Registry};
 use crate::session_state;
-use crate::wire::{self, cstr_end};
+use crate::wire::{self, Backend, Frontend, cstr_end};
 
 use super::{Flow, MAX_INSPECTED};
 
@@ -36,18 +36,19 @@ pub fn answer_locally(
             return false;
         }
         let body = &up.inbuf[pos + 5..pos + total];
-        let named = match tag {
+        let named = match Frontend::of(tag) {
             // A statement that leaves session state or resets some must meet the server's
             // path, where it is seen (pin, restore); answered here it would slip by.
-            b'P' if leaves_state(body) => return false,
+            Some(Frontend::Parse) if leaves_state(body) => return false,
             // A name in use is refused in order, on the server's path (42P05).
-            b'P' if cstr_end(body, 0)
-                .and_then(|end| std::str::from_utf8(&body[..end]).ok())
-                .is_some_and(|name| client.contains_key(name)) =>
+            Some(Frontend::Parse)
+                if cstr_end(body, 0)
+                    .and_then(|end| std::str::from_utf8(&body[..end]).ok())
+                    .is_some_and(|name| client.contains_key(name)) =>
             {
                 return false;
             }
-            b'P' => {
+            Some(Frontend::Parse) => {
                 let name = &body[..cstr_end(body, 0).unwrap_or(0)];
                 if parsed.contains(&name) {
                     return false;
@@ -55,8 +56,11 @@ pub fn answer_locally(
                 parsed.push(name);
                 !name.is_empty()
             }
-            b'C' => body.first() == Some(&b'S') && body.get(1).is_some_and(|&b| b != 0),
-            b'S' => {
+            Some(Frontend::Close) => {
+                body.first() == Some(&wire::TARGET_STATEMENT)
+                    && body.get(1).is_some_and(|&b| b != 0)
+            }
+            Some(Frontend::Sync) => {
                 ends_at = Some(pos + total);
                 break;
             }
@@ -76,23 +80,23 @@ pub fn answer_locally(
         let (tag, len) = wire::header(&up.inbuf[pos..]).expect("checked above");
         let total = 1 + len as usize;
         let body = &up.inbuf[pos + 5..pos + total];
-        match tag {
-            b'P' => {
+        match Frontend::of(tag) {
+            Some(Frontend::Parse) => {
                 let name_end = cstr_end(body, 0).expect("checked above");
                 let stmt = registry.statement(&body[name_end + 1..]);
                 client.insert(
                     String::from_utf8_lossy(&body[..name_end]).into_owned(),
                     stmt,
                 );
-                down.out.extend_from_slice(&[b'1', 0, 0, 0, 4]);
+                down.out.extend_from_slice(&Backend::ParseComplete.empty());
             }
-            b'C' => {
+            Some(Frontend::Close) => {
                 if let Some(name_end) = cstr_end(body, 1) {
                     client.remove(String::from_utf8_lossy(&body[1..name_end]).as_ref());
                 }
-                down.out.extend_from_slice(&[b'3', 0, 0, 0, 4]);
+                down.out.extend_from_slice(&Backend::CloseComplete.empty());
             }
-            _ => wire::ready_for_query(&mut down.out, b'I'),
+            _ => wire::ready_for_query(&mut down.out, wire::STATUS_IDLE),
         }
         pos += total;
     }

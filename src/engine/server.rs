@@ -3,7 +3,7 @@
 
 use crate::error::{PoolerError, Result};
 use crate::prepared::ServerCache;
-use crate::wire::{self, frame_header as header};
+use crate::wire::{self, Backend, frame_header as header};
 
 use super::tracker::ErrorFate;
 use super::{Flow, MAX_INSPECTED, Tracker};
@@ -17,7 +17,9 @@ pub struct ServerSide {
 
 impl Default for ServerSide {
     fn default() -> Self {
-        ServerSide { status: b'I' }
+        ServerSide {
+            status: wire::STATUS_IDLE,
+        }
     }
 }
 
@@ -42,8 +44,9 @@ impl ServerSide {
             let Some((tag, total)) = header(&down.inbuf, true)? else {
                 return Ok(());
             };
-            match tag {
-                b'Z' => {
+            let kind = Backend::of(tag);
+            match kind {
+                Some(Backend::ReadyForQuery) => {
                     if total != 6 {
                         return Err(PoolerError::ServerProtocol("bad ReadyForQuery".into()));
                     }
@@ -51,23 +54,25 @@ impl ServerSide {
                         return Ok(());
                     }
                     self.status = down.inbuf[5];
-                    tracker.failed_tx = self.status == b'E';
+                    tracker.failed_tx = self.status == wire::STATUS_FAILED;
                     let hide = tracker.on_ready(&mut cache);
                     down.pass(total, hide);
                 }
-                b'S' | b'E' if total > MAX_INSPECTED => {
+                Some(Backend::ParameterStatus | Backend::ErrorResponse)
+                    if total > MAX_INSPECTED =>
+                {
                     // Too large to read whole (an error quoting a huge input): streamed. Its
                     // place in the request flow is all that matters; the fields go unread.
-                    let hide =
-                        tag == b'E' && matches!(tracker.on_error(&mut cache), ErrorFate::Hide);
+                    let hide = kind == Some(Backend::ErrorResponse)
+                        && matches!(tracker.on_error(&mut cache), ErrorFate::Hide);
                     down.pass(total, hide);
                 }
-                b'S' | b'E' => {
+                Some(Backend::ParameterStatus | Backend::ErrorResponse) => {
                     if down.inbuf.len() < total {
                         return Ok(());
                     }
                     let mut hide = false;
-                    if tag == b'S' {
+                    if kind == Some(Backend::ParameterStatus) {
                         let mut body = &down.inbuf[5..total];
                         if let (Ok(name), Ok(value)) =
                             (wire::take_cstr(&mut body), wire::take_cstr(&mut body))
@@ -98,10 +103,10 @@ impl ServerSide {
                     down.pass(total, hide);
                 }
                 _ => {
-                    if tag == b'G' {
+                    if kind == Some(Backend::CopyInResponse) {
                         tracker.on_copy_in();
                     }
-                    let hide = tracker.on_reply(tag);
+                    let hide = tracker.on_reply(kind);
                     down.pass(total, hide);
                 }
             }

@@ -6,6 +6,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use crate::prepared::{ClientStatements, ServerCache, ServerStatement};
+use crate::wire::Backend;
 
 /// The reply that completes a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,14 +24,21 @@ pub(crate) enum Request {
 }
 
 impl Request {
-    pub(crate) fn completed_by(self, tag: u8) -> bool {
+    pub(crate) fn completed_by(self, reply: Option<Backend>) -> bool {
+        use Backend as B;
+        let Some(reply) = reply else {
+            return false;
+        };
         match self {
-            Request::Parse => tag == b'1',
-            Request::Bind => tag == b'2',
-            Request::Close => tag == b'3',
-            Request::Describe => tag == b'T' || tag == b'n',
-            Request::Execute => matches!(tag, b'C' | b'I' | b's'),
-            Request::Sync | Request::Query => tag == b'Z',
+            Request::Parse => reply == B::ParseComplete,
+            Request::Bind => reply == B::BindComplete,
+            Request::Close => reply == B::CloseComplete,
+            Request::Describe => matches!(reply, B::RowDescription | B::NoData),
+            Request::Execute => matches!(
+                reply,
+                B::CommandComplete | B::EmptyQueryResponse | B::PortalSuspended
+            ),
+            Request::Sync | Request::Query => reply == B::ReadyForQuery,
         }
     }
 }
@@ -43,7 +51,7 @@ pub(crate) enum Expect {
     /// A request the pooler injected: its replies are not the client's.
     Hide(Request, Option<Arc<ServerStatement>>),
     /// A request the pooler answered itself: this reply goes to the client in its turn.
-    Synth(u8),
+    Synth(Backend),
     /// The client's Parse of a named statement: ParseComplete from the server (`forwarded`)
     /// or from the pooler. Should the server skip it after an earlier error, the client's
     /// name must not exist either (see `Tracker::unprepared`).
@@ -158,15 +166,10 @@ impl Tracker {
         self.drop_stale_markers();
         loop {
             match self.queue.front() {
-                Some(Expect::Synth(tag)) => {
-                    out.put_u8(*tag);
-                    out.put_i32(4);
-                }
+                Some(Expect::Synth(reply)) => out.put_slice(&reply.empty()),
                 Some(Expect::Prepared {
                     forwarded: false, ..
-                }) => {
-                    out.put_slice(&[b'1', 0, 0, 0, 4]);
-                }
+                }) => out.put_slice(&Backend::ParseComplete.empty()),
                 _ => return,
             }
             self.queue.pop_front();
@@ -174,21 +177,21 @@ impl Tracker {
     }
 
     /// A reply arrived: returns true when it must be hidden from the client.
-    pub(crate) fn on_reply(&mut self, tag: u8) -> bool {
+    pub(crate) fn on_reply(&mut self, reply: Option<Backend>) -> bool {
         self.drop_stale_markers();
         match self.queue.front() {
             Some(Expect::HideQuery) => true,
-            Some(Expect::Pass(r, _)) if r.completed_by(tag) => {
+            Some(Expect::Pass(r, _)) if r.completed_by(reply) => {
                 self.queue.pop_front();
                 false
             }
-            Some(Expect::Hide(r, _)) if r.completed_by(tag) => {
+            Some(Expect::Hide(r, _)) if r.completed_by(reply) => {
                 self.queue.pop_front();
                 true
             }
             Some(Expect::Prepared {
                 forwarded: true, ..
-            }) if tag == b'1' => {
+            }) if reply == Some(Backend::ParseComplete) => {
                 self.queue.pop_front();
                 false
             }

@@ -66,7 +66,10 @@ pub(super) async fn close_busy(app: &App, pool: &Pool, mut server: PooledServer,
             );
             send_cancel(&pool.target.host, pool.target.port, &msg).await?;
         }
-        server.stream.write_all(&[b'X', 0, 0, 0, 4]).await?;
+        server
+            .stream
+            .write_all(&crate::wire::Frontend::Terminate.empty())
+            .await?;
         // The backend closes its socket as it exits: its replies until then are dropped.
         let mut sink = [0u8; 4096];
         while server.stream.read(&mut sink).await? > 0 {}

@@ -271,7 +271,7 @@ async fn login(
             .register(stream, &user_name, &database, app_name, Some(pool.clone()));
     let (pid, secret) = client.cancel_key;
     wire::backend_key_data(&mut out, pid, secret);
-    wire::ready_for_query(&mut out, b'I');
+    wire::ready_for_query(&mut out, wire::STATUS_IDLE);
     stream.write_all(&out).await?;
     Ok(Some(Login::Pool(Session {
         pool,

@@ -11,7 +11,7 @@ use crate::engine::{
 };
 use crate::error::Result;
 use crate::registry::ClientInfo;
-use crate::wire::{FRONTEND_TAGS, frame_header as header, invalid_type};
+use crate::wire::{self, FRONTEND_TAGS, Frontend, frame_header as header, invalid_type};
 
 /// How a stretch of relaying ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -52,7 +52,7 @@ impl Relay<'_, '_> {
             && self.down.at_boundary()
             && self.down.inbuf.is_empty()
             && self.up.out.is_empty()
-            && self.server_side.status == b'I'
+            && self.server_side.status == wire::STATUS_IDLE
     }
 
     fn process_client(&mut self) -> Result<()> {
@@ -91,7 +91,7 @@ impl Relay<'_, '_> {
             // messages only, and ask Postgres to flush so the queue drains.
             let crowded = self.tracker.queue.len() >= MAX_IN_FLIGHT && self.up.at_boundary();
             if crowded && !flush_asked {
-                self.up.out.extend_from_slice(&[b'H', 0, 0, 0, 4]);
+                self.up.out.extend_from_slice(&Frontend::Flush.empty());
             }
             flush_asked = crowded;
             if !self.up.out.is_empty() && !self.up.blocked && self.up.write_to(self.server).is_err()
@@ -182,7 +182,7 @@ pub async fn read_request(client: &TcpStream, up: &mut Flow) -> Result<bool> {
             if !FRONTEND_TAGS.contains(&tag) {
                 return Err(invalid_type(tag));
             }
-            if tag == b'X' {
+            if tag == Frontend::Terminate.byte() {
                 return Ok(false);
             }
             if up.inbuf.len() >= total || total > BUFFER_CAP {

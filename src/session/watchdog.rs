@@ -77,7 +77,7 @@ impl Mark {
             from_server: relay.down.bytes_read,
             // The server said it is in a transaction and waits for the client.
             idle_in_transaction: relay.tracker.is_idle()
-                && relay.server_side.status != b'I'
+                && relay.server_side.status != crate::wire::STATUS_IDLE
                 && relay.up.out.is_empty()
                 && relay.down.out.is_empty(),
             request_outstanding: !relay.tracker.is_idle(),

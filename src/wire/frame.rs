@@ -30,7 +30,8 @@ pub fn cstr_end(buf: &[u8], from: usize) -> Option<usize> {
         .map(|p| from + p)
 }
 
-/// Every message type a client may send after login.
+/// Every message type a client may send after login (`Frontend`'s bytes, as a set the
+/// relay checks a message's first byte against).
 pub const FRONTEND_TAGS: &[u8] = b"QFSHEdcfPDCBX";
 
 pub fn invalid_type(tag: u8) -> PoolerError {

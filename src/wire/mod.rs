@@ -6,7 +6,9 @@
 //! the startup packet, so those few live here.
 
 mod frame;
+mod tag;
 pub use frame::*;
+pub use tag::*;
 
 use bytes::{Buf, BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
