@@ -1,0 +1,484 @@
+//! Several hosts behind one pool: which of them may serve it (`target_session_attrs`), what
+//! each one is right now (primary, standby and its replay lag, down), and the background
+//! health check that keeps that knowledge fresh.
+//!
+//! Each host has a watcher task holding one probe connection of its own (outside the pool's
+//! count) that runs `PROBE` every `server_check_delay` (every 250 ms while a client waits
+//! for a usable host). A failed probe or a failed server connection marks the host down;
+//! its watcher keeps retrying it, and no new server connection goes to it until a probe
+//! succeeds, so a client never waits on a down host while another can serve. A server
+//! connection only goes to a host whose role is known to fit (a host not probed yet is not
+//! tried), and a fresh connection's role is checked again after login (`in_hot_standby`,
+//! `default_transaction_read_only`, or a query on servers that do not report them): a host
+//! that turns out to be in recovery never gets a read-write pool's connection.
+//!
+//! A single host with `target_session_attrs = any` has no `HostSet`: today's pool exactly.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+use crate::config::{LoadBalance, TargetSessionAttrs};
+use crate::error::{PoolerError, Result};
+use crate::server::{ServerConn, ServerCredential};
+use crate::stats::CloseReason;
+
+use super::{Pool, unreachable};
+
+/// The health check's query: recovery, read-only default, replay lag in seconds (0 on a
+/// primary, and on a standby that has replayed all it received).
+const PROBE: &str = "SELECT pg_is_in_recovery(), current_setting('default_transaction_read_only'), \
+    CASE WHEN NOT pg_is_in_recovery() OR pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() \
+    THEN 0 ELSE COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), 0) END";
+
+/// The role check after login on servers without `in_hot_standby` (before PostgreSQL 14).
+const ROLE: &str =
+    "SELECT pg_is_in_recovery(), current_setting('default_transaction_read_only'), 0";
+
+/// How often hosts are probed while a client waits for a usable one.
+const URGENT: Duration = Duration::from_millis(250);
+/// The shortest gap between two probes of one host.
+const MIN_GAP: Duration = Duration::from_millis(100);
+
+/// What a pool wants from its hosts; fixed for the pool's life.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostPolicy {
+    pub attrs: TargetSessionAttrs,
+    pub load_balance: LoadBalance,
+    /// `max_replica_lag`: a standby further behind is not used.
+    pub max_lag: Option<Duration>,
+}
+
+/// What is known of one host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Not probed yet.
+    Unknown,
+    Primary,
+    Standby,
+    /// The last probe or connection failed.
+    Down,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Unknown => "unknown",
+            Role::Primary => "primary",
+            Role::Standby => "standby",
+            Role::Down => "down",
+        }
+    }
+}
+
+/// One host's state as last seen.
+#[derive(Debug, Clone)]
+pub struct HostState {
+    pub role: Role,
+    /// `default_transaction_read_only` on.
+    pub read_only: bool,
+    /// Replay lag of a standby, as of the last probe.
+    pub lag: Duration,
+    /// Why it is down (or why its login failed).
+    pub error: Option<String>,
+    /// The login itself was refused (a password, a missing database): waiting will not help.
+    pub refused: bool,
+    /// Times the host went down.
+    pub downs: u64,
+}
+
+/// A fresh observation of a host.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    standby: bool,
+    read_only: bool,
+    lag: Option<Duration>,
+}
+
+pub struct HostSet {
+    pub policy: HostPolicy,
+    state: Mutex<Vec<HostState>>,
+    /// A host's state changed: clients waiting for a usable host look again.
+    changed: Notify,
+    /// Someone needs fresh knowledge: watchers probe now.
+    wake: Notify,
+    /// Clients (or the janitor) waiting for a usable host.
+    waiting: AtomicUsize,
+    next: AtomicUsize,
+}
+
+impl HostSet {
+    pub fn new(policy: HostPolicy, n: usize) -> HostSet {
+        let unknown = HostState {
+            role: Role::Unknown,
+            read_only: false,
+            lag: Duration::ZERO,
+            error: None,
+            refused: false,
+            downs: 0,
+        };
+        HostSet {
+            policy,
+            state: Mutex::new(vec![unknown; n]),
+            changed: Notify::new(),
+            wake: Notify::new(),
+            waiting: AtomicUsize::new(0),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<HostState>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every host's state, in the configured order.
+    pub fn snapshot(&self) -> Vec<HostState> {
+        self.lock().clone()
+    }
+
+    /// Whether host `h` may serve this pool at all (its role fits, a standby within
+    /// `max_replica_lag`).
+    fn fits(&self, h: &HostState) -> bool {
+        use TargetSessionAttrs::*;
+        let lag_ok = self.policy.max_lag.is_none_or(|max| h.lag <= max);
+        match h.role {
+            Role::Unknown | Role::Down => false,
+            Role::Primary => match self.policy.attrs {
+                Any | PreferStandby | Primary => true,
+                ReadWrite => !h.read_only,
+                ReadOnly => h.read_only,
+                Standby => false,
+            },
+            Role::Standby => {
+                lag_ok && matches!(self.policy.attrs, Any | ReadOnly | Standby | PreferStandby)
+            }
+        }
+    }
+
+    /// Whether a server on host `i` may still be used (checkout, checkin).
+    pub fn acceptable(&self, i: usize) -> bool {
+        self.lock().get(i).is_some_and(|h| self.fits(h))
+    }
+
+    /// Whether some host can serve the pool now (`/readyz`).
+    pub fn any_usable(&self) -> bool {
+        self.lock().iter().any(|h| self.fits(h))
+    }
+
+    /// The host a new server connection should go to: among the hosts that fit (the
+    /// standbys first for `prefer-standby`), the next in turn or the first.
+    fn pick(&self) -> Option<usize> {
+        let st = self.lock();
+        let mut usable: Vec<usize> = (0..st.len()).filter(|&i| self.fits(&st[i])).collect();
+        if self.policy.attrs == TargetSessionAttrs::PreferStandby
+            && usable.iter().any(|&i| st[i].role == Role::Standby)
+        {
+            usable.retain(|&i| st[i].role == Role::Standby);
+        }
+        if usable.is_empty() {
+            // A host that answers but refused the pool's login (no password known yet, say):
+            // trying it gives the client the server's own error, or succeeds now.
+            return (0..st.len()).find(|&i| st[i].refused);
+        }
+        Some(match self.policy.load_balance {
+            LoadBalance::Disable => usable[0],
+            LoadBalance::RoundRobin => {
+                usable[self.next.fetch_add(1, Ordering::Relaxed) % usable.len()]
+            }
+        })
+    }
+
+    /// Waits (until `deadline`) for a host that can serve; the watchers are told to look now.
+    async fn wait_pick(&self, deadline: Instant) -> Result<usize> {
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let _waiting = Waiting(self);
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if let Some(i) = self.pick() {
+                return Ok(i);
+            }
+            self.wake.notify_waiters();
+            tokio::select! {
+                _ = changed => {}
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    return self.pick().ok_or_else(|| self.no_host());
+                }
+            }
+        }
+    }
+
+    fn no_host(&self) -> PoolerError {
+        let st = self.lock();
+        let states: Vec<String> = st
+            .iter()
+            .enumerate()
+            .map(|(i, h)| match &h.error {
+                Some(e) => format!("host {}: {} ({e})", i + 1, h.role.as_str()),
+                None => format!("host {}: {}", i + 1, h.role.as_str()),
+            })
+            .collect();
+        PoolerError::ServerConnect(format!(
+            "no host matches target_session_attrs={} ({})",
+            self.policy.attrs.as_str(),
+            states.join("; ")
+        ))
+    }
+
+    /// Records what was seen of host `i`; logs and wakes waiters when that changes its role.
+    fn seen(&self, pool: &Pool, i: usize, seen: Seen) {
+        let role = if seen.standby {
+            Role::Standby
+        } else {
+            Role::Primary
+        };
+        let changed = {
+            let mut st = self.lock();
+            let Some(h) = st.get_mut(i) else { return };
+            let was_fit = self.fits(h);
+            let before = h.role;
+            h.role = role;
+            h.read_only = seen.read_only;
+            if let Some(lag) = seen.lag {
+                h.lag = lag;
+            }
+            h.error = None;
+            h.refused = false;
+            let now_fit = self.fits(h);
+            (before != role || was_fit != now_fit).then_some((before, now_fit, h.lag))
+        };
+        if let Some((before, fit, lag)) = changed {
+            let (host, port) = pool.target.address(i);
+            tracing::info!(
+                database = %pool.database, user = %pool.user, host, port,
+                role = role.as_str(), was = before.as_str(), usable = fit,
+                lag_s = lag.as_secs_f64(), "server host state changed"
+            );
+            self.changed.notify_waiters();
+            if !fit {
+                pool.close_idle_on(i);
+            }
+        }
+    }
+
+    /// Host `i` failed to connect or to answer: down until a probe succeeds.
+    fn failed(&self, pool: &Pool, i: usize, e: &PoolerError) {
+        let refused = !unreachable(e);
+        let went_down = {
+            let mut st = self.lock();
+            let Some(h) = st.get_mut(i) else { return };
+            let went_down = h.role != Role::Down && !refused;
+            if went_down {
+                h.role = Role::Down;
+                h.downs += 1;
+            }
+            if refused {
+                // The host answers but will not let the pool's user in: not down, not usable.
+                h.role = Role::Unknown;
+            }
+            h.error = Some(e.to_string());
+            h.refused = refused;
+            went_down
+        };
+        if went_down {
+            let (host, port) = pool.target.address(i);
+            tracing::warn!(
+                database = %pool.database, user = %pool.user, host, port, error = %e,
+                "server host is down; retrying it in the background"
+            );
+            pool.close_idle_on(i);
+        }
+        self.changed.notify_waiters();
+        self.wake.notify_waiters();
+    }
+
+    /// How long a watcher sleeps between probes.
+    fn interval(&self, check_delay: Duration) -> Duration {
+        if self.waiting.load(Ordering::Relaxed) > 0 {
+            return URGENT;
+        }
+        if check_delay.is_zero() {
+            Duration::from_secs(1)
+        } else {
+            check_delay.max(MIN_GAP)
+        }
+    }
+}
+
+struct Waiting<'a>(&'a HostSet);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn truthy(v: Option<&str>) -> bool {
+    matches!(v, Some("on" | "t" | "true"))
+}
+
+/// What a row of `PROBE` (or `ROLE`) says.
+fn seen_of(row: &[Option<String>]) -> Result<Seen> {
+    let field = |i: usize| row.get(i).and_then(|v| v.as_deref());
+    let lag = field(2)
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|v| v.is_finite() && *v >= 0.0)
+        .ok_or_else(|| PoolerError::ServerProtocol("health check: unexpected row".into()))?;
+    Ok(Seen {
+        standby: truthy(field(0)),
+        read_only: truthy(field(1)),
+        lag: Some(Duration::from_secs_f64(lag)),
+    })
+}
+
+/// The role of a server just logged in: from the parameters PostgreSQL 14+ reports, or a
+/// query on older servers.
+async fn role_of(server: &mut ServerConn) -> Result<Seen> {
+    if let Some(hot) = server.params.get("in_hot_standby") {
+        return Ok(Seen {
+            standby: truthy(Some(hot)),
+            read_only: truthy(server.params.get("default_transaction_read_only")),
+            lag: None,
+        });
+    }
+    let row = server.query_row(ROLE).await?;
+    let mut seen = seen_of(&row)?;
+    seen.lag = None;
+    Ok(seen)
+}
+
+impl Pool {
+    /// Opens a server on a host fitting the pool (any host's first, for a plain pool): a
+    /// host that fails is marked down and the next usable one tried, until the connect
+    /// timeout has passed without a usable host.
+    pub(super) async fn connect_server(
+        &self,
+        credential: &ServerCredential,
+        connect_timeout: Option<Duration>,
+    ) -> Result<ServerConn> {
+        let Some(hosts) = &self.hosts else {
+            return ServerConn::connect(&self.target, credential, connect_timeout).await;
+        };
+        let deadline = Instant::now() + connect_timeout.unwrap_or(Duration::from_secs(15));
+        loop {
+            let i = hosts.wait_pick(deadline).await?;
+            let target = self.target.at(i);
+            let mut server = match ServerConn::connect(&target, credential, connect_timeout).await {
+                Ok(server) => server,
+                Err(e) if unreachable(&e) => {
+                    hosts.failed(self, i, &e);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            server.host = i;
+            match role_of(&mut server).await {
+                Ok(seen) => hosts.seen(self, i, seen),
+                Err(e) => {
+                    hosts.failed(self, i, &e);
+                    continue;
+                }
+            }
+            if hosts.acceptable(i) {
+                return Ok(server);
+            }
+            // Its role changed since the last probe (a primary demoted): not for this pool.
+            tokio::spawn(server.terminate());
+        }
+    }
+
+    /// The credential changed: hosts that refused the old one are probed again now.
+    pub(super) fn retry_hosts(&self) {
+        if let Some(h) = &self.hosts {
+            h.wake.notify_waiters();
+        }
+    }
+
+    /// Whether a server may still serve this pool: its host is still of the right role.
+    pub(super) fn host_ok(&self, server: &ServerConn) -> bool {
+        self.hosts
+            .as_ref()
+            .is_none_or(|h| h.acceptable(server.host))
+    }
+
+    /// Closes the idle servers on host `i` (it went down or changed role).
+    fn close_idle_on(&self, i: usize) {
+        let closing: Vec<ServerConn> = {
+            let mut st = self.lock();
+            let (closing, keep) = std::mem::take(&mut st.idle)
+                .into_iter()
+                .partition(|s| s.host == i);
+            st.idle = keep;
+            let closing: Vec<ServerConn> = closing;
+            self.remove_slots(&mut st, closing.len());
+            closing
+        };
+        if closing.is_empty() {
+            return;
+        }
+        self.stats
+            .server_closed_n(CloseReason::HostUnusable, closing.len());
+        for server in closing {
+            tokio::spawn(server.terminate());
+        }
+    }
+}
+
+/// Starts one watcher per host of a pool with several hosts (or a role to check).
+pub(super) fn watch(pool: &Arc<Pool>) {
+    if let Some(hosts) = &pool.hosts {
+        for i in 0..pool.target.hosts.len() {
+            tokio::spawn(watch_host(Arc::downgrade(pool), hosts.clone(), i));
+        }
+    }
+}
+
+/// One host's health check, for as long as its pool exists.
+async fn watch_host(pool: Weak<Pool>, hosts: Arc<HostSet>, i: usize) {
+    let mut probe: Option<ServerConn> = None;
+    loop {
+        let check_delay = {
+            let Some(pool) = pool.upgrade() else { return };
+            let limits = pool.limits();
+            let credential = pool.credential();
+            let outcome = check(&pool, i, &mut probe, &credential, &limits).await;
+            match outcome {
+                Ok(seen) => hosts.seen(&pool, i, seen),
+                Err(e) => {
+                    probe = None;
+                    hosts.failed(&pool, i, &e);
+                }
+            }
+            limits.check_delay
+        };
+        tokio::time::sleep(MIN_GAP).await;
+        let wake = hosts.wake.notified();
+        tokio::select! {
+            _ = wake => {}
+            _ = tokio::time::sleep(hosts.interval(check_delay).saturating_sub(MIN_GAP)) => {}
+        }
+    }
+}
+
+/// One probe: the watcher's connection (opened again if it was lost), `PROBE` on it.
+async fn check(
+    pool: &Pool,
+    i: usize,
+    probe: &mut Option<ServerConn>,
+    credential: &ServerCredential,
+    limits: &super::PoolLimits,
+) -> Result<Seen> {
+    let conn = match probe {
+        Some(conn) if conn.is_alive() => conn,
+        _ => {
+            let mut conn =
+                ServerConn::connect(&pool.target.at(i), credential, limits.connect_timeout).await?;
+            conn.query_bound = limits.internal_query_timeout();
+            probe.insert(conn)
+        }
+    };
+    let row = conn.query_row(PROBE).await?;
+    seen_of(&row)
+}
