@@ -396,6 +396,15 @@ impl Pool {
         }
     }
 
+    /// Whether the pool can serve now (`/readyz`): for several hosts, some host fits (or
+    /// answers, refusing only this pool's login); for one host, its last connect did not fail.
+    pub fn can_serve(&self) -> bool {
+        match &self.hosts {
+            Some(h) => h.any_usable() || h.snapshot().iter().any(|s| s.refused),
+            None => !self.stats.failing(),
+        }
+    }
+
     /// Whether a server may still serve this pool: its host is still of the right role.
     pub(super) fn host_ok(&self, server: &ServerConn) -> bool {
         self.hosts
