@@ -26,15 +26,16 @@ use crate::stats::CloseReason;
 
 use super::{Pool, unreachable};
 
-/// The health check's query: recovery, read-only default, replay lag in seconds (0 on a
-/// primary, and on a standby that has replayed all it received).
+/// The health check's query: recovery, read-only default, whether a standby has received WAL
+/// it has not replayed, the age of the last transaction it replayed (NULL if none since it
+/// started), and where its replay is.
 const PROBE: &str = "SELECT pg_is_in_recovery(), current_setting('default_transaction_read_only'), \
-    CASE WHEN NOT pg_is_in_recovery() OR pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() \
-    THEN 0 ELSE COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), 0) END";
+    pg_is_in_recovery() AND pg_last_wal_receive_lsn() > pg_last_wal_replay_lsn(), \
+    EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), \
+    pg_last_wal_replay_lsn()::text";
 
 /// The role check after login on servers without `in_hot_standby` (before PostgreSQL 14).
-const ROLE: &str =
-    "SELECT pg_is_in_recovery(), current_setting('default_transaction_read_only'), 0";
+const ROLE: &str = "SELECT pg_is_in_recovery(), current_setting('default_transaction_read_only')";
 
 /// How often hosts are probed while a client waits for a usable one.
 const URGENT: Duration = Duration::from_millis(250);
@@ -171,10 +172,13 @@ impl HostSet {
     fn pick(&self) -> Option<usize> {
         let st = self.lock();
         let mut usable: Vec<usize> = (0..st.len()).filter(|&i| self.fits(&st[i])).collect();
-        if self.policy.attrs == TargetSessionAttrs::PreferStandby
-            && usable.iter().any(|&i| st[i].role == Role::Standby)
-        {
-            usable.retain(|&i| st[i].role == Role::Standby);
+        if self.policy.attrs == TargetSessionAttrs::PreferStandby {
+            if usable.iter().any(|&i| st[i].role == Role::Standby) {
+                usable.retain(|&i| st[i].role == Role::Standby);
+            } else if st.iter().any(|h| h.role == Role::Unknown && !h.refused) {
+                // Not known yet whether a standby is up: no falling back before it is.
+                return None;
+            }
         }
         if usable.is_empty() {
             // A host that answers but refused the pool's login (no password known yet, say):
@@ -319,18 +323,43 @@ fn truthy(v: Option<&str>) -> bool {
     matches!(v, Some("on" | "t" | "true"))
 }
 
-/// What a row of `PROBE` (or `ROLE`) says.
-fn seen_of(row: &[Option<String>]) -> Result<Seen> {
+/// Where a standby's replay was last seen, and since when it has not moved.
+#[derive(Default)]
+struct Replay {
+    lsn: Option<String>,
+    since: Option<Instant>,
+}
+
+/// What a row of `PROBE` (or `ROLE`) says. A standby's lag is 0 when it has replayed all it
+/// received; otherwise the age of the last transaction it replayed, or, if it replayed none
+/// since it started, how long its replay has not moved while WAL waits.
+fn seen_of(row: &[Option<String>], replay: &mut Replay) -> Seen {
     let field = |i: usize| row.get(i).and_then(|v| v.as_deref());
-    let lag = field(2)
+    let standby = truthy(field(0));
+    let behind = truthy(field(2));
+    let lsn = field(4).map(str::to_string);
+    let now = Instant::now();
+    if !behind || lsn != replay.lsn {
+        replay.since = Some(now);
+        replay.lsn = lsn;
+    }
+    let stalled = replay
+        .since
+        .map_or(Duration::ZERO, |t| now.duration_since(t));
+    let age = field(3)
         .and_then(|v| v.parse::<f64>().ok())
         .filter(|v| v.is_finite() && *v >= 0.0)
-        .ok_or_else(|| PoolerError::ServerProtocol("health check: unexpected row".into()))?;
-    Ok(Seen {
-        standby: truthy(field(0)),
+        .map(Duration::from_secs_f64);
+    let lag = match (standby && behind, age) {
+        (false, _) => Duration::ZERO,
+        (true, Some(age)) => age.max(stalled),
+        (true, None) => stalled,
+    };
+    Seen {
+        standby,
         read_only: truthy(field(1)),
-        lag: Some(Duration::from_secs_f64(lag)),
-    })
+        lag: Some(lag),
+    }
 }
 
 /// The role of a server just logged in: from the parameters PostgreSQL 14+ reports, or a
@@ -344,9 +373,12 @@ async fn role_of(server: &mut ServerConn) -> Result<Seen> {
         });
     }
     let row = server.query_row(ROLE).await?;
-    let mut seen = seen_of(&row)?;
-    seen.lag = None;
-    Ok(seen)
+    let field = |i: usize| row.get(i).and_then(|v| v.as_deref());
+    Ok(Seen {
+        standby: truthy(field(0)),
+        read_only: truthy(field(1)),
+        lag: None,
+    })
 }
 
 impl Pool {
@@ -447,12 +479,13 @@ pub(super) fn watch(pool: &Arc<Pool>) {
 /// One host's health check, for as long as its pool exists.
 async fn watch_host(pool: Weak<Pool>, hosts: Arc<HostSet>, i: usize) {
     let mut probe: Option<ServerConn> = None;
+    let mut replay = Replay::default();
     loop {
         let check_delay = {
             let Some(pool) = pool.upgrade() else { return };
             let limits = pool.limits();
             let credential = pool.credential();
-            let outcome = check(&pool, i, &mut probe, &credential, &limits).await;
+            let outcome = check(&pool, i, &mut probe, &credential, &limits, &mut replay).await;
             match outcome {
                 Ok(seen) => hosts.seen(&pool, i, seen),
                 Err(e) => {
@@ -478,6 +511,7 @@ async fn check(
     probe: &mut Option<ServerConn>,
     credential: &ServerCredential,
     limits: &super::PoolLimits,
+    replay: &mut Replay,
 ) -> Result<Seen> {
     let conn = match probe {
         Some(conn) if conn.is_alive() => conn,
@@ -489,5 +523,5 @@ async fn check(
         }
     };
     let row = conn.query_row(PROBE).await?;
-    seen_of(&row)
+    Ok(seen_of(&row, replay))
 }
