@@ -235,12 +235,13 @@ async fn failover_under_write_load() {
     // Synchronous replication, so that a write acknowledged by the primary is on the standby:
     // losing one would then be the pooler's doing.
     let su = primary.superuser().await;
-    su.batch_execute(&format!(
-        "ALTER SYSTEM SET synchronous_standby_names = '*'; SELECT pg_reload_conf();\
-         ALTER DATABASE {db} SET synchronous_commit = on"
-    ))
-    .await
-    .expect("synchronous replication");
+    for sql in [
+        "ALTER SYSTEM SET synchronous_standby_names = '*'".to_string(),
+        "SELECT pg_reload_conf()".to_string(),
+        format!("ALTER DATABASE {db} SET synchronous_commit = on"),
+    ] {
+        su.batch_execute(&sql).await.expect("synchronous replication");
+    }
     assert!(
         eventually(Duration::from_secs(30), || async {
             su.query_opt(
