@@ -240,7 +240,9 @@ async fn failover_under_write_load() {
         "SELECT pg_reload_conf()".to_string(),
         format!("ALTER DATABASE {db} SET synchronous_commit = on"),
     ] {
-        su.batch_execute(&sql).await.expect("synchronous replication");
+        su.batch_execute(&sql)
+            .await
+            .expect("synchronous replication");
     }
     assert!(
         eventually(Duration::from_secs(30), || async {

@@ -481,20 +481,25 @@ async fn watch_host(pool: Weak<Pool>, hosts: Arc<HostSet>, i: usize) {
     let mut probe: Option<ServerConn> = None;
     let mut replay = Replay::default();
     loop {
-        let check_delay = {
-            let Some(pool) = pool.upgrade() else { return };
-            let limits = pool.limits();
-            let credential = pool.credential();
-            let outcome = check(&pool, i, &mut probe, &credential, &limits, &mut replay).await;
-            match outcome {
-                Ok(seen) => hosts.seen(&pool, i, seen),
-                Err(e) => {
-                    probe = None;
-                    hosts.failed(&pool, i, &e);
-                }
-            }
-            limits.check_delay
+        // The pool is not held while the probe runs (a host that never answers would keep a
+        // retired pool alive for a connect timeout).
+        let Some((target, credential, limits)) = pool
+            .upgrade()
+            .map(|p| (p.target.at(i), p.credential(), p.limits()))
+        else {
+            return;
         };
+        let outcome = check(&target, &mut probe, &credential, &limits, &mut replay).await;
+        let Some(owner) = pool.upgrade() else { return };
+        match outcome {
+            Ok(seen) => hosts.seen(&owner, i, seen),
+            Err(e) => {
+                probe = None;
+                hosts.failed(&owner, i, &e);
+            }
+        }
+        drop(owner);
+        let check_delay = limits.check_delay;
         tokio::time::sleep(MIN_GAP).await;
         let wake = hosts.wake.notified();
         tokio::select! {
@@ -506,8 +511,7 @@ async fn watch_host(pool: Weak<Pool>, hosts: Arc<HostSet>, i: usize) {
 
 /// One probe: the watcher's connection (opened again if it was lost), `PROBE` on it.
 async fn check(
-    pool: &Pool,
-    i: usize,
+    target: &crate::server::ServerTarget,
     probe: &mut Option<ServerConn>,
     credential: &ServerCredential,
     limits: &super::PoolLimits,
@@ -516,8 +520,7 @@ async fn check(
     let conn = match probe {
         Some(conn) if conn.is_alive() => conn,
         _ => {
-            let mut conn =
-                ServerConn::connect(&pool.target.at(i), credential, limits.connect_timeout).await?;
+            let mut conn = ServerConn::connect(target, credential, limits.connect_timeout).await?;
             conn.query_bound = limits.internal_query_timeout();
             probe.insert(conn)
         }
