@@ -143,6 +143,17 @@ async fn routing_by_role_lag_and_fallback() {
     assert_eq!(rows[&p.to_string()]["usable"], "1");
     assert_eq!(rows[&s.to_string()]["role"], "standby");
     assert_eq!(rows[&s.to_string()]["usable"], "0");
+    // SHOW SERVERS names each server's own host.
+    let console = connect(&pooler.console_url("postgres", SUPERUSER_PASSWORD)).await;
+    let servers = show(&console, "SHOW SERVERS").await;
+    for (entry, port) in [("rw", p), ("ro", s), ("sb", s)] {
+        let ports: HashSet<&str> = servers
+            .iter()
+            .filter(|r| r["database"] == entry)
+            .map(|r| r["port"].as_str())
+            .collect();
+        assert_eq!(ports, HashSet::from([port.to_string().as_str()]), "{entry}");
+    }
     let body = pooler.scrape().await;
     let usable = |db: &str, port: u16, role: &str| {
         metric(

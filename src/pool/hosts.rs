@@ -528,3 +528,103 @@ async fn check(
     let row = conn.query_row(PROBE).await?;
     Ok(seen_of(&row, replay))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use TargetSessionAttrs::*;
+
+    fn set(attrs: TargetSessionAttrs, roles: &[(Role, f64)], max_lag: Option<f64>) -> HostSet {
+        let hosts = HostSet::new(
+            HostPolicy {
+                attrs,
+                load_balance: LoadBalance::Disable,
+                max_lag: max_lag.map(Duration::from_secs_f64),
+            },
+            roles.len(),
+        );
+        for (h, (role, lag)) in hosts.lock().iter_mut().zip(roles) {
+            h.role = *role;
+            h.lag = Duration::from_secs_f64(*lag);
+        }
+        hosts
+    }
+
+    #[test]
+    fn each_attribute_picks_its_hosts() {
+        let p = (Role::Primary, 0.0);
+        let s = (Role::Standby, 0.0);
+        let d = (Role::Down, 0.0);
+        let u = (Role::Unknown, 0.0);
+        for (attrs, roles, want) in [
+            (ReadWrite, vec![s, p], Some(1)),
+            (ReadWrite, vec![s, d], None),
+            (Primary, vec![d, p], Some(1)),
+            (Standby, vec![p, s], Some(1)),
+            (Standby, vec![p, d], None),
+            (ReadOnly, vec![p, s], Some(1)),
+            (PreferStandby, vec![p, s], Some(1)),
+            (PreferStandby, vec![p, d], Some(0)),
+            // Whether the unknown host is a standby is not known yet: no falling back.
+            (PreferStandby, vec![p, u], None),
+            (Any, vec![d, s], Some(1)),
+            (Any, vec![u, p], Some(1)),
+        ] {
+            assert_eq!(set(attrs, &roles, None).pick(), want, "{attrs:?} {roles:?}");
+        }
+    }
+
+    #[test]
+    fn a_lagging_standby_fits_nothing() {
+        let roles = [(Role::Primary, 0.0), (Role::Standby, 11.0)];
+        assert_eq!(set(PreferStandby, &roles, Some(10.0)).pick(), Some(0));
+        assert_eq!(set(Standby, &roles, Some(10.0)).pick(), None);
+        assert_eq!(set(Standby, &roles, None).pick(), Some(1));
+    }
+
+    #[test]
+    fn round_robin_spreads_over_the_hosts_that_fit() {
+        let hosts = set(
+            ReadOnly,
+            &[
+                (Role::Standby, 0.0),
+                (Role::Primary, 0.0),
+                (Role::Standby, 0.0),
+            ],
+            None,
+        );
+        let hosts = HostSet {
+            policy: HostPolicy {
+                load_balance: LoadBalance::RoundRobin,
+                ..hosts.policy.clone()
+            },
+            ..hosts
+        };
+        let picks: Vec<_> = (0..4).filter_map(|_| hosts.pick()).collect();
+        assert_eq!(picks, vec![0, 2, 0, 2]);
+    }
+
+    #[test]
+    fn replay_lag() {
+        let row = |standby: &str, behind: &str, age: Option<&str>, lsn: &str| {
+            vec![
+                Some(standby.to_string()),
+                Some("off".to_string()),
+                Some(behind.to_string()),
+                age.map(str::to_string),
+                Some(lsn.to_string()),
+            ]
+        };
+        let mut r = Replay::default();
+        let lag = |s: Seen| s.lag.unwrap_or_default().as_secs_f64();
+        assert_eq!(lag(seen_of(&row("f", "f", None, "0/1"), &mut r)), 0.0);
+        assert_eq!(lag(seen_of(&row("t", "f", Some("50"), "0/1"), &mut r)), 0.0);
+        assert_eq!(
+            lag(seen_of(&row("t", "t", Some("7.5"), "0/2"), &mut r)),
+            7.5
+        );
+        // No transaction replayed since it started: how long replay has not moved.
+        assert!(lag(seen_of(&row("t", "t", None, "0/2"), &mut r)) < 1.0);
+        assert!(seen_of(&row("t", "t", None, "0/2"), &mut r).standby);
+    }
+}
