@@ -459,3 +459,57 @@ async fn a_host_that_never_answers_does_not_stall_clients() {
     assert_eq!(rows[&hole_port.to_string()]["usable"], "0");
     assert_eq!(rows[&pg.port.to_string()]["role"], "primary");
 }
+
+/// Split-brain safety does not wait for the health check: every new server connection's role
+/// is checked after login. A database made read-only by default (what its sessions see from
+/// their login on) gets no read-write pool's connection even though the health check, run
+/// rarely here, last saw a primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_new_server_connection_is_checked_for_its_role() {
+    let _d = deadline(
+        "every_new_server_connection_is_checked",
+        Duration::from_secs(60),
+    );
+    let pg = PgServer::shared();
+    let db = pg.create_db("ha_rolecheck").await;
+    let entries = format!(
+        "[databases.rw]\nhost = \"127.0.0.1\"\nport = {}\ndbname = \"{db}\"\n\
+         target_session_attrs = \"read-write\"\n",
+        pg.port
+    );
+    let pooler = start(
+        &entries,
+        "server_check_delay = 3600\nserver_connect_timeout = 2\nserver_login_retry = 0",
+    )
+    .await;
+    let c = connect(&url(&pooler, "rw")).await;
+    assert_eq!(row(&c, WHERE).await, ["false", &pg.port.to_string()]);
+    drop(c);
+    pg.superuser()
+        .await
+        .batch_execute(&format!(
+            "ALTER DATABASE {db} SET default_transaction_read_only = on"
+        ))
+        .await
+        .expect("alter database");
+    // The pool's servers from before are closed; the next one must come from a new login.
+    let console = connect(&pooler.console_url("postgres", SUPERUSER_PASSWORD)).await;
+    console
+        .batch_execute("RECONNECT rw")
+        .await
+        .expect("RECONNECT");
+    let c = connect(&url(&pooler, "rw")).await;
+    let e = c
+        .simple_query(WHERE)
+        .await
+        .expect_err("a read-only host serves no read-write pool");
+    assert_eq!(sqlstate(&e).as_deref(), Some("08006"), "{}", message(&e));
+    assert!(
+        message(&e).contains("target_session_attrs=read-write"),
+        "{}",
+        message(&e)
+    );
+    let rows = show_hosts(&pooler, "rw").await;
+    assert_eq!(rows[&pg.port.to_string()]["read_only"], "1", "{rows:?}");
+    assert_eq!(rows[&pg.port.to_string()]["usable"], "0", "{rows:?}");
+}

@@ -489,6 +489,13 @@ async fn watch_host(pool: Weak<Pool>, hosts: Arc<HostSet>, i: usize) {
         else {
             return;
         };
+        if hosts.waiting.load(Ordering::Relaxed) > 0 {
+            // Clients wait for a host: look with a new session, as theirs would. (An old one
+            // misses database- and role-level settings changed since it logged in, such as
+            // `ALTER DATABASE ... SET default_transaction_read_only`, and the check would
+            // keep vouching for a host their connections find read-only.)
+            probe = None;
+        }
         let outcome = check(&target, &mut probe, &credential, &limits, &mut replay).await;
         let Some(owner) = pool.upgrade() else { return };
         match outcome {
