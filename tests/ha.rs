@@ -513,3 +513,84 @@ async fn every_new_server_connection_is_checked_for_its_role() {
     assert_eq!(rows[&pg.port.to_string()]["read_only"], "1", "{rows:?}");
     assert_eq!(rows[&pg.port.to_string()]["usable"], "0", "{rows:?}");
 }
+
+/// A forwarder to `upstream` that can be frozen: from then on it accepts new connections and
+/// never answers them, while the ones already established keep flowing (a host that hangs
+/// after the health check last saw it well).
+async fn freezer(upstream: u16) -> (u16, Arc<AtomicBool>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let frozen = Arc::new(AtomicBool::new(false));
+    let flag = frozen.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut sock, _)) = listener.accept().await {
+            if flag.load(Ordering::Relaxed) {
+                held.push(sock);
+                continue;
+            }
+            tokio::spawn(async move {
+                if let Ok(mut up) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await {
+                    let _ = tokio::io::copy_bidirectional(&mut sock, &mut up).await;
+                }
+            });
+        }
+    });
+    (port, frozen)
+}
+
+/// A host that stops answering new connections after the health check vouched for it:
+/// clients whose server connection went there are served by the other host after a short
+/// stagger, not after `server_connect_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_hangs_after_its_check_is_raced_by_another() {
+    let _d = deadline("a_host_that_hangs_after_its_check", Duration::from_secs(40));
+    let pg = PgServer::shared();
+    let db = pg.create_db("ha_stagger").await;
+    let (hang_port, frozen) = freezer(pg.port).await;
+    let entries = format!("[databases.app]\n{}", hosts(hang_port, pg.port, &db));
+    // The health check runs once (and its connection through the forwarder stays up); a
+    // connect timeout far past the test's bound.
+    let pooler = start(
+        &entries,
+        "server_check_delay = 3600\nserver_connect_timeout = 120\nquery_wait_timeout = 120",
+    )
+    .await;
+    // The pool exists once a client has come; then both hosts get checked.
+    let first = connect(&url(&pooler, "app")).await;
+    row(&first, "SELECT 1").await;
+    drop(first);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            let rows = show_hosts(&pooler, "app").await;
+            rows.len() == 2 && rows.values().all(|h| h["usable"] == "1")
+        })
+        .await,
+        "both hosts checked"
+    );
+    let console = connect(&pooler.console_url("postgres", SUPERUSER_PASSWORD)).await;
+    console.batch_execute("RECONNECT app").await.expect("RECONNECT");
+    frozen.store(true, Ordering::Relaxed);
+    // Eight clients at once: eight new server connections, half of them to the frozen host.
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let u = url(&pooler, "app");
+        clients.push(tokio::spawn(async move {
+            let c = connect(&u).await;
+            row(&c, "SELECT pg_sleep(0.2)::text, inet_server_port()::text").await[1].clone()
+        }));
+    }
+    for c in clients {
+        assert_eq!(c.await.expect("client"), pg.port.to_string());
+    }
+    let servers = show(&console, "SHOW SERVERS").await;
+    assert!(
+        servers
+            .iter()
+            .filter(|r| r["database"] == "app")
+            .all(|r| r["port"] == pg.port.to_string()),
+        "{servers:?}"
+    );
+}

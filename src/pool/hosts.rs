@@ -39,6 +39,10 @@ const ROLE: &str = "SELECT pg_is_in_recovery(), current_setting('default_transac
 
 /// How often hosts are probed while a client waits for a usable one.
 const URGENT: Duration = Duration::from_millis(250);
+/// A server connection attempt that has not logged in by then gets company: another host
+/// that fits is tried too, and the first to answer serves (a host that stopped answering
+/// costs a client this much, not a connect timeout).
+const STAGGER: Duration = Duration::from_millis(500);
 /// The shortest gap between two probes of one host.
 const MIN_GAP: Duration = Duration::from_millis(100);
 
@@ -170,8 +174,15 @@ impl HostSet {
     /// The host a new server connection should go to: among the hosts that fit (the
     /// standbys first for `prefer-standby`), the next in turn or the first.
     fn pick(&self) -> Option<usize> {
+        self.pick_except(&[])
+    }
+
+    /// `pick`, leaving out the hosts in `busy` (attempts already under way there).
+    fn pick_except(&self, busy: &[usize]) -> Option<usize> {
         let st = self.lock();
-        let mut usable: Vec<usize> = (0..st.len()).filter(|&i| self.fits(&st[i])).collect();
+        let mut usable: Vec<usize> = (0..st.len())
+            .filter(|&i| self.fits(&st[i]) && !busy.contains(&i))
+            .collect();
         if self.policy.attrs == TargetSessionAttrs::PreferStandby {
             if usable.iter().any(|&i| st[i].role == Role::Standby) {
                 usable.retain(|&i| st[i].role == Role::Standby);
@@ -183,7 +194,7 @@ impl HostSet {
         if usable.is_empty() {
             // A host that answers but refused the pool's login (no password known yet, say):
             // trying it gives the client the server's own error, or succeeds now.
-            return (0..st.len()).find(|&i| st[i].refused);
+            return (0..st.len()).find(|&i| st[i].refused && !busy.contains(&i));
         }
         Some(match self.policy.load_balance {
             LoadBalance::Disable => usable[0],
@@ -381,10 +392,23 @@ async fn role_of(server: &mut ServerConn) -> Result<Seen> {
     })
 }
 
+/// One server connection attempt on one host: connect, log in, learn its role.
+async fn attempt(
+    target: crate::server::ServerTarget,
+    credential: ServerCredential,
+    timeout: Option<Duration>,
+) -> Result<(ServerConn, Seen)> {
+    let mut server = ServerConn::connect(&target, &credential, timeout).await?;
+    let seen = role_of(&mut server).await?;
+    Ok((server, seen))
+}
+
 impl Pool {
-    /// Opens a server on a host fitting the pool (any host's first, for a plain pool): a
-    /// host that fails is marked down and the next usable one tried, until the connect
-    /// timeout has passed without a usable host.
+    /// Opens a server on a host fitting the pool (the one host, for a plain pool): a host
+    /// that fails is marked down and the next usable one tried, until the connect timeout
+    /// has passed without a usable host. An attempt not answered within `STAGGER` is raced
+    /// by one on another host that fits; the first server that logs in with a fitting role
+    /// wins, the other attempts are dropped.
     pub(super) async fn connect_server(
         &self,
         credential: &ServerCredential,
@@ -394,30 +418,47 @@ impl Pool {
             return ServerConn::connect(&self.target, credential, connect_timeout).await;
         };
         let deadline = Instant::now() + connect_timeout.unwrap_or(Duration::from_secs(15));
+        let mut attempts = tokio::task::JoinSet::new();
+        let mut in_flight: Vec<usize> = Vec::new();
+        let start = |attempts: &mut tokio::task::JoinSet<_>, in_flight: &mut Vec<usize>, i| {
+            in_flight.push(i);
+            let (target, credential) = (self.target.at(i), credential.clone());
+            attempts.spawn(async move { (i, attempt(target, credential, connect_timeout).await) });
+        };
         loop {
-            let i = hosts.wait_pick(deadline).await?;
-            let target = self.target.at(i);
-            let mut server = match ServerConn::connect(&target, credential, connect_timeout).await {
-                Ok(server) => server,
-                Err(e) if unreachable(&e) => {
-                    hosts.failed(self, i, &e);
+            if attempts.is_empty() {
+                in_flight.clear();
+                let i = hosts.wait_pick(deadline).await?;
+                start(&mut attempts, &mut in_flight, i);
+            }
+            let done = tokio::select! {
+                done = attempts.join_next() => done,
+                _ = tokio::time::sleep(STAGGER) => {
+                    if let Some(j) = hosts.pick_except(&in_flight) {
+                        start(&mut attempts, &mut in_flight, j);
+                    }
                     continue;
                 }
-                Err(e) => return Err(e),
             };
-            server.host = i;
-            match role_of(&mut server).await {
-                Ok(seen) => hosts.seen(self, i, seen),
-                Err(e) => {
-                    hosts.failed(self, i, &e);
-                    continue;
+            // A panicked attempt counts as failed; `in_flight` is cleared when none is left.
+            let Some(Ok((i, result))) = done else {
+                continue;
+            };
+            in_flight.retain(|&h| h != i);
+            match result {
+                Ok((mut server, seen)) => {
+                    server.host = i;
+                    hosts.seen(self, i, seen);
+                    if hosts.acceptable(i) {
+                        // Dropping `attempts` aborts the others (their sockets close).
+                        return Ok(server);
+                    }
+                    // Its role changed since the last probe (a primary demoted): not for us.
+                    tokio::spawn(server.terminate());
                 }
+                Err(e) if unreachable(&e) => hosts.failed(self, i, &e),
+                Err(e) => return Err(e),
             }
-            if hosts.acceptable(i) {
-                return Ok(server);
-            }
-            // Its role changed since the last probe (a primary demoted): not for this pool.
-            tokio::spawn(server.terminate());
         }
     }
 
