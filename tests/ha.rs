@@ -571,7 +571,10 @@ async fn a_host_that_hangs_after_its_check_is_raced_by_another() {
         "both hosts checked"
     );
     let console = connect(&pooler.console_url("postgres", SUPERUSER_PASSWORD)).await;
-    console.batch_execute("RECONNECT app").await.expect("RECONNECT");
+    console
+        .batch_execute("RECONNECT app")
+        .await
+        .expect("RECONNECT");
     frozen.store(true, Ordering::Relaxed);
     // Eight clients at once: eight new server connections, half of them to the frozen host.
     let mut clients = Vec::new();
@@ -593,4 +596,57 @@ async fn a_host_that_hangs_after_its_check_is_raced_by_another() {
             .all(|r| r["port"] == pg.port.to_string()),
         "{servers:?}"
     );
+}
+
+/// `default_pool_size` is per host that fits: two usable hosts give a pool of twice the size,
+/// and that many clients hold a transaction each at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pool_size_is_per_usable_host() {
+    let _d = deadline("the_pool_size_is_per_usable_host", Duration::from_secs(60));
+    let pg = PgServer::shared();
+    let db = pg.create_db("ha_size").await;
+    // The same server twice: two hosts that fit.
+    let entries = format!("[databases.app]\n{}", hosts(pg.port, pg.port, &db));
+    let metrics_port = free_port();
+    let pooler = start(
+        &entries,
+        &format!(
+            "default_pool_size = 2\nreserve_pool_size = 0\nserver_check_delay = 0.2\n\
+             query_wait_timeout = 60\nmetrics_port = {metrics_port}"
+        ),
+    )
+    .await;
+    let first = connect(&url(&pooler, "app")).await;
+    row(&first, "SELECT 1").await;
+    let size = |body: &str| {
+        metric(
+            body,
+            "pooler_pools_pool_size",
+            &[("database", "app"), ("user", APP_USER)],
+        )
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            size(&pooler.scrape().await) == Some(4.0)
+        })
+        .await,
+        "pool size 2 per host, 2 hosts"
+    );
+    // Four transactions open at once (a pool of 2 would queue the last two for good).
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let c = connect(&url(&pooler, "app")).await;
+        c.batch_execute("BEGIN; SELECT 1")
+            .await
+            .expect("a transaction");
+        held.push(c);
+    }
+    let pid_list: HashSet<String> = {
+        let mut pids = HashSet::new();
+        for c in &held {
+            pids.insert(row(c, "SELECT pg_backend_pid()::text").await[0].clone());
+        }
+        pids
+    };
+    assert_eq!(pid_list.len(), 4, "four servers at once");
 }

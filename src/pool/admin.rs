@@ -120,8 +120,13 @@ impl Pool {
         let mut to_open = 0;
         let mut slots = Vec::new();
         let mut evict = false;
+        // Several hosts: the size follows how many fit (`HostSet::pool_size`).
+        let scaled = self.hosts.as_ref().map(|h| h.pool_size());
         {
             let mut st = self.lock();
+            if let Some(size) = scaled {
+                st.limits.pool_size = size;
+            }
             let now = Instant::now();
             let mut i = 0;
             while i < st.idle.len() {

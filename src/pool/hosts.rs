@@ -111,10 +111,12 @@ pub struct HostSet {
     /// Clients (or the janitor) waiting for a usable host.
     waiting: AtomicUsize,
     next: AtomicUsize,
+    /// The configured pool size: per usable host (see `pool_size`).
+    base_size: AtomicUsize,
 }
 
 impl HostSet {
-    pub fn new(policy: HostPolicy, n: usize) -> HostSet {
+    pub fn new(policy: HostPolicy, n: usize, pool_size: usize) -> HostSet {
         let unknown = HostState {
             role: Role::Unknown,
             read_only: false,
@@ -130,7 +132,22 @@ impl HostSet {
             wake: Notify::new(),
             waiting: AtomicUsize::new(0),
             next: AtomicUsize::new(0),
+            base_size: AtomicUsize::new(pool_size),
         }
+    }
+
+    /// The pool's size: the configured one for each host that fits now (at least one), so
+    /// reads spread over three standbys can use three times the servers. New servers are
+    /// spread round-robin (or in order), so this is not a strict bound per host.
+    pub fn pool_size(&self) -> usize {
+        let fit = self.lock().iter().filter(|h| self.fits(h)).count();
+        self.base_size.load(Ordering::Relaxed) * fit.max(1)
+    }
+
+    /// RELOAD: the configured size changed; returns the pool's size under it.
+    pub(super) fn set_base_size(&self, pool_size: usize) -> usize {
+        self.base_size.store(pool_size, Ordering::Relaxed);
+        self.pool_size()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<HostState>> {
@@ -590,6 +607,7 @@ mod tests {
                 max_lag: max_lag.map(Duration::from_secs_f64),
             },
             roles.len(),
+            10,
         );
         for (h, (role, lag)) in hosts.lock().iter_mut().zip(roles) {
             h.role = *role;
@@ -620,6 +638,21 @@ mod tests {
         ] {
             assert_eq!(set(attrs, &roles, None).pick(), want, "{attrs:?} {roles:?}");
         }
+    }
+
+    #[test]
+    fn the_pool_size_is_per_host_that_fits() {
+        let roles = [
+            (Role::Standby, 0.0),
+            (Role::Primary, 0.0),
+            (Role::Standby, 0.0),
+        ];
+        assert_eq!(set(Standby, &roles, None).pool_size(), 20);
+        assert_eq!(set(Any, &roles, None).pool_size(), 30);
+        assert_eq!(set(ReadWrite, &roles, None).pool_size(), 10);
+        // None fits: still one host's worth, for when one does.
+        assert_eq!(set(ReadWrite, &[(Role::Down, 0.0)], None).pool_size(), 10);
+        assert_eq!(set(Any, &roles, None).set_base_size(4), 12);
     }
 
     #[test]

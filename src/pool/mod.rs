@@ -170,7 +170,8 @@ impl Pool {
         stats: PoolStats,
         policy: Option<HostPolicy>,
     ) -> Arc<Pool> {
-        let hosts = policy.map(|p| Arc::new(HostSet::new(p, target.hosts.len().max(1))));
+        let hosts =
+            policy.map(|p| Arc::new(HostSet::new(p, target.hosts.len().max(1), limits.pool_size)));
         let pool = Arc::new(Pool {
             database,
             user,
@@ -232,7 +233,10 @@ impl Pool {
 
     /// RELOAD: new sizes and timeouts. A larger pool serves its waiters at once; a smaller one
     /// closes idle servers beyond the new size now and busy ones as they come back.
-    pub fn set_limits(self: &Arc<Self>, limits: PoolLimits) {
+    pub fn set_limits(self: &Arc<Self>, mut limits: PoolLimits) {
+        if let Some(h) = &self.hosts {
+            limits.pool_size = h.set_base_size(limits.pool_size);
+        }
         let extra = {
             let mut st = self.lock();
             st.limits = limits;
