@@ -234,6 +234,30 @@ mod tests {
     }
 
     #[test]
+    fn several_hosts_from_the_environment() {
+        let mut t: toml::Table = toml::from_str("[databases.app]\nport = 1\n").unwrap();
+        apply(
+            &mut t,
+            &vars(&[
+                ("POOLER_DATABASES__APP__HOST", "a,b"),
+                ("POOLER_DATABASES__APP__PORT", "5432,5433"),
+                ("POOLER_DATABASES__APP__TARGET_SESSION_ATTRS", "read-write"),
+            ]),
+        )
+        .unwrap();
+        let c: Config = t.try_into().unwrap();
+        let app = &c.databases["app"];
+        assert_eq!(
+            app.hosts(),
+            vec![("a".to_string(), 5432), ("b".to_string(), 5433)]
+        );
+        assert_eq!(
+            app.target_session_attrs(),
+            crate::config::TargetSessionAttrs::ReadWrite
+        );
+    }
+
+    #[test]
     fn unknown_or_bad_overrides_are_named() {
         let mut t = toml::Table::new();
         let e = apply(&mut t, &vars(&[("POOLER_DEFAULT_POOL_SISE", "7")])).unwrap_err();
