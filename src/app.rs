@@ -11,12 +11,14 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use crate::auth::{AuthFile, Secret, User};
-use crate::config::{AuthType, Config, ConfigError, DatabaseConfig, RESTART_ONLY, secs};
+use crate::config::{
+    AuthType, Config, ConfigError, DatabaseConfig, RESTART_ONLY, TargetSessionAttrs, secs,
+};
 use crate::lifecycle::Control;
 use crate::limits::{ConnLimit, Evict, PoolLimitsShared};
 use crate::metrics::Metrics;
 use crate::peers::Peers;
-use crate::pool::{Pool, PoolLimits, PoolSettings};
+use crate::pool::{HostPolicy, Pool, PoolLimits, PoolSettings};
 use crate::prepared::Registry;
 use crate::registry::ClientRegistry;
 use crate::server::{ServerCredential, ServerTarget};
@@ -128,11 +130,25 @@ fn target_for(
 ) -> ServerTarget {
     ServerTarget {
         tls,
-        host: db.host.clone(),
-        port: db.port,
+        hosts: db.hosts(),
+        host: db
+            .hosts()
+            .first()
+            .map_or_else(|| db.host.clone(), |h| h.0.clone()),
+        port: db.hosts().first().map_or(5432, |h| h.1),
         dbname: db.dbname.clone().unwrap_or_else(|| db_name.to_string()),
         user: server_user.to_string(),
     }
+}
+
+/// How a pool of `db` chooses among its hosts; None for one host taken as it is.
+fn policy_for(db: &DatabaseConfig) -> Option<HostPolicy> {
+    let attrs = db.target_session_attrs();
+    (db.hosts().len() > 1 || attrs != TargetSessionAttrs::Any).then(|| HostPolicy {
+        attrs,
+        load_balance: db.load_balance_hosts.unwrap_or_default(),
+        max_lag: db.max_replica_lag.and_then(secs),
+    })
 }
 
 /// The credential a pool logs in with, from the database entry and the auth file; `client` is
@@ -278,6 +294,7 @@ impl App {
             self.shared_limits(&config, db_name, &server_user),
             credential,
             stats,
+            policy_for(db),
         );
         if self.control.is_paused(db_name) {
             pool.pause();
@@ -374,8 +391,8 @@ impl App {
             let settings = settings_for(&new, db, &pool.user);
             let target = target_for(db_name, db, &pool.user, None);
             let same_server = old_db.map(|d| &d.user) == Some(&db.user)
-                && target.host == pool.target.host
-                && target.port == pool.target.port
+                && target.hosts == pool.target.hosts
+                && policy_for(db) == pool.hosts.as_ref().map(|h| h.policy.clone())
                 && target.dbname == pool.target.dbname
                 && db.user.as_deref().is_none_or(|u| u == pool.user)
                 && settings.mode == pool.settings.mode

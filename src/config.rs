@@ -6,8 +6,11 @@
 //! parses to, so both go through one deserialisation and one validation.
 
 pub mod env;
+mod hosts;
 pub mod ini;
 mod settings;
+
+pub use hosts::{LoadBalance, Ports, TargetSessionAttrs, host_list};
 
 pub use settings::{KeyKind, PoolerSettings, RESTART_ONLY};
 
@@ -160,8 +163,9 @@ impl NameList {
 pub struct DatabaseConfig {
     #[serde(default = "default_host")]
     pub host: String,
-    #[serde(default = "default_pg_port")]
-    pub port: u16,
+    /// One host, or several (`"a,b,c"`, libpq's list; see `hosts`).
+    #[serde(default)]
+    pub port: Ports,
     pub dbname: Option<String>,
     /// Log in to the server as this user for every client (PgBouncer's forced user).
     pub user: Option<String>,
@@ -173,6 +177,23 @@ pub struct DatabaseConfig {
     /// Overrides `max_db_connections` for this database.
     pub max_db_connections: Option<usize>,
     pub session_state: Option<crate::session_state::Policy>,
+    /// Which of the hosts the pools may use (libpq's names); default `any`.
+    pub target_session_attrs: Option<TargetSessionAttrs>,
+    /// How new server connections spread over the usable hosts; default `round-robin`.
+    pub load_balance_hosts: Option<LoadBalance>,
+    /// Seconds: a standby whose replay lags further behind is not used (0: no limit).
+    pub max_replica_lag: Option<f64>,
+}
+
+impl DatabaseConfig {
+    /// The entry's `(host, port)` pairs, in order (validated at load, so never empty).
+    pub fn hosts(&self) -> Vec<(String, u16)> {
+        host_list(&self.host, &self.port).unwrap_or_else(|_| vec![(self.host.clone(), 5432)])
+    }
+
+    pub fn target_session_attrs(&self) -> TargetSessionAttrs {
+        self.target_session_attrs.unwrap_or_default()
+    }
 }
 
 /// One `[users.NAME]` entry (PgBouncer's `[users]` section): settings for the pools of one
@@ -213,9 +234,6 @@ pub const FALLBACK_DATABASE: &str = "*";
 
 fn default_host() -> String {
     "127.0.0.1".into()
-}
-fn default_pg_port() -> u16 {
-    5432
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -463,6 +481,15 @@ impl Config {
                     "databases.{name}.pool_size: must be at least 1"
                 )));
             }
+            host_list(&db.host, &db.port).map_err(|e| invalid(format!("databases.{name}.{e}")))?;
+            if db
+                .max_replica_lag
+                .is_some_and(|l| !l.is_finite() || l < 0.0)
+            {
+                return Err(invalid(format!(
+                    "databases.{name}.max_replica_lag: must be a number of seconds >= 0"
+                )));
+            }
             if db.password.is_some() && db.user.is_none() {
                 return Err(invalid(format!(
                     "databases.{name}.password: only valid together with databases.{name}.user"
@@ -654,6 +681,50 @@ mod tests {
         ] {
             let e = Config::parse(
                 &format!("[pooler]\nauth_type = \"trust\"\n{text}"),
+                "t.toml",
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains(needle), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn several_hosts() {
+        let c = Config::parse(
+            "[pooler]\nauth_type = \"trust\"\n\
+             [databases.one]\nhost = \"db\"\nport = 6000\n\
+             [databases.app]\nhost = \"a, b\"\nport = \"1,2\"\n\
+             target_session_attrs = \"prefer-standby\"\nmax_replica_lag = 10\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(c.databases["one"].hosts(), vec![("db".to_string(), 6000)]);
+        assert_eq!(
+            c.databases["one"].target_session_attrs(),
+            TargetSessionAttrs::Any
+        );
+        let app = &c.databases["app"];
+        assert_eq!(
+            app.hosts(),
+            vec![("a".to_string(), 1), ("b".to_string(), 2)]
+        );
+        assert_eq!(
+            app.target_session_attrs(),
+            TargetSessionAttrs::PreferStandby
+        );
+        assert_eq!(app.max_replica_lag, Some(10.0));
+        for (text, needle) in [
+            ("host = \"a,b\"\nport = \"1,2,3\"\n", "databases.x.port"),
+            (
+                "target_session_attrs = \"master\"\n",
+                "target_session_attrs",
+            ),
+            ("load_balance_hosts = \"random\"\n", "load_balance_hosts"),
+            ("max_replica_lag = -1\n", "max_replica_lag"),
+        ] {
+            let e = Config::parse(
+                &format!("[pooler]\nauth_type = \"trust\"\n[databases.x]\n{text}"),
                 "t.toml",
             )
             .unwrap_err()

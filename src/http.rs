@@ -25,10 +25,11 @@ use crate::accept::AcceptErrors;
 use crate::app::App;
 use crate::metrics::{
     ASSIGNMENTS, BUILD_INFO, CLIENT_ACTIVE, CLIENT_IDLE, CLIENT_MAXWAIT, CLIENT_WAIT_TOTAL,
-    CLIENT_WAITING, CONNECT_FAILURES, DATABASES, MAX_CLIENT_CONN, PEER_FAILED, PEER_FORWARDED,
-    POOL_PAUSED, POOL_SIZE, POOLS, QUERIES, RECEIVED, RESERVE_ACTIVE, RESERVE_SIZE, SENT,
-    SERVER_ACTIVE, SERVER_IDLE, SERVER_LOGIN, SERVER_REACHABLE, SERVER_USED, SERVERS_CLOSED,
-    SERVERS_OPENED, SESSION_STATE, TRANSACTIONS, UP, USED_CLIENTS, help, pool_labels,
+    CLIENT_WAITING, CONNECT_FAILURES, DATABASES, HOST_DOWNS, HOST_LAG, HOST_USABLE,
+    MAX_CLIENT_CONN, PEER_FAILED, PEER_FORWARDED, POOL_PAUSED, POOL_SIZE, POOLS, QUERIES, RECEIVED,
+    RESERVE_ACTIVE, RESERVE_SIZE, SENT, SERVER_ACTIVE, SERVER_IDLE, SERVER_LOGIN, SERVER_REACHABLE,
+    SERVER_USED, SERVERS_CLOSED, SERVERS_OPENED, SESSION_STATE, TRANSACTIONS, UP, USED_CLIENTS,
+    help, pool_labels,
 };
 use crate::stats::CloseReason;
 
@@ -78,6 +79,22 @@ pub fn render(app: &App) -> String {
         g(RESERVE_ACTIVE, c.total.saturating_sub(limits.pool_size));
         g(POOL_PAUSED, usize::from(c.paused));
         g(SERVER_REACHABLE, usize::from(!s.failing()));
+        if let Some(hosts) = &pool.hosts {
+            for (i, h) in hosts.snapshot().iter().enumerate() {
+                let (host, port) = pool.target.address(i);
+                let mut l = labels();
+                l.push(Label::new("host", format!("{host}:{port}")));
+                let mut with_role = l.clone();
+                with_role.push(Label::new("role", h.role.as_str()));
+                m.gauge(
+                    HOST_USABLE,
+                    with_role,
+                    f64::from(u8::from(hosts.acceptable(i))),
+                );
+                m.gauge(HOST_LAG, l.clone(), h.lag.as_secs_f64());
+                m.counter(HOST_DOWNS, l, h.downs);
+            }
+        }
         m.gauge(CLIENT_MAXWAIT, labels(), c.max_wait.as_secs_f64());
         let t = s.totals();
         let n = |name, v: u64| m.counter(name, labels(), v);
@@ -174,7 +191,7 @@ pub fn readiness(app: &App) -> Result<(), String> {
     let failing: Vec<String> = app
         .pools()
         .iter()
-        .filter(|p| p.stats.failing())
+        .filter(|p| !p.can_serve())
         .map(|p| format!("{}/{}", p.database, p.user))
         .collect();
     if failing.is_empty() {

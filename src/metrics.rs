@@ -32,6 +32,11 @@ pub const RESERVE_SIZE: &str = "pooler_pools_reserve_pool_size";
 pub const RESERVE_ACTIVE: &str = "pooler_pools_reserve_active_connections";
 pub const POOL_PAUSED: &str = "pooler_pools_paused";
 pub const SERVER_REACHABLE: &str = "pooler_pools_server_reachable";
+// Per host of a pool with several hosts (or a role to check): labels `database`, `user`,
+// `host` (`address:port`), and `role` for the first.
+pub const HOST_USABLE: &str = "pooler_host_usable";
+pub const HOST_LAG: &str = "pooler_host_replica_lag_seconds";
+pub const HOST_DOWNS: &str = "pooler_host_down_total";
 // Per pool totals (SHOW STATS).
 pub const QUERIES: &str = "pooler_stats_totals_queries_pooled_total";
 pub const TRANSACTIONS: &str = "pooler_stats_totals_sql_transactions_pooled_total";
@@ -100,6 +105,18 @@ pub const DESCRIPTIONS: &[(&str, &str)] = &[
     (
         SERVER_REACHABLE,
         "0 while the server looks unreachable: the last attempt to open one failed and no server has answered since",
+    ),
+    (
+        HOST_USABLE,
+        "1 while the host may take the pool's new server connections (its role, as the health check last saw it, fits target_session_attrs)",
+    ),
+    (
+        HOST_LAG,
+        "A standby's replay lag as the health check last measured it",
+    ),
+    (
+        HOST_DOWNS,
+        "Times the host was marked down (a connection or health check failed)",
     ),
     (QUERIES, "Queries (Query and Execute messages) pooled"),
     (

@@ -8,7 +8,8 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{
-    AtomicBool, AtomicI32, AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed, Ordering::SeqCst,
+    AtomicBool, AtomicI32, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed,
+    Ordering::SeqCst,
 };
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -73,6 +74,8 @@ pub struct ClientInfo {
     server_id: AtomicU64,
     server_pid: AtomicI32,
     server_secret: AtomicI32,
+    /// Which of the pool's hosts the server is on (`ServerTarget::address`).
+    server_host: AtomicUsize,
     server_connected_us: AtomicU64,
     /// Woken by the shutdown supervisor: the session looks at the shutdown phase.
     pub stop: Notify,
@@ -92,6 +95,8 @@ pub struct ClientInfo {
 #[derive(Debug, Clone, Copy)]
 pub struct LinkedServer {
     pub id: u64,
+    /// Which of the pool's hosts it is on.
+    pub host: usize,
     pub backend_pid: i32,
     pub connected_us: u64,
 }
@@ -122,6 +127,7 @@ impl ClientInfo {
     pub fn linked_server(&self) -> Option<LinkedServer> {
         (self.state() == ClientState::Active).then(|| LinkedServer {
             id: self.server_id.load(Relaxed),
+            host: self.server_host.load(Relaxed),
             backend_pid: self.server_pid.load(Relaxed),
             connected_us: self.server_connected_us.load(Relaxed),
         })
@@ -141,6 +147,7 @@ impl ClientInfo {
         self.server_id.store(server.id, Relaxed);
         self.server_pid.store(server.backend_pid, Relaxed);
         self.server_secret.store(server.backend_secret, Relaxed);
+        self.server_host.store(server.host, Relaxed);
         self.server_connected_us
             .store(us_of(server.created_at), Relaxed);
         // SeqCst, paired with `cancel_target`: see `cancels_settled`.
@@ -322,6 +329,7 @@ impl ClientRegistry {
             server_id: AtomicU64::new(0),
             server_pid: AtomicI32::new(0),
             server_secret: AtomicI32::new(0),
+            server_host: AtomicUsize::new(0),
             server_connected_us: AtomicU64::new(0),
             stop: Notify::new(),
             cancel_key,
@@ -357,9 +365,10 @@ impl ClientRegistry {
             return None;
         }
         let pool = info.pool.as_ref()?;
+        let (host, port) = pool.target.address(info.server_host.load(Relaxed));
         Some(CancelTarget {
-            host: pool.target.host.clone(),
-            port: pool.target.port,
+            host: host.to_string(),
+            port,
             backend_pid: info.server_pid.load(Relaxed),
             backend_secret: info.server_secret.load(Relaxed),
             _in_flight: in_flight,

@@ -38,6 +38,28 @@ pub struct ServerTarget {
     pub port: u16,
     pub dbname: String,
     pub user: String,
+    /// Every host of the database entry, in order; `host`/`port` are the first (see `at`).
+    pub hosts: Vec<(String, u16)>,
+}
+
+impl ServerTarget {
+    /// The same target on its `i`th host (the first when `i` is out of range).
+    pub fn at(&self, i: usize) -> ServerTarget {
+        let mut t = self.clone();
+        if let Some((host, port)) = self.hosts.get(i) {
+            t.host = host.clone();
+            t.port = *port;
+        }
+        t
+    }
+
+    /// The address of the `i`th host, for cancels and SHOW SERVERS.
+    pub fn address(&self, i: usize) -> (&str, u16) {
+        self.hosts
+            .get(i)
+            .map(|(h, p)| (h.as_str(), *p))
+            .unwrap_or((self.host.as_str(), self.port))
+    }
 }
 
 /// Parameter names and values; names compare case-insensitively, as Postgres's GUCs do.
@@ -105,6 +127,8 @@ pub struct ServerConn {
     pub params_uncertain: bool,
     /// How long one of the pooler's own queries (`run_internal`) may take; set by the pool.
     pub query_bound: Duration,
+    /// Which of the target's hosts this server is on (`ServerTarget::at`); set by the pool.
+    pub host: usize,
 }
 
 impl std::fmt::Debug for ServerConn {
@@ -197,6 +221,7 @@ impl ServerConn {
             last_used: Instant::now(),
             params_uncertain: false,
             query_bound: Duration::from_secs(15),
+            host: 0,
         };
         // An IO error here is the server's, not the client's: the client gets 08006.
         conn.login(target, credential).await.map_err(|e| match e {
@@ -388,6 +413,54 @@ impl ServerConn {
                     if let Some(rows) = rows.as_deref_mut() {
                         rows.push(data_row(&body)?);
                     }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Runs one of the pooler's own queries and returns the first row's values (text, None
+    /// for NULL), or the server's error; bounded by `query_bound` like `run_internal`.
+    pub async fn query_row(&mut self, sql: &str) -> Result<Vec<Option<String>>> {
+        let bound = self.query_bound;
+        tokio::time::timeout(bound, self.query_row_unbounded(sql))
+            .await
+            .unwrap_or(Err(PoolerError::QueryTimeout))
+    }
+
+    async fn query_row_unbounded(&mut self, sql: &str) -> Result<Vec<Option<String>>> {
+        let mut out = BytesMut::with_capacity(sql.len() + 8);
+        frontend::query(sql, &mut out)?;
+        self.send(&mut out).await?;
+        let mut buf = BytesMut::with_capacity(512);
+        let mut row = None;
+        let mut failure = None;
+        loop {
+            match next_message(&mut self.stream, &mut buf).await? {
+                backend::Message::DataRow(body) if row.is_none() => {
+                    use fallible_iterator::FallibleIterator;
+                    let bytes = body.buffer();
+                    let values: Vec<Option<String>> = body
+                        .ranges()
+                        .map(|r| Ok(r.map(|r| String::from_utf8_lossy(&bytes[r]).into_owned())))
+                        .collect()?;
+                    row = Some(values);
+                }
+                backend::Message::ParameterStatus(body) => {
+                    self.params.set(body.name()?, body.value()?);
+                }
+                backend::Message::ErrorResponse(body) => failure = Some(server_error(&body)),
+                backend::Message::CopyInResponse(_) => {
+                    return Err(unexpected("the pooler's own query started COPY"));
+                }
+                backend::Message::ReadyForQuery(body) => {
+                    if body.status() != b'I' || !buf.is_empty() {
+                        return Err(unexpected("the pooler's own query left a transaction open"));
+                    }
+                    if let Some(e) = failure {
+                        return Err(e);
+                    }
+                    return row.ok_or_else(|| unexpected("the pooler's own query returned no row"));
                 }
                 _ => {}
             }

@@ -58,10 +58,12 @@ pub enum CloseReason {
     Evicted,
     /// The pooler is shutting down.
     Shutdown,
+    /// Its host went down or no longer has the role the pool needs (a primary demoted).
+    HostUnusable,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 9] = [
+    pub const ALL: [CloseReason; 10] = [
         CloseReason::IdleTimeout,
         CloseReason::ReserveIdle,
         CloseReason::Dead,
@@ -71,6 +73,7 @@ impl CloseReason {
         CloseReason::CheckFailed,
         CloseReason::Evicted,
         CloseReason::Shutdown,
+        CloseReason::HostUnusable,
     ];
 
     pub fn label(self) -> &'static str {
@@ -84,6 +87,7 @@ impl CloseReason {
             CloseReason::CheckFailed => "check_failed",
             CloseReason::Evicted => "evicted",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::HostUnusable => "host_unusable",
         }
     }
 }
@@ -349,6 +353,8 @@ impl PoolStats {
 pub struct ServerSnapshot {
     pub id: u64,
     pub backend_pid: i32,
+    /// Which of the pool's hosts it is on.
+    pub host: usize,
     pub connected_us: u64,
     pub last_used_us: u64,
     pub local: Option<std::net::SocketAddr>,

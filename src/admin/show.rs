@@ -4,6 +4,8 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+mod hosts;
+
 use super::{CommandError, Reply};
 use crate::app::App;
 use crate::config::{PoolerSettings, RESTART_ONLY};
@@ -66,6 +68,7 @@ pub(super) fn show(app: &Arc<App>, what: &str) -> Result<Reply, CommandError> {
         "MEM" => show_mem(app),
         "STATE" => show_state(app),
         "PEERS" => show_peers(app),
+        "HOSTS" => hosts::show_hosts(app),
         // No per-peer pools and no DNS cache (host names are resolved at connect):
         // PgBouncer's columns, no rows, so scripts that read them keep working.
         "PEER_POOLS" => Table::new(&[
@@ -98,7 +101,7 @@ pub(super) fn show(app: &Arc<App>, what: &str) -> Result<Reply, CommandError> {
             return Ok(Reply::Notice {
                 message: "Console usage".into(),
                 detail: "\n\tSHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|VERSION\
-                         \n\tSHOW PEERS|PEER_POOLS\
+                         \n\tSHOW PEERS|PEER_POOLS|HOSTS\
                          \n\tSHOW LISTS|MEM|STATE\
                          \n\tSHOW DNS_HOSTS|DNS_ZONES\
                          \n\tSHOW STATS|STATS_TOTALS|STATS_AVERAGES|TOTALS\
@@ -162,8 +165,10 @@ fn show_pools(app: &App) -> Table {
             s(c.max_wait.as_secs()),
             s(c.max_wait.subsec_micros()),
             s(pool.settings.mode.as_str()),
-            // PgBouncer fills it only for a comma-separated host list; the pooler has one host.
-            None,
+            // PgBouncer fills it only for a comma-separated host list.
+            pool.hosts
+                .as_ref()
+                .and_then(|h| s(h.policy.load_balance.as_str())),
         ]);
     }
     t
@@ -512,12 +517,13 @@ fn show_servers(app: &App) -> Table {
         if c.state() != ClientState::Active {
             continue;
         }
+        let (host, port) = pool.target.address(srv.host);
         t.rows.push(row(
             &pool.user,
             &pool.database,
             "active",
-            &pool.target.host,
-            pool.target.port,
+            host,
+            port,
             None,
             srv.connected_us,
             c.request_us(),
@@ -529,12 +535,13 @@ fn show_servers(app: &App) -> Table {
     }
     for pool in app.pools() {
         for srv in pool.idle_servers() {
+            let (host, port) = pool.target.address(srv.host);
             t.rows.push(row(
                 &pool.user,
                 &pool.database,
                 "idle",
-                &pool.target.host,
-                pool.target.port,
+                host,
+                port,
                 srv.local,
                 srv.connected_us,
                 srv.last_used_us,
@@ -593,7 +600,7 @@ fn show_databases(app: &App) -> Table {
         t.rows.push(vec![
             s(name),
             s(&db.host),
-            s(db.port),
+            s(&db.port),
             s(db.dbname.as_deref().unwrap_or(name)),
             db.user.clone(),
             s(config.pool_size(db)),

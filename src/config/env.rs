@@ -41,7 +41,15 @@ pub fn from_process() -> Vec<(String, String)> {
 }
 
 /// Database entry keys whose values are text.
-const DATABASE_TEXT_KEYS: &[&str] = &["host", "dbname", "user", "password", "pool_mode"];
+const DATABASE_TEXT_KEYS: &[&str] = &[
+    "host",
+    "dbname",
+    "user",
+    "password",
+    "pool_mode",
+    "target_session_attrs",
+    "load_balance_hosts",
+];
 
 /// Whether a variable has the shape of the ones Kubernetes injects for each Service
 /// (`<NAME>_SERVICE_HOST`, `<NAME>_PORT=tcp://...`, ...); `name` is without `POOLER_`.
@@ -115,7 +123,9 @@ pub fn apply(
                     return Err(format!("{var}: expected POOLER_DATABASES__<NAME>__<KEY>"));
                 };
                 let key = key.to_ascii_lowercase();
-                let kind = if DATABASE_TEXT_KEYS.contains(&key.as_str()) {
+                // A port list (`5432,5433`) is text, as in the file.
+                let port_list = key == "port" && raw.contains(',');
+                let kind = if DATABASE_TEXT_KEYS.contains(&key.as_str()) || port_list {
                     KeyKind::Text
                 } else {
                     KeyKind::Value
@@ -221,6 +231,30 @@ mod tests {
         assert_eq!(c.pooler.admin_users.names(), vec!["a", "b"]);
         assert_eq!(c.databases["app"].host, "db.internal");
         assert_eq!(c.databases["app"].port, 5433);
+    }
+
+    #[test]
+    fn several_hosts_from_the_environment() {
+        let mut t: toml::Table = toml::from_str("[databases.app]\nport = 1\n").unwrap();
+        apply(
+            &mut t,
+            &vars(&[
+                ("POOLER_DATABASES__APP__HOST", "a,b"),
+                ("POOLER_DATABASES__APP__PORT", "5432,5433"),
+                ("POOLER_DATABASES__APP__TARGET_SESSION_ATTRS", "read-write"),
+            ]),
+        )
+        .unwrap();
+        let c: Config = t.try_into().unwrap();
+        let app = &c.databases["app"];
+        assert_eq!(
+            app.hosts(),
+            vec![("a".to_string(), 5432), ("b".to_string(), 5433)]
+        );
+        assert_eq!(
+            app.target_session_attrs(),
+            crate::config::TargetSessionAttrs::ReadWrite
+        );
     }
 
     #[test]

@@ -214,12 +214,7 @@ impl Reader<'_> {
         for (key, v) in pairs {
             let target = match key.as_str() {
                 "host" => {
-                    if v.contains(',') {
-                        return Err(at.error(format!(
-                            "{name}: host={v}: several hosts are not supported; give one"
-                        )));
-                    }
-                    if v.starts_with('/') {
+                    if v.split(',').any(|h| h.trim().starts_with('/')) {
                         return Err(at.error(format!(
                             "{name}: host={v}: connecting to Postgres over a Unix socket is \
                              not supported; use its TCP address (host=127.0.0.1)"
@@ -227,9 +222,20 @@ impl Reader<'_> {
                     }
                     Some(("host", Value::String(v)))
                 }
-                "dbname" | "user" | "password" | "pool_mode" | "session_state" => {
-                    Some((key.as_str(), Value::String(v)))
-                }
+                "dbname"
+                | "user"
+                | "password"
+                | "pool_mode"
+                | "session_state"
+                | "target_session_attrs"
+                | "load_balance_hosts" => Some((key.as_str(), Value::String(v))),
+                // A libpq list (`5432,5433`) stays text; `hosts` reads it.
+                "port" if v.contains(',') => Some(("port", Value::String(v))),
+                "max_replica_lag" => Some((
+                    "max_replica_lag",
+                    number(&v)
+                        .ok_or_else(|| at.error(format!("{name}: {key}: `{v}` is not a number")))?,
+                )),
                 "port" | "pool_size" | "min_pool_size" | "max_db_connections" => Some((
                     key.as_str(),
                     integer(&v).map_err(|e| at.error(format!("{name}: {key}: {e}")))?,
@@ -253,7 +259,7 @@ impl Reader<'_> {
                          would be refused instead of looked up"
                     )));
                 }
-                "max_db_client_connections" | "server_lifetime" | "load_balance_hosts" => {
+                "max_db_client_connections" | "server_lifetime" => {
                     self.parsed.warnings.push(at.warning(format!(
                         "{name}: {key} is not supported per database by pooler and is ignored"
                     )));

@@ -97,10 +97,109 @@ impl Pool {
             .map(|s| ServerSnapshot {
                 id: s.id,
                 backend_pid: s.backend_pid,
+                host: s.host,
                 connected_us: us_of(s.created_at),
                 last_used_us: us_of(s.last_used),
                 local: s.stream.local_addr().ok(),
             })
             .collect()
+    }
+}
+
+/// The janitor's work.
+impl Pool {
+    /// Closes servers idle past `server_idle_timeout` (down to `min_pool_size`), past
+    /// `server_lifetime`, beyond the pool size (after RELOAD shrank it), and idle servers
+    /// Postgres has closed; opens servers up to `min_pool_size`; serves waiters whom a shared
+    /// limit kept waiting. While the last attempt to reach the server failed, or idle servers
+    /// were found dead, tries one connection a tick: that is how `/readyz` learns the server
+    /// is back (or gone) without waiting for a client to try.
+    pub(super) fn maintain(self: &Arc<Self>) {
+        let mut closing: Vec<(ServerConn, CloseReason)> = Vec::new();
+        let mut dead = 0;
+        let mut to_open = 0;
+        let mut slots = Vec::new();
+        let mut evict = false;
+        // Several hosts: the size follows how many fit (`HostSet::pool_size`).
+        let scaled = self.hosts.as_ref().map(|h| h.pool_size());
+        {
+            let mut st = self.lock();
+            if let Some(size) = scaled {
+                st.limits.pool_size = size;
+            }
+            let now = Instant::now();
+            let mut i = 0;
+            while i < st.idle.len() {
+                let server = &st.idle[i];
+                let keep_for_min = st.total - closing.len() - dead <= st.limits.min_pool_size;
+                let reason = if !server.is_alive() {
+                    None
+                } else if st.limits.life_over(server, now) {
+                    Some(CloseReason::Lifetime)
+                } else if !keep_for_min
+                    && st
+                        .limits
+                        .idle_timeout
+                        .is_some_and(|t| now.duration_since(server.last_used) >= t)
+                {
+                    Some(CloseReason::IdleTimeout)
+                } else if st.total - closing.len() - dead > st.limits.pool_size {
+                    Some(CloseReason::Evicted)
+                } else {
+                    i += 1;
+                    continue;
+                };
+                let server = st.idle.remove(i);
+                match reason {
+                    Some(reason) => closing.push((server, reason)),
+                    None => {
+                        // Dropping the socket is all a dead server needs.
+                        drop(server);
+                        dead += 1;
+                    }
+                }
+            }
+            let n = closing.len() + dead;
+            self.remove_slots(&mut st, n);
+            if !st.paused {
+                let min = st.limits.min_pool_size.min(st.limits.pool_size);
+                if st.total < min && st.waiters.is_empty() {
+                    to_open = min - st.total;
+                } else if (dead > 0 || self.stats.failing())
+                    && st.connecting == 0
+                    && st.total < st.limits.pool_size
+                {
+                    to_open = 1;
+                }
+                while slots.len() < to_open && self.add_slot(&mut st) {
+                    slots.push(Slot::counted(self));
+                }
+                self.grant_waiters(&mut st);
+                evict = !st.waiters.is_empty()
+                    && st.idle.is_empty()
+                    && st.total < st.limits.pool_size
+                    && self.shared.full().is_some();
+            }
+        }
+        if evict && let Some(limit) = self.shared.full() {
+            // Waiters held back by a shared limit while another pool idles on its servers.
+            if limit.evict_idle(self) {
+                self.grant_waiters(&mut self.lock());
+            }
+        }
+        self.stats.server_closed_n(CloseReason::Dead, dead);
+        for (server, reason) in closing {
+            tracing::debug!(database = %self.database, user = %self.user, reason = reason.label(), "closing idle server");
+            self.stats.server_closed(reason);
+            tokio::spawn(server.terminate());
+        }
+        for slot in slots {
+            let pool = self.clone();
+            tokio::spawn(async move {
+                if let Ok(server) = pool.open(slot).await {
+                    pool.checkin(server);
+                }
+            });
+        }
     }
 }

@@ -7,10 +7,12 @@
 
 mod admin;
 mod guard;
+mod hosts;
 
 use admin::janitor;
 pub use guard::PooledServer;
 use guard::{Grant, Slot, offer};
+pub use hosts::{HostPolicy, HostSet, HostState, Role};
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -141,6 +143,9 @@ pub struct Pool {
     pub user: String,
     pub target: ServerTarget,
     pub settings: PoolSettings,
+    /// Several hosts, or a role to check: which host serves (see `hosts`). None: the one
+    /// host, unchecked.
+    pub hosts: Option<Arc<HostSet>>,
     /// `max_db_connections` and `max_user_connections`, shared with other pools.
     shared: PoolLimitsShared,
     credential: Mutex<ServerCredential>,
@@ -163,12 +168,16 @@ impl Pool {
         shared: PoolLimitsShared,
         credential: ServerCredential,
         stats: PoolStats,
+        policy: Option<HostPolicy>,
     ) -> Arc<Pool> {
+        let hosts =
+            policy.map(|p| Arc::new(HostSet::new(p, target.hosts.len().max(1), limits.pool_size)));
         let pool = Arc::new(Pool {
             database,
             user,
             target,
             settings,
+            hosts,
             shared,
             credential: Mutex::new(credential),
             state: Mutex::new(PoolState {
@@ -190,7 +199,16 @@ impl Pool {
         pool.shared.database.register(&pool);
         pool.shared.user.register(&pool);
         tokio::spawn(janitor(Arc::downgrade(&pool)));
+        hosts::watch(&pool);
         pool
+    }
+
+    /// The credential servers log in with now.
+    fn credential(&self) -> ServerCredential {
+        self.credential
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Counts one more server (open or being opened) if the pool's shared limits allow.
@@ -215,7 +233,10 @@ impl Pool {
 
     /// RELOAD: new sizes and timeouts. A larger pool serves its waiters at once; a smaller one
     /// closes idle servers beyond the new size now and busy ones as they come back.
-    pub fn set_limits(self: &Arc<Self>, limits: PoolLimits) {
+    pub fn set_limits(self: &Arc<Self>, mut limits: PoolLimits) {
+        if let Some(h) = &self.hosts {
+            limits.pool_size = h.set_base_size(limits.pool_size);
+        }
         let extra = {
             let mut st = self.lock();
             st.limits = limits;
@@ -238,6 +259,7 @@ impl Pool {
     pub fn set_credential(&self, credential: ServerCredential) {
         *self.credential.lock().unwrap_or_else(|e| e.into_inner()) = credential;
         self.lock().login_failed = None;
+        self.retry_hosts();
     }
 
     /// Closes this pool's least recently used idle server to make room in a shared limit.
@@ -306,6 +328,7 @@ impl Pool {
             drop(current);
             // A login that failed for want of a password says nothing about this one.
             self.lock().login_failed = None;
+            self.retry_hosts();
         }
     }
 
@@ -375,6 +398,10 @@ impl Pool {
                     self.close(server, CloseReason::Dead);
                     continue;
                 }
+                if !self.host_ok(&server) {
+                    self.close(server, CloseReason::HostUnusable);
+                    continue;
+                }
                 match check {
                     None => return Ok(server),
                     Some(query) => match self.check(server, &query).await {
@@ -421,10 +448,13 @@ impl Pool {
             };
             match grant {
                 Grant::Server(server) => {
-                    if server.is_alive() {
+                    if !server.is_alive() {
+                        self.close(server, CloseReason::Dead);
+                    } else if !self.host_ok(&server) {
+                        self.close(server, CloseReason::HostUnusable);
+                    } else {
                         return Ok(server);
                     }
-                    self.close(server, CloseReason::Dead);
                 }
                 Grant::Slot(slot) => return self.open(slot).await,
                 Grant::Failed(e) => return Err(e),
@@ -538,12 +568,9 @@ impl Pool {
             )
         };
         let connecting = Connecting(self);
-        let credential = self
-            .credential
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let result = ServerConn::connect(&self.target, &credential, connect_timeout)
+        let credential = self.credential();
+        let result = self
+            .connect_server(&credential, connect_timeout)
             .await
             .map(|mut server| {
                 server.query_bound = query_bound;
@@ -602,6 +629,7 @@ impl Pool {
         let now = Instant::now();
         server.last_used = now;
         self.stats.server_answered();
+        let host_ok = self.host_ok(&server);
         let mut st = self.lock();
         // Picked up here, where every server passes before reuse: RELOAD may have changed it.
         server.query_bound = st.limits.internal_query_timeout();
@@ -615,6 +643,8 @@ impl Pool {
             Some(CloseReason::Admin)
         } else if st.limits.life_over(&server, now) {
             Some(CloseReason::Lifetime)
+        } else if !host_ok {
+            Some(CloseReason::HostUnusable)
         } else {
             None
         };
@@ -661,96 +691,6 @@ impl Pool {
         let mut st = self.lock();
         self.remove_slots(&mut st, 1);
         self.grant_waiters(&mut st);
-    }
-
-    /// Closes servers idle past `server_idle_timeout` (down to `min_pool_size`), past
-    /// `server_lifetime`, beyond the pool size (after RELOAD shrank it), and idle servers
-    /// Postgres has closed; opens servers up to `min_pool_size`; serves waiters whom a shared
-    /// limit kept waiting. While the last attempt to reach the server failed, or idle servers
-    /// were found dead, tries one connection a tick: that is how `/readyz` learns the server
-    /// is back (or gone) without waiting for a client to try.
-    fn maintain(self: &Arc<Self>) {
-        let mut closing: Vec<(ServerConn, CloseReason)> = Vec::new();
-        let mut dead = 0;
-        let mut to_open = 0;
-        let mut slots = Vec::new();
-        let mut evict = false;
-        {
-            let mut st = self.lock();
-            let now = Instant::now();
-            let mut i = 0;
-            while i < st.idle.len() {
-                let server = &st.idle[i];
-                let keep_for_min = st.total - closing.len() - dead <= st.limits.min_pool_size;
-                let reason = if !server.is_alive() {
-                    None
-                } else if st.limits.life_over(server, now) {
-                    Some(CloseReason::Lifetime)
-                } else if !keep_for_min
-                    && st
-                        .limits
-                        .idle_timeout
-                        .is_some_and(|t| now.duration_since(server.last_used) >= t)
-                {
-                    Some(CloseReason::IdleTimeout)
-                } else if st.total - closing.len() - dead > st.limits.pool_size {
-                    Some(CloseReason::Evicted)
-                } else {
-                    i += 1;
-                    continue;
-                };
-                let server = st.idle.remove(i);
-                match reason {
-                    Some(reason) => closing.push((server, reason)),
-                    None => {
-                        // Dropping the socket is all a dead server needs.
-                        drop(server);
-                        dead += 1;
-                    }
-                }
-            }
-            let n = closing.len() + dead;
-            self.remove_slots(&mut st, n);
-            if !st.paused {
-                let min = st.limits.min_pool_size.min(st.limits.pool_size);
-                if st.total < min && st.waiters.is_empty() {
-                    to_open = min - st.total;
-                } else if (dead > 0 || self.stats.failing())
-                    && st.connecting == 0
-                    && st.total < st.limits.pool_size
-                {
-                    to_open = 1;
-                }
-                while slots.len() < to_open && self.add_slot(&mut st) {
-                    slots.push(Slot::counted(self));
-                }
-                self.grant_waiters(&mut st);
-                evict = !st.waiters.is_empty()
-                    && st.idle.is_empty()
-                    && st.total < st.limits.pool_size
-                    && self.shared.full().is_some();
-            }
-        }
-        if evict && let Some(limit) = self.shared.full() {
-            // Waiters held back by a shared limit while another pool idles on its servers.
-            if limit.evict_idle(self) {
-                self.grant_waiters(&mut self.lock());
-            }
-        }
-        self.stats.server_closed_n(CloseReason::Dead, dead);
-        for (server, reason) in closing {
-            tracing::debug!(database = %self.database, user = %self.user, reason = reason.label(), "closing idle server");
-            self.stats.server_closed(reason);
-            tokio::spawn(server.terminate());
-        }
-        for slot in slots {
-            let pool = self.clone();
-            tokio::spawn(async move {
-                if let Ok(server) = pool.open(slot).await {
-                    pool.checkin(server);
-                }
-            });
-        }
     }
 }
 

@@ -64,7 +64,8 @@ pub(super) async fn close_busy(app: &App, pool: &Pool, mut server: PooledServer,
                 server.backend_secret,
                 &mut msg,
             );
-            send_cancel(&pool.target.host, pool.target.port, &msg).await?;
+            let (host, port) = pool.target.address(server.host);
+            send_cancel(host, port, &msg).await?;
         }
         server
             .stream

@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod chop;
+pub mod replica;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -71,7 +71,10 @@ fn tutorial_ini_becomes_the_same_config() {
     assert_eq!(p.query_wait_timeout, 0.5);
     assert_eq!(p.admin_users.names(), vec!["admin", "ops"]);
     let app = &c.databases["app"];
-    assert_eq!((app.host.as_str(), app.port), ("127.0.0.1", 5433));
+    assert_eq!(
+        (app.host.as_str(), app.port.to_string()),
+        ("127.0.0.1", "5433".into())
+    );
     assert_eq!(app.dbname.as_deref(), Some("appdb"));
     assert_eq!(app.pool_size, Some(50));
     assert_eq!(app.pool_mode, Some(PoolMode::Session));
@@ -166,7 +169,10 @@ fn keys_that_would_change_behaviour_are_refused() {
             "connect_query",
         ),
         ("[databases]\napp = host=db timezone=UTC\n", "timezone"),
-        ("[databases]\napp = host=a,b\n", "several hosts"),
+        (
+            "[pgbouncer]\nauth_type = trust\n[databases]\napp = host=a,b port=1,2,3\n",
+            "3 ports for 2 hosts",
+        ),
         (
             "[databases]\napp = host=/var/run/postgresql\n",
             "Unix socket",
@@ -292,4 +298,35 @@ fn converted_toml_parses_to_the_same_config() {
         format!("{:?}", from_toml.users),
         format!("{:?}", from_ini.users)
     );
+}
+
+#[test]
+fn several_hosts_libpq_style() {
+    let (c, w) = config(
+        "[pgbouncer]\nauth_type = trust\n[databases]\napp = host=10.0.0.1,10.0.0.2 port=5432,5433 dbname=app \
+         target_session_attrs=read-write load_balance_hosts=disable max_replica_lag=2.5\n",
+    )
+    .unwrap();
+    assert!(w.iter().all(|w| !w.contains("load_balance_hosts")), "{w:?}");
+    let app = &c.databases["app"];
+    assert_eq!(
+        app.hosts(),
+        vec![
+            ("10.0.0.1".to_string(), 5432),
+            ("10.0.0.2".to_string(), 5433)
+        ]
+    );
+    assert_eq!(
+        app.target_session_attrs(),
+        crate::config::TargetSessionAttrs::ReadWrite
+    );
+    assert_eq!(
+        app.load_balance_hosts,
+        Some(crate::config::LoadBalance::Disable)
+    );
+    assert_eq!(app.max_replica_lag, Some(2.5));
+    let e = config(
+        "[pgbouncer]\nauth_type = trust\n[databases]\napp = host=a target_session_attrs=sometimes\n",
+    ).unwrap_err();
+    assert!(e.to_string().contains("target_session_attrs"), "{e}");
 }

@@ -1,0 +1,57 @@
+//! `SHOW HOSTS` (beyond PgBouncer): each pool's hosts as its health check last saw them.
+
+use super::{N, T, Table, s};
+use crate::app::App;
+
+pub(super) fn show_hosts(app: &App) -> Table {
+    let mut t = Table::new(&[
+        ("database", T),
+        ("user", T),
+        ("host", T),
+        ("port", N),
+        ("role", T),
+        ("usable", N),
+        ("read_only", N),
+        ("lag_ms", N),
+        ("down_count", N),
+        ("target_session_attrs", T),
+        ("error", T),
+    ]);
+    for pool in app.pools() {
+        let Some(hosts) = &pool.hosts else {
+            // One host taken as it is: no role known or needed.
+            let (host, port) = pool.target.address(0);
+            t.rows.push(vec![
+                s(&pool.database),
+                s(&pool.user),
+                s(host),
+                s(port),
+                s("unchecked"),
+                s(1),
+                None,
+                None,
+                s(0),
+                s("any"),
+                None,
+            ]);
+            continue;
+        };
+        for (i, h) in hosts.snapshot().iter().enumerate() {
+            let (host, port) = pool.target.address(i);
+            t.rows.push(vec![
+                s(&pool.database),
+                s(&pool.user),
+                s(host),
+                s(port),
+                s(h.role.as_str()),
+                s(u8::from(hosts.acceptable(i))),
+                s(u8::from(h.read_only)),
+                s(h.lag.as_millis()),
+                s(h.downs),
+                s(hosts.policy.attrs.as_str()),
+                h.error.clone(),
+            ]);
+        }
+    }
+    t
+}
