@@ -420,50 +420,14 @@ impl ServerConn {
     }
 
     /// Runs one of the pooler's own queries and returns the first row's values (text, None
-    /// for NULL), or the server's error; bounded by `query_bound` like `run_internal`.
+    /// for NULL); the server's error as an error. Bounded like `run_internal`.
     pub async fn query_row(&mut self, sql: &str) -> Result<Vec<Option<String>>> {
-        let bound = self.query_bound;
-        tokio::time::timeout(bound, self.query_row_unbounded(sql))
-            .await
-            .unwrap_or(Err(PoolerError::QueryTimeout))
-    }
-
-    async fn query_row_unbounded(&mut self, sql: &str) -> Result<Vec<Option<String>>> {
-        let mut out = BytesMut::with_capacity(sql.len() + 8);
-        frontend::query(sql, &mut out)?;
-        self.send(&mut out).await?;
-        let mut buf = BytesMut::with_capacity(512);
-        let mut row = None;
-        let mut failure = None;
-        loop {
-            match next_message(&mut self.stream, &mut buf).await? {
-                backend::Message::DataRow(body) if row.is_none() => {
-                    use fallible_iterator::FallibleIterator;
-                    let bytes = body.buffer();
-                    let values: Vec<Option<String>> = body
-                        .ranges()
-                        .map(|r| Ok(r.map(|r| String::from_utf8_lossy(&bytes[r]).into_owned())))
-                        .collect()?;
-                    row = Some(values);
-                }
-                backend::Message::ParameterStatus(body) => {
-                    self.params.set(body.name()?, body.value()?);
-                }
-                backend::Message::ErrorResponse(body) => failure = Some(server_error(&body)),
-                backend::Message::CopyInResponse(_) => {
-                    return Err(unexpected("the pooler's own query started COPY"));
-                }
-                backend::Message::ReadyForQuery(body) => {
-                    if body.status() != b'I' || !buf.is_empty() {
-                        return Err(unexpected("the pooler's own query left a transaction open"));
-                    }
-                    if let Some(e) = failure {
-                        return Err(e);
-                    }
-                    return row.ok_or_else(|| unexpected("the pooler's own query returned no row"));
-                }
-                _ => {}
-            }
+        match self.query_rows(sql).await? {
+            Ok(rows) => rows
+                .into_iter()
+                .next()
+                .ok_or_else(|| unexpected("the pooler's own query returned no row")),
+            Err((code, message)) => Err(PoolerError::ServerLogin { code, message }),
         }
     }
 
