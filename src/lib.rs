@@ -10,6 +10,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod http;
+pub mod keepalive;
 pub mod lifecycle;
 pub mod limits;
 pub mod listener;

@@ -12,6 +12,7 @@ use tokio::net::{TcpListener, TcpStream, UnixListener};
 
 use crate::accept::AcceptErrors;
 use crate::app::App;
+use crate::auth::hba::Origin;
 use crate::config::secs;
 use crate::error::PoolerError;
 use crate::http;
@@ -171,8 +172,9 @@ pub async fn accept_loop(app: Arc<App>, listener: TcpListener) {
 /// `tls.rs`, because it reaches up to the App and the session: `tls.rs` stays a layer the
 /// server side (below the pool) can use.
 async fn serve(app: Arc<App>, stream: TcpStream, peer: SocketAddr) {
+    crate::keepalive::apply(&stream);
     let Some(tls) = app.client_tls.as_ref() else {
-        return session::serve(app, stream, peer).await;
+        return session::serve(app, stream, Origin::tcp(peer)).await;
     };
     let timeout = secs(app.config().pooler.client_login_timeout);
     let negotiated = tls::negotiate(tls, stream);
@@ -183,7 +185,15 @@ async fn serve(app: Arc<App>, stream: TcpStream, peer: SocketAddr) {
         None => negotiated.await,
     };
     match negotiated {
-        Ok(Some(stream)) => session::serve(app, stream, peer).await,
+        Ok(Some(n)) => {
+            let origin = Origin {
+                addr: peer,
+                unix: false,
+                tls: n.tls,
+                cert_name: n.cert_name,
+            };
+            session::serve(app, n.stream, origin).await
+        }
         Ok(None) => {}
         Err(e) => {
             tracing::info!(%peer, error = %e, "TLS negotiation failed");
@@ -212,7 +222,13 @@ async fn accept_unix(app: Arc<App>, listener: UnixListener, path: PathBuf) {
                             let peer = tcp
                                 .local_addr()
                                 .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
-                            session::serve(app, tcp, peer).await
+                            let origin = Origin {
+                                addr: peer,
+                                unix: true,
+                                tls: false,
+                                cert_name: None,
+                            };
+                            session::serve(app, tcp, origin).await
                         }
                         Err(e) => tracing::warn!(error = %e, "unix socket client: bridge failed"),
                     }

@@ -187,6 +187,8 @@ pub const ERROR_KINDS: &[&str] = &[
     "ssl_required",
     "database_disabled",
     "admin_killed",
+    "auth_query_failed",
+    "transaction_timeout",
 ];
 
 /// Seconds; from sub-millisecond pool hits to `query_wait_timeout`'s default of 120 s.
@@ -375,6 +377,11 @@ mod tests {
             PoolerError::IdleTransactionTimeout,
             PoolerError::QueryTimeout,
             PoolerError::SslRequired,
+            PoolerError::AuthQuery("x".into()),
+            PoolerError::NoHbaMatch,
+            PoolerError::LoginRejected,
+            PoolerError::CertAuthFailed,
+            PoolerError::TransactionTimeout,
         ] {
             assert!(ERROR_KINDS.contains(&e.kind()), "{}", e.kind());
         }

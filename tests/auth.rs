@@ -120,3 +120,110 @@ async fn an_empty_secret_never_logs_in() {
         assert!(err.starts_with("28P01"), "{auth}: {err}");
     }
 }
+
+/// `auth_user` + `auth_query`: users missing from the auth file are looked up in Postgres
+/// with PgBouncer's default query. md5 and SCRAM secrets both log in (the server login too),
+/// a wrong password and an expired role (`rolvaliduntil`) are refused, and a user name
+/// crafted as SQL is only ever a parameter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_query_looks_up_users_missing_from_the_auth_file() {
+    let pg = PgServer::shared();
+    let db = pg.create_db("authquery").await;
+    let su = pg.superuser().await;
+    let (scram, md5, expired) = (
+        format!("{db}_scram"),
+        format!("{db}_md5"),
+        format!("{db}_expired"),
+    );
+    su.batch_execute(&format!(
+        "CREATE ROLE {scram} LOGIN PASSWORD 'scram-pw';\
+         SET password_encryption = 'md5'; CREATE ROLE {md5} LOGIN PASSWORD 'md5-pw'; RESET password_encryption;\
+         CREATE ROLE {expired} LOGIN PASSWORD 'old-pw' VALID UNTIL '2001-01-01';\
+         GRANT ALL ON DATABASE {db} TO {scram}, {md5}, {expired}"
+    ))
+    .await
+    .unwrap();
+    // Only the auth_user is in the file (the superuser: it may read pg_authid).
+    let userlist = format!("\"postgres\" \"{SUPERUSER_PASSWORD}\"\n");
+    for auth in ["md5", "scram-sha-256"] {
+        let pooler = Pooler::start_with_userlist(
+            pg,
+            &db,
+            &format!(
+                "auth_type = \"{auth}\"\nauth_user = \"postgres\"\npool_mode = \"transaction\""
+            ),
+            &userlist,
+        )
+        .await;
+        let c = connect(&pooler.url(&scram, "scram-pw")).await;
+        assert_eq!(
+            first_value(&c, "SELECT current_user").await,
+            scram,
+            "{auth}"
+        );
+        if auth == "md5" {
+            // An md5 secret cannot answer SCRAM: only auth_type = md5 can use it.
+            let c = connect(&pooler.url(&md5, "md5-pw")).await;
+            assert_eq!(first_value(&c, "SELECT current_user").await, md5);
+        }
+        for (user, password) in [
+            (scram.as_str(), "wrong"),
+            (md5.as_str(), "wrong"),
+            (expired.as_str(), "old-pw"),
+            ("no_such_role_here", "x"),
+        ] {
+            let err = try_connect(&pooler.url(user, password)).await.unwrap_err();
+            assert_eq!(
+                sqlstate(&err).as_deref(),
+                Some("28P01"),
+                "{auth} {user}: {err}"
+            );
+        }
+        // Were the name pasted into the SQL, this would find the superuser's row, and its
+        // SCRAM secret does not depend on the name: the login would succeed.
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], pooler.port()));
+        for evil in [
+            "x' OR rolname = 'postgres",
+            "x'; DROP DATABASE postgres; --",
+        ] {
+            let err = wire::login_params(addr, evil, SUPERUSER_PASSWORD, &db, &[])
+                .await
+                .err()
+                .unwrap_or_else(|| panic!("{auth}: logged in as {evil:?}"));
+            assert!(err.starts_with("28P01"), "{auth} {evil}: {err}");
+        }
+    }
+    // The expired role is refused because of its date, not its password: Postgres itself
+    // says the same.
+    let err = try_connect(&pg.url(&expired, "old-pw", &db))
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("28P01"));
+    su.batch_execute(&format!("ALTER ROLE {expired} VALID UNTIL 'infinity'"))
+        .await
+        .unwrap();
+    let pooler = Pooler::start_with_userlist(
+        pg,
+        &db,
+        "auth_type = \"scram-sha-256\"\nauth_user = \"postgres\"",
+        &userlist,
+    )
+    .await;
+    let c = connect(&pooler.url(&expired, "old-pw")).await;
+    assert_eq!(first_value(&c, "SELECT current_user").await, expired);
+}
+
+/// Without auth_user, a user missing from the auth file is refused even with the right
+/// Postgres password: the lookup is what the test above relies on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_auth_user_unknown_users_are_refused() {
+    let pg = PgServer::shared();
+    let db = pg.create_db("noauthuser").await;
+    let userlist = format!("\"postgres\" \"{SUPERUSER_PASSWORD}\"\n");
+    let pooler =
+        Pooler::start_with_userlist(pg, &db, "auth_type = \"scram-sha-256\"", &userlist).await;
+    let err = try_connect(&pooler.url(APP_USER, APP_PASSWORD))
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("28P01"));
+}
