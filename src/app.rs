@@ -186,6 +186,7 @@ impl App {
         let users = load_users(&config)?;
         let hba = load_hba(&config)?;
         crate::keepalive::configure(&config.pooler);
+        crate::stats::set_period(config.pooler.stats_period);
         let mut tracked: Vec<String> = TRACKED_PARAMETERS.iter().map(|s| s.to_string()).collect();
         for extra in config.pooler.track_extra_parameters.names() {
             if !tracked.iter().any(|t| t.eq_ignore_ascii_case(&extra)) {
@@ -379,6 +380,7 @@ impl App {
         *self.users.write().unwrap_or_else(|e| e.into_inner()) = users.clone();
         *self.hba.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(hba);
         crate::keepalive::configure(&new.pooler);
+        crate::stats::set_period(new.pooler.stats_period);
         self.generation.fetch_add(1, Ordering::Relaxed);
         self.peers.apply(&new);
         {

@@ -227,3 +227,68 @@ async fn without_auth_user_unknown_users_are_refused() {
         .unwrap_err();
     assert_eq!(sqlstate(&err).as_deref(), Some("28P01"));
 }
+
+/// `auth_type = hba`: the first matching line of `auth_hba_file` decides, by connection type,
+/// database, user and address; `reject` and no match refuse with PgBouncer's texts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hba_lines_decide_the_method() {
+    let pg = PgServer::shared();
+    let db = pg.create_db("hba").await;
+    let sockets = std::env::temp_dir().join(format!("pooler-hba-{}", std::process::id()));
+    std::fs::create_dir_all(&sockets).expect("mkdir");
+    let hba = format!(
+        "# PgBouncer's subset\n\
+         local all all trust\n\
+         host all blocked 127.0.0.1/32 reject\n\
+         hostssl all all 0.0.0.0/0 cert\n\
+         host {db},other {APP_USER} 127.0.0.0 255.0.0.0 scram-sha-256\n\
+         host all all 10.0.0.0/8 trust\n"
+    );
+    let config = format!(
+        "[pooler]\nlisten_addr = \"127.0.0.1\"\nlisten_port = 0\nmetrics_port = 0\n\
+         unix_socket_dir = \"{}\"\nauth_type = \"hba\"\nauth_hba_file = \"pg_hba.conf\"\n\
+         auth_file = \"userlist.txt\"\nlog_connections = 0\nlog_disconnections = 0\n\
+         [databases.{db}]\nport = {}\n",
+        sockets.display(),
+        pg.port
+    );
+    let userlist = format!("{}\"blocked\" \"pw\"\n", Pooler::default_userlist());
+    let pooler = Pooler::start_from_files(
+        &db,
+        "pooler.toml",
+        &[
+            ("pooler.toml", &config),
+            ("pg_hba.conf", &hba),
+            ("userlist.txt", &userlist),
+        ],
+    )
+    .await;
+    // TCP from 127.0.0.1 as the app user: the scram-sha-256 line.
+    let c = connect(&pooler.url(APP_USER, APP_PASSWORD)).await;
+    assert_eq!(first_value(&c, "SELECT current_user").await, APP_USER);
+    let err = try_connect(&pooler.url(APP_USER, "wrong"))
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("28P01"), "{err}");
+    // reject.
+    let err = try_connect(&pooler.url("blocked", "pw")).await.unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("28000"), "{err}");
+    assert!(message(&err).contains("login rejected"), "{err}");
+    // No line for the superuser over TCP (the 10/8 trust line is for other addresses).
+    let err = try_connect(&pooler.url("postgres", SUPERUSER_PASSWORD))
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("28000"), "{err}");
+    assert!(
+        message(&err).contains("no authentication method is found"),
+        "{err}"
+    );
+    // The Unix socket: the local trust line, whatever the password.
+    let url = format!(
+        "host={} port={} user=postgres password=anything dbname={db}",
+        sockets.display(),
+        pooler.port()
+    );
+    let c = connect(&url).await;
+    assert_eq!(first_value(&c, "SELECT current_user").await, "postgres");
+}
