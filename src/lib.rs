@@ -9,6 +9,7 @@ pub mod auth;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod healthcheck;
 pub mod http;
 pub mod keepalive;
 pub mod lifecycle;
