@@ -77,6 +77,12 @@ pub enum ClientTlsMode {
     Prefer,
     /// Cleartext clients are refused with `28000 SSL required`.
     Require,
+    /// As `require`, and every client must present a certificate that chains to
+    /// `client_tls_ca_file` (PgBouncer's `verify-ca`; `verify-full` means the same for clients).
+    #[serde(rename = "verify-ca")]
+    VerifyCa,
+    #[serde(rename = "verify-full")]
+    VerifyFull,
 }
 
 /// `server_tls_sslmode`: libpq's modes, for the pooler's connections to Postgres.
@@ -101,7 +107,22 @@ impl ClientTlsMode {
             ClientTlsMode::Allow => "allow",
             ClientTlsMode::Prefer => "prefer",
             ClientTlsMode::Require => "require",
+            ClientTlsMode::VerifyCa => "verify-ca",
+            ClientTlsMode::VerifyFull => "verify-full",
         }
+    }
+
+    /// Cleartext clients are refused.
+    pub fn requires_tls(self) -> bool {
+        matches!(
+            self,
+            ClientTlsMode::Require | ClientTlsMode::VerifyCa | ClientTlsMode::VerifyFull
+        )
+    }
+
+    /// Every TLS client must present a certificate signed by `client_tls_ca_file`.
+    pub fn requires_certificate(self) -> bool {
+        matches!(self, ClientTlsMode::VerifyCa | ClientTlsMode::VerifyFull)
     }
 }
 
@@ -454,6 +475,12 @@ impl Config {
                  are checked against it)"
                     .into(),
             ));
+        }
+        if p.client_tls_sslmode.requires_certificate() && p.client_tls_ca_file.is_none() {
+            return Err(invalid(format!(
+                "client_tls_sslmode: {} needs client_tls_ca_file",
+                p.client_tls_sslmode.as_str()
+            )));
         }
         if p.client_tls_ca_file.is_some() && p.client_tls_sslmode == ClientTlsMode::Disable {
             return Err(invalid(

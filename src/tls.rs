@@ -84,10 +84,16 @@ impl ClientTls {
                 let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                     Arc::new(roots),
                     provider(),
-                )
-                .allow_unauthenticated()
-                .build()
-                .map_err(|e| invalid(ca_file, format!("client_tls_ca_file: {e}")))?;
+                );
+                // verify-ca / verify-full: no certificate, no handshake.
+                let verifier = if p.client_tls_sslmode.requires_certificate() {
+                    verifier
+                } else {
+                    verifier.allow_unauthenticated()
+                };
+                let verifier = verifier
+                    .build()
+                    .map_err(|e| invalid(ca_file, format!("client_tls_ca_file: {e}")))?;
                 builder.with_client_cert_verifier(verifier)
             }
             None => builder.with_no_client_auth(),
@@ -296,7 +302,7 @@ pub async fn negotiate(tls: &ClientTls, mut stream: TcpStream) -> Result<Option<
                 stream.read_exact(&mut packet).await?;
                 stream.write_all(b"N").await?;
             }
-            Some(code) if code == wire::PROTOCOL_3_0 && tls.mode == ClientTlsMode::Require => {
+            Some(code) if code == wire::PROTOCOL_3_0 && tls.mode.requires_tls() => {
                 // Read the startup packet so the refusal reaches a client that is listening.
                 let _ = wire::read_startup(&mut stream).await;
                 let msg = PoolerError::SslRequired.to_fatal();

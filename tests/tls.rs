@@ -357,5 +357,34 @@ async fn cert_auth_takes_the_user_from_the_certificate() {
             );
         }
     }
+    // client_tls_sslmode = verify-ca: a certificate is required of every client, on top of
+    // the password; without one there is no handshake.
+    let strict = Pooler::start(
+        pg,
+        &db,
+        &format!(
+            "auth_type = \"md5\"\nclient_tls_sslmode = \"verify-ca\"\n\
+             client_tls_cert_file = \"{}\"\nclient_tls_key_file = \"{}\"\n\
+             client_tls_ca_file = \"{}\"",
+            cert.display(),
+            key.display(),
+            ca.display()
+        ),
+    )
+    .await;
+    let base = format!(
+        "host=127.0.0.1 port={} user={APP_USER} password={APP_PASSWORD} dbname={db}",
+        strict.port()
+    );
+    let (ok, out) = psql(&format!("{base} sslmode=require {app_cert}"), "SELECT 1");
+    assert!(ok, "{out}");
+    for conninfo in [
+        format!("{base} sslmode=require"),
+        format!("{base} sslmode=disable"),
+        format!("{base} sslmode=require {forged}"),
+    ] {
+        let (ok, out) = psql(&conninfo, "SELECT 1");
+        assert!(!ok, "{conninfo}: logged in: {out}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
