@@ -248,6 +248,7 @@ async fn hba_lines_decide_the_method() {
         "[pooler]\nlisten_addr = \"127.0.0.1\"\nlisten_port = 0\nmetrics_port = 0\n\
          unix_socket_dir = \"{}\"\nauth_type = \"hba\"\nauth_hba_file = \"pg_hba.conf\"\n\
          auth_file = \"userlist.txt\"\nlog_connections = 0\nlog_disconnections = 0\n\
+         admin_users = \"postgres\"\n\
          [databases.{db}]\nport = {}\n",
         sockets.display(),
         pg.port
@@ -291,4 +292,16 @@ async fn hba_lines_decide_the_method() {
     );
     let c = connect(&url).await;
     assert_eq!(first_value(&c, "SELECT current_user").await, "postgres");
+    // RELOAD reads the HBA file again: the app user is now rejected over TCP.
+    std::fs::write(
+        pooler.dir.join("pg_hba.conf"),
+        format!("local all all trust\nhost all {APP_USER} 127.0.0.1/32 reject\n"),
+    )
+    .unwrap();
+    let console = connect(&url.replace(&format!("dbname={db}"), "dbname=pgbouncer")).await;
+    console.simple_query("RELOAD").await.expect("RELOAD");
+    let err = try_connect(&pooler.url(APP_USER, APP_PASSWORD))
+        .await
+        .unwrap_err();
+    assert!(message(&err).contains("login rejected"), "{err}");
 }

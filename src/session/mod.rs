@@ -173,7 +173,16 @@ async fn login(
 
     let auth_type = auth_method(app, &config, origin, &database, &user_name)?;
     let mut user = app.users().get(&user_name);
-    if user.is_none() && !config.pooler.auth_user.is_empty() && !admin::is_console(&database) {
+    // Only a password method needs the secret; trust and cert logins do not look it up.
+    let needs_secret = matches!(
+        auth_type,
+        AuthType::Plain | AuthType::Md5 | AuthType::ScramSha256
+    );
+    if user.is_none()
+        && needs_secret
+        && !config.pooler.auth_user.is_empty()
+        && !admin::is_console(&database)
+    {
         user = auth_query::lookup(app, &config, &database, &user_name).await?;
     }
     let keys = if auth_type == AuthType::Cert {
