@@ -305,3 +305,63 @@ async fn hba_lines_decide_the_method() {
         .unwrap_err();
     assert!(message(&err).contains("login rejected"), "{err}");
 }
+
+/// PgBouncer's recommended setup: a non-superuser `auth_user` calling a SECURITY DEFINER
+/// function that lives in one database only, named by `auth_dbname`; clients of another
+/// database are looked up there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_dbname_and_a_security_definer_function() {
+    let pg = PgServer::shared();
+    let db = pg.create_db("authdbname").await;
+    let authdb = pg.create_db("authdbname_lookup").await;
+    let role = format!("{db}_user");
+    let su = pg.superuser().await;
+    su.batch_execute(&format!(
+        "CREATE ROLE {role} LOGIN PASSWORD 'role-pw'; GRANT ALL ON DATABASE {db} TO {role}"
+    ))
+    .await
+    .unwrap();
+    let lookup = connect(&pg.url("postgres", SUPERUSER_PASSWORD, &authdb)).await;
+    lookup
+        .batch_execute(&format!(
+            "CREATE FUNCTION public.user_lookup(i_username text, OUT uname name, OUT phash text) \
+             RETURNS record AS $$ SELECT rolname, rolpassword FROM pg_authid \
+             WHERE rolname = i_username AND rolcanlogin $$ LANGUAGE sql SECURITY DEFINER; \
+             REVOKE ALL ON FUNCTION public.user_lookup(text) FROM public; \
+             GRANT EXECUTE ON FUNCTION public.user_lookup(text) TO {APP_USER}"
+        ))
+        .await
+        .unwrap();
+    let pooler = Pooler::start_full(
+        pg.port,
+        &db,
+        &format!(
+            "auth_type = \"scram-sha-256\"\nauth_user = \"{APP_USER}\"\n\
+             auth_dbname = \"{authdb}\"\n\
+             auth_query = \"SELECT uname, phash FROM public.user_lookup($1)\""
+        ),
+        &format!("[databases.{authdb}]\nport = {}", pg.port),
+        &Pooler::default_userlist(),
+    )
+    .await;
+    let c = connect(&pooler.url(&role, "role-pw")).await;
+    assert_eq!(first_value(&c, "SELECT current_user").await, role);
+    assert_eq!(first_value(&c, "SELECT current_database()").await, db);
+    let err = try_connect(&pooler.url(&role, "nope")).await.unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("28P01"), "{err}");
+    // Without auth_dbname the query runs in the client's database, which has no such
+    // function: the login fails with the query's error, not as a wrong password.
+    let elsewhere = Pooler::start_full(
+        pg.port,
+        &db,
+        &format!(
+            "auth_type = \"scram-sha-256\"\nauth_user = \"{APP_USER}\"\n\
+             auth_query = \"SELECT uname, phash FROM public.user_lookup($1)\""
+        ),
+        "",
+        &Pooler::default_userlist(),
+    )
+    .await;
+    let err = try_connect(&elsewhere.url(&role, "role-pw")).await.unwrap_err();
+    assert!(message(&err).contains("auth_query failed"), "{err}");
+}
