@@ -75,6 +75,10 @@ pub enum PoolerError {
     /// `cert`: no client certificate, or its CommonName is not the user (PgBouncer's text).
     #[error("certificate authentication failed")]
     CertAuthFailed,
+    /// HBA `peer`: the Unix-socket client's OS user is not the user it asks for (PgBouncer's
+    /// text).
+    #[error("unix socket login rejected")]
+    PeerRejected,
     /// A client queued longer than `transaction_timeout` allows in a transaction.
     #[error("transaction timeout")]
     TransactionTimeout,
@@ -101,9 +105,10 @@ impl PoolerError {
             | PoolerError::AdminKilled
             | PoolerError::AuthQuery(_)
             | PoolerError::TransactionTimeout => "08P01",
-            PoolerError::NoHbaMatch | PoolerError::LoginRejected | PoolerError::CertAuthFailed => {
-                "28000"
-            }
+            PoolerError::NoHbaMatch
+            | PoolerError::LoginRejected
+            | PoolerError::CertAuthFailed
+            | PoolerError::PeerRejected => "28000",
             PoolerError::ShuttingDown => "57P01",
             PoolerError::SslRequired => "28000",
             PoolerError::AuthFailed(_) => "28P01",
@@ -128,7 +133,8 @@ impl PoolerError {
             | PoolerError::NotAllowed
             | PoolerError::NoHbaMatch
             | PoolerError::LoginRejected
-            | PoolerError::CertAuthFailed => "auth_failed",
+            | PoolerError::CertAuthFailed
+            | PoolerError::PeerRejected => "auth_failed",
             PoolerError::AuthQuery(_) => "auth_query_failed",
             PoolerError::TransactionTimeout => "transaction_timeout",
             PoolerError::NoSuchDatabase(_) => "no_such_database",

@@ -489,6 +489,7 @@ mod tests {
             PoolerError::NoHbaMatch,
             PoolerError::LoginRejected,
             PoolerError::CertAuthFailed,
+            PoolerError::PeerRejected,
             PoolerError::TransactionTimeout,
         ] {
             assert!(ERROR_KINDS.contains(&e.kind()), "{}", e.kind());

@@ -362,6 +362,85 @@ async fn auth_dbname_and_a_security_definer_function() {
         &Pooler::default_userlist(),
     )
     .await;
-    let err = try_connect(&elsewhere.url(&role, "role-pw")).await.unwrap_err();
+    let err = try_connect(&elsewhere.url(&role, "role-pw"))
+        .await
+        .unwrap_err();
     assert!(message(&err).contains("auth_query failed"), "{err}");
+}
+
+/// HBA `peer`: over the Unix socket, the client's operating-system user (the kernel's
+/// SO_PEERCRED) must be the user it logs in as; then no password is asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hba_peer_takes_the_unix_user_from_the_kernel() {
+    let pg = PgServer::shared();
+    let db = pg.create_db("hbapeer").await;
+    let me = String::from_utf8(
+        std::process::Command::new("id")
+            .arg("-un")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_string();
+    let su = pg.superuser().await;
+    // The pooler logs in to Postgres as that user with the auth file's password.
+    let _ = su
+        .batch_execute(&format!("CREATE ROLE \"{me}\" LOGIN PASSWORD 'os-user-pw'"))
+        .await;
+    su.batch_execute(&format!("GRANT ALL ON DATABASE {db} TO \"{me}\""))
+        .await
+        .unwrap();
+    let sockets = std::env::temp_dir().join(format!("pooler-peer-{}", std::process::id()));
+    std::fs::create_dir_all(&sockets).expect("mkdir");
+    let config = format!(
+        "[pooler]\nlisten_addr = \"127.0.0.1\"\nlisten_port = 0\nmetrics_port = 0\n\
+         unix_socket_dir = \"{}\"\nauth_type = \"hba\"\nauth_hba_file = \"pg_hba.conf\"\n\
+         auth_file = \"userlist.txt\"\nlog_connections = 0\nlog_disconnections = 0\n\
+         [databases.{db}]\nport = {}\n",
+        sockets.display(),
+        pg.port
+    );
+    let userlist = format!("{}\"{me}\" \"os-user-pw\"\n", Pooler::default_userlist());
+    let pooler = Pooler::start_from_files(
+        &db,
+        "pooler.toml",
+        &[
+            ("pooler.toml", &config),
+            ("pg_hba.conf", "local all all peer\n"),
+            ("userlist.txt", &userlist),
+        ],
+    )
+    .await;
+    let url = |user: &str| {
+        format!(
+            "host={} port={} user={user} dbname={db}",
+            sockets.display(),
+            pooler.port()
+        )
+    };
+    let c = connect(&url(&me)).await;
+    assert_eq!(first_value(&c, "SELECT current_user").await, me);
+    let other = if me == "postgres" {
+        APP_USER
+    } else {
+        "postgres"
+    };
+    let err = try_connect(&format!("{} password=x", url(other)))
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("28000"), "{err}");
+    assert!(
+        message(&err).contains("unix socket login rejected"),
+        "{err}"
+    );
+    // TCP has no local line: no method for it.
+    let err = try_connect(&pooler.url(&me, "os-user-pw"))
+        .await
+        .unwrap_err();
+    assert!(
+        message(&err).contains("no authentication method is found"),
+        "{err}"
+    );
 }

@@ -7,8 +7,10 @@
 //! database and user fields are comma lists of names (`"quoted"` allowed), `all`, and for the
 //! database `sameuser` and `replication`; addresses are `all`, an IPv4 or IPv6 address with a
 //! `/prefix` or a separate mask. Methods: `trust`, `reject`, `md5`, `password`,
-//! `scram-sha-256`, `cert`. Anything else (`peer`, `ldap`, `@file`, `samehost`, host names,
-//! `map=`) is refused when the file is loaded, naming the line, rather than read some other way.
+//! `scram-sha-256`, `cert`, and `peer` (a Unix-socket client whose operating-system user, from
+//! `SO_PEERCRED`, has the name it logs in as). Anything else (`ldap`, `@file`, `samehost`,
+//! host names, `map=`) is refused when the file is loaded, naming the line, rather than read
+//! some other way.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -25,6 +27,8 @@ pub struct Origin {
     pub tls: bool,
     /// The CommonName of the client certificate the TLS handshake verified.
     pub cert_name: Option<String>,
+    /// The operating-system user of a Unix-socket client (`peer` lines).
+    pub peer_user: Option<String>,
 }
 
 impl Origin {
@@ -34,6 +38,7 @@ impl Origin {
             unix: false,
             tls: false,
             cert_name: None,
+            peer_user: None,
         }
     }
 }
@@ -116,6 +121,8 @@ fn masked(bytes: &[u8], prefix: u8) -> Vec<u8> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
     Reject,
+    /// `peer`: a Unix-socket client whose OS user name is the user name.
+    Peer,
     /// Authenticate as this `auth_type` would (trust, plain, md5, scram-sha-256, cert).
     Auth(AuthType),
 }
@@ -307,6 +314,8 @@ fn parse_rule(line: &str) -> Result<Rule, String> {
         "md5" => Method::Auth(AuthType::Md5),
         "scram-sha-256" => Method::Auth(AuthType::ScramSha256),
         "cert" => Method::Auth(AuthType::Cert),
+        "peer" if kind == Kind::Local => Method::Peer,
+        "peer" => return Err("peer is only for local lines".into()),
         other => return Err(format!("unsupported method {other}")),
     };
     if let Some((option, _)) = fields.next() {
@@ -331,6 +340,7 @@ mod tests {
             unix,
             tls,
             cert_name: None,
+            peer_user: None,
         }
     }
 
@@ -343,7 +353,8 @@ mod tests {
              host app,\"Other DB\" alice,bob 10.1.0.0/16 md5 # trailing\n\
              host sameuser all 192.168.1.0 255.255.255.0 scram-sha-256\n\
              host all bad all reject\n\
-             hostnossl all all ::1/128 password\n",
+             hostnossl all all ::1/128 password\n\
+             local all all peer\n",
         )
         .unwrap();
         let m = |o: &Origin, d: &str, u: &str| hba.method(o, d, u);
@@ -379,7 +390,7 @@ mod tests {
         for (line, needle) in [
             ("host all all samehost md5", "samehost"),
             ("host all all db.example.com md5", "db.example.com"),
-            ("local all all peer", "peer"),
+            ("host all all all peer", "peer"),
             ("host all all all ldap", "ldap"),
             ("host @dbs all all md5", "@dbs"),
             ("host all +admins all md5", "+admins"),

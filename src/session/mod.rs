@@ -281,6 +281,11 @@ fn auth_method(
     match config.pooler.auth_type {
         AuthType::Hba => match app.hba().method(origin, database, user) {
             Some(Method::Auth(t)) => Ok(t),
+            // The kernel vouches for the client: nothing more to ask it.
+            Some(Method::Peer) if origin.unix && origin.peer_user.as_deref() == Some(user) => {
+                Ok(AuthType::Trust)
+            }
+            Some(Method::Peer) => Err(PoolerError::PeerRejected),
             Some(Method::Reject) => Err(PoolerError::LoginRejected),
             None => Err(PoolerError::NoHbaMatch),
         },
