@@ -202,6 +202,11 @@ pub struct DatabaseConfig {
     /// Overrides `max_db_connections` for this database.
     pub max_db_connections: Option<usize>,
     pub session_state: Option<crate::session_state::Policy>,
+    /// Override the global `auth_user`, `auth_query` and `auth_dbname` for clients of this
+    /// database (PgBouncer's connection-string keys).
+    pub auth_user: Option<String>,
+    pub auth_query: Option<String>,
+    pub auth_dbname: Option<String>,
 }
 
 /// One `[users.NAME]` entry (PgBouncer's `[users]` section): settings for the pools of one

@@ -214,9 +214,10 @@ async fn auth_query_looks_up_users_missing_from_the_auth_file() {
 }
 
 /// Without auth_user, a user missing from the auth file is refused even with the right
-/// Postgres password: the lookup is what the test above relies on.
+/// Postgres password (the lookup is what the test above relies on); with `auth_user` on the
+/// database entry only, it is looked up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_auth_user_unknown_users_are_refused() {
+async fn auth_user_none_then_on_the_database_entry() {
     let pg = PgServer::shared();
     let db = pg.create_db("noauthuser").await;
     let userlist = format!("\"postgres\" \"{SUPERUSER_PASSWORD}\"\n");
@@ -226,6 +227,17 @@ async fn without_auth_user_unknown_users_are_refused() {
         .await
         .unwrap_err();
     assert_eq!(sqlstate(&err).as_deref(), Some("28P01"));
+    // auth_user on the database entry alone (PgBouncer's `db = host=... auth_user=...`).
+    let pooler = Pooler::start_full(
+        pg.port,
+        &db,
+        "auth_type = \"scram-sha-256\"",
+        "auth_user = \"postgres\"",
+        &userlist,
+    )
+    .await;
+    let c = connect(&pooler.url(APP_USER, APP_PASSWORD)).await;
+    assert_eq!(first_value(&c, "SELECT current_user").await, APP_USER);
 }
 
 /// `auth_type = hba`: the first matching line of `auth_hba_file` decides, by connection type,

@@ -41,7 +41,17 @@ pub fn from_process() -> Vec<(String, String)> {
 }
 
 /// Database entry keys whose values are text.
-const DATABASE_TEXT_KEYS: &[&str] = &["host", "dbname", "user", "password", "pool_mode"];
+const DATABASE_TEXT_KEYS: &[&str] = &[
+    "host",
+    "dbname",
+    "user",
+    "password",
+    "pool_mode",
+    "session_state",
+    "auth_user",
+    "auth_query",
+    "auth_dbname",
+];
 
 /// Whether a variable has the shape of the ones Kubernetes injects for each Service
 /// (`<NAME>_SERVICE_HOST`, `<NAME>_PORT=tcp://...`, ...); `name` is without `POOLER_`.

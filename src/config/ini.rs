@@ -248,10 +248,7 @@ impl Reader<'_> {
                     )));
                 }
                 "auth_user" | "auth_query" | "auth_dbname" => {
-                    return Err(at.error(format!(
-                        "{name}: {key}: not supported by pooler: users missing from auth_file \
-                         would be refused instead of looked up"
-                    )));
+                    Some((key.as_str(), Value::String(v)))
                 }
                 "max_db_client_connections" | "server_lifetime" | "load_balance_hosts" => {
                     self.parsed.warnings.push(at.warning(format!(

@@ -21,17 +21,40 @@ use crate::error::{PoolerError, Result};
 use crate::server::ServerConn;
 
 /// The user `name` as `auth_query` finds it; None when it returns no row.
+/// The `auth_user`, `auth_query` and `auth_dbname` in force for clients of `database`: its
+/// entry's, else the global ones; None when no `auth_user` is set for it.
+pub fn settings(config: &Config, database: &str) -> Option<(String, String, String)> {
+    let p = &config.pooler;
+    let db = config.database(database);
+    let pick = |own: Option<&String>, global: &str| own.cloned().unwrap_or_else(|| global.into());
+    let user = pick(db.as_ref().and_then(|d| d.auth_user.as_ref()), &p.auth_user);
+    if user.is_empty() {
+        return None;
+    }
+    let query = pick(
+        db.as_ref().and_then(|d| d.auth_query.as_ref()),
+        &p.auth_query,
+    );
+    let dbname = pick(
+        db.as_ref().and_then(|d| d.auth_dbname.as_ref()),
+        &p.auth_dbname,
+    );
+    Some((user, query, dbname))
+}
+
 pub async fn lookup(
     app: &Arc<App>,
     config: &Config,
     database: &str,
     name: &str,
 ) -> Result<Option<Arc<User>>> {
-    let p = &config.pooler;
-    let auth_db_name = if p.auth_dbname.is_empty() {
+    let Some((auth_user, auth_query, auth_dbname)) = settings(config, database) else {
+        return Ok(None);
+    };
+    let auth_db_name = if auth_dbname.is_empty() {
         database
     } else {
-        p.auth_dbname.as_str()
+        auth_dbname.as_str()
     };
     let Some(db) = config.database(auth_db_name) else {
         // An unknown database: the login fails after the password exchange, as without
@@ -40,12 +63,12 @@ pub async fn lookup(
     };
     let auth_user = app
         .users()
-        .get(&p.auth_user)
-        .unwrap_or_else(|| Arc::new(User::new(&p.auth_user, Secret::Plain(String::new()))));
+        .get(&auth_user)
+        .unwrap_or_else(|| Arc::new(User::new(&auth_user, Secret::Plain(String::new()))));
     let pool = app.pool(auth_db_name, &db, &auth_user);
     let mut server = pool.checkout().await?;
     let bound = server.query_bound;
-    let found = tokio::time::timeout(bound, run(&mut server, &p.auth_query, name)).await;
+    let found = tokio::time::timeout(bound, run(&mut server, &auth_query, name)).await;
     let row = match found {
         Ok(Ok(row)) => {
             pool.checkin(server);

@@ -180,8 +180,8 @@ async fn login(
     );
     if user.is_none()
         && needs_secret
-        && !config.pooler.auth_user.is_empty()
         && !admin::is_console(&database)
+        && auth_query::settings(&config, &database).is_some()
     {
         user = auth_query::lookup(app, &config, &database, &user_name).await?;
     }

@@ -157,7 +157,6 @@ fn keys_that_would_change_behaviour_are_refused() {
         ("[pgbouncer]\nauth_type = hba\n", "auth_hba_file"),
         ("[pgbouncer]\nauth_type = cert\n", "client_tls_ca_file"),
         ("[pgbouncer]\ndisable_pqexec = 1\n", "disable_pqexec"),
-        ("[databases]\napp = host=db auth_user=x\n", "auth_user"),
         (
             "[databases]\napp = host=db connect_query='set x=1'\n",
             "connect_query",
@@ -306,6 +305,8 @@ fn auth_timeout_and_socket_keys_are_read() {
          transaction_timeout = 30\nquery_wait_notify = 0\nstats_period = 15\n\
          tcp_keepalive = 1\ntcp_keepcnt = 3\ntcp_keepidle = 60\ntcp_keepintvl = 10\n\
          tcp_user_timeout = 5000\n\
+         [databases]\napp = host=db auth_user=lookup auth_dbname=authdb \
+         auth_query='SELECT a, b FROM f($1)'\n\
          [users]\nbob = query_timeout=5 idle_transaction_timeout=2.5 client_idle_timeout=-1 \
          transaction_timeout=9 reserve_pool_size=2 query_wait_timeout=7\n",
     )
@@ -331,6 +332,10 @@ fn auth_timeout_and_socket_keys_are_read() {
         ),
         (3, 60, 10, 5000)
     );
+    let app = &c.databases["app"];
+    assert_eq!(app.auth_user.as_deref(), Some("lookup"));
+    assert_eq!(app.auth_dbname.as_deref(), Some("authdb"));
+    assert_eq!(app.auth_query.as_deref(), Some("SELECT a, b FROM f($1)"));
     let bob = &c.users["bob"];
     assert_eq!(bob.query_timeout, Some(5.0));
     assert_eq!(bob.idle_transaction_timeout, Some(2.5));
