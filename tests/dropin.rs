@@ -212,6 +212,14 @@ fn keepalive_timer(port: u16) -> Option<u64> {
 async fn tcp_keepalive_timings_on_client_and_server_sockets() {
     let pg = PgServer::shared();
     let db = pg.create_db("keepalive").await;
+    // The sockets' timers are read with ss (iproute2), as an operator would check them.
+    assert!(
+        std::process::Command::new("ss")
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        "this test needs ss (iproute2)"
+    );
     let pooler = start(pg, &db, "pool_mode = \"session\"", "").await;
     let c = pooler.client().await;
     // The pooler's socket to Postgres: its local port is what the backend sees as the
