@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Makes sure what the quick start and the tests need is installed: PostgreSQL's server
 # binaries (initdb, pg_ctl), psql and pgbench (and ss for the tests), from Debian's packages
-# when missing (as root, or through sudo), and, when running as root, a `postgres` user to run the server as
-# (Postgres refuses to run as root). Used by scripts/quickstart.sh, scripts/test.sh and .ci/run,
+# when missing (as root, or through sudo), and, when running as root, a `postgres` user to
+# run the server as (Postgres refuses to run as root). Used by scripts/quickstart.sh, scripts/test.sh and .ci/run,
 # so the README's two commands work on a machine that has only Rust.
 #   PG_BINDIR=DIR                 use the server binaries in DIR (as the test harness does)
 #   ENSURE_POSTGRES_DRY_RUN=1     print the commands instead of running them
