@@ -569,7 +569,7 @@ fn session_future_size() -> Option<usize> {
                 .await
                 .ok()?;
             let (stream, peer) = listener.accept().await.ok()?;
-            let session = pooler::session::serve(app, stream, peer);
+            let session = pooler::session::serve(app, stream, pooler::auth::hba::Origin::tcp(peer));
             let size = std::mem::size_of_val(&session);
             drop(session);
             drop(client);

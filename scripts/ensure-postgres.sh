@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Makes sure what the quick start and the tests need is installed: PostgreSQL's server
-# binaries (initdb, pg_ctl), psql and pgbench, from Debian's packages when missing (as root,
-# or through sudo), and, when running as root, a `postgres` user to run the server as
-# (Postgres refuses to run as root). Used by scripts/quickstart.sh, scripts/test.sh and .ci/run,
+# binaries (initdb, pg_ctl), psql and pgbench (and ss for the tests), from Debian's packages
+# when missing (as root, or through sudo), and, when running as root, a `postgres` user to
+# run the server as (Postgres refuses to run as root). Used by scripts/quickstart.sh, scripts/test.sh and .ci/run,
 # so the README's two commands work on a machine that has only Rust.
 #   PG_BINDIR=DIR                 use the server binaries in DIR (as the test harness does)
 #   ENSURE_POSTGRES_DRY_RUN=1     print the commands instead of running them
@@ -38,6 +38,11 @@ if ! have_initdb || ! command -v psql >/dev/null 2>&1 || ! command -v pgbench >/
   echo "installing PostgreSQL (Debian packages postgresql, postgresql-client)" >&2
   as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql postgresql-client
+fi
+# tests/dropin.rs reads the sockets' keepalive timers with ss (Debian's iproute2).
+if ! command -v ss >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  echo "installing ss (Debian package iproute2) for the tests" >&2
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q iproute2
 fi
 if [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1; then
   run useradd --system --create-home --shell /bin/bash postgres

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use crate::auth::hba::Hba;
 use crate::auth::{AuthFile, Secret, User};
 use crate::config::{
     AuthType, Config, ConfigError, DatabaseConfig, RESTART_ONLY, TargetSessionAttrs, secs,
@@ -40,6 +41,8 @@ pub struct App {
     /// Bumped by each RELOAD: sessions re-read their timeouts when it moves.
     generation: AtomicU64,
     users: RwLock<Arc<AuthFile>>,
+    /// `auth_hba_file`'s rules, read with the auth file (and again by RELOAD).
+    hba: RwLock<Arc<Hba>>,
     pools: Mutex<HashMap<(String, String), Arc<Pool>>>,
     /// `max_db_connections` by database name, `max_user_connections` by user name.
     conn_limits: Mutex<ConnLimits>,
@@ -90,8 +93,16 @@ pub struct ReloadReport {
 fn load_users(config: &Config) -> Result<AuthFile, ConfigError> {
     match (&config.pooler.auth_file, config.pooler.auth_type) {
         (Some(path), _) => AuthFile::load(path),
-        (None, AuthType::Trust) => Ok(AuthFile::default()),
-        (None, _) => unreachable!("config validation requires auth_file"),
+        // Validation requires auth_file for the password methods; with hba or cert, users
+        // not in a file can still log in by trust or certificate lines.
+        (None, _) => Ok(AuthFile::default()),
+    }
+}
+
+fn load_hba(config: &Config) -> Result<Hba, ConfigError> {
+    match (&config.pooler.auth_hba_file, config.pooler.auth_type) {
+        (Some(path), AuthType::Hba) => Hba::load(path),
+        _ => Ok(Hba::default()),
     }
 }
 
@@ -100,12 +111,21 @@ fn limits_for(config: &Config, db: &DatabaseConfig, user: &str) -> PoolLimits {
     let p = &config.pooler;
     PoolLimits {
         pool_size: config.pool_size_for(db, user),
-        reserve_size: db.reserve_pool_size.unwrap_or(p.reserve_pool_size),
+        reserve_size: config
+            .users
+            .get(user)
+            .and_then(|u| u.reserve_pool_size)
+            .or(db.reserve_pool_size)
+            .unwrap_or(p.reserve_pool_size),
         min_pool_size: db.min_pool_size.unwrap_or(p.min_pool_size),
         reserve_timeout: secs(p.reserve_pool_timeout),
-        query_wait_timeout: secs(p.query_wait_timeout),
+        query_wait_timeout: config.user_timeout(
+            user,
+            |u| u.query_wait_timeout,
+            p.query_wait_timeout,
+        ),
         connect_timeout: secs(p.server_connect_timeout),
-        query_timeout: secs(p.query_timeout),
+        query_timeout: config.user_timeout(user, |u| u.query_timeout, p.query_timeout),
         idle_timeout: secs(p.server_idle_timeout),
         lifetime: secs(p.server_lifetime),
         login_retry: secs(p.server_login_retry),
@@ -180,6 +200,9 @@ impl Evict for Pool {
 impl App {
     pub fn new(config: Config) -> Result<App, ConfigError> {
         let users = load_users(&config)?;
+        let hba = load_hba(&config)?;
+        crate::keepalive::configure(&config.pooler);
+        crate::stats::set_period(config.pooler.stats_period);
         let mut tracked: Vec<String> = TRACKED_PARAMETERS.iter().map(|s| s.to_string()).collect();
         for extra in config.pooler.track_extra_parameters.names() {
             if !tracked.iter().any(|t| t.eq_ignore_ascii_case(&extra)) {
@@ -195,6 +218,7 @@ impl App {
             config: RwLock::new(Arc::new(config)),
             generation: AtomicU64::new(0),
             users: RwLock::new(Arc::new(users)),
+            hba: RwLock::new(Arc::new(hba)),
             pools: Mutex::new(HashMap::new()),
             conn_limits: Mutex::default(),
             clients: AtomicUsize::new(0),
@@ -223,6 +247,11 @@ impl App {
     /// The auth file in force.
     pub fn users(&self) -> Arc<AuthFile> {
         self.users.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The HBA rules in force (empty unless `auth_type = hba`).
+    pub fn hba(&self) -> Arc<Hba> {
+        self.hba.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Counts a new client connection.
@@ -331,6 +360,7 @@ impl App {
     fn apply(&self, mut new: Config) -> Result<ReloadReport, ConfigError> {
         let old = self.config();
         let users = load_users(&new)?;
+        let hba = load_hba(&new)?;
         let mut report = ReloadReport::default();
         let old_entries = old.pooler.entries();
         for ((key, old_value, _), (_, new_value, _)) in
@@ -354,6 +384,7 @@ impl App {
             p.client_tls_sslmode = o.client_tls_sslmode;
             p.client_tls_cert_file = o.client_tls_cert_file.clone();
             p.client_tls_key_file = o.client_tls_key_file.clone();
+            p.client_tls_ca_file = o.client_tls_ca_file.clone();
             p.server_tls_sslmode = o.server_tls_sslmode;
             p.server_tls_ca_file = o.server_tls_ca_file.clone();
             p.peer_id = o.peer_id;
@@ -364,6 +395,9 @@ impl App {
         let users = Arc::new(users);
         *self.config.write().unwrap_or_else(|e| e.into_inner()) = new.clone();
         *self.users.write().unwrap_or_else(|e| e.into_inner()) = users.clone();
+        *self.hba.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(hba);
+        crate::keepalive::configure(&new.pooler);
+        crate::stats::set_period(new.pooler.stats_period);
         self.generation.fetch_add(1, Ordering::Relaxed);
         self.peers.apply(&new);
         {

@@ -61,6 +61,12 @@ pub enum AuthType {
     Md5,
     #[serde(rename = "scram-sha-256")]
     ScramSha256,
+    /// The method comes from the first matching line of `auth_hba_file`.
+    #[serde(rename = "hba")]
+    Hba,
+    /// A TLS client certificate whose CommonName is the user name (`client_tls_ca_file`).
+    #[serde(rename = "cert")]
+    Cert,
 }
 
 /// `client_tls_sslmode`: PgBouncer's client-facing TLS modes.
@@ -74,6 +80,12 @@ pub enum ClientTlsMode {
     Prefer,
     /// Cleartext clients are refused with `28000 SSL required`.
     Require,
+    /// As `require`, and every client must present a certificate that chains to
+    /// `client_tls_ca_file` (PgBouncer's `verify-ca`; `verify-full` means the same for clients).
+    #[serde(rename = "verify-ca")]
+    VerifyCa,
+    #[serde(rename = "verify-full")]
+    VerifyFull,
 }
 
 /// `server_tls_sslmode`: libpq's modes, for the pooler's connections to Postgres.
@@ -98,7 +110,22 @@ impl ClientTlsMode {
             ClientTlsMode::Allow => "allow",
             ClientTlsMode::Prefer => "prefer",
             ClientTlsMode::Require => "require",
+            ClientTlsMode::VerifyCa => "verify-ca",
+            ClientTlsMode::VerifyFull => "verify-full",
         }
+    }
+
+    /// Cleartext clients are refused.
+    pub fn requires_tls(self) -> bool {
+        matches!(
+            self,
+            ClientTlsMode::Require | ClientTlsMode::VerifyCa | ClientTlsMode::VerifyFull
+        )
+    }
+
+    /// Every TLS client must present a certificate signed by `client_tls_ca_file`.
+    pub fn requires_certificate(self) -> bool {
+        matches!(self, ClientTlsMode::VerifyCa | ClientTlsMode::VerifyFull)
     }
 }
 
@@ -121,6 +148,8 @@ impl AuthType {
             AuthType::Plain => "plain",
             AuthType::Md5 => "md5",
             AuthType::ScramSha256 => "scram-sha-256",
+            AuthType::Hba => "hba",
+            AuthType::Cert => "cert",
         }
     }
 }
@@ -177,6 +206,11 @@ pub struct DatabaseConfig {
     /// Overrides `max_db_connections` for this database.
     pub max_db_connections: Option<usize>,
     pub session_state: Option<crate::session_state::Policy>,
+    /// Override the global `auth_user`, `auth_query` and `auth_dbname` for clients of this
+    /// database (PgBouncer's connection-string keys).
+    pub auth_user: Option<String>,
+    pub auth_query: Option<String>,
+    pub auth_dbname: Option<String>,
     /// Which of the hosts the pools may use (libpq's names); default `any`.
     pub target_session_attrs: Option<TargetSessionAttrs>,
     /// How new server connections spread over the usable hosts; default `round-robin`.
@@ -205,6 +239,14 @@ pub struct UserConfig {
     pub pool_size: Option<usize>,
     /// Overrides `max_user_connections` for this user.
     pub max_user_connections: Option<usize>,
+    /// Override the global timeouts of the same names for this user's clients.
+    pub query_timeout: Option<f64>,
+    pub idle_transaction_timeout: Option<f64>,
+    pub client_idle_timeout: Option<f64>,
+    pub transaction_timeout: Option<f64>,
+    pub query_wait_timeout: Option<f64>,
+    /// Overrides the database's and the global `reserve_pool_size` for this user's pools.
+    pub reserve_pool_size: Option<usize>,
 }
 
 /// One `[peers.ID]` entry (PgBouncer's `[peers]` section): another pooler that cancel
@@ -299,6 +341,8 @@ impl Config {
             let p = &mut config.pooler;
             for file in [
                 &mut p.auth_file,
+                &mut p.auth_hba_file,
+                &mut p.client_tls_ca_file,
                 &mut p.client_tls_cert_file,
                 &mut p.client_tls_key_file,
                 &mut p.server_tls_ca_file,
@@ -433,13 +477,42 @@ impl Config {
         if p.max_client_conn == 0 {
             return Err(invalid("max_client_conn: must be at least 1".into()));
         }
-        if p.auth_type != AuthType::Trust && p.auth_file.is_none() {
+        if matches!(
+            p.auth_type,
+            AuthType::Plain | AuthType::Md5 | AuthType::ScramSha256
+        ) && p.auth_file.is_none()
+        {
             return Err(invalid(format!(
                 "auth_file: required when auth_type is not trust (auth_type = {:?})",
                 p.auth_type
             )));
         }
+        if p.auth_type == AuthType::Hba && p.auth_hba_file.is_none() {
+            return Err(invalid(
+                "auth_hba_file: required when auth_type = hba".into(),
+            ));
+        }
+        if p.auth_type == AuthType::Cert && p.client_tls_ca_file.is_none() {
+            return Err(invalid(
+                "client_tls_ca_file: required when auth_type = cert (client certificates \
+                 are checked against it)"
+                    .into(),
+            ));
+        }
+        if p.client_tls_sslmode.requires_certificate() && p.client_tls_ca_file.is_none() {
+            return Err(invalid(format!(
+                "client_tls_sslmode: {} needs client_tls_ca_file",
+                p.client_tls_sslmode.as_str()
+            )));
+        }
+        if p.client_tls_ca_file.is_some() && p.client_tls_sslmode == ClientTlsMode::Disable {
+            return Err(invalid(
+                "client_tls_ca_file: needs client_tls_sslmode other than disable".into(),
+            ));
+        }
         for (key, value) in [
+            ("transaction_timeout", p.transaction_timeout),
+            ("query_wait_notify", p.query_wait_notify),
             ("shutdown_timeout", p.shutdown_timeout),
             ("server_lifetime", p.server_lifetime),
             ("client_idle_timeout", p.client_idle_timeout),
@@ -456,6 +529,9 @@ impl Config {
             if !value.is_finite() || value < 0.0 {
                 return Err(invalid(format!("{key}: must be a number of seconds >= 0")));
             }
+        }
+        if !p.stats_period.is_finite() || p.stats_period < 1.0 {
+            return Err(invalid("stats_period: must be at least 1 second".into()));
         }
         if p.client_tls_sslmode != ClientTlsMode::Disable
             && (p.client_tls_cert_file.is_none() || p.client_tls_key_file.is_none())
@@ -520,6 +596,19 @@ impl Config {
                     "users.{name}.pool_size: must be at least 1"
                 )));
             }
+            for (key, value) in [
+                ("query_timeout", user.query_timeout),
+                ("idle_transaction_timeout", user.idle_transaction_timeout),
+                ("client_idle_timeout", user.client_idle_timeout),
+                ("transaction_timeout", user.transaction_timeout),
+                ("query_wait_timeout", user.query_wait_timeout),
+            ] {
+                if value.is_some_and(|v| !v.is_finite() || v < 0.0) {
+                    return Err(invalid(format!(
+                        "users.{name}.{key}: must be a number of seconds >= 0"
+                    )));
+                }
+            }
         }
         Ok(())
     }
@@ -559,6 +648,17 @@ impl Config {
             .filter_map(|(id, p)| Some((id.parse::<u16>().ok()?, p.clone())))
             .filter(|(id, _)| *id != self.pooler.peer_id)
             .collect()
+    }
+
+    /// A timeout for `user`'s clients: the user's entry if it sets one, else the global value
+    /// (`pick` chooses the key in both).
+    pub fn user_timeout(
+        &self,
+        user: &str,
+        pick: impl Fn(&UserConfig) -> Option<f64>,
+        global: f64,
+    ) -> Option<Duration> {
+        secs(self.users.get(user).and_then(pick).unwrap_or(global))
     }
 
     /// `max_user_connections` for one user: the user's entry, or the global one.

@@ -69,6 +69,25 @@ pub enum PoolerError {
     /// KILL_CLIENT on the console (PgBouncer's text).
     #[error("admin forced disconnect")]
     AdminKilled,
+    /// `auth_query` failed in Postgres (or returned the wrong shape).
+    #[error("auth_query failed: {0}")]
+    AuthQuery(String),
+    /// `auth_type = hba` and no line of `auth_hba_file` matches (PgBouncer's text).
+    #[error("no authentication method is found")]
+    NoHbaMatch,
+    /// An HBA `reject` line matched (PgBouncer's text).
+    #[error("login rejected")]
+    LoginRejected,
+    /// `cert`: no client certificate, or its CommonName is not the user (PgBouncer's text).
+    #[error("certificate authentication failed")]
+    CertAuthFailed,
+    /// HBA `peer`: the Unix-socket client's OS user is not the user it asks for (PgBouncer's
+    /// text).
+    #[error("unix socket login rejected")]
+    PeerRejected,
+    /// A client queued longer than `transaction_timeout` allows in a transaction.
+    #[error("transaction timeout")]
+    TransactionTimeout,
     /// `client_tls_sslmode = require` and the client did not ask for TLS.
     #[error("SSL required")]
     SslRequired,
@@ -89,7 +108,13 @@ impl PoolerError {
             | PoolerError::IdleTransactionTimeout
             | PoolerError::QueryTimeout
             | PoolerError::DatabaseDisabled(_)
-            | PoolerError::AdminKilled => "08P01",
+            | PoolerError::AdminKilled
+            | PoolerError::AuthQuery(_)
+            | PoolerError::TransactionTimeout => "08P01",
+            PoolerError::NoHbaMatch
+            | PoolerError::LoginRejected
+            | PoolerError::CertAuthFailed
+            | PoolerError::PeerRejected => "28000",
             PoolerError::ShuttingDown => "57P01",
             PoolerError::SslRequired => "28000",
             PoolerError::AuthFailed(_) => "28P01",
@@ -111,7 +136,14 @@ impl PoolerError {
             PoolerError::Protocol(_) | PoolerError::UnsupportedStartupParameter(_) => {
                 "protocol_violation"
             }
-            PoolerError::AuthFailed(_) | PoolerError::NotAllowed => "auth_failed",
+            PoolerError::AuthFailed(_)
+            | PoolerError::NotAllowed
+            | PoolerError::NoHbaMatch
+            | PoolerError::LoginRejected
+            | PoolerError::CertAuthFailed
+            | PoolerError::PeerRejected => "auth_failed",
+            PoolerError::AuthQuery(_) => "auth_query_failed",
+            PoolerError::TransactionTimeout => "transaction_timeout",
             PoolerError::NoSuchDatabase(_) => "no_such_database",
             PoolerError::SessionState(_) => "session_state",
             PoolerError::StatementTooLarge(_) => "statement_too_large",

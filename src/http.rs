@@ -24,12 +24,16 @@ use tokio::sync::oneshot;
 use crate::accept::AcceptErrors;
 use crate::app::App;
 use crate::metrics::{
-    ASSIGNMENTS, BUILD_INFO, CLIENT_ACTIVE, CLIENT_IDLE, CLIENT_MAXWAIT, CLIENT_WAIT_TOTAL,
-    CLIENT_WAITING, CONNECT_FAILURES, DATABASES, HOST_DOWNS, HOST_LAG, HOST_USABLE,
-    MAX_CLIENT_CONN, PEER_FAILED, PEER_FORWARDED, POOL_PAUSED, POOL_SIZE, POOLS, QUERIES, RECEIVED,
-    RESERVE_ACTIVE, RESERVE_SIZE, SENT, SERVER_ACTIVE, SERVER_IDLE, SERVER_LOGIN, SERVER_REACHABLE,
-    SERVER_USED, SERVERS_CLOSED, SERVERS_OPENED, SESSION_STATE, TRANSACTIONS, UP, USED_CLIENTS,
-    help, pool_labels,
+    ASSIGNMENTS, BUILD_INFO, CACHED_DNS_NAMES, CACHED_DNS_ZONES, CLIENT_ACTIVE,
+    CLIENT_ACTIVE_CANCEL, CLIENT_CONNECTIONS, CLIENT_IDLE, CLIENT_MAXWAIT, CLIENT_WAIT_TOTAL,
+    CLIENT_WAITING, CLIENT_WAITING_CANCEL, CONNECT_FAILURES, DATABASES, DB_CURRENT_CONNECTIONS,
+    DB_DISABLED, DB_MAX_CONNECTIONS, DB_PAUSED, DB_POOL_SIZE, DB_RESERVE_POOL, FREE_CLIENTS,
+    FREE_SERVERS, HOST_DOWNS, HOST_LAG, HOST_USABLE, IN_FLIGHT_DNS, LOGIN_CLIENTS, MAX_CLIENT_CONN,
+    MAX_USER_CONN, PEER_FAILED, PEER_FORWARDED, POOL_PAUSED, POOL_SIZE, POOLS, QUERIES, RECEIVED,
+    RESERVE_ACTIVE, RESERVE_SIZE, SENT, SERVER_ACTIVE, SERVER_ACTIVE_CANCEL, SERVER_BEING_CANCELED,
+    SERVER_IDLE, SERVER_LOGIN, SERVER_REACHABLE, SERVER_TESTING, SERVER_USED, SERVERS_CLOSED,
+    SERVERS_OPENED, SESSION_STATE, TRANSACTIONS, UP, USED_CLIENTS, USED_SERVERS, USERS,
+    VERSION_INFO, XACT_SECONDS_TOTAL, help, pool_labels,
 };
 use crate::stats::CloseReason;
 
@@ -45,19 +49,28 @@ pub fn render(app: &App) -> String {
         vec![Label::new("version", env!("CARGO_PKG_VERSION"))],
         1.0,
     );
+    m.gauge(
+        VERSION_INFO,
+        vec![Label::new("version", env!("CARGO_PKG_VERSION"))],
+        1.0,
+    );
     m.gauge(MAX_CLIENT_CONN, vec![], p.max_client_conn as f64);
+    m.gauge(MAX_USER_CONN, vec![], p.max_user_connections as f64);
     m.gauge(USED_CLIENTS, vec![], app.client_count() as f64);
     m.gauge(DATABASES, vec![], config.databases.len() as f64);
     let pools = app.pools();
     m.gauge(POOLS, vec![], pools.len() as f64);
-    // metrics' counters are integers; this one is in seconds, so it is written here.
+    render_lists_and_databases(app, &config, &pools);
+    // metrics' counters are integers; these are in seconds, so they are written here.
     let mut wait_seconds = String::new();
+    let mut xact_seconds = String::new();
     if !pools.is_empty() {
-        let _ = writeln!(
-            wait_seconds,
-            "# HELP {CLIENT_WAIT_TOTAL} {}\n# TYPE {CLIENT_WAIT_TOTAL} counter",
-            help(CLIENT_WAIT_TOTAL)
-        );
+        for (out, name) in [
+            (&mut wait_seconds, CLIENT_WAIT_TOTAL),
+            (&mut xact_seconds, XACT_SECONDS_TOTAL),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {}\n# TYPE {name} counter", help(name));
+        }
     }
     for pool in &pools {
         let labels = || pool_labels(&pool.database, &pool.user);
@@ -95,6 +108,15 @@ pub fn render(app: &App) -> String {
                 m.counter(HOST_DOWNS, l, h.downs);
             }
         }
+        for zero in [
+            SERVER_TESTING,
+            CLIENT_ACTIVE_CANCEL,
+            CLIENT_WAITING_CANCEL,
+            SERVER_ACTIVE_CANCEL,
+            SERVER_BEING_CANCELED,
+        ] {
+            g(zero, 0);
+        }
         m.gauge(CLIENT_MAXWAIT, labels(), c.max_wait.as_secs_f64());
         let t = s.totals();
         let n = |name, v: u64| m.counter(name, labels(), v);
@@ -115,13 +137,18 @@ pub fn render(app: &App) -> String {
             l.push(Label::new("reason", reason.label()));
             m.counter(SERVERS_CLOSED, l, s.closed(reason));
         }
-        let _ = writeln!(
-            wait_seconds,
-            "{CLIENT_WAIT_TOTAL}{{database=\"{}\",user=\"{}\"}} {}",
-            escape_label(&pool.database),
-            escape_label(&pool.user),
-            t.wait_us as f64 / 1e6
-        );
+        for (out, name, us) in [
+            (&mut wait_seconds, CLIENT_WAIT_TOTAL, t.wait_us),
+            (&mut xact_seconds, XACT_SECONDS_TOTAL, t.xact_us),
+        ] {
+            let _ = writeln!(
+                out,
+                "{name}{{database=\"{}\",user=\"{}\"}} {}",
+                escape_label(&pool.database),
+                escape_label(&pool.user),
+                us as f64 / 1e6
+            );
+        }
     }
     for peer in app.peers.snapshot().values() {
         let labels = || vec![Label::new("peer_id", peer.id.to_string())];
@@ -135,16 +162,132 @@ pub fn render(app: &App) -> String {
         .iter()
         .map(|p| (escape_label(&p.database), escape_label(&p.user)))
         .collect();
+    let configured: std::collections::HashSet<String> =
+        config.databases.keys().map(|n| escape_label(n)).collect();
     let rendered = m.rendered();
     let mut out = String::with_capacity(rendered.len());
     for line in rendered.lines() {
-        if pool_of(line).is_none_or(|pool| live.contains(&pool)) {
+        // Likewise the per-database series of an entry a RELOAD removed.
+        let db_gone = database_of(line).is_some_and(|name| !configured.contains(&name));
+        if !db_gone && pool_of(line).is_none_or(|pool| live.contains(&pool)) {
             out.push_str(line);
             out.push('\n');
         }
     }
     out.push_str(&wait_seconds);
+    out.push_str(&xact_seconds);
+    out.push_str(&client_connections(app));
     out
+}
+
+/// SHOW CLIENTS' rows counted by database, user, application name and state, as
+/// pgbouncer_exporter does. Written as text at each scrape, not through the recorder: a group
+/// whose last client left is simply not there.
+fn client_connections(app: &App) -> String {
+    let mut groups: std::collections::BTreeMap<(String, String, String, &'static str), u64> =
+        std::collections::BTreeMap::new();
+    for c in app.clients_registry.snapshot() {
+        *groups
+            .entry((
+                c.database.clone(),
+                c.user.clone(),
+                c.application_name.clone(),
+                c.state().as_str(),
+            ))
+            .or_default() += 1;
+    }
+    let mut out = String::new();
+    if groups.is_empty() {
+        return out;
+    }
+    let name = CLIENT_CONNECTIONS;
+    let _ = writeln!(out, "# HELP {name} {}\n# TYPE {name} gauge", help(name));
+    for ((database, user, app_name, state), n) in groups {
+        let _ = writeln!(
+            out,
+            "{name}{{database=\"{}\",user=\"{}\",application_name=\"{}\",state=\"{state}\"}} {n}",
+            escape_label(&database),
+            escape_label(&user),
+            escape_label(&app_name),
+        );
+    }
+    out
+}
+
+/// SHOW LISTS' counts and SHOW DATABASES' per-entry figures, under pgbouncer_exporter's
+/// names and labels (`name`, `host`, `port`, `database`, `force_user`, `pool_mode`).
+fn render_lists_and_databases(
+    app: &App,
+    config: &crate::config::Config,
+    pools: &[Arc<crate::pool::Pool>],
+) {
+    let m = &app.metrics;
+    let users: std::collections::HashSet<&str> = pools.iter().map(|p| p.user.as_str()).collect();
+    let registered = app.clients_registry.snapshot().len();
+    let servers: Vec<(String, usize)> = pools
+        .iter()
+        .map(|p| (p.database.clone(), p.counts().total))
+        .collect();
+    let g = |name, v: usize| m.gauge(name, vec![], v as f64);
+    g(USERS, users.len());
+    g(LOGIN_CLIENTS, app.client_count().saturating_sub(registered));
+    g(USED_SERVERS, servers.iter().map(|(_, n)| n).sum());
+    for zero in [
+        FREE_CLIENTS,
+        FREE_SERVERS,
+        CACHED_DNS_NAMES,
+        CACHED_DNS_ZONES,
+        IN_FLIGHT_DNS,
+    ] {
+        g(zero, 0);
+    }
+    let p = &config.pooler;
+    for (name, db) in &config.databases {
+        let labels = || {
+            vec![
+                Label::new("name", name.clone()),
+                Label::new("host", db.host.clone()),
+                Label::new("port", db.port.to_string()),
+                Label::new(
+                    "database",
+                    db.dbname.clone().unwrap_or_else(|| name.clone()),
+                ),
+                Label::new("force_user", db.user.clone().unwrap_or_default()),
+                Label::new(
+                    "pool_mode",
+                    db.pool_mode.map(|m| m.as_str()).unwrap_or_default(),
+                ),
+            ]
+        };
+        let g = |metric, v: usize| m.gauge(metric, labels(), v as f64);
+        g(DB_POOL_SIZE, config.pool_size(db));
+        g(
+            DB_RESERVE_POOL,
+            db.reserve_pool_size.unwrap_or(p.reserve_pool_size),
+        );
+        g(
+            DB_MAX_CONNECTIONS,
+            db.max_db_connections.unwrap_or(p.max_db_connections),
+        );
+        g(
+            DB_CURRENT_CONNECTIONS,
+            servers
+                .iter()
+                .filter(|(d, _)| d == name)
+                .map(|(_, n)| n)
+                .sum(),
+        );
+        g(DB_PAUSED, usize::from(app.control.is_paused(name)));
+        g(DB_DISABLED, usize::from(app.control.is_disabled(name)));
+    }
+}
+
+/// The (escaped) `name` label of a per-database sample line (`pooler_databases_*`).
+fn database_of(line: &str) -> Option<String> {
+    let rest = line.strip_prefix("pooler_databases_")?;
+    let (_, labels) = rest.split_once('{')?;
+    let (name, _) = quoted(labels.strip_prefix("name=\"")?)?;
+    Some(name.to_string())
 }
 
 /// The (escaped) `database` and `user` labels of a per-pool sample line, which the pooler

@@ -12,6 +12,7 @@ use tokio::net::{TcpListener, TcpStream, UnixListener};
 
 use crate::accept::AcceptErrors;
 use crate::app::App;
+use crate::auth::hba::Origin;
 use crate::config::secs;
 use crate::error::PoolerError;
 use crate::http;
@@ -171,8 +172,9 @@ pub async fn accept_loop(app: Arc<App>, listener: TcpListener) {
 /// `tls.rs`, because it reaches up to the App and the session: `tls.rs` stays a layer the
 /// server side (below the pool) can use.
 async fn serve(app: Arc<App>, stream: TcpStream, peer: SocketAddr) {
+    crate::keepalive::apply(&stream);
     let Some(tls) = app.client_tls.as_ref() else {
-        return session::serve(app, stream, peer).await;
+        return session::serve(app, stream, Origin::tcp(peer)).await;
     };
     let timeout = secs(app.config().pooler.client_login_timeout);
     let negotiated = tls::negotiate(tls, stream);
@@ -183,7 +185,16 @@ async fn serve(app: Arc<App>, stream: TcpStream, peer: SocketAddr) {
         None => negotiated.await,
     };
     match negotiated {
-        Ok(Some(stream)) => session::serve(app, stream, peer).await,
+        Ok(Some(n)) => {
+            let origin = Origin {
+                addr: peer,
+                unix: false,
+                tls: n.tls,
+                cert_name: n.cert_name,
+                peer_user: None,
+            };
+            session::serve(app, n.stream, origin).await
+        }
         Ok(None) => {}
         Err(e) => {
             tracing::info!(%peer, error = %e, "TLS negotiation failed");
@@ -205,6 +216,11 @@ async fn accept_unix(app: Arc<App>, listener: UnixListener, path: PathBuf) {
         match accepted {
             Ok((stream, _)) => {
                 let app = app.clone();
+                // For HBA `peer` lines: who is on the other end, as the kernel says.
+                let peer_user = stream
+                    .peer_cred()
+                    .ok()
+                    .and_then(|cred| user_name(cred.uid()));
                 tokio::spawn(async move {
                     match tls::bridge(stream).await {
                         Ok(tcp) => {
@@ -212,7 +228,14 @@ async fn accept_unix(app: Arc<App>, listener: UnixListener, path: PathBuf) {
                             let peer = tcp
                                 .local_addr()
                                 .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
-                            session::serve(app, tcp, peer).await
+                            let origin = Origin {
+                                addr: peer,
+                                unix: true,
+                                tls: false,
+                                cert_name: None,
+                                peer_user,
+                            };
+                            session::serve(app, tcp, origin).await
                         }
                         Err(e) => tracing::warn!(error = %e, "unix socket client: bridge failed"),
                     }
@@ -225,6 +248,27 @@ async fn accept_unix(app: Arc<App>, listener: UnixListener, path: PathBuf) {
         }
     }
     let _ = std::fs::remove_file(&path);
+}
+
+/// The name of a uid in the system's user database (`getpwuid_r`), for HBA `peer`.
+fn user_name(uid: u32) -> Option<String> {
+    let mut buf = vec![0 as libc::c_char; 4096];
+    // SAFETY: `passwd` is plain data written by getpwuid_r, `buf` outlives the call and its
+    // length is given; `result` is non-null only when `passwd` was filled in, and its
+    // `pw_name` then points into `buf`, a NUL-terminated string.
+    unsafe {
+        let mut passwd: libc::passwd = std::mem::zeroed();
+        let mut result: *mut libc::passwd = std::ptr::null_mut();
+        let rc = libc::getpwuid_r(uid, &mut passwd, buf.as_mut_ptr(), buf.len(), &mut result);
+        if rc != 0 || result.is_null() || passwd.pw_name.is_null() {
+            return None;
+        }
+        Some(
+            std::ffi::CStr::from_ptr(passwd.pw_name)
+                .to_string_lossy()
+                .into_owned(),
+        )
+    }
 }
 
 /// A pooler serving in the background of the current runtime (used by tests and `main`).

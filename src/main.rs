@@ -40,6 +40,11 @@ struct Cli {
     /// status 0 when valid, 2 with the file and key named when not.
     #[arg(long)]
     check: bool,
+    /// Probe the pooler this config describes (GET /healthz on metrics_port, or a connection
+    /// to listen_port when metrics_port = 0) and exit 0 if it answers, 1 if not: the
+    /// container's HEALTHCHECK, with no curl needed in the image.
+    #[arg(long)]
+    health_check: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -98,6 +103,18 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if cli.health_check {
+        return match pooler::healthcheck::probe(&config.pooler) {
+            Ok(what) => {
+                println!("pooler: healthy: {what}");
+                ExitCode::SUCCESS
+            }
+            Err(why) => {
+                eprintln!("pooler: unhealthy: {why}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let filter = std::env::var(env::LOG_VAR).ok();
     logging::init(config.pooler.log_format, filter.as_deref());
     let app = match App::new(config) {

@@ -52,6 +52,34 @@ pub const SERVERS_CLOSED: &str = "pooler_server_connections_closed_total";
 pub const CONNECT_FAILURES: &str = "pooler_server_connect_failures_total";
 pub const SESSION_STATE: &str = "pooler_session_state_total";
 // Global.
+/// Exporter series the pooler has no use of its own for, kept so dashboards built on
+/// pgbouncer_exporter port by swapping the prefix: SHOW LISTS' counts, the per-database
+/// settings of SHOW DATABASES, PgBouncer's cancel/testing states (always 0 here) and the
+/// transaction time.
+pub const XACT_SECONDS_TOTAL: &str = "pooler_stats_totals_server_in_transaction_seconds_total";
+pub const SERVER_TESTING: &str = "pooler_pools_server_testing_connections";
+pub const CLIENT_ACTIVE_CANCEL: &str = "pooler_pools_client_active_cancel_connections";
+pub const CLIENT_WAITING_CANCEL: &str = "pooler_pools_client_waiting_cancel_connections";
+pub const SERVER_ACTIVE_CANCEL: &str = "pooler_pools_server_active_cancel_connections";
+pub const SERVER_BEING_CANCELED: &str = "pooler_pools_server_being_canceled_connections";
+pub const DB_POOL_SIZE: &str = "pooler_databases_pool_size";
+pub const DB_RESERVE_POOL: &str = "pooler_databases_reserve_pool";
+pub const DB_MAX_CONNECTIONS: &str = "pooler_databases_max_connections";
+pub const DB_CURRENT_CONNECTIONS: &str = "pooler_databases_current_connections";
+pub const DB_PAUSED: &str = "pooler_databases_paused";
+pub const DB_DISABLED: &str = "pooler_databases_disabled";
+pub const MAX_USER_CONN: &str = "pooler_config_max_user_connections";
+pub const USERS: &str = "pooler_users";
+pub const LOGIN_CLIENTS: &str = "pooler_login_clients";
+pub const USED_SERVERS: &str = "pooler_used_servers";
+pub const FREE_CLIENTS: &str = "pooler_free_clients";
+pub const FREE_SERVERS: &str = "pooler_free_servers";
+pub const CACHED_DNS_NAMES: &str = "pooler_cached_dns_names";
+pub const CACHED_DNS_ZONES: &str = "pooler_cached_dns_zones";
+pub const IN_FLIGHT_DNS: &str = "pooler_in_flight_dns_queries";
+pub const VERSION_INFO: &str = "pooler_version_info";
+pub const CLIENT_CONNECTIONS: &str = "pooler_client_connections";
+
 pub const UP: &str = "pooler_up";
 pub const BUILD_INFO: &str = "pooler_build_info";
 pub const MAX_CLIENT_CONN: &str = "pooler_config_max_client_connections";
@@ -151,6 +179,86 @@ pub const DESCRIPTIONS: &[(&str, &str)] = &[
         SESSION_STATE,
         "Statements creating session state in transaction mode, by action (pinned, warned, refused)",
     ),
+    (
+        XACT_SECONDS_TOTAL,
+        "Time servers spent in transactions for clients, in seconds (total_xact_time)",
+    ),
+    (
+        SERVER_TESTING,
+        "Server connections running a check (sv_tested; always 0: checks run inside a checkout)",
+    ),
+    (
+        CLIENT_ACTIVE_CANCEL,
+        "Clients forwarding a cancel (cl_active_cancel_req; always 0: cancels are forwarded at once)",
+    ),
+    (
+        CLIENT_WAITING_CANCEL,
+        "Clients waiting to forward a cancel (cl_waiting_cancel_req; always 0)",
+    ),
+    (
+        SERVER_ACTIVE_CANCEL,
+        "Server connections sending a cancel (sv_active_cancel; always 0)",
+    ),
+    (
+        SERVER_BEING_CANCELED,
+        "Servers a cancel is on its way to (sv_being_canceled; always 0)",
+    ),
+    (
+        DB_POOL_SIZE,
+        "A database entry's pool size (SHOW DATABASES)",
+    ),
+    (
+        DB_RESERVE_POOL,
+        "A database entry's reserve pool size (SHOW DATABASES)",
+    ),
+    (
+        DB_MAX_CONNECTIONS,
+        "A database entry's max_db_connections; 0: no limit",
+    ),
+    (
+        DB_CURRENT_CONNECTIONS,
+        "Server connections open for a database entry, all users",
+    ),
+    (DB_PAUSED, "1 while a database is paused (PAUSE)"),
+    (DB_DISABLED, "1 while a database is disabled (DISABLE)"),
+    (MAX_USER_CONN, "Configured max_user_connections"),
+    (USERS, "Users with a pool (SHOW LISTS users)"),
+    (
+        LOGIN_CLIENTS,
+        "Client connections still logging in (SHOW LISTS login_clients)",
+    ),
+    (
+        USED_SERVERS,
+        "Server connections open (SHOW LISTS used_servers)",
+    ),
+    (
+        FREE_CLIENTS,
+        "PgBouncer's preallocated client slots (always 0: none are preallocated)",
+    ),
+    (
+        FREE_SERVERS,
+        "PgBouncer's preallocated server slots (always 0: none are preallocated)",
+    ),
+    (
+        CACHED_DNS_NAMES,
+        "Cached DNS names (always 0: the system resolver is used)",
+    ),
+    (
+        CACHED_DNS_ZONES,
+        "Cached DNS zones (always 0: the system resolver is used)",
+    ),
+    (
+        IN_FLIGHT_DNS,
+        "DNS queries in flight (always 0: the system resolver is used)",
+    ),
+    (
+        VERSION_INFO,
+        "The pooler's version (label version), pgbouncer_exporter's name for build_info",
+    ),
+    (
+        CLIENT_CONNECTIONS,
+        "Client connections by database, user, application name and state (SHOW CLIENTS rows)",
+    ),
     (UP, "1 while the pooler is serving"),
     (BUILD_INFO, "Build information (label version)"),
     (MAX_CLIENT_CONN, "Configured max_client_conn"),
@@ -204,6 +312,8 @@ pub const ERROR_KINDS: &[&str] = &[
     "ssl_required",
     "database_disabled",
     "admin_killed",
+    "auth_query_failed",
+    "transaction_timeout",
 ];
 
 /// Seconds; from sub-millisecond pool hits to `query_wait_timeout`'s default of 120 s.
@@ -392,6 +502,12 @@ mod tests {
             PoolerError::IdleTransactionTimeout,
             PoolerError::QueryTimeout,
             PoolerError::SslRequired,
+            PoolerError::AuthQuery("x".into()),
+            PoolerError::NoHbaMatch,
+            PoolerError::LoginRejected,
+            PoolerError::CertAuthFailed,
+            PoolerError::PeerRejected,
+            PoolerError::TransactionTimeout,
         ] {
             assert!(ERROR_KINDS.contains(&e.kind()), "{}", e.kind());
         }

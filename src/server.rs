@@ -205,6 +205,7 @@ impl ServerConn {
                 PoolerError::ServerConnect(format!("{}:{}: {e}", target.host, target.port))
             })?;
         stream.set_nodelay(true)?;
+        crate::keepalive::apply(&stream);
         let stream = match &target.tls {
             Some(tls) => crate::tls::connect_server(stream, tls, &target.host).await?,
             None => stream,

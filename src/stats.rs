@@ -10,8 +10,23 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
-/// How often the `avg_*` columns of `SHOW STATS` are recomputed (PgBouncer's `stats_period`).
+/// How often the `avg_*` columns of `SHOW STATS` are recomputed by default (PgBouncer's
+/// `stats_period`).
 pub const STATS_PERIOD: Duration = Duration::from_secs(60);
+
+/// `stats_period` in force, in milliseconds: pooler-wide and reloadable, set by the App.
+static PERIOD_MS: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(STATS_PERIOD.as_millis() as u64);
+
+/// Sets `stats_period` (start, RELOAD, SET).
+pub fn set_period(seconds: f64) {
+    let ms = (seconds.max(1.0) * 1000.0) as u64;
+    PERIOD_MS.store(ms, Relaxed);
+}
+
+fn period() -> Duration {
+    Duration::from_millis(PERIOD_MS.load(Relaxed))
+}
 
 fn epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
@@ -116,7 +131,7 @@ impl Totals {
     }
 }
 
-/// The `avg_*` columns: rates per second and mean durations over the last `STATS_PERIOD`.
+/// The `avg_*` columns: rates per second and mean durations over the last `stats_period`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Averages {
     pub server_assignments: u64,
@@ -154,7 +169,7 @@ pub struct PoolStats {
     last_connect_failed: AtomicU64,
     wait_histogram: Histogram,
     xact_histogram: Histogram,
-    /// Touched once per `STATS_PERIOD` by the janitor and by `SHOW STATS`.
+    /// Touched once per `stats_period` by the janitor and by `SHOW STATS`.
     period: Mutex<Period>,
 }
 
@@ -310,7 +325,7 @@ impl PoolStats {
         }
     }
 
-    /// Closes the current stats period if it is `STATS_PERIOD` old, computing its averages.
+    /// Closes the current stats period if it is `stats_period` old, computing its averages.
     pub fn roll_period(&self) {
         let now = Instant::now();
         let totals = self.totals();
@@ -321,7 +336,7 @@ impl PoolStats {
             return;
         };
         let secs = now.duration_since(started).as_secs_f64();
-        if secs < STATS_PERIOD.as_secs_f64() {
+        if secs < period().as_secs_f64() {
             return;
         }
         let d = |now: u64, then: u64| now.saturating_sub(then);

@@ -73,10 +73,32 @@ impl ClientTls {
         }
         let key = PrivateKeyDer::from_pem_file(key_file)
             .map_err(|e| invalid(key_file, format!("client_tls_key_file: {e}")))?;
-        let config = rustls::ServerConfig::builder_with_provider(provider())
+        let builder = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
-            .map_err(|e| invalid(cert_file, e))?
-            .with_no_client_auth()
+            .map_err(|e| invalid(cert_file, e))?;
+        let builder = match &p.client_tls_ca_file {
+            // Certificates are asked for, checked against the CA when given, and optional:
+            // password logins over TLS go on without one; `cert` logins need one.
+            Some(ca_file) => {
+                let roots = load_roots(ca_file, "client_tls_ca_file")?;
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider(),
+                );
+                // verify-ca / verify-full: no certificate, no handshake.
+                let verifier = if p.client_tls_sslmode.requires_certificate() {
+                    verifier
+                } else {
+                    verifier.allow_unauthenticated()
+                };
+                let verifier = verifier
+                    .build()
+                    .map_err(|e| invalid(ca_file, format!("client_tls_ca_file: {e}")))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let config = builder
             .with_single_cert(certs, key)
             .map_err(|e| invalid(key_file, format!("client_tls_key_file: {e}")))?;
         Ok(Some(ClientTls {
@@ -101,18 +123,7 @@ impl ServerTls {
                 let Some(ca_file) = &p.server_tls_ca_file else {
                     return Ok(None);
                 };
-                let mut roots = RootCertStore::empty();
-                let certs = CertificateDer::pem_file_iter(ca_file)
-                    .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-                    .map_err(|e| invalid(ca_file, format!("server_tls_ca_file: {e}")))?;
-                for cert in certs {
-                    roots
-                        .add(cert)
-                        .map_err(|e| invalid(ca_file, format!("server_tls_ca_file: {e}")))?;
-                }
-                if roots.is_empty() {
-                    return Err(invalid(ca_file, "server_tls_ca_file: no certificate"));
-                }
+                let roots = load_roots(ca_file, "server_tls_ca_file")?;
                 let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
                     Arc::new(roots),
                     provider(),
@@ -137,6 +148,32 @@ impl ServerTls {
             connector: TlsConnector::from(Arc::new(config)),
         })))
     }
+}
+
+/// The certificates of a CA file, as trust roots.
+fn load_roots(ca_file: &Path, key: &str) -> Result<RootCertStore, ConfigError> {
+    let mut roots = RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(ca_file)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| invalid(ca_file, format!("{key}: {e}")))?;
+    for cert in certs {
+        roots
+            .add(cert)
+            .map_err(|e| invalid(ca_file, format!("{key}: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(invalid(ca_file, format!("{key}: no certificate")));
+    }
+    Ok(roots)
+}
+
+/// A client connection after TLS negotiation: the stream the session reads, and what the
+/// handshake established.
+pub struct Negotiated {
+    pub stream: TcpStream,
+    pub tls: bool,
+    /// The CommonName of the client's certificate, verified against `client_tls_ca_file`.
+    pub cert_name: Option<String>,
 }
 
 /// `prefer`/`require`: encrypted, not authenticated (libpq's meaning of those modes).
@@ -239,7 +276,7 @@ impl ServerCertVerifier for ChainOnly {
 
 /// Looks at the first packet(s): returns the stream the session should use (the plaintext
 /// end of a TLS bridge, or the connection itself), or None when the connection was refused.
-pub async fn negotiate(tls: &ClientTls, mut stream: TcpStream) -> Result<Option<TcpStream>> {
+pub async fn negotiate(tls: &ClientTls, mut stream: TcpStream) -> Result<Option<Negotiated>> {
     loop {
         let code = peek_code(&stream).await?;
         match code {
@@ -248,14 +285,24 @@ pub async fn negotiate(tls: &ClientTls, mut stream: TcpStream) -> Result<Option<
                 stream.read_exact(&mut packet).await?;
                 stream.write_all(b"S").await?;
                 let tls_stream = tls.acceptor.accept(stream).await?;
-                return Ok(Some(bridge(tls_stream).await?));
+                let cert_name = tls_stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|certs| certs.first())
+                    .and_then(|cert| common_name(cert));
+                return Ok(Some(Negotiated {
+                    stream: bridge(tls_stream).await?,
+                    tls: true,
+                    cert_name,
+                }));
             }
             Some(GSSENC_REQUEST) => {
                 let mut packet = [0u8; 8];
                 stream.read_exact(&mut packet).await?;
                 stream.write_all(b"N").await?;
             }
-            Some(code) if code == wire::PROTOCOL_3_0 && tls.mode == ClientTlsMode::Require => {
+            Some(code) if code == wire::PROTOCOL_3_0 && tls.mode.requires_tls() => {
                 // Read the startup packet so the refusal reaches a client that is listening.
                 let _ = wire::read_startup(&mut stream).await;
                 let msg = PoolerError::SslRequired.to_fatal();
@@ -265,9 +312,22 @@ pub async fn negotiate(tls: &ClientTls, mut stream: TcpStream) -> Result<Option<
             }
             // Cleartext startups (allow/prefer), cancel requests, and anything malformed,
             // which the session refuses with the right error.
-            _ => return Ok(Some(stream)),
+            _ => {
+                return Ok(Some(Negotiated {
+                    stream,
+                    tls: false,
+                    cert_name: None,
+                }));
+            }
         }
     }
+}
+
+/// The subject CommonName of a certificate (DER), if it has one in UTF-8 or ASCII.
+fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let cn = parsed.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(str::to_string)
 }
 
 /// The request code of the first packet, without consuming it; None if the connection closes

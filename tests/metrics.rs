@@ -563,3 +563,160 @@ async fn series_of_pools_removed_by_reload_disappear() {
     );
     assert_eq!(metric(&body, "pooler_up", &[]), Some(1.0));
 }
+
+/// Every series pgbouncer_exporter (prometheus-community, collector.go) emits for PgBouncer
+/// exists under `pooler_` with the exporter's labels, except the four the README names as
+/// unmeasured: the README's "port by swapping the prefix" holds series by series.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_exporter_series_has_a_counterpart() {
+    let pg = PgServer::shared();
+    let db = pg.create_db("metrics_exporter").await;
+    let pooler = Pooler::start(
+        pg,
+        &db,
+        &format!(
+            "pool_mode = \"transaction\"\nmax_user_connections = 7\nmetrics_port = {}",
+            free_port()
+        ),
+    )
+    .await;
+    let c = connect(&format!("{} application_name=billing", pooler.app_url())).await;
+    assert_eq!(first_value(&c, "SELECT 1").await, "1");
+    let body = pooler.scrape().await;
+    let pool = &["database", "user"][..];
+    let db_labels = &[
+        "name",
+        "host",
+        "port",
+        "database",
+        "force_user",
+        "pool_mode",
+    ][..];
+    let none = &[][..];
+    let mut expected: Vec<(&str, &[&str])> = vec![
+        ("databases", none),
+        ("users", none),
+        ("pools", none),
+        ("free_clients", none),
+        ("used_clients", none),
+        ("login_clients", none),
+        ("free_servers", none),
+        ("used_servers", none),
+        ("cached_dns_names", none),
+        ("cached_dns_zones", none),
+        ("in_flight_dns_queries", none),
+        ("config_max_client_connections", none),
+        ("config_max_user_connections", none),
+        ("version_info", &["version"]),
+        ("up", none),
+        (
+            "client_connections",
+            &["database", "user", "application_name", "state"],
+        ),
+    ];
+    for m in [
+        "pool_size",
+        "reserve_pool",
+        "max_connections",
+        "current_connections",
+        "paused",
+        "disabled",
+    ] {
+        expected.push((
+            Box::leak(format!("databases_{m}").into_boxed_str()),
+            db_labels,
+        ));
+    }
+    for m in [
+        "queries_pooled_total",
+        "received_bytes_total",
+        "sent_bytes_total",
+        "client_wait_seconds_total",
+        "sql_transactions_pooled_total",
+        "server_in_transaction_seconds_total",
+        "server_assignments_total",
+    ] {
+        // Per pool here: `user` on top of the exporter's `database`.
+        expected.push((
+            Box::leak(format!("stats_totals_{m}").into_boxed_str()),
+            pool,
+        ));
+    }
+    for m in [
+        "client_active_connections",
+        "client_active_cancel_connections",
+        "client_waiting_connections",
+        "client_waiting_cancel_connections",
+        "server_active_connections",
+        "server_active_cancel_connections",
+        "server_being_canceled_connections",
+        "server_idle_connections",
+        "server_used_connections",
+        "server_testing_connections",
+        "server_login_connections",
+        "client_maxwait_seconds",
+    ] {
+        expected.push((Box::leak(format!("pools_{m}").into_boxed_str()), pool));
+    }
+    for (name, labels) in expected {
+        let full = format!("pooler_{name}");
+        let line = body
+            .lines()
+            .find(|l| {
+                !l.starts_with('#')
+                    && (l.starts_with(&format!("{full}{{")) || l.starts_with(&format!("{full} ")))
+            })
+            .unwrap_or_else(|| panic!("no {full} in\n{body}"));
+        let mut got: Vec<&str> = line
+            .split_once('{')
+            .map(|(_, rest)| {
+                rest.split("\",")
+                    .filter_map(|p| p.split_once('=').map(|(k, _)| k))
+                    .collect()
+            })
+            .unwrap_or_default();
+        got.sort();
+        let mut want = labels.to_vec();
+        want.sort();
+        assert_eq!(got, want, "{line}");
+    }
+    let entry = [
+        ("name", db.as_str()),
+        ("host", "127.0.0.1"),
+        ("port", &pg.port.to_string()),
+        ("database", db.as_str()),
+        ("force_user", ""),
+        ("pool_mode", ""),
+    ];
+    assert_eq!(
+        metric(&body, "pooler_databases_pool_size", &entry),
+        Some(20.0)
+    );
+    assert_eq!(
+        metric(&body, "pooler_config_max_user_connections", &[]),
+        Some(7.0)
+    );
+    let billing = [
+        ("database", db.as_str()),
+        ("user", APP_USER),
+        ("application_name", "billing"),
+        ("state", "idle"),
+    ];
+    assert_eq!(
+        metric(&body, "pooler_client_connections", &billing),
+        Some(1.0)
+    );
+    // The client leaves: its group is gone from the next scrape, not left at its last value.
+    drop(c);
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            metric(
+                &pooler.scrape().await,
+                "pooler_client_connections",
+                &billing,
+            )
+            .is_none()
+        })
+        .await
+    );
+}

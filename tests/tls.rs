@@ -20,6 +20,12 @@ struct Pki {
 }
 
 fn pki() -> Pki {
+    pki_and_clients(&[]).0
+}
+
+/// As `pki`, plus client certificates signed by the same CA with the given CommonNames
+/// (PEM certificate and key each).
+fn pki_and_clients(names: &[&str]) -> (Pki, Vec<(String, String)>) {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -38,11 +44,28 @@ fn pki() -> Pki {
         KeyUsagePurpose::KeyEncipherment,
     ];
     let cert = leaf.signed_by(&key, &issuer).unwrap();
-    Pki {
-        ca: ca_cert.pem(),
-        cert: cert.pem(),
-        key: key.serialize_pem(),
-    }
+    let clients = names
+        .iter()
+        .map(|name| {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, *name);
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+            let cert = params.signed_by(&key, &issuer).unwrap();
+            (cert.pem(), key.serialize_pem())
+        })
+        .collect();
+    (
+        Pki {
+            ca: ca_cert.pem(),
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        },
+        clients,
+    )
 }
 
 fn write_pki(pki: &Pki, dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
@@ -263,4 +286,105 @@ async fn the_pooler_reaches_a_postgres_with_ssl_on() {
     );
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(temp_dir("other"));
+}
+
+/// `auth_type = cert` with `client_tls_ca_file`: a client certificate signed by the CA whose
+/// CommonName is the user logs in without a password; another user's name, no certificate,
+/// or a certificate from another CA is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cert_auth_takes_the_user_from_the_certificate() {
+    use std::os::unix::fs::PermissionsExt;
+    let pg = PgServer::shared();
+    let db = pg.create_db("tls_cert").await;
+    let dir = temp_dir("cert");
+    let (pki, clients) = pki_and_clients(&[APP_USER]);
+    let (ca, cert, key) = write_pki(&pki, &dir);
+    let (other, other_clients) = pki_and_clients(&[APP_USER]);
+    drop(other);
+    let write_client = |name: &str, (cert, key): &(String, String)| {
+        let (c, k) = (
+            dir.join(format!("{name}.crt")),
+            dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&c, cert).unwrap();
+        std::fs::write(&k, key).unwrap();
+        // libpq refuses a key others can read.
+        std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o600)).unwrap();
+        format!("sslcert={} sslkey={}", c.display(), k.display())
+    };
+    let app_cert = write_client("app", &clients[0]);
+    let forged = write_client("forged", &other_clients[0]);
+    let pooler = Pooler::start(
+        pg,
+        &db,
+        &format!(
+            "auth_type = \"cert\"\nclient_tls_sslmode = \"require\"\n\
+             client_tls_cert_file = \"{}\"\nclient_tls_key_file = \"{}\"\n\
+             client_tls_ca_file = \"{}\"",
+            cert.display(),
+            key.display(),
+            ca.display()
+        ),
+    )
+    .await;
+    let base = |user: &str| {
+        format!(
+            "host=127.0.0.1 port={} user={user} dbname={db} sslmode=require",
+            pooler.port()
+        )
+    };
+    // No password anywhere: the certificate is the proof.
+    let (ok, out) = psql(
+        &format!("{} {app_cert}", base(APP_USER)),
+        "SELECT current_user",
+    );
+    assert!(ok, "{out}");
+    assert_eq!(out.trim(), APP_USER);
+    for (conninfo, what) in [
+        (
+            format!("{} {app_cert}", base("postgres")),
+            "another user's name",
+        ),
+        (base(APP_USER), "no certificate"),
+        (format!("{} {forged}", base(APP_USER)), "another CA"),
+    ] {
+        let (ok, out) = psql(&conninfo, "SELECT 1");
+        assert!(!ok, "{what}: logged in: {out}");
+        if what != "another CA" {
+            assert!(
+                out.contains("certificate authentication failed"),
+                "{what}: {out}"
+            );
+        }
+    }
+    // client_tls_sslmode = verify-ca: a certificate is required of every client, on top of
+    // the password; without one there is no handshake.
+    let strict = Pooler::start(
+        pg,
+        &db,
+        &format!(
+            "auth_type = \"md5\"\nclient_tls_sslmode = \"verify-ca\"\n\
+             client_tls_cert_file = \"{}\"\nclient_tls_key_file = \"{}\"\n\
+             client_tls_ca_file = \"{}\"",
+            cert.display(),
+            key.display(),
+            ca.display()
+        ),
+    )
+    .await;
+    let base = format!(
+        "host=127.0.0.1 port={} user={APP_USER} password={APP_PASSWORD} dbname={db}",
+        strict.port()
+    );
+    let (ok, out) = psql(&format!("{base} sslmode=require {app_cert}"), "SELECT 1");
+    assert!(ok, "{out}");
+    for conninfo in [
+        format!("{base} sslmode=require"),
+        format!("{base} sslmode=disable"),
+        format!("{base} sslmode=require {forged}"),
+    ] {
+        let (ok, out) = psql(&conninfo, "SELECT 1");
+        assert!(!ok, "{conninfo}: logged in: {out}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

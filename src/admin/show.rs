@@ -693,8 +693,9 @@ fn show_users(app: &App) -> Table {
         let connected = clients.iter().filter(|c| c.user == name).count();
         t.rows.push(vec![
             entry.and_then(|u| u.pool_size).map(|v| v.to_string()),
-            // No per-user reserve in the pooler's config.
-            None,
+            entry
+                .and_then(|u| u.reserve_pool_size)
+                .map(|v| v.to_string()),
             entry
                 .and_then(|u| u.pool_mode)
                 .map(|m| m.as_str().to_string()),

@@ -4,6 +4,7 @@
 //! Secrets may be plain, `md5…` or `SCRAM-SHA-256$…`. As in PgBouncer, `auth_type = md5` falls
 //! back to SCRAM for users whose secret is SCRAM, and SCRAM works with plain secrets too.
 
+pub mod hba;
 pub mod scram;
 
 use bytes::BytesMut;
@@ -237,6 +238,8 @@ pub async fn authenticate_client<S: AsyncRead + AsyncWrite + Unpin>(
         AuthType::ScramSha256 => true,
         AuthType::Md5 => matches!(user.map(|u| &u.secret), Some(Secret::Scram(_))),
         AuthType::Plain => false,
+        // Resolved before (`hba` to a line's method; `cert` needs no password exchange).
+        AuthType::Hba | AuthType::Cert => return Err(failed()),
     };
     if use_scram {
         let decoy;

@@ -49,6 +49,10 @@ const DATABASE_TEXT_KEYS: &[&str] = &[
     "pool_mode",
     "target_session_attrs",
     "load_balance_hosts",
+    "session_state",
+    "auth_user",
+    "auth_query",
+    "auth_dbname",
 ];
 
 /// Whether a variable has the shape of the ones Kubernetes injects for each Service

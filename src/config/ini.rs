@@ -254,10 +254,7 @@ impl Reader<'_> {
                     )));
                 }
                 "auth_user" | "auth_query" | "auth_dbname" => {
-                    return Err(at.error(format!(
-                        "{name}: {key}: not supported by pooler: users missing from auth_file \
-                         would be refused instead of looked up"
-                    )));
+                    Some((key.as_str(), Value::String(v)))
                 }
                 "max_db_client_connections" | "server_lifetime" => {
                     self.parsed.warnings.push(at.warning(format!(
@@ -323,15 +320,25 @@ impl Reader<'_> {
                 "pool_mode" => {
                     entry.insert(key, Value::String(v));
                 }
-                "pool_size" | "max_user_connections" => {
+                "pool_size" | "max_user_connections" | "reserve_pool_size" => {
                     let n = integer(&v).map_err(|e| at.error(format!("{name}: {key}: {e}")))?;
                     entry.insert(key, n);
                 }
                 "query_timeout"
                 | "idle_transaction_timeout"
                 | "client_idle_timeout"
-                | "max_user_client_connections"
-                | "reserve_pool_size" => {
+                | "transaction_timeout"
+                | "query_wait_timeout" => {
+                    let n = number(&v).ok_or_else(|| {
+                        at.error(format!("[users] {name}: {key}: `{v}` is not a number"))
+                    })?;
+                    // PgBouncer's -1 means "not set": the global value applies.
+                    if n.as_integer() != Some(-1) && n.as_float() != Some(-1.0) {
+                        let n = n.as_integer().map(|i| Value::Float(i as f64)).unwrap_or(n);
+                        entry.insert(key, n);
+                    }
+                }
+                "max_user_client_connections" => {
                     self.parsed.warnings.push(at.warning(format!(
                         "[users] {name}: {key} is not supported per user by pooler and is \
                          ignored (the [pgbouncer] value applies)"
@@ -380,11 +387,13 @@ fn setting_value(
     }))
 }
 
-const SUPPORTED_AUTH_TYPES: &[&str] = &["trust", "plain", "md5", "scram-sha-256"];
+const SUPPORTED_AUTH_TYPES: &[&str] = &["trust", "plain", "md5", "scram-sha-256", "hba", "cert"];
 
 /// Keys whose value is a file: empty means "not set" in PgBouncer.
 const PATH_KEYS: &[&str] = &[
     "auth_file",
+    "auth_hba_file",
+    "client_tls_ca_file",
     "client_tls_cert_file",
     "client_tls_key_file",
     "server_tls_ca_file",
@@ -526,41 +535,19 @@ const UNSUPPORTED_SETTINGS: &[(&str, Unsupported)] = &[
         RefusedWhenSet("multi-statement simple queries would be allowed"),
     ),
     (
-        "application_name_add_host",
-        Ignored("application_name is passed as the client sets it"),
-    ),
-    (
         "conffile",
         Ignored("the file given on the command line is used"),
     ),
     ("service_name", Ignored("Windows only")),
     ("job_name", Ignored("Windows only")),
     (
-        "stats_period",
-        Ignored("SHOW STATS averages cover 60 seconds"),
-    ),
-    (
         "scram_iterations",
         Ignored("SCRAM secrets come from auth_file"),
-    ),
-    (
-        "auth_hba_file",
-        RefusedWhenSet(
-            "there are no HBA rules: every user in auth_file could log in from anywhere",
-        ),
     ),
     (
         "auth_ident_file",
         Ignored("there is no ident authentication"),
     ),
-    (
-        "auth_user",
-        RefusedWhenSet(
-            "users missing from auth_file would be refused instead of looked up with auth_query",
-        ),
-    ),
-    ("auth_query", Ignored("it is only used with auth_user")),
-    ("auth_dbname", Ignored("it is only used with auth_user")),
     ("syslog", Ignored("logs go to stderr")),
     ("syslog_ident", Ignored("logs go to stderr")),
     ("syslog_facility", Ignored("logs go to stderr")),
@@ -573,10 +560,6 @@ const UNSUPPORTED_SETTINGS: &[(&str, Unsupported)] = &[
         Ignored("statistics are in SHOW STATS and /metrics"),
     ),
     ("verbose", Ignored("set POOLER_LOG=debug instead")),
-    (
-        "server_reset_query_always",
-        RefusedWhenSet("in transaction mode server_reset_query would not run between clients"),
-    ),
     (
         "server_fast_close",
         Ignored("servers are closed when they are next idle"),
@@ -598,10 +581,6 @@ const UNSUPPORTED_SETTINGS: &[(&str, Unsupported)] = &[
         Ignored("host names are resolved at each connect"),
     ),
     ("resolv_conf", Ignored("the system resolver is used")),
-    (
-        "client_tls_ca_file",
-        Ignored("client certificates are not requested"),
-    ),
     (
         "client_tls_protocols",
         Ignored("rustls's safe defaults are used"),
@@ -647,18 +626,8 @@ const UNSUPPORTED_SETTINGS: &[(&str, Unsupported)] = &[
         Ignored("cancel requests are forwarded within server_connect_timeout"),
     ),
     (
-        "transaction_timeout",
-        Ignored(
-            "transactions are not cut by the pooler; use Postgres's idle_in_transaction_session_timeout or statement_timeout",
-        ),
-    ),
-    (
         "suspend_timeout",
         Ignored("online restart (SUSPEND) is not supported"),
-    ),
-    (
-        "query_wait_notify",
-        Ignored("waiting clients get no notice"),
     ),
     ("pkt_buf", Ignored("buffers are sized by the pooler")),
     (
@@ -672,11 +641,6 @@ const UNSUPPORTED_SETTINGS: &[(&str, Unsupported)] = &[
     ("sbuf_loopcnt", Ignored("not applicable")),
     ("tcp_defer_accept", Ignored("the system default is used")),
     ("tcp_socket_buffer", Ignored("the system default is used")),
-    ("tcp_keepalive", Ignored("the system default is used")),
-    ("tcp_keepcnt", Ignored("the system default is used")),
-    ("tcp_keepidle", Ignored("the system default is used")),
-    ("tcp_keepintvl", Ignored("the system default is used")),
-    ("tcp_user_timeout", Ignored("the system default is used")),
 ];
 
 /// The equivalent `pooler.toml` of a parsed ini, sections in the order a reader expects, with

@@ -56,6 +56,15 @@ pub struct PoolerSettings {
     pub pool_mode: PoolMode,
     pub auth_type: AuthType,
     pub auth_file: Option<PathBuf>,
+    /// `auth_type = hba`: PgBouncer's HBA subset, read from this file (reloaded by RELOAD).
+    pub auth_hba_file: Option<PathBuf>,
+    /// A user missing from `auth_file` is looked up in Postgres with `auth_query`, connecting
+    /// as this user (its password from `auth_file`); empty: off.
+    pub auth_user: String,
+    /// Returns (name, secret) for `$1`; a NULL secret (an expired role) never logs in.
+    pub auth_query: String,
+    /// The `[databases]` entry `auth_query` runs in; empty: the one the client asked for.
+    pub auth_dbname: String,
     pub max_client_conn: usize,
     pub default_pool_size: usize,
     pub min_pool_size: usize,
@@ -75,6 +84,12 @@ pub struct PoolerSettings {
     pub idle_transaction_timeout: f64,
     /// A request unanswered for this long ends the client and its server.
     pub query_timeout: f64,
+    /// A transaction open this long ends its client and its server (PgBouncer 1.23).
+    pub transaction_timeout: f64,
+    /// A client queued this long for a server is sent a NOTICE saying so; 0: never.
+    pub query_wait_notify: f64,
+    /// How often the averages of SHOW STATS are recomputed.
+    pub stats_period: f64,
     /// After a failed server login, new clients are refused for this long.
     pub server_login_retry: f64,
     /// Run on a server idle longer than `server_check_delay` before reuse; empty: no check.
@@ -87,9 +102,26 @@ pub struct PoolerSettings {
     pub client_tls_sslmode: ClientTlsMode,
     pub client_tls_cert_file: Option<PathBuf>,
     pub client_tls_key_file: Option<PathBuf>,
+    /// CA that client certificates must chain to; set: certificates are asked for
+    /// (`auth_type = cert` or an HBA `cert` line requires one).
+    pub client_tls_ca_file: Option<PathBuf>,
     pub server_tls_sslmode: ServerTlsMode,
     pub server_tls_ca_file: Option<PathBuf>,
     pub server_reset_query: String,
+    /// Run `server_reset_query` in transaction mode too, after every transaction.
+    #[serde(deserialize_with = "pg_bool")]
+    pub server_reset_query_always: bool,
+    /// Append the client's address and port to its `application_name` at login.
+    #[serde(deserialize_with = "pg_bool")]
+    pub application_name_add_host: bool,
+    /// TCP keepalive on client and server sockets, with the three counts below (0: the
+    /// system's default) and `tcp_user_timeout` (milliseconds; 0: the system's default).
+    #[serde(deserialize_with = "pg_bool")]
+    pub tcp_keepalive: bool,
+    pub tcp_keepcnt: u32,
+    pub tcp_keepidle: u32,
+    pub tcp_keepintvl: u32,
+    pub tcp_user_timeout: u32,
     pub max_prepared_statements: usize,
     pub session_state: crate::session_state::Policy,
     pub ignore_startup_parameters: NameList,
@@ -126,6 +158,10 @@ impl Default for PoolerSettings {
             pool_mode: PoolMode::Session,
             auth_type: AuthType::Md5,
             auth_file: None,
+            auth_hba_file: None,
+            auth_user: String::new(),
+            auth_query: DEFAULT_AUTH_QUERY.into(),
+            auth_dbname: String::new(),
             max_client_conn: 100,
             default_pool_size: 20,
             min_pool_size: 0,
@@ -141,6 +177,9 @@ impl Default for PoolerSettings {
             client_idle_timeout: 0.0,
             idle_transaction_timeout: 0.0,
             query_timeout: 0.0,
+            transaction_timeout: 0.0,
+            query_wait_notify: 5.0,
+            stats_period: 60.0,
             server_login_retry: 15.0,
             server_check_query: "select 1".into(),
             server_check_delay: 30.0,
@@ -149,9 +188,17 @@ impl Default for PoolerSettings {
             client_tls_sslmode: ClientTlsMode::Disable,
             client_tls_cert_file: None,
             client_tls_key_file: None,
+            client_tls_ca_file: None,
             server_tls_sslmode: ServerTlsMode::Disable,
             server_tls_ca_file: None,
             server_reset_query: "DISCARD ALL".into(),
+            server_reset_query_always: false,
+            application_name_add_host: false,
+            tcp_keepalive: true,
+            tcp_keepcnt: 0,
+            tcp_keepidle: 0,
+            tcp_keepintvl: 0,
+            tcp_user_timeout: 0,
             max_prepared_statements: 200,
             session_state: crate::session_state::Policy::Pin,
             ignore_startup_parameters: NameList::Empty,
@@ -170,6 +217,10 @@ impl Default for PoolerSettings {
         }
     }
 }
+
+/// PgBouncer's default `auth_query`: an expired role (`rolvaliduntil` past) gets a NULL
+/// secret, so it cannot log in.
+pub const DEFAULT_AUTH_QUERY: &str = "SELECT rolname, CASE WHEN rolvaliduntil < now() THEN NULL ELSE rolpassword END FROM pg_authid WHERE rolname=$1 AND rolcanlogin";
 
 /// How a key's value is written: text keys take an environment override verbatim, the others
 /// parse it as a TOML value (number, boolean).
@@ -204,6 +255,10 @@ impl PoolerSettings {
             ("pool_mode", self.pool_mode.as_str().into(), Text),
             ("auth_type", self.auth_type.as_str().into(), Text),
             ("auth_file", path(&self.auth_file), Text),
+            ("auth_hba_file", path(&self.auth_hba_file), Text),
+            ("auth_user", self.auth_user.clone(), Text),
+            ("auth_query", self.auth_query.clone(), Text),
+            ("auth_dbname", self.auth_dbname.clone(), Text),
             ("max_client_conn", self.max_client_conn.to_string(), Value),
             (
                 "default_pool_size",
@@ -260,6 +315,17 @@ impl PoolerSettings {
             ),
             ("query_timeout", self.query_timeout.to_string(), Value),
             (
+                "transaction_timeout",
+                self.transaction_timeout.to_string(),
+                Value,
+            ),
+            (
+                "query_wait_notify",
+                self.query_wait_notify.to_string(),
+                Value,
+            ),
+            ("stats_period", self.stats_period.to_string(), Value),
+            (
                 "client_idle_timeout",
                 self.client_idle_timeout.to_string(),
                 Value,
@@ -276,6 +342,25 @@ impl PoolerSettings {
             ),
             ("shutdown_timeout", self.shutdown_timeout.to_string(), Value),
             ("server_reset_query", self.server_reset_query.clone(), Text),
+            (
+                "server_reset_query_always",
+                u8::from(self.server_reset_query_always).to_string(),
+                Bool,
+            ),
+            (
+                "application_name_add_host",
+                u8::from(self.application_name_add_host).to_string(),
+                Bool,
+            ),
+            (
+                "tcp_keepalive",
+                u8::from(self.tcp_keepalive).to_string(),
+                Bool,
+            ),
+            ("tcp_keepcnt", self.tcp_keepcnt.to_string(), Value),
+            ("tcp_keepidle", self.tcp_keepidle.to_string(), Value),
+            ("tcp_keepintvl", self.tcp_keepintvl.to_string(), Value),
+            ("tcp_user_timeout", self.tcp_user_timeout.to_string(), Value),
             (
                 "max_prepared_statements",
                 self.max_prepared_statements.to_string(),
@@ -318,6 +403,7 @@ impl PoolerSettings {
                 Text,
             ),
             ("client_tls_key_file", path(&self.client_tls_key_file), Text),
+            ("client_tls_ca_file", path(&self.client_tls_ca_file), Text),
             (
                 "server_tls_sslmode",
                 self.server_tls_sslmode.as_str().into(),
@@ -346,6 +432,7 @@ pub const RESTART_ONLY: &[&str] = &[
     "client_tls_sslmode",
     "client_tls_cert_file",
     "client_tls_key_file",
+    "client_tls_ca_file",
     "server_tls_sslmode",
     "server_tls_ca_file",
     // Cancel keys already handed out carry the old id: changing it would strand them.

@@ -5,13 +5,13 @@
 //! BackendKeyData. After that the session loops: wait for a request, check a server out,
 //! make the server's session parameters match the client's, relay, give the server back.
 
+mod auth_query;
 mod cancel;
 pub mod relay;
 mod settings;
 pub mod watchdog;
 
 use bytes::BytesMut;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::io::AsyncWriteExt;
@@ -19,8 +19,9 @@ use tokio::net::TcpStream;
 
 use crate::admin::{self, Console};
 use crate::app::App;
+use crate::auth::hba::{Method, Origin};
 use crate::auth::{self, Secret, User};
-use crate::config::{PoolMode, secs};
+use crate::config::{AuthType, Config, PoolMode, secs};
 use crate::engine::{self, ClientSide, Flow, ServerSide, Statements, Tracker};
 use crate::error::{PoolerError, Result};
 use crate::pool::{Pool, PooledServer};
@@ -55,11 +56,12 @@ enum Login {
 
 /// Serves one accepted connection to the end. Never panics on client input; every refusal
 /// is a FATAL ErrorResponse with a SQLSTATE.
-pub async fn serve(app: Arc<App>, mut stream: TcpStream, peer: SocketAddr) {
+pub async fn serve(app: Arc<App>, mut stream: TcpStream, origin: Origin) {
     let _ = stream.set_nodelay(true);
+    let peer = origin.addr;
     let (_slot, count) = app.client_connected();
     let started = Instant::now();
-    let login = login(&app, &mut stream, count);
+    let login = login(&app, &mut stream, count, &origin);
     let config = app.config();
     let login = match secs(config.pooler.client_login_timeout) {
         Some(t) => tokio::time::timeout(t, login)
@@ -127,6 +129,7 @@ async fn login(
     app: &Arc<App>,
     stream: &mut TcpStream,
     client_count: usize,
+    origin: &Origin,
 ) -> Result<Option<Login>> {
     let params = loop {
         match wire::read_startup(stream).await? {
@@ -175,6 +178,12 @@ async fn login(
         }
     }
     settings::check_bounds(&startup_settings)?;
+    if config.pooler.application_name_add_host {
+        // PgBouncer's format: "<name> - <address>:<port>", "app" when the client gave none.
+        let name = requested.get("application_name").unwrap_or("app");
+        let tagged = format!("{name} - {}", origin.addr);
+        requested.set("application_name", &tagged);
+    }
     let user_name = user_name
         .filter(|u| !u.is_empty())
         .ok_or_else(|| PoolerError::protocol("no user name specified in startup packet"))?;
@@ -182,9 +191,29 @@ async fn login(
         .filter(|d| !d.is_empty())
         .unwrap_or_else(|| user_name.clone());
 
-    let auth_type = config.pooler.auth_type;
-    let user = app.users().get(&user_name);
-    let keys = auth::authenticate_client(stream, auth_type, &user_name, user.as_deref()).await?;
+    let auth_type = auth_method(app, &config, origin, &database, &user_name)?;
+    let mut user = app.users().get(&user_name);
+    // Only a password method needs the secret; trust and cert logins do not look it up.
+    let needs_secret = matches!(
+        auth_type,
+        AuthType::Plain | AuthType::Md5 | AuthType::ScramSha256
+    );
+    if user.is_none()
+        && needs_secret
+        && !admin::is_console(&database)
+        && auth_query::settings(&config, &database).is_some()
+    {
+        user = auth_query::lookup(app, &config, &database, &user_name).await?;
+    }
+    let keys = if auth_type == AuthType::Cert {
+        // The certificate the TLS handshake verified must name this user.
+        if origin.cert_name.as_deref() != Some(user_name.as_str()) {
+            return Err(PoolerError::CertAuthFailed);
+        }
+        None
+    } else {
+        auth::authenticate_client(stream, auth_type, &user_name, user.as_deref()).await?
+    };
     let user = match user {
         Some(u) => u,
         // trust: a user not in the auth file may still log in; the server decides.
@@ -284,6 +313,30 @@ async fn login(
     })))
 }
 
+/// The method this login is authenticated with: `auth_type`, or under `auth_type = hba` the
+/// first matching line's (`reject` and no match refuse the login, with PgBouncer's texts).
+fn auth_method(
+    app: &App,
+    config: &Config,
+    origin: &Origin,
+    database: &str,
+    user: &str,
+) -> Result<AuthType> {
+    match config.pooler.auth_type {
+        AuthType::Hba => match app.hba().method(origin, database, user) {
+            Some(Method::Auth(t)) => Ok(t),
+            // The kernel vouches for the client: nothing more to ask it.
+            Some(Method::Peer) if origin.unix && origin.peer_user.as_deref() == Some(user) => {
+                Ok(AuthType::Trust)
+            }
+            Some(Method::Peer) => Err(PoolerError::PeerRejected),
+            Some(Method::Reject) => Err(PoolerError::LoginRejected),
+            None => Err(PoolerError::NoHbaMatch),
+        },
+        t => Ok(t),
+    }
+}
+
 /// The session loop: one checkout per transaction (or one for the session).
 async fn run_session(app: &App, stream: &mut TcpStream, session: &Session) -> Result<()> {
     let pool = &session.pool;
@@ -302,6 +355,8 @@ async fn run_session(app: &App, stream: &mut TcpStream, session: &Session) -> Re
     let max_prepared = app.config().pooler.max_prepared_statements;
     let mut watchdog = Watchdog::new(app, &session.client);
     let rewrite_statements = release_on_idle && max_prepared > 0;
+    // `server_reset_query_always`: every transaction leaves its server reset.
+    let reset_always = release_on_idle && app.config().pooler.server_reset_query_always;
     loop {
         up.shrink_if_empty();
         down.shrink_if_empty();
@@ -420,12 +475,19 @@ async fn run_session(app: &App, stream: &mut TcpStream, session: &Session) -> Re
                 release_after_client(pool, server, client_side.pinned.is_some()).await;
                 down.flush(stream).await?;
             }
+            Ok(RelayEnd::Idle) if reset_always => {
+                // The client has its reply first; the reset is the pooler's time, not its.
+                let flushed = down.flush(stream).await;
+                release_after_client(pool, server, true).await;
+                flushed?;
+            }
             Ok(RelayEnd::Idle) => {
                 pool.checkin(server);
                 down.flush(stream).await?;
             }
             Ok(RelayEnd::ClientGone { server_clean: true }) => {
-                release_after_client(pool, server, client_side.pinned.is_some()).await;
+                let reset = client_side.pinned.is_some() || reset_always;
+                release_after_client(pool, server, reset).await;
                 return Ok(());
             }
             Ok(RelayEnd::ClientGone {

@@ -1,6 +1,7 @@
 //! What can end a logged-in session from outside its own traffic: a shutdown, and the
 //! PgBouncer timeouts that watch a client (`client_idle_timeout`, `idle_transaction_timeout`,
-//! `query_timeout`).
+//! `query_timeout`, `transaction_timeout`, each overridable per user in `[users]`), and the
+//! `query_wait_notify` NOTICE to a client queued for a server.
 //!
 //! The session calls `next_request` instead of waiting on its socket directly, and `relay`
 //! instead of `Relay::run`. Both race the real work against the client's own wake-up `Notify`
@@ -25,6 +26,10 @@ use crate::registry::ClientInfo;
 use super::relay::{self, Relay, RelayEnd};
 use crate::pool::PooledServer;
 
+/// PgBouncer's `query_wait_notify` text.
+pub const QUEUED_NOTICE: &str =
+    "No server connection available in postgres backend, client being queued";
+
 /// One session's watchdog.
 pub struct Watchdog<'a> {
     app: &'a App,
@@ -38,25 +43,41 @@ struct Timeouts {
     client_idle: Option<Duration>,
     idle_transaction: Option<Duration>,
     query: Option<Duration>,
+    transaction: Option<Duration>,
+    wait_notify: Option<Duration>,
 }
 
 impl Timeouts {
-    fn of(config: &Config) -> Timeouts {
+    fn of(config: &Config, user: &str) -> Timeouts {
         let p = &config.pooler;
         Timeouts {
-            client_idle: secs(p.client_idle_timeout),
-            idle_transaction: secs(p.idle_transaction_timeout),
-            query: secs(p.query_timeout),
+            client_idle: config.user_timeout(
+                user,
+                |u| u.client_idle_timeout,
+                p.client_idle_timeout,
+            ),
+            idle_transaction: config.user_timeout(
+                user,
+                |u| u.idle_transaction_timeout,
+                p.idle_transaction_timeout,
+            ),
+            query: config.user_timeout(user, |u| u.query_timeout, p.query_timeout),
+            transaction: config.user_timeout(
+                user,
+                |u| u.transaction_timeout,
+                p.transaction_timeout,
+            ),
+            wait_notify: secs(p.query_wait_notify),
         }
     }
 
     /// How often a relay stretch is looked at: a quarter of the shortest relay timeout, so a
     /// timeout fires at most about half of itself late.
     fn tick(&self) -> Option<Duration> {
-        let shortest = match (self.idle_transaction, self.query) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }?;
+        let shortest = [self.idle_transaction, self.query, self.transaction]
+            .into_iter()
+            .flatten()
+            .min()?;
         Some((shortest / 4).max(Duration::from_millis(10)))
     }
 }
@@ -91,7 +112,7 @@ impl<'a> Watchdog<'a> {
             app,
             client,
             generation: app.generation(),
-            timeouts: Timeouts::of(&app.config()),
+            timeouts: Timeouts::of(&app.config(), &client.user),
         }
     }
 
@@ -100,7 +121,7 @@ impl<'a> Watchdog<'a> {
         let generation = self.app.generation();
         if generation != self.generation {
             self.generation = generation;
-            self.timeouts = Timeouts::of(&self.app.config());
+            self.timeouts = Timeouts::of(&self.app.config(), &self.client.user);
         }
     }
 
@@ -145,7 +166,7 @@ impl<'a> Watchdog<'a> {
     pub async fn checkout(
         &self,
         pool: &Arc<Pool>,
-        stream: &TcpStream,
+        stream: &mut TcpStream,
     ) -> Result<Option<PooledServer>> {
         let checkout = pool.checkout();
         tokio::pin!(checkout);
@@ -160,6 +181,8 @@ impl<'a> Watchdog<'a> {
         {
             return r.map(Some);
         }
+        // `query_wait_notify`: once per wait, as PgBouncer does.
+        let mut notify_at = self.timeouts.wait_notify.map(|t| Instant::now() + t);
         let server = loop {
             if self.phase() >= Phase::Closing {
                 return Err(PoolerError::ShuttingDown);
@@ -169,6 +192,13 @@ impl<'a> Watchdog<'a> {
                 biased;
                 _ = self.client.stop.notified() => continue,
                 r = &mut checkout => break r?,
+                _ = sleep_until(notify_at) => {
+                    notify_at = None;
+                    let mut notice = bytes::BytesMut::new();
+                    crate::wire::notice(&mut notice, QUEUED_NOTICE);
+                    // Written while no server is linked: nothing else writes to the client.
+                    tokio::io::AsyncWriteExt::write_all(stream, &notice).await?;
+                }
             }
         };
         if relay::client_left(stream) {
@@ -193,6 +223,9 @@ impl<'a> Watchdog<'a> {
         let mut client_at = (Instant::now(), start.from_client);
         // Since when nothing moved while idle in a transaction.
         let mut idle_since: Option<(Instant, Mark)> = None;
+        // When the server was last seen outside a transaction: a transaction seen open at a
+        // tick began after it (so `transaction_timeout` fires at most a tick late or early).
+        let mut outside_at = Instant::now();
         loop {
             let phase = self.phase();
             if phase >= Phase::Closing {
@@ -224,6 +257,15 @@ impl<'a> Watchdog<'a> {
                 Woke::Tick => {}
             }
             let now = Mark::of(relay);
+            if relay.server_side.status == b'I' {
+                outside_at = Instant::now();
+            } else if self
+                .timeouts
+                .transaction
+                .is_some_and(|t| outside_at.elapsed() >= t)
+            {
+                return Err(PoolerError::TransactionTimeout);
+            }
             if now.from_client != client_at.1 {
                 client_at = (Instant::now(), now.from_client);
             }

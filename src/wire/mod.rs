@@ -243,6 +243,19 @@ impl PoolerError {
     }
 }
 
+/// A NoticeResponse (`query_wait_notify`).
+pub fn notice(buf: &mut BytesMut, message: &str) {
+    put_message(buf, b'N', |b| {
+        for (field, value) in [(b'S', "NOTICE"), (b'V', "NOTICE"), (b'C', "00000")] {
+            b.put_u8(field);
+            put_cstr(b, value);
+        }
+        b.put_u8(b'M');
+        put_cstr(b, message);
+        b.put_u8(0);
+    });
+}
+
 /// A NoticeResponse with a detail (the admin console's `SHOW HELP`).
 pub fn notice_response(buf: &mut BytesMut, message: &str, detail: &str) {
     put_message(buf, b'N', |b| {

@@ -156,14 +156,10 @@ fn include_is_read_relative_to_the_including_file() {
 #[test]
 fn keys_that_would_change_behaviour_are_refused() {
     for (line, key) in [
-        ("[pgbouncer]\nauth_type = hba\n", "auth_type"),
-        ("[pgbouncer]\nauth_type = cert\n", "auth_type"),
-        ("[pgbouncer]\nauth_user = pgbouncer\n", "auth_user"),
-        ("[pgbouncer]\nauth_hba_file = hba.conf\n", "auth_hba_file"),
-        (
-            "[pgbouncer]\nserver_reset_query_always = 1\n",
-            "server_reset_query_always",
-        ),
+        ("[pgbouncer]\nauth_type = pam\n", "auth_type"),
+        ("[pgbouncer]\nauth_type = hba\n", "auth_hba_file"),
+        ("[pgbouncer]\nauth_type = cert\n", "client_tls_ca_file"),
+        ("[pgbouncer]\ndisable_pqexec = 1\n", "disable_pqexec"),
         (
             "[databases]\napp = host=db connect_query='set x=1'\n",
             "connect_query",
@@ -186,8 +182,8 @@ fn keys_that_would_change_behaviour_are_refused() {
         assert!(e.contains(key), "{line}: {e}");
     }
     // The off value of a refused key changes nothing: a warning only.
-    let (_, w) = config("[pgbouncer]\nauth_type = trust\nserver_reset_query_always = 0\n").unwrap();
-    assert!(w[0].contains("server_reset_query_always"), "{w:?}");
+    let (_, w) = config("[pgbouncer]\nauth_type = trust\ndisable_pqexec = 0\n").unwrap();
+    assert!(w[0].contains("disable_pqexec"), "{w:?}");
 }
 
 #[test]
@@ -205,12 +201,17 @@ fn values_the_config_refuses_are_named() {
 #[test]
 fn unsupported_keys_are_warnings_naming_them() {
     let (_, w) = config(
-        "[pgbouncer]\nauth_type = trust\ntcp_keepalive = 1\npidfile = /run/p.pid\n\
-             [databases]\nlocal = dbname=x\n[users]\nbob = query_timeout=5\n",
+        "[pgbouncer]\nauth_type = trust\ntcp_defer_accept = 1\npidfile = /run/p.pid\n\
+             [databases]\nlocal = dbname=x\n[users]\nbob = max_user_client_connections=5\n",
     )
     .unwrap();
     let all = w.join("\n");
-    for name in ["tcp_keepalive", "pidfile", "no host", "query_timeout"] {
+    for name in [
+        "tcp_defer_accept",
+        "pidfile",
+        "no host",
+        "max_user_client_connections",
+    ] {
         assert!(all.contains(name), "{name} not in {all}");
     }
 }
@@ -329,4 +330,55 @@ fn several_hosts_libpq_style() {
         "[pgbouncer]\nauth_type = trust\n[databases]\napp = host=a target_session_attrs=sometimes\n",
     ).unwrap_err();
     assert!(e.to_string().contains("target_session_attrs"), "{e}");
+}
+
+#[test]
+fn auth_timeout_and_socket_keys_are_read() {
+    let (c, w) = config(
+        "[pgbouncer]\nauth_type = hba\nauth_hba_file = hba.conf\nauth_file = users.txt\n\
+         auth_user = pgbouncer\nauth_dbname = authdb\n\
+         auth_query = SELECT usename, passwd FROM pg_shadow WHERE usename=$1\n\
+         server_reset_query_always = 1\napplication_name_add_host = yes\n\
+         transaction_timeout = 30\nquery_wait_notify = 0\nstats_period = 15\n\
+         tcp_keepalive = 1\ntcp_keepcnt = 3\ntcp_keepidle = 60\ntcp_keepintvl = 10\n\
+         tcp_user_timeout = 5000\n\
+         [databases]\napp = host=db auth_user=lookup auth_dbname=authdb \
+         auth_query='SELECT a, b FROM f($1)'\n\
+         [users]\nbob = query_timeout=5 idle_transaction_timeout=2.5 client_idle_timeout=-1 \
+         transaction_timeout=9 reserve_pool_size=2 query_wait_timeout=7\n",
+    )
+    .unwrap();
+    assert!(w.is_empty(), "{w:?}");
+    let p = &c.pooler;
+    assert_eq!(p.auth_type, crate::config::AuthType::Hba);
+    assert!(p.auth_hba_file.as_ref().unwrap().ends_with("hba.conf"));
+    assert_eq!(p.auth_user, "pgbouncer");
+    assert_eq!(p.auth_dbname, "authdb");
+    assert!(p.auth_query.contains("pg_shadow"));
+    assert!(p.server_reset_query_always && p.application_name_add_host);
+    assert_eq!(
+        (p.transaction_timeout, p.query_wait_notify, p.stats_period),
+        (30.0, 0.0, 15.0)
+    );
+    assert_eq!(
+        (
+            p.tcp_keepcnt,
+            p.tcp_keepidle,
+            p.tcp_keepintvl,
+            p.tcp_user_timeout
+        ),
+        (3, 60, 10, 5000)
+    );
+    let app = &c.databases["app"];
+    assert_eq!(app.auth_user.as_deref(), Some("lookup"));
+    assert_eq!(app.auth_dbname.as_deref(), Some("authdb"));
+    assert_eq!(app.auth_query.as_deref(), Some("SELECT a, b FROM f($1)"));
+    let bob = &c.users["bob"];
+    assert_eq!(bob.query_timeout, Some(5.0));
+    assert_eq!(bob.idle_transaction_timeout, Some(2.5));
+    // PgBouncer's -1: not set.
+    assert_eq!(bob.client_idle_timeout, None);
+    assert_eq!(bob.transaction_timeout, Some(9.0));
+    assert_eq!(bob.reserve_pool_size, Some(2));
+    assert_eq!(bob.query_wait_timeout, Some(7.0));
 }
