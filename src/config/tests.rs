@@ -30,7 +30,7 @@ fn example_shape_parses_with_pgbouncer_defaults() {
 #[test]
 fn shipped_example_is_valid() {
     let c = Config::parse(
-        include_str!("../pooler.toml.example"),
+        include_str!("../../pooler.toml.example"),
         "pooler.toml.example",
     )
     .unwrap();
@@ -43,7 +43,7 @@ fn shipped_example_is_valid() {
 
 #[test]
 fn shipped_example_documents_every_key() {
-    let example = include_str!("../pooler.toml.example");
+    let example = include_str!("../../pooler.toml.example");
     for (key, _, _) in PoolerSettings::default().entries() {
         assert!(
             example.lines().any(|l| l
