@@ -95,10 +95,11 @@ async fn query_wait_notify_tells_a_queued_client() {
 async fn server_reset_query_always_resets_between_transactions() {
     let pg = PgServer::shared();
     let db = pg.create_db("reset_always").await;
-    // One server, and SET not pinning: the next transaction gets the same server, so only
-    // the reset can take the setting away.
+    // One server, and temp tables not pinning (warn): the next transaction gets the same
+    // server, so only the reset can take the table away. A setting is the client's and
+    // follows it either way (it is set again after the reset).
     let base = "pool_mode = \"transaction\"\ndefault_pool_size = 1\nsession_state = \"warn\"";
-    for (always, want) in [(false, "7MB"), (true, "4MB")] {
+    for (always, want) in [(false, "1"), (true, "0")] {
         let pooler = start(
             pg,
             &db,
@@ -107,12 +108,19 @@ async fn server_reset_query_always_resets_between_transactions() {
         )
         .await;
         let c = pooler.client().await;
-        c.batch_execute("SET work_mem = '7MB'").await.unwrap();
+        c.batch_execute("SET work_mem = '7MB'; CREATE TEMP TABLE leftover (x int)")
+            .await
+            .unwrap();
         assert_eq!(
-            first_value(&c, "SHOW work_mem").await,
+            first_value(
+                &c,
+                "SELECT count(*) FROM pg_tables WHERE tablename = 'leftover'"
+            )
+            .await,
             want,
             "always = {always}"
         );
+        assert_eq!(first_value(&c, "SHOW work_mem").await, "7MB");
     }
 }
 
