@@ -89,6 +89,8 @@ pub struct ClientInfo {
     cancels_settled: Notify,
     /// KILL_CLIENT: the session ends at its next wake-up with `admin forced disconnect`.
     killed: AtomicBool,
+    /// The client's named prepared statements (transaction mode), for SHOW CLIENTS.
+    prepared: AtomicU32,
 }
 
 /// The server a client is linked to, as far as `SHOW SERVERS` needs it.
@@ -166,6 +168,16 @@ impl ClientInfo {
         pool.stats
             .session_state_seen(false, counts.warned, counts.refused);
         self.state.store(ClientState::Idle as u8, SeqCst);
+    }
+
+    /// How many named prepared statements the client has (SHOW CLIENTS).
+    pub fn set_prepared_statements(&self, n: usize) {
+        self.prepared
+            .store(u32::try_from(n).unwrap_or(u32::MAX), Relaxed);
+    }
+
+    pub fn prepared_statements(&self) -> u32 {
+        self.prepared.load(Relaxed)
     }
 
     /// Waits, at most `limit`, until no CancelRequest for this client is on its way to the
@@ -337,6 +349,7 @@ impl ClientRegistry {
             cancels_in_flight: AtomicU32::new(0),
             cancels_settled: Notify::new(),
             killed: AtomicBool::new(false),
+            prepared: AtomicU32::new(0),
         });
         self.lock().insert(info.id, info.clone());
         Registration {

@@ -224,3 +224,37 @@ async fn distinct_statements_do_not_grow_memory_without_bound() {
         424242
     );
 }
+
+/// SHOW CLIENTS counts each client's named statements (`prepared_statements`, as PgBouncer
+/// 1.21+), whether the pooler answered the Parse itself or a server did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn show_clients_counts_each_clients_statements() {
+    let pg = PgServer::shared();
+    let db = pg.create_db("ps_count").await;
+    let pooler = Pooler::start(
+        pg,
+        &db,
+        "pool_mode = \"transaction\"\ndefault_pool_size = 2\nadmin_users = \"postgres\"",
+    )
+    .await;
+    let a = connect(&format!("{} application_name=two", pooler.app_url())).await;
+    let b = connect(&format!("{} application_name=none", pooler.app_url())).await;
+    let s1 = a.prepare("SELECT 1").await.unwrap();
+    let s2 = a.prepare("SELECT 2").await.unwrap();
+    a.query(&s1, &[]).await.unwrap();
+    b.simple_query("SELECT 1").await.unwrap();
+    let console = connect(&pooler.console_url("postgres", SUPERUSER_PASSWORD)).await;
+    let count = |rows: &[std::collections::BTreeMap<String, String>], name: &str| {
+        rows.iter()
+            .find(|r| r.get("application_name").map(String::as_str) == Some(name))
+            .and_then(|r| r.get("prepared_statements").cloned())
+    };
+    let rows = show(&console, "SHOW CLIENTS").await;
+    assert_eq!(count(&rows, "two").as_deref(), Some("2"));
+    assert_eq!(count(&rows, "none").as_deref(), Some("0"));
+    // Dropping one closes it: the count follows.
+    drop(s2);
+    a.query(&s1, &[]).await.unwrap();
+    let rows = show(&console, "SHOW CLIENTS").await;
+    assert_eq!(count(&rows, "two").as_deref(), Some("1"));
+}

@@ -237,7 +237,7 @@ fn show_clients(app: &App) -> Table {
             s(0),
             s(""),
             s(&c.application_name),
-            s(0),
+            s(c.prepared_statements()),
             s(c.id),
             c.pinned().map(|k| k.as_str().to_string()),
         ]);

@@ -366,6 +366,9 @@ async fn run_session(app: &App, stream: &mut TcpStream, session: &Session) -> Re
         if rewrite_statements
             && engine::answer_locally(&mut up, &mut down, &app.statements, &mut client_statements)
         {
+            session
+                .client
+                .set_prepared_statements(client_statements.len());
             down.flush(stream).await?;
             continue;
         }
@@ -413,6 +416,9 @@ async fn run_session(app: &App, stream: &mut TcpStream, session: &Session) -> Re
             .relay(&mut relay, release_on_idle, &mut on_param)
             .await;
         tracker.drain_unprepared(&mut client_statements);
+        session
+            .client
+            .set_prepared_statements(client_statements.len());
         if std::mem::take(&mut client_side.params_touched) {
             server.params_uncertain = true;
         }
