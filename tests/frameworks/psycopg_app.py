@@ -1,0 +1,83 @@
+"""psycopg 3 with its own pool (psycopg_pool): prepared statements after prepare_threshold,
+the pool's rollback on return, more app connections than the pooler's server pool."""
+import threading
+
+import fwcommon as fw
+import psycopg
+from psycopg_pool import ConnectionPool
+
+conninfo = psycopg.conninfo.make_conninfo(
+    host=fw.HOST, port=fw.PORT, user=fw.USER, password=fw.PASSWORD, dbname=fw.DB,
+    application_name="fw-psycopg",
+)
+pool = ConnectionPool(conninfo, min_size=fw.CONNS, max_size=fw.CONNS, open=False, timeout=30)
+pool.open(wait=True, timeout=30)
+with pool.connection() as c:
+    c.execute("CREATE TABLE fw_items (id serial PRIMARY KEY, worker int NOT NULL, n int NOT NULL)")
+
+tally = fw.Tally()
+lock = threading.Lock()
+done = threading.Event()
+barrier = threading.Barrier(fw.WORKERS + 1)
+release = threading.Event()
+
+
+def worker(w):
+    # Every app connection checked out at once: the app really holds CONNS connections.
+    with pool.connection() as c:
+        barrier.wait()
+    for i in range(fw.PER_WORKER):
+        if not fw.in_time():
+            break
+        try:
+            with pool.connection() as c:
+                with c.transaction():
+                    c.execute("INSERT INTO fw_items (worker, n) VALUES (%s, %s)", (w, i))
+                    count, timeout = c.execute(
+                        "SELECT count(*), current_setting('statement_timeout') "
+                        "FROM fw_items WHERE worker = %s", (w,)).fetchone()
+            with lock:
+                if fw.check_txn(tally, w, i, count, timeout):
+                    tally.committed += 1
+        except Exception as e:  # noqa: BLE001
+            with lock:
+                tally.error(repr(e))
+
+
+def own():
+    # Checked out for the whole run: a session of its own, with a setting of its own.
+    with pool.connection() as c:
+        c.autocommit = True
+        c.execute(f"SET statement_timeout = '{fw.OWN_TIMEOUT}'")
+        barrier.wait()
+        while True:
+            finished = done.is_set()
+            try:
+                (timeout,) = c.execute("SHOW statement_timeout").fetchone()
+                with lock:
+                    fw.check_own(tally, timeout)
+            except Exception as e:  # noqa: BLE001
+                with lock:
+                    tally.error(repr(e))
+            if finished:
+                break
+            done.wait(0.02)
+        release.wait()
+        c.autocommit = False
+
+
+threads = [threading.Thread(target=worker, args=(w,)) for w in range(fw.WORKERS)]
+owner = threading.Thread(target=own)
+for t in threads + [owner]:
+    t.start()
+for t in threads:
+    t.join()
+done.set()
+with pool.connection() as c:
+    (rows,) = c.execute("SELECT count(*) FROM fw_items").fetchone()
+stats = pool.get_stats()
+fw.report("psycopg", tally, rows, stats.get("pool_size", 0))
+fw.hold()
+release.set()
+owner.join()
+pool.close()
