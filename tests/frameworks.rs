@@ -263,3 +263,17 @@ async fn asyncpg_pool() {
         run_app("asyncpg", python_app("asyncpg_app.py")).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlalchemy_psycopg() {
+    if require("sqlalchemy", python_ready("sqlalchemy, psycopg").await) {
+        run_app("sqlalchemy", python_app("sqlalchemy_app.py")).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn django_orm() {
+    if require("django", python_ready("django, psycopg").await) {
+        run_app("django", python_app("django_app.py")).await;
+    }
+}

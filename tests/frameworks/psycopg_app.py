@@ -66,8 +66,8 @@ def own():
         c.autocommit = False
 
 
-threads = [threading.Thread(target=worker, args=(w,)) for w in range(fw.WORKERS)]
-owner = threading.Thread(target=own)
+threads = [threading.Thread(target=worker, args=(w,), daemon=True) for w in range(fw.WORKERS)]
+owner = threading.Thread(target=own, daemon=True)
 for t in threads + [owner]:
     t.start()
 for t in threads:
