@@ -277,3 +277,13 @@ async fn django_orm() {
         run_app("django", python_app("django_app.py")).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activerecord() {
+    let ready = probe("ruby", &["-e", "require 'active_record'; require 'pg'"]).await;
+    if require("activerecord", ready) {
+        let mut cmd = tokio::process::Command::new("ruby");
+        cmd.arg(apps().join("activerecord.rb"));
+        run_app("activerecord", cmd).await;
+    }
+}
