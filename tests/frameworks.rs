@@ -287,3 +287,38 @@ async fn activerecord() {
         run_app("activerecord", cmd).await;
     }
 }
+
+/// Debian's jars for pgjdbc + HikariCP (slf4j: Hikari's logging API, and its no-op backend).
+const JARS: [&str; 4] = [
+    "/usr/share/java/HikariCP.jar",
+    "/usr/share/java/postgresql.jar",
+    "/usr/share/java/slf4j-api.jar",
+    "/usr/share/java/slf4j-nop.jar",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgjdbc_hikari() {
+    let missing = JARS.iter().find(|j| !std::path::Path::new(j).exists());
+    let ready = match missing {
+        Some(jar) => Some(format!("no {jar}")),
+        None => probe("javac", &["-version"]).await,
+    };
+    if !require("hikari", ready) {
+        return;
+    }
+    let classes = fw_dir().join("java");
+    std::fs::create_dir_all(&classes).expect("mkdir target/frameworks/java");
+    let cp = JARS.join(":");
+    let mut javac = tokio::process::Command::new("javac");
+    javac
+        .arg("-d")
+        .arg(&classes)
+        .args(["-cp", &cp])
+        .arg(apps().join("Hikari.java"));
+    if let Err(e) = run_bounded(&mut javac, Duration::from_secs(120)).await {
+        panic!("hikari: compiling Hikari.java: {e}");
+    }
+    let mut cmd = tokio::process::Command::new("java");
+    cmd.args(["-cp", &format!("{}:{cp}", classes.display()), "Hikari"]);
+    run_app("hikari", cmd).await;
+}
