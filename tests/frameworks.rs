@@ -106,9 +106,48 @@ async fn clients_of(pooler: &Pooler, db: &str) -> Vec<std::collections::BTreeMap
         .collect()
 }
 
+/// Server-side prepared statements on the pooler's servers: one open transaction per server
+/// (as many as the pool, at once, so each holds a different one) reads pg_prepared_statements.
+async fn server_prepared_statements(pooler: &Pooler) -> i64 {
+    let mut clients = Vec::new();
+    for _ in 0..POOL_SIZE {
+        let c = pooler.client().await;
+        c.batch_execute("BEGIN").await.expect("BEGIN");
+        clients.push(c);
+    }
+    let mut pids = std::collections::BTreeSet::new();
+    let mut total = 0;
+    for c in &clients {
+        pids.insert(first_value(c, "SELECT pg_backend_pid()").await);
+        let n: i64 = first_value(c, "SELECT count(*) FROM pg_prepared_statements")
+            .await
+            .parse()
+            .expect("count");
+        total += n;
+    }
+    assert_eq!(
+        pids.len() as i64,
+        POOL_SIZE,
+        "one server per open transaction"
+    );
+    for c in &clients {
+        c.batch_execute("COMMIT").await.expect("COMMIT");
+    }
+    total
+}
+
+/// Whether the app's driver prepares statements on the server by default (the test then
+/// expects to find some there).
+#[derive(Clone, Copy, PartialEq)]
+enum Prepares {
+    Yes,
+    /// Django's psycopg backend binds parameters client-side by default.
+    NotByDefault,
+}
+
 /// Starts a pooler, runs the app `cmd` against it and checks what it reports and what the
 /// pooler and Postgres saw.
-async fn run_app(stack: &str, mut cmd: tokio::process::Command) {
+async fn run_app(stack: &str, prepares: Prepares, mut cmd: tokio::process::Command) {
     let _deadline = deadline("frameworks test", APP_LIMIT + Duration::from_secs(60));
     let pg = PgServer::shared();
     let db = pg.create_db(&format!("fw_{stack}")).await;
@@ -183,8 +222,13 @@ async fn run_app(stack: &str, mut cmd: tokio::process::Command) {
     let clients = clients_of(&pooler, &db).await;
     let pinned: Vec<String> = clients
         .iter()
-        .filter_map(|c| c.get("pinned").cloned())
+        .filter_map(|c| {
+            let kind = c.get("pinned")?;
+            let name = c.get("application_name").map(String::as_str).unwrap_or("");
+            Some(format!("client {} ({name}): {kind}", c["id"]))
+        })
         .collect();
+    let prepared = server_prepared_statements(&pooler).await;
     let _ = stdin.write_all(b"go\n").await;
     drop(stdin);
     let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
@@ -195,7 +239,8 @@ async fn run_app(stack: &str, mut cmd: tokio::process::Command) {
         .unwrap_or_default();
     let peak = watch.peak().await;
     eprintln!(
-        "{stack}: {report} ({} clients at the end, peak {peak} backends, {:.1}s)",
+        "{stack}: {report} ({} clients at the end, peak {peak} backends, \
+         {prepared} statements prepared on the servers, {:.1}s)",
         clients.len(),
         started.elapsed().as_secs_f64()
     );
@@ -233,10 +278,13 @@ async fn run_app(stack: &str, mut cmd: tokio::process::Command) {
         "{stack}: {} clients at the end, the app holds {APP_CONNS}: {report}",
         clients.len()
     );
-    assert!(
-        pinned.is_empty(),
-        "{stack}: clients pinned: {pinned:?} (SHOW CLIENTS: {clients:?})"
-    );
+    assert!(pinned.is_empty(), "{stack}: clients pinned: {pinned:?}");
+    if prepares == Prepares::Yes {
+        assert!(
+            prepared > 0,
+            "{stack}: no statement prepared on the servers: the app did not use them"
+        );
+    }
     assert!(
         peak <= POOL_SIZE,
         "{stack}: {peak} backends for the database, the pool has {POOL_SIZE}"
@@ -253,28 +301,33 @@ fn python_app(script: &str) -> tokio::process::Command {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psycopg_pool() {
     if require("psycopg", python_ready("psycopg, psycopg_pool").await) {
-        run_app("psycopg", python_app("psycopg_app.py")).await;
+        run_app("psycopg", Prepares::Yes, python_app("psycopg_app.py")).await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn asyncpg_pool() {
     if require("asyncpg", python_ready("asyncpg").await) {
-        run_app("asyncpg", python_app("asyncpg_app.py")).await;
+        run_app("asyncpg", Prepares::Yes, python_app("asyncpg_app.py")).await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlalchemy_psycopg() {
     if require("sqlalchemy", python_ready("sqlalchemy, psycopg").await) {
-        run_app("sqlalchemy", python_app("sqlalchemy_app.py")).await;
+        run_app("sqlalchemy", Prepares::Yes, python_app("sqlalchemy_app.py")).await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn django_orm() {
     if require("django", python_ready("django, psycopg").await) {
-        run_app("django", python_app("django_app.py")).await;
+        run_app(
+            "django",
+            Prepares::NotByDefault,
+            python_app("django_app.py"),
+        )
+        .await;
     }
 }
 
@@ -284,7 +337,7 @@ async fn activerecord() {
     if require("activerecord", ready) {
         let mut cmd = tokio::process::Command::new("ruby");
         cmd.arg(apps().join("activerecord.rb"));
-        run_app("activerecord", cmd).await;
+        run_app("activerecord", Prepares::Yes, cmd).await;
     }
 }
 
@@ -320,5 +373,22 @@ async fn pgjdbc_hikari() {
     }
     let mut cmd = tokio::process::Command::new("java");
     cmd.args(["-cp", &format!("{}:{cp}", classes.display()), "Hikari"]);
-    run_app("hikari", cmd).await;
+    run_app("hikari", Prepares::Yes, cmd).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn knex_node_postgres() {
+    let modules = fw_dir().join("node/node_modules");
+    let ready = match ["knex", "pg"]
+        .iter()
+        .find(|m| !modules.join(m).join("package.json").exists())
+    {
+        Some(m) => Some(format!("no node package {m} under {}", modules.display())),
+        None => probe("node", &["--version"]).await,
+    };
+    if require("knex", ready) {
+        let mut cmd = tokio::process::Command::new("node");
+        cmd.arg(apps().join("knex.js"));
+        run_app("knex", Prepares::Yes, cmd).await;
+    }
 }

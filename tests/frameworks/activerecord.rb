@@ -77,8 +77,11 @@ workers = (0...WORKERS).map do |w|
         count = timeout = cmm = nil
         pool.with_connection do
           Item.transaction do
-            Item.create!(worker: w, n: i)
-            count = Item.where(worker: w).count
+            item = Item.create!(worker: w, n: i)
+            # Record loads are what AR prepares (`count` it sends unprepared).
+            found = Item.find(item.id)
+            raise "find(#{item.id}) gave #{found.attributes}" unless found.worker == w && found.n == i
+            count = Item.where(worker: w).to_a.size
             timeout, cmm = Item.connection.select_rows(
               "SELECT current_setting('statement_timeout'), current_setting('client_min_messages')"
             ).first
@@ -110,6 +113,14 @@ owner = Thread.new do
       finished = done
       begin
         timeout = conn.select_value("SHOW statement_timeout")
+        # A statement AR prepares on this connection (exec_prepared), before and after reset!.
+        owned = conn.exec_query(
+          "SELECT count(*) FROM fw_items WHERE worker = $1 AND n >= $2", "SQL",
+          [ActiveRecord::Relation::QueryAttribute.new("worker", 0, ActiveRecord::Type::Integer.new),
+           ActiveRecord::Relation::QueryAttribute.new("n", 0, ActiveRecord::Type::Integer.new)],
+          prepare: true
+        ).rows.first.first
+        error.call("own connection: count #{owned.inspect}") unless owned.is_a?(Integer)
         if timeout == OWN_TIMEOUT
           lock.synchronize { tally[:own_checks] += 1 }
         else
@@ -125,7 +136,6 @@ owner = Thread.new do
           unless after == DEFAULT_TIMEOUT && cmm == "warning"
             error.call("after reset!: statement_timeout #{after.inspect}, client_min_messages #{cmm.inspect}")
           end
-          pool.with_connection { Item.where(worker: 0).count }
           conn.execute("SET statement_timeout = '#{OWN_TIMEOUT}'")
         end
       rescue StandardError => e

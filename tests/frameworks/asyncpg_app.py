@@ -8,11 +8,13 @@ import sys
 import asyncpg
 import fwcommon as fw
 
+APP_NAME = "fw-asyncpg"
+
 
 async def main():
     pool = await asyncpg.create_pool(
         host=fw.HOST, port=fw.PORT, user=fw.USER, password=fw.PASSWORD, database=fw.DB,
-        min_size=fw.CONNS, max_size=fw.CONNS, server_settings={"application_name": "fw-asyncpg"},
+        min_size=fw.CONNS, max_size=fw.CONNS, server_settings={"application_name": APP_NAME},
     )
     await pool.execute(
         "CREATE TABLE fw_items (id serial PRIMARY KEY, worker int NOT NULL, n int NOT NULL)")
@@ -32,9 +34,13 @@ async def main():
                     async with c.transaction():
                         await c.execute("INSERT INTO fw_items (worker, n) VALUES ($1, $2)", w, i)
                         row = await c.fetchrow(
-                            "SELECT count(*), current_setting('statement_timeout') "
-                            "FROM fw_items WHERE worker = $1", w)
-                if fw.check_txn(tally, w, i, row[0], row[1]):
+                            "SELECT count(*), current_setting('statement_timeout'), "
+                            "current_setting('application_name') FROM fw_items WHERE worker = $1",
+                            w)
+                # The pool's RESET ALL on release goes back to the startup value.
+                if row[2] != APP_NAME:
+                    tally.error(f"worker {w} txn {i}: application_name {row[2]!r}")
+                elif fw.check_txn(tally, w, i, row[0], row[1]):
                     tally.committed += 1
             except Exception as e:  # noqa: BLE001
                 tally.error(repr(e))
