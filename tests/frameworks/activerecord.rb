@@ -112,6 +112,12 @@ owner = Thread.new do
     loop do
       finished = done
       begin
+        # SET LOCAL inside an AR transaction, and a SET in one that rolls back: both gone.
+        conn.transaction { conn.execute("SET LOCAL statement_timeout = '1s'") }
+        conn.transaction do
+          conn.execute("SET statement_timeout = '2s'")
+          raise ActiveRecord::Rollback
+        end
         timeout = conn.select_value("SHOW statement_timeout")
         # A statement AR prepares on this connection (exec_prepared), before and after reset!.
         owned = conn.exec_query(

@@ -18,6 +18,7 @@ async def main():
     )
     await pool.execute(
         "CREATE TABLE fw_items (id serial PRIMARY KEY, worker int NOT NULL, n int NOT NULL)")
+    await pool.execute(fw.TENANT_DDL)
     tally = fw.Tally()
     done = asyncio.Event()
     release = asyncio.Event()
@@ -31,14 +32,22 @@ async def main():
                 break
             try:
                 async with pool.acquire() as c:
+                    # The pool's RESET ALL took the last one away: the tenant's schema again.
+                    await c.execute(f"SET search_path TO {fw.tenant_path(w)}")
                     async with c.transaction():
                         await c.execute("INSERT INTO fw_items (worker, n) VALUES ($1, $2)", w, i)
+                        await c.execute("INSERT INTO tenant_items (worker) VALUES ($1)", w)
+                        tenant = await c.fetchrow(
+                            "SELECT current_schema(), count(*) FROM tenant_items WHERE worker = $1",
+                            w)
                         row = await c.fetchrow(
                             "SELECT count(*), current_setting('statement_timeout'), "
                             "current_setting('application_name') FROM fw_items WHERE worker = $1",
                             w)
                 # The pool's RESET ALL on release goes back to the startup value.
-                if row[2] != APP_NAME:
+                if not fw.check_tenant(tally, w, i, tenant[0], tenant[1]):
+                    pass
+                elif row[2] != APP_NAME:
                     tally.error(f"worker {w} txn {i}: application_name {row[2]!r}")
                 elif fw.check_txn(tally, w, i, row[0], row[1]):
                     tally.committed += 1

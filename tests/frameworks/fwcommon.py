@@ -27,6 +27,16 @@ PER_WORKER = -(-TXNS // WORKERS)
 OWN_TIMEOUT = "12345ms"
 DEFAULT_TIMEOUT = "0"
 START = time.monotonic()
+# Schema-per-tenant, as django-tenants and similar do it: each worker sets search_path to its
+# tenant's schema on checkout (in a statement of its own) and then uses unqualified names.
+TENANTS = 3
+TENANT_DDL = "".join(
+    f"CREATE SCHEMA tenant_{t}; CREATE TABLE tenant_{t}.tenant_items (worker int NOT NULL);"
+    for t in range(TENANTS))
+
+
+def tenant_path(worker):
+    return f"tenant_{worker % TENANTS}, public"
 
 
 def in_time():
@@ -53,6 +63,18 @@ def check_txn(tally, worker, i, count, timeout):
         return False
     if timeout != DEFAULT_TIMEOUT:
         tally.error(f"worker {worker} txn {i}: statement_timeout {timeout!r}, another client's")
+        return False
+    return True
+
+
+def check_tenant(tally, worker, i, schema, count):
+    """The tenant part of a transaction: its unqualified table was the worker's tenant's."""
+    want = f"tenant_{worker % TENANTS}"
+    if schema != want:
+        tally.error(f"worker {worker} txn {i}: current_schema {schema!r}, expected {want}")
+        return False
+    if count != i + 1:
+        tally.error(f"worker {worker} txn {i}: {count} rows in {want}, expected {i + 1}")
         return False
     return True
 

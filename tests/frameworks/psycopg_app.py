@@ -14,6 +14,7 @@ pool = ConnectionPool(conninfo, min_size=fw.CONNS, max_size=fw.CONNS, open=False
 pool.open(wait=True, timeout=30)
 with pool.connection() as c:
     c.execute("CREATE TABLE fw_items (id serial PRIMARY KEY, worker int NOT NULL, n int NOT NULL)")
+    c.execute(fw.TENANT_DDL)
 
 tally = fw.Tally()
 lock = threading.Lock()
@@ -31,13 +32,22 @@ def worker(w):
             break
         try:
             with pool.connection() as c:
+                # The tenant's schema for this checkout, in a transaction of its own: the
+                # next one may run on another server.
+                c.execute(f"SET search_path TO {fw.tenant_path(w)}")
+                c.commit()
                 with c.transaction():
                     c.execute("INSERT INTO fw_items (worker, n) VALUES (%s, %s)", (w, i))
+                    c.execute("INSERT INTO tenant_items (worker) VALUES (%s)", (w,))
                     count, timeout = c.execute(
                         "SELECT count(*), current_setting('statement_timeout') "
                         "FROM fw_items WHERE worker = %s", (w,)).fetchone()
+                    schema, tenant_count = c.execute(
+                        "SELECT current_schema(), count(*) FROM tenant_items WHERE worker = %s",
+                        (w,)).fetchone()
             with lock:
-                if fw.check_txn(tally, w, i, count, timeout):
+                if fw.check_tenant(tally, w, i, schema, tenant_count) and fw.check_txn(
+                        tally, w, i, count, timeout):
                     tally.committed += 1
         except Exception as e:  # noqa: BLE001
             with lock:
@@ -53,6 +63,20 @@ def own():
         while True:
             finished = done.is_set()
             try:
+                # Settings changed in a transaction that rolls back, in a savepoint rolled
+                # back, or with SET LOCAL are gone afterwards, as on a dedicated connection.
+                with c.transaction():
+                    c.execute("SET statement_timeout = '1s'")
+                    raise psycopg.Rollback()
+                with c.transaction():
+                    c.execute("SET LOCAL statement_timeout = '2s'")
+                    with c.transaction():
+                        c.execute("SET statement_timeout = '3s'")
+                        raise psycopg.Rollback()
+                    (inner,) = c.execute("SHOW statement_timeout").fetchone()
+                    if inner != "2s":
+                        with lock:
+                            tally.error(f"own connection: {inner!r} after ROLLBACK TO, expected 2s")
                 (timeout,) = c.execute("SHOW statement_timeout").fetchone()
                 with lock:
                     fw.check_own(tally, timeout)
