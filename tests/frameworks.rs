@@ -294,7 +294,8 @@ async fn run_app(stack: &str, prepares: Prepares, mut cmd: tokio::process::Comma
 
 fn python_app(script: &str) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(venv_python());
-    cmd.arg(apps().join(script));
+    cmd.arg(apps().join(script))
+        .env("PYTHONDONTWRITEBYTECODE", "1");
     cmd
 }
 

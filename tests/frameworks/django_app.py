@@ -9,10 +9,17 @@ import types
 
 import fwcommon as fw
 import django
+import psycopg
 from django.apps import AppConfig
 from django.conf import settings
 
 TIME_ZONE = "Asia/Tokyo"
+# The usual Django way to a schema of its own: `options=-c search_path=...` at connect, a
+# startup parameter every server the connection lands on must carry.
+SCHEMA = "fw_django"
+with psycopg.connect(host=fw.HOST, port=fw.PORT, user=fw.USER, password=fw.PASSWORD,
+                     dbname=fw.DB, autocommit=True) as setup:
+    setup.execute(f"CREATE SCHEMA {SCHEMA}")
 sys.modules["fwapp"] = types.ModuleType("fwapp")
 
 
@@ -33,7 +40,7 @@ settings.configure(
         "NAME": fw.DB, "USER": fw.USER, "PASSWORD": fw.PASSWORD,
         "HOST": fw.HOST, "PORT": str(fw.PORT),
         "CONN_MAX_AGE": None,
-        "OPTIONS": {"application_name": "fw-django"},
+        "OPTIONS": {"application_name": "fw-django", "options": f"-c search_path={SCHEMA},public"},
     }},
 )
 django.setup()
@@ -77,10 +84,12 @@ def worker(w):
                 count = Item.objects.filter(worker=w).count()
                 with connection.cursor() as cur:
                     cur.execute("SELECT current_setting('statement_timeout'), "
-                                "current_setting('TimeZone')")
-                    timeout, tz = cur.fetchone()
+                                "current_setting('TimeZone'), current_schema()")
+                    timeout, tz, schema = cur.fetchone()
             with lock:
-                if tz != TIME_ZONE:
+                if schema != SCHEMA:
+                    tally.error(f"worker {w} txn {i}: current_schema {schema!r}, options set {SCHEMA}")
+                elif tz != TIME_ZONE:
                     tally.error(f"worker {w} txn {i}: TimeZone {tz!r}, Django set {TIME_ZONE}")
                 elif fw.check_txn(tally, w, i, count, timeout):
                     tally.committed += 1

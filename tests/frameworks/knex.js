@@ -15,6 +15,7 @@ const SECONDS = Number(env.FW_SECONDS || 60);
 const WORKERS = CONNS - 1;
 const PER_WORKER = Math.ceil(TXNS / WORKERS);
 const OWN_TIMEOUT = '12345ms';
+const OPTIONS_TIMEOUT = '23456ms';
 const DEFAULT_TIMEOUT = '0';
 const TIME_ZONE = 'Pacific/Auckland';
 const start = Date.now();
@@ -54,7 +55,7 @@ async function main() {
     t.integer('worker').notNullable();
     t.integer('n').notNullable();
   });
-  const barrier = new Barrier(WORKERS + 1);
+  const barrier = new Barrier(WORKERS + 2);
   let done = false;
   let release;
   const released = new Promise((r) => { release = r; });
@@ -108,7 +109,37 @@ async function main() {
     }
   }
 
-  const owner = own();
+  async function ownByOptions() {
+    // node-postgres straight, its setting given at connect as `options=-c ...`: a startup
+    // parameter that only this connection may see, whichever server serves it.
+    const { Client } = require(path.join(modules, 'pg'));
+    const client = new Client({
+      host: env.FW_HOST, port: Number(env.FW_PORT), user: env.FW_USER,
+      password: env.FW_PASSWORD, database: env.FW_DB, application_name: 'fw-knex-options',
+      options: `-c statement_timeout=${OPTIONS_TIMEOUT}`,
+    });
+    await client.connect();
+    try {
+      await barrier.wait();
+      for (;;) {
+        const finished = done;
+        try {
+          const r = await client.query('SHOW statement_timeout');
+          if (r.rows[0].statement_timeout === OPTIONS_TIMEOUT) tally.ownChecks += 1;
+          else error(`options connection: statement_timeout ${r.rows[0].statement_timeout}`);
+        } catch (e) {
+          error(`options connection: ${e}`);
+        }
+        if (finished) break;
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      await released;
+    } finally {
+      await client.end();
+    }
+  }
+
+  const owner = Promise.all([own(), ownByOptions()]);
   await Promise.all([...Array(WORKERS).keys()].map(worker));
   done = true;
   const { rows } = await knex('fw_items').first(knex.raw('count(*)::int AS rows'));
