@@ -78,3 +78,33 @@ fn both_readme_commands_ensure_postgres_first() {
         }
     }
 }
+
+/// The frameworks suite's stacks are installed before the tests run: by the README's test
+/// command (leniently: a stack it cannot install is skipped) and by CI (strictly: a missing
+/// stack fails its test).
+#[test]
+fn ci_and_test_sh_ensure_the_frameworks_before_cargo_test() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for path in ["scripts/test.sh", ".ci/run"] {
+        let text = std::fs::read_to_string(root.join(path)).expect("read script");
+        let line_of = |needle: &str| {
+            text.lines()
+                .position(|l| !l.trim_start().starts_with('#') && l.contains(needle))
+        };
+        let ensure = line_of("scripts/ensure-frameworks.sh")
+            .unwrap_or_else(|| panic!("{path} does not run ensure-frameworks.sh"));
+        let test = line_of("cargo test")
+            .or_else(|| line_of("scripts/test.sh"))
+            .unwrap_or_else(|| panic!("{path} runs no tests"));
+        assert!(
+            ensure < test,
+            "{path}: tests run before ensure-frameworks.sh"
+        );
+    }
+    let ci = std::fs::read_to_string(root.join(".ci/run")).expect("read .ci/run");
+    assert!(
+        ci.lines()
+            .any(|l| l.trim() == "export POOLER_REQUIRE_FRAMEWORKS=1"),
+        ".ci/run must make a missing framework stack fail its test"
+    );
+}
