@@ -3,7 +3,7 @@
 # is already there, so a second run costs well under a second:
 #   - Debian packages (as root, or through sudo): ruby-activerecord + ruby-pg (Rails'
 #     ActiveRecord), libpostgresql-jdbc-java + libhikaricp-java + libslf4j-java (pgjdbc and
-#     HikariCP; the JDK itself is expected to be there: javac, java);
+#     HikariCP; default-jdk-headless when there is no javac);
 #   - a Python venv at target/frameworks/venv (from python3.11, or python3) with
 #     psycopg[binary,pool] (3), asyncpg, SQLAlchemy and Django from PyPI;
 #   - node packages pg and knex from npm under target/frameworks/node.
@@ -30,6 +30,8 @@ as_root() {
 # Debian packages: one dpkg query for all of them.
 debs=(ruby-activerecord ruby-pg libpostgresql-jdbc-java libhikaricp-java libslf4j-java)
 missing=()
+# A machine without a JDK gets Debian's.
+command -v javac >/dev/null 2>&1 || missing+=(default-jdk-headless)
 for p in "${debs[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
     missing+=("$p")
