@@ -68,9 +68,12 @@ pub struct Params(pub Vec<(String, String)>);
 
 impl Params {
     pub fn get(&self, name: &str) -> Option<&str> {
+        // Names are nearly always in the one spelling (the canonical one, or Postgres's): an
+        // exact pass first, which mostly compares lengths, then the case-insensitive one.
         self.0
             .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .find(|(k, _)| k == name)
+            .or_else(|| self.0.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)))
             .map(|(_, v)| v.as_str())
     }
 

@@ -97,7 +97,10 @@ impl ClientSide {
                         s.server.unnamed_owner = 0;
                     }
                     tracker.push(Expect::Pass(Request::Query, None));
-                    if self.needs_inspection()
+                    // Most texts contain no word the scanners look for: one cheap pass.
+                    let matters = session_state::may_matter(&up.inbuf[5..total]);
+                    if matters
+                        && self.needs_inspection()
                         && let Some(kind) = self.scan(&up.inbuf[5..total], None)
                         && self.on_session_state(kind)? == Policy::Error
                     {
@@ -107,7 +110,12 @@ impl ClientSide {
                     }
                     // The text without its terminator (absent from a malformed empty Query).
                     let text_end = total - usize::from(total > 5 && up.inbuf[total - 1] == 0);
-                    match self.on_resets(&up.inbuf[5..text_end], stmts.as_deref_mut(), true) {
+                    let dealloc = if matters {
+                        self.on_resets(&up.inbuf[5..text_end], stmts.as_deref_mut(), true)
+                    } else {
+                        None
+                    };
+                    match dealloc {
                         Some(stmt) => {
                             // `DEALLOCATE name` of a protocol-level statement: the server
                             // knows it by the pooler's name.
@@ -190,7 +198,13 @@ impl ClientSide {
                             cstr_end(&up.inbuf[..total], 5).ok_or_else(|| malformed("Parse"))?;
                         let query_end = cstr_end(&up.inbuf[..total], name_end + 1)
                             .ok_or_else(|| malformed("Parse"))?;
-                        if self.needs_inspection()
+                        let matters = session_state::may_matter(&up.inbuf[name_end + 1..query_end]);
+                        if !matters && name_end == 5 {
+                            // Nothing set by this unnamed statement.
+                            self.unnamed_settings.clear();
+                        }
+                        if matters
+                            && self.needs_inspection()
                             && let Some(kind) = self.scan(
                                 &up.inbuf[name_end + 1..query_end],
                                 Some((name_end == 5, stmts.is_some())),
@@ -201,11 +215,13 @@ impl ClientSide {
                             return Err(PoolerError::SessionState(kind.as_str()));
                         }
                         let unnamed = name_end == 5;
-                        if let Some(stmt) = self.on_resets(
-                            &up.inbuf[name_end + 1..query_end],
-                            stmts.as_deref_mut(),
-                            unnamed,
-                        ) {
+                        if matters
+                            && let Some(stmt) = self.on_resets(
+                                &up.inbuf[name_end + 1..query_end],
+                                stmts.as_deref_mut(),
+                                unnamed,
+                            )
+                        {
                             // An unnamed `DEALLOCATE name`: the same Parse with the
                             // pooler's name in the text, parameter types unchanged.
                             let sql = format!("DEALLOCATE \"{}\"", stmt.name);

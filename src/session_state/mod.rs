@@ -227,6 +227,60 @@ fn names_any(word: &[u8], list: &[&str]) -> bool {
     list.iter().any(|n| names(word, n))
 }
 
+/// Whether `scan` or `resets` could find anything in `sql`: false when the text contains none
+/// of the words they look for (case-insensitively) and no statement starting with `DO`. One
+/// pass over the bytes, so the common query (`SELECT ... WHERE id = $1`) costs a few
+/// instructions a byte instead of a lexer run; anything unsure says true.
+pub fn may_matter(sql: &[u8]) -> bool {
+    const WORDS: [&[u8]; 10] = [
+        b"set",
+        b"listen",
+        b"prepare",
+        b"temp",
+        b"declare",
+        b"advisory",
+        b"discard",
+        b"deallocate",
+        b"default",
+        b"hold",
+    ];
+    let mut statement_start = true;
+    for i in 0..sql.len() {
+        let c = sql[i];
+        if statement_start {
+            match c {
+                b' ' | b'\t' | b'\n' | b'\r' | b'\x0c' => continue,
+                // A comment or a quote before the first word: let the lexer decide.
+                b'-' | b'/' | b'(' | b'"' => return true,
+                _ => {
+                    statement_start = false;
+                    let word_end = sql.get(i + 2).is_none_or(|&n| {
+                        !(n.is_ascii_alphanumeric() || n == b'_' || n == b'$' || n >= 0x80)
+                    });
+                    if sql[i..].len() >= 2 && sql[i..i + 2].eq_ignore_ascii_case(b"do") && word_end
+                    {
+                        return true;
+                    }
+                }
+            }
+        }
+        match c | 0x20 {
+            b';' => statement_start = true,
+            b's' | b'l' | b'p' | b't' | b'd' | b'a' | b'h' => {
+                let rest = &sql[i..];
+                if WORDS
+                    .iter()
+                    .any(|w| rest.len() >= w.len() && rest[..w.len()].eq_ignore_ascii_case(w))
+                {
+                    return true;
+                }
+            }
+            _ => {}
+        }
+    }
+    false
+}
+
 /// The first session-state statement in `sql`, if any (settings changes ignored).
 pub fn detect(sql: &[u8]) -> Option<Kind> {
     scan(sql, &mut |_| {})

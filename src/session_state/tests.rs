@@ -197,3 +197,71 @@ fn garbage_does_not_panic() {
         resets(sql, |_| {});
     }
 }
+
+#[test]
+fn the_prefilter_lets_through_everything_the_scanners_find() {
+    let texts = [
+        "SET work_mem = 1",
+        "LISTEN x",
+        "do $$begin end$$",
+        "  DO $$begin end$$",
+        "SELECT 1; do $$begin end$$",
+        "PREPARE q AS SELECT 1",
+        "CREATE TEMP TABLE t (x int)",
+        "select * into temporary t from s",
+        "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+        "SELECT pg_advisory_lock(1)",
+        "select set_config('a.b', 'c', false)",
+        "DISCARD ALL",
+        "DEALLOCATE ALL",
+        "RESET ALL",
+        "SET x TO DEFAULT",
+        "/* c */ LISTEN x",
+        "-- c\nLISTEN x",
+        "(SELECT 1)",
+    ];
+    for t in texts {
+        assert!(may_matter(t.as_bytes()), "{t}");
+    }
+    for t in [
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 7;",
+        "INSERT INTO history (tid, bid, aid, delta, mtime) VALUES (1, 2, 3, 4, now())",
+        "BEGIN",
+        "END;",
+        "SELECT domain FROM docs",
+        "",
+    ] {
+        assert!(!may_matter(t.as_bytes()), "{t}");
+        let mut found = false;
+        assert!(scan(t.as_bytes(), &mut |_| found = true).is_none() && !found);
+        resets(t.as_bytes(), |_| found = true);
+        assert!(!found);
+    }
+}
+
+proptest::proptest! {
+    /// Texts built from the scanners' own words and punctuation, in any case and order: when
+    /// the prefilter says nothing can matter, neither scanner finds anything.
+    #[test]
+    fn the_prefilter_never_hides_what_the_scanners_find(
+        parts in proptest::collection::vec(
+            proptest::sample::select(vec![
+                "SET", "set", "Local", "LISTEN", "do", "DO", "$$", "'", "\"", "E'", "\\", ";",
+                " ", "\n", "--", "/*", "*/", "(", ")", ",", "=", "prepare", "create", "temp",
+                "TEMPORARY", "into", "select", "with", "declare", "hold", "WITH", "pg_temp.x",
+                "set_config", "pg_advisory_lock", "true", "false", "'a.b'", "$1", "reset",
+                "ALL", "discard", "deallocate", "default", "session", "role", "x", "1", "do_it",
+                "domain", "to", "pg_catalog.", "unlisten", "dollar",
+            ]),
+            0..12,
+        )
+    ) {
+        let text = parts.concat();
+        if !may_matter(text.as_bytes()) {
+            let mut found = false;
+            proptest::prop_assert!(scan(text.as_bytes(), &mut |_| found = true).is_none(), "{}", text);
+            resets(text.as_bytes(), |_| found = true);
+            proptest::prop_assert!(!found, "{}", text);
+        }
+    }
+}
