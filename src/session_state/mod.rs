@@ -232,21 +232,13 @@ fn names_any(word: &[u8], list: &[&str]) -> bool {
 /// pass over the bytes, so the common query (`SELECT ... WHERE id = $1`) costs a few
 /// instructions a byte instead of a lexer run; anything unsure says true.
 pub fn may_matter(sql: &[u8]) -> bool {
-    const WORDS: [&[u8]; 10] = [
-        b"set",
-        b"listen",
-        b"prepare",
-        b"temp",
-        b"declare",
-        b"advisory",
-        b"discard",
-        b"deallocate",
-        b"default",
-        b"hold",
-    ];
+    /// Whether `rest` starts with `word` (lower case), ignoring ASCII case.
+    fn at(rest: &[u8], word: &[u8]) -> bool {
+        rest.get(..word.len())
+            .is_some_and(|r| r.iter().zip(word).all(|(a, b)| a | 0x20 == *b))
+    }
     let mut statement_start = true;
-    for i in 0..sql.len() {
-        let c = sql[i];
+    for (i, &c) in sql.iter().enumerate() {
         if statement_start {
             match c {
                 b' ' | b'\t' | b'\n' | b'\r' | b'\x0c' => continue,
@@ -257,25 +249,35 @@ pub fn may_matter(sql: &[u8]) -> bool {
                     let word_end = sql.get(i + 2).is_none_or(|&n| {
                         !(n.is_ascii_alphanumeric() || n == b'_' || n == b'$' || n >= 0x80)
                     });
-                    if sql[i..].len() >= 2 && sql[i..i + 2].eq_ignore_ascii_case(b"do") && word_end
-                    {
+                    if at(&sql[i..], b"do") && word_end {
                         return true;
                     }
                 }
             }
         }
-        match c | 0x20 {
-            b';' => statement_start = true,
-            b's' | b'l' | b'p' | b't' | b'd' | b'a' | b'h' => {
-                let rest = &sql[i..];
-                if WORDS
-                    .iter()
-                    .any(|w| rest.len() >= w.len() && rest[..w.len()].eq_ignore_ascii_case(w))
-                {
-                    return true;
-                }
+        // Each word the scanners look for, by its first letter: one comparison per letter.
+        let rest = &sql[i..];
+        let hit = match c | 0x20 {
+            b';' => {
+                statement_start = true;
+                false
             }
-            _ => {}
+            b's' => at(rest, b"set"),
+            b'l' => at(rest, b"listen"),
+            b'p' => at(rest, b"prepare"),
+            b't' => at(rest, b"temp"),
+            b'a' => at(rest, b"advisory"),
+            b'h' => at(rest, b"hold"),
+            b'd' => {
+                at(rest, b"declare")
+                    || at(rest, b"discard")
+                    || at(rest, b"deallocate")
+                    || at(rest, b"default")
+            }
+            _ => false,
+        };
+        if hit {
+            return true;
         }
     }
     false
