@@ -345,3 +345,37 @@ async fn carried_settings_are_bounded() {
     d.batch_execute(&sql).await.unwrap();
     assert_eq!(first_value(&d, "SHOW app.t199").await, "199");
 }
+
+/// Issue 13: a startup setting a server of the pool accepted once is not checked again: a
+/// login with the same values needs no server, so it does not wait for one while every
+/// server is busy (pgjdbc sends `extra_float_digits` in every startup packet).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remembered_startup_settings_need_no_server_at_login() {
+    let pg = PgServer::shared();
+    let db = pg.create_db("sets_login").await;
+    let pooler = Pooler::start(
+        pg,
+        &db,
+        "pool_mode = \"transaction\"\ndefault_pool_size = 1",
+    )
+    .await;
+    let url = format!(
+        "{} options='-c work_mem=8192 -c extra_float_digits=3'",
+        pooler.app_url()
+    );
+    let first = connect(&url).await;
+    assert_eq!(first_value(&first, "SHOW work_mem").await, "8MB");
+    // The only server, held in a transaction.
+    let holder = pooler.client().await;
+    holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let second = tokio::time::timeout(std::time::Duration::from_secs(20), connect(&url))
+        .await
+        .expect("the login waited for a server");
+    holder.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(first_value(&second, "SHOW work_mem").await, "8MB");
+    assert_eq!(first_value(&second, "SHOW extra_float_digits").await, "3");
+    // A value not seen before is still checked by a server, and refused as Postgres would.
+    let bad = format!("{} options='-c work_mem=lots'", pooler.app_url());
+    let err = try_connect(&bad).await.unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("22023"), "{err:?}");
+}

@@ -14,7 +14,7 @@ pub use guard::PooledServer;
 use guard::{Grant, Slot, offer};
 pub use hosts::{HostPolicy, HostSet, HostState, Role};
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
@@ -153,6 +153,10 @@ pub struct Pool {
     /// Parameters the first server reported: what a new client is told at login, and what a
     /// client that did not ask for another value gets on every server.
     defaults: OnceLock<Params>,
+    /// Startup settings a login already had a server of this pool accept, (name, value as
+    /// the client gave it) → Postgres's spelling: a later login with the same pairs (every
+    /// pgjdbc connection sends `extra_float_digits`) needs no server to check them.
+    accepted_settings: Mutex<HashMap<(String, String), String>>,
     next_waiter: AtomicU64,
     pub stats: PoolStats,
 }
@@ -193,6 +197,7 @@ impl Pool {
                 close_needed: 0,
             }),
             defaults: OnceLock::new(),
+            accepted_settings: Mutex::new(HashMap::new()),
             next_waiter: AtomicU64::new(1),
             stats,
         });
@@ -329,6 +334,38 @@ impl Pool {
             // A login that failed for want of a password says nothing about this one.
             self.lock().login_failed = None;
             self.retry_hosts();
+        }
+    }
+
+    /// Postgres's spelling of every startup setting in `asked`, if a server of this pool
+    /// accepted each of them before.
+    pub fn accepted_settings(&self, asked: &Params) -> Option<Params> {
+        let known = self
+            .accepted_settings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut out = Params::default();
+        for (name, value) in &asked.0 {
+            out.set(name, known.get(&(name.clone(), value.clone()))?);
+        }
+        Some(out)
+    }
+
+    /// Remembers startup settings a server accepted (`asked` as given, `spelled` as Postgres
+    /// spells them), bounded: the memory of a pool does not grow with what clients send.
+    pub fn accept_settings(&self, asked: &Params, spelled: &Params) {
+        const MAX_REMEMBERED: usize = 1024;
+        let mut known = self
+            .accepted_settings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for (name, value) in &asked.0 {
+            if let Some(v) = spelled.get(name) {
+                if known.len() >= MAX_REMEMBERED {
+                    known.clear();
+                }
+                known.insert((name.clone(), value.clone()), v.to_string());
+            }
         }
     }
 

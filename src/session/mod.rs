@@ -259,7 +259,16 @@ async fn login(
                 .get(name)
                 .is_none_or(|d| !d.eq_ignore_ascii_case(value))
     });
-    if needs_check || !startup_settings.0.is_empty() {
+    // Startup settings this pool's servers accepted before need no server now.
+    let remembered = if startup_settings.0.is_empty() {
+        None
+    } else {
+        pool.accepted_settings(&startup_settings)
+    };
+    if let Some(spelled) = remembered.filter(|_| !needs_check) {
+        startup_settings = spelled;
+    } else if needs_check || !startup_settings.0.is_empty() {
+        let asked = startup_settings.clone();
         let mut server = pool.checkout().await?;
         let mut checked =
             settings::sync(app, &mut server, &mut session_params, &startup_settings).await;
@@ -277,7 +286,10 @@ async fn login(
             .await;
         }
         match checked {
-            Ok(()) => pool.checkin(server),
+            Ok(()) => {
+                pool.checkin(server);
+                pool.accept_settings(&asked, &startup_settings);
+            }
             Err(e) => {
                 pool.discard(server);
                 return Err(e);
