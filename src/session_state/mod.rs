@@ -241,10 +241,8 @@ pub fn may_matter(sql: &[u8]) -> bool {
     for (i, &c) in sql.iter().enumerate() {
         if statement_start {
             match c {
-                b' ' | b'\t' | b'\n' | b'\r' | b'\x0c' => continue,
-                // A comment or a quote before the first word: let the lexer decide.
-                b'-' | b'/' | b'(' | b'"' => return true,
-                _ => {
+                b' ' | b'\t' | b'\n' | b'\r' | b'\x0c' | b';' => continue,
+                c if c.is_ascii_alphabetic() => {
                     statement_start = false;
                     let word_end = sql.get(i + 2).is_none_or(|&n| {
                         !(n.is_ascii_alphanumeric() || n == b'_' || n == b'$' || n >= 0x80)
@@ -253,6 +251,9 @@ pub fn may_matter(sql: &[u8]) -> bool {
                         return true;
                     }
                 }
+                // Anything else before the first word (a comment, a quote, punctuation the
+                // lexer skips): let the lexer decide.
+                _ => return true,
             }
         }
         // Each word the scanners look for, by its first letter: one comparison per letter.

@@ -240,6 +240,7 @@ fn the_prefilter_lets_through_everything_the_scanners_find() {
 }
 
 proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config::with_cases(4000))]
     /// Texts built from the scanners' own words and punctuation, in any case and order: when
     /// the prefilter says nothing can matter, neither scanner finds anything.
     #[test]
