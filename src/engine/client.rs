@@ -281,11 +281,7 @@ impl ClientSide {
                     };
                     if stmt_end == portal_end + 1 {
                         self.guard_unnamed(up, tracker, stmts.as_deref_mut());
-                        if !self.unnamed_settings.is_empty() {
-                            let names = std::mem::take(&mut self.unnamed_settings);
-                            self.on_bind(&names);
-                            self.unnamed_settings = names;
-                        }
+                        note_settings(&mut self.settings_touched, &self.unnamed_settings);
                     }
                     let bound = bind(
                         up,
@@ -295,10 +291,8 @@ impl ClientSide {
                         tracker,
                         stmts.as_deref_mut(),
                     );
-                    if let Some(stmt) = bound
-                        && !stmt.settings.is_empty()
-                    {
-                        self.on_bind(&stmt.settings);
+                    if let Some(stmt) = bound {
+                        note_settings(&mut self.settings_touched, &stmt.settings);
                     }
                 }
                 F::Terminate => {
@@ -356,15 +350,6 @@ impl ClientSide {
             note_setting(&mut self.settings_touched, name);
         }
         kind
-    }
-
-    /// Notes the settings a statement being bound changes.
-    fn on_bind(&mut self, settings: &[String]) {
-        for name in settings {
-            if !self.settings_touched.contains(name) {
-                self.settings_touched.push(name.clone());
-            }
-        }
     }
 
     pub(crate) fn needs_inspection(&self) -> bool {
@@ -528,6 +513,15 @@ impl ClientSide {
 fn note_setting(touched: &mut Vec<String>, name: String) {
     if !touched.contains(&name) {
         touched.push(name);
+    }
+}
+
+/// Notes the settings a statement being bound changes (its own, found once at Parse).
+fn note_settings(touched: &mut Vec<String>, names: &[String]) {
+    for name in names {
+        if !touched.contains(name) {
+            touched.push(name.clone());
+        }
     }
 }
 

@@ -12,6 +12,7 @@
 use crate::app::App;
 use crate::error::{PoolerError, Result};
 use crate::server::{Params, ServerConn};
+use crate::session_state::is_reported;
 use crate::wire;
 
 /// At most this many settings per client, and this many bytes of names and values: a client
@@ -260,11 +261,6 @@ pub(super) fn parse_options(options: &str) -> Result<Vec<(String, String)>> {
         ));
     }
     Ok(out)
-}
-
-/// Parameters Postgres reports with ParameterStatus: the server's value is always known.
-fn is_reported(name: &str) -> bool {
-    crate::session_state::is_reported(name)
 }
 
 #[cfg(test)]
