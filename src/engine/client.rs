@@ -97,8 +97,12 @@ impl ClientSide {
                         s.server.unnamed_owner = 0;
                     }
                     tracker.push(Expect::Pass(Request::Query, None));
-                    // Most texts contain no word the scanners look for: one cheap pass.
-                    let matters = session_state::may_matter(&up.inbuf[5..total]);
+                    // The text without its terminator (absent from a malformed empty Query).
+                    let text_end = total - usize::from(total > 5 && up.inbuf[total - 1] == 0);
+                    // Most texts contain no word the scanners look for: one cheap pass. The
+                    // terminator stays out: after a final `;` it would look like the start of
+                    // a statement the prefilter cannot judge.
+                    let matters = session_state::may_matter(&up.inbuf[5..text_end]);
                     if matters
                         && self.needs_inspection()
                         && let Some(kind) = self.scan(&up.inbuf[5..total], None)
@@ -108,8 +112,6 @@ impl ClientSide {
                         refusal_query(&mut up.out, kind);
                         continue;
                     }
-                    // The text without its terminator (absent from a malformed empty Query).
-                    let text_end = total - usize::from(total > 5 && up.inbuf[total - 1] == 0);
                     let dealloc = if matters {
                         self.on_resets(&up.inbuf[5..text_end], stmts.as_deref_mut(), true)
                     } else {

@@ -241,7 +241,8 @@ pub fn may_matter(sql: &[u8]) -> bool {
     for (i, &c) in sql.iter().enumerate() {
         if statement_start {
             match c {
-                b' ' | b'\t' | b'\n' | b'\r' | b'\x0c' | b';' => continue,
+                // A query's terminator (NUL) ends nothing the lexer would look at.
+                b' ' | b'\t' | b'\n' | b'\r' | b'\x0c' | b';' | b'\0' => continue,
                 c if c.is_ascii_alphabetic() => {
                     statement_start = false;
                     let word_end = sql.get(i + 2).is_none_or(|&n| {

@@ -225,6 +225,8 @@ fn the_prefilter_lets_through_everything_the_scanners_find() {
     }
     for t in [
         "SELECT abalance FROM pgbench_accounts WHERE aid = 7;",
+        // As it arrives in a Query message, terminator included (pgbench's texts end in `;`).
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 7;\0",
         "INSERT INTO history (tid, bid, aid, delta, mtime) VALUES (1, 2, 3, 4, now())",
         "BEGIN",
         "END;",
