@@ -7,6 +7,7 @@
 use bytes::BytesMut;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use postgres_protocol::message::{backend, frontend};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -65,6 +66,29 @@ impl ServerTarget {
 /// Parameter names and values; names compare case-insensitively, as Postgres's GUCs do.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Params(pub Vec<(String, String)>);
+
+/// A client's whole session state (tracked parameters and settings) in one comparable form:
+/// a server made to match it records it, so the next client with an equal state (most often
+/// every client of a pool) needs no comparison name by name and no query.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SessionState {
+    params: Vec<(String, String)>,
+    settings: Vec<(String, String)>,
+}
+
+impl SessionState {
+    pub fn of(params: &Params, settings: &Params) -> Arc<SessionState> {
+        let sorted = |p: &Params| {
+            let mut v = p.0.clone();
+            v.sort_unstable();
+            v
+        };
+        Arc::new(SessionState {
+            params: sorted(params),
+            settings: sorted(settings),
+        })
+    }
+}
 
 impl Params {
     pub fn get(&self, name: &str) -> Option<&str> {
@@ -128,6 +152,9 @@ pub struct ServerConn {
     /// A `RESET` ran, or a parameter sync failed: `params` may not be what the server has,
     /// so the next sync sets every tracked parameter explicitly.
     pub params_uncertain: bool,
+    /// The client state this server was last made to match; `None` once anything may have
+    /// changed `params` or `settings` since (every change clears it).
+    pub synced: Option<Arc<SessionState>>,
     /// How long one of the pooler's own queries (`run_internal`) may take; set by the pool.
     pub query_bound: Duration,
     /// Which of the target's hosts this server is on (`ServerTarget::at`); set by the pool.
@@ -224,6 +251,7 @@ impl ServerConn {
             created_at: Instant::now(),
             last_used: Instant::now(),
             params_uncertain: false,
+            synced: None,
             query_bound: Duration::from_secs(15),
             host: 0,
         };
@@ -327,6 +355,7 @@ impl ServerConn {
                 }
                 backend::Message::ParameterStatus(body) => {
                     self.params.set(body.name()?, body.value()?);
+                    self.synced = None;
                 }
                 backend::Message::BackendKeyData(body) => {
                     self.backend_pid = body.process_id();
@@ -406,6 +435,7 @@ impl ServerConn {
                 }
                 backend::Message::ParameterStatus(body) => {
                     self.params.set(body.name()?, body.value()?);
+                    self.synced = None;
                 }
                 backend::Message::ErrorResponse(body) => {
                     failure = Some(error_fields(&body));

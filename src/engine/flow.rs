@@ -99,6 +99,10 @@ pub(crate) mod spare_buffers {
 
     pub(crate) fn give(mut buf: BytesMut) {
         buf.clear();
+        // A buffer that was read from has been advanced: its capacity counts only what lies
+        // past the read position. Reserving on an empty, unshared buffer moves that position
+        // back to the start without allocating, so the whole buffer is kept instead of freed.
+        buf.reserve(READ_CHUNK);
         // Buffers grown by a large message are not worth keeping around.
         if buf.capacity() < READ_CHUNK || buf.capacity() > 4 * READ_CHUNK {
             return;
@@ -109,5 +113,28 @@ pub(crate) mod spare_buffers {
                 s.push(buf);
             }
         });
+    }
+
+    /// How many buffers this thread keeps.
+    #[cfg(test)]
+    pub(crate) fn kept() -> usize {
+        SPARE.with(|s| s.borrow().len())
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use bytes::Buf;
+
+        #[test]
+        fn a_buffer_that_was_read_from_is_kept() {
+            let mut buf = take();
+            buf.extend_from_slice(&[1; 100]);
+            buf.advance(100);
+            let before = kept();
+            give(buf);
+            assert_eq!(kept(), before + 1);
+            assert!(take().capacity() >= READ_CHUNK);
+        }
     }
 }

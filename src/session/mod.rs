@@ -270,8 +270,14 @@ async fn login(
     } else if needs_check || !startup_settings.0.is_empty() {
         let asked = startup_settings.clone();
         let mut server = pool.checkout().await?;
-        let mut checked =
-            settings::sync(app, &mut server, &mut session_params, &startup_settings).await;
+        let mut checked = settings::sync(
+            app,
+            &mut server,
+            &mut session_params,
+            &startup_settings,
+            &mut None,
+        )
+        .await;
         if checked.is_ok() && !startup_settings.0.is_empty() {
             // Postgres's spelling of the values (`8MB` for `8192`), so later comparisons match.
             let names: Vec<String> = startup_settings.0.iter().map(|(n, _)| n.clone()).collect();
@@ -354,6 +360,8 @@ async fn run_session(app: &App, stream: &mut TcpStream, session: &Session) -> Re
     let pool = &session.pool;
     let mut params = session.params.clone();
     let mut settings = session.settings.clone();
+    // `params` and `settings` as one comparable value; `None` after either changes.
+    let mut state = None;
     let mut up = Flow::default();
     let mut down = Flow::default();
     let mut client_side = ClientSide::new(
@@ -390,7 +398,7 @@ async fn run_session(app: &App, stream: &mut TcpStream, session: &Session) -> Re
             return Ok(());
         };
         let attached = session.client.attached(&server);
-        if let Err(e) = settings::sync(app, &mut server, &mut params, &settings).await {
+        if let Err(e) = settings::sync(app, &mut server, &mut params, &settings, &mut state).await {
             pool.discard(server);
             return Err(e);
         }
@@ -399,12 +407,15 @@ async fn run_session(app: &App, stream: &mut TcpStream, session: &Session) -> Re
             stream: server_stream,
             params: server_params,
             statements: server_statements,
+            synced: server_synced,
             ..
         } = &mut *server;
         let mut on_param = |name: &str, value: &str| {
             server_params.set(name, value);
+            *server_synced = None;
             if let Some(canonical) = app.tracked_name(name) {
                 params.set(canonical, value);
+                state = None;
             }
         };
         let statements = rewrite_statements.then_some(Statements {
@@ -451,6 +462,7 @@ async fn run_session(app: &App, stream: &mut TcpStream, session: &Session) -> Re
             } else {
                 // The client has its reply; the read costs it no latency.
                 down.flush(stream).await?;
+                state = None;
                 settings::read_back(app, &mut server, &touched, all, &mut params, &mut settings)
                     .await
             };
@@ -552,6 +564,7 @@ async fn release_after_client(pool: &Arc<Pool>, mut server: PooledServer, pinned
             server.params = defaults.clone();
         }
         server.settings = Params::default();
+        server.synced = None;
         server.statements.clear();
     }
     pool.checkin(server);

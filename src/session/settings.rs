@@ -11,9 +11,10 @@
 
 use crate::app::App;
 use crate::error::{PoolerError, Result};
-use crate::server::{Params, ServerConn};
+use crate::server::{Params, ServerConn, SessionState};
 use crate::session_state::is_reported;
 use crate::wire;
+use std::sync::Arc;
 
 /// At most this many settings per client, and this many bytes of names and values: a client
 /// past it is refused (54000), the pooler's memory per client stays bounded.
@@ -22,12 +23,24 @@ pub const MAX_SETTINGS_BYTES: usize = 64 * 1024;
 
 /// Makes the server's tracked parameters equal the client's `wanted`, and its settings equal
 /// the client's `settings`, in one round trip when anything differs.
+///
+/// `state` is the client's `SessionState` of `wanted` and `settings` (built here when `None`;
+/// whoever changes either sets it back to `None`). A server whose recorded state equals it
+/// already matches: nothing to compare name by name, nothing to send.
 pub(super) async fn sync(
     app: &App,
     server: &mut ServerConn,
     wanted: &mut Params,
     settings: &Params,
+    state: &mut Option<Arc<SessionState>>,
 ) -> Result<()> {
+    if !server.params_uncertain
+        && let (Some(mine), Some(its)) = (state.as_ref(), server.synced.as_ref())
+        && (Arc::ptr_eq(mine, its) || mine == its)
+    {
+        return Ok(());
+    }
+    server.synced = None;
     let mut sets: Vec<(String, String)> = Vec::new();
     let mut resets: Vec<String> = Vec::new();
     // After a RESET on this server, what the pooler recorded may be stale: set everything.
@@ -54,6 +67,11 @@ pub(super) async fn sync(
         }
     }
     if sets.is_empty() && resets.is_empty() {
+        server.synced = Some(
+            state
+                .get_or_insert_with(|| SessionState::of(wanted, settings))
+                .clone(),
+        );
         return Ok(());
     }
     let mut sql = String::new();
@@ -101,6 +119,9 @@ pub(super) async fn sync(
             wanted.set(name, &v);
         }
     }
+    let now = SessionState::of(wanted, settings);
+    server.synced = Some(now.clone());
+    *state = Some(now);
     Ok(())
 }
 
@@ -116,6 +137,7 @@ pub(super) async fn read_back(
     wanted: &mut Params,
     settings: &mut Params,
 ) -> Result<()> {
+    server.synced = None;
     let mut names: Vec<String> = touched.to_vec();
     if all {
         // Tracked parameters Postgres does not report (search_path) must be read too: the
