@@ -3,6 +3,7 @@
 
 use bytes::Buf;
 use std::io;
+use std::task::{Context, Poll};
 use tokio::net::TcpStream;
 
 use crate::engine::{
@@ -83,6 +84,7 @@ impl Relay<'_, '_> {
     ) -> Result<RelayEnd> {
         let mut client_eof = false;
         let mut flush_asked = false;
+        let mut server_first = false;
         // Input read before the server was attached.
         self.process_client()?;
         loop {
@@ -126,49 +128,81 @@ impl Relay<'_, '_> {
                 && self.down.out.len() < BUFFER_CAP
                 && !crowded;
             let read_server = self.down.wants_read();
-            tokio::select! {
-                r = self.server.readable(), if read_server => {
-                    if r.is_err() {
-                        return Ok(RelayEnd::ServerGone);
+            // Readiness is polled directly (no `select!` over freshly built futures each
+            // turn: that cost more than the relaying itself). The side polled first
+            // alternates, so a side that is always ready cannot starve the other.
+            server_first = !server_first;
+            let woke = std::future::poll_fn(|cx| {
+                let server = |cx: &mut Context<'_>| {
+                    if read_server && let Poll::Ready(r) = self.server.poll_read_ready(cx) {
+                        return Some(Woke::ServerReadable(r.is_ok()));
                     }
-                    match self.down.read_from(self.server) {
-                        Ok(Some(0)) | Err(_) => return Ok(RelayEnd::ServerGone),
-                        Ok(Some(_)) => {
-                            let cache = self.statements.as_mut().map(|s| &mut *s.server);
-                            self.server_side.process(self.down, self.tracker, cache, on_param)?;
-                            if std::mem::take(&mut self.client_side.deferred) {
-                                self.process_client()?;
-                            }
+                    None
+                };
+                let client = |cx: &mut Context<'_>| {
+                    if read_client && let Poll::Ready(r) = self.client.poll_read_ready(cx) {
+                        return Some(Woke::ClientReadable(r.is_ok()));
+                    }
+                    None
+                };
+                let first = if server_first { server(cx) } else { client(cx) };
+                let woke = first.or_else(|| if server_first { client(cx) } else { server(cx) });
+                if let Some(w) = woke {
+                    return Poll::Ready(w);
+                }
+                if self.up.blocked
+                    && let Poll::Ready(r) = self.server.poll_write_ready(cx)
+                {
+                    return Poll::Ready(Woke::ServerWritable(r.is_ok()));
+                }
+                if self.down.blocked
+                    && let Poll::Ready(r) = self.client.poll_write_ready(cx)
+                {
+                    return Poll::Ready(Woke::ClientWritable(r.is_ok()));
+                }
+                Poll::Pending
+            })
+            .await;
+            match woke {
+                Woke::ServerReadable(false) | Woke::ServerWritable(false) => {
+                    return Ok(RelayEnd::ServerGone);
+                }
+                Woke::ServerReadable(true) => match self.down.read_from(self.server) {
+                    Ok(Some(0)) | Err(_) => return Ok(RelayEnd::ServerGone),
+                    Ok(Some(_)) => {
+                        let cache = self.statements.as_mut().map(|s| &mut *s.server);
+                        self.server_side
+                            .process(self.down, self.tracker, cache, on_param)?;
+                        if std::mem::take(&mut self.client_side.deferred) {
+                            self.process_client()?;
                         }
-                        Ok(None) => {}
                     }
+                    Ok(None) => {}
+                },
+                Woke::ClientReadable(false) => client_eof = true,
+                Woke::ClientReadable(true) => match self.up.read_from(self.client) {
+                    Ok(Some(0)) | Err(_) => client_eof = true,
+                    Ok(Some(_)) => self.process_client()?,
+                    Ok(None) => {}
+                },
+                Woke::ServerWritable(true) => self.up.blocked = false,
+                Woke::ClientWritable(false) => {
+                    return Ok(RelayEnd::ClientGone {
+                        server_clean: self.clean(),
+                    });
                 }
-                r = self.client.readable(), if read_client => {
-                    if r.is_err() {
-                        client_eof = true;
-                        continue;
-                    }
-                    match self.up.read_from(self.client) {
-                        Ok(Some(0)) | Err(_) => client_eof = true,
-                        Ok(Some(_)) => self.process_client()?,
-                        Ok(None) => {}
-                    }
-                }
-                r = self.server.writable(), if self.up.blocked => {
-                    if r.is_err() {
-                        return Ok(RelayEnd::ServerGone);
-                    }
-                    self.up.blocked = false;
-                }
-                r = self.client.writable(), if self.down.blocked => {
-                    if r.is_err() {
-                        return Ok(RelayEnd::ClientGone { server_clean: self.clean() });
-                    }
-                    self.down.blocked = false;
-                }
+                Woke::ClientWritable(true) => self.down.blocked = false,
             }
         }
     }
+}
+
+/// What the relay's wait saw first; `false` when the socket reported an error.
+enum Woke {
+    ServerReadable(bool),
+    ClientReadable(bool),
+    ServerWritable(bool),
+    ClientWritable(bool),
 }
 
 /// Reads client bytes while no server is attached, until the first message is complete (or,

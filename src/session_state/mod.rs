@@ -237,12 +237,29 @@ pub fn may_matter(sql: &[u8]) -> bool {
         rest.get(..word.len())
             .is_some_and(|r| r.iter().zip(word).all(|(a, b)| a | 0x20 == *b))
     }
+    /// The bytes worth a look: the first letters of the words below, and `;`. Every other
+    /// byte costs one table lookup.
+    const LOOK: [bool; 256] = {
+        let mut table = [false; 256];
+        let bytes = b"slptahdSLPTAHD;";
+        let mut i = 0;
+        while i < bytes.len() {
+            table[bytes[i] as usize] = true;
+            i += 1;
+        }
+        table
+    };
     let mut statement_start = true;
-    for (i, &c) in sql.iter().enumerate() {
+    let mut i = 0;
+    while i < sql.len() {
+        let c = sql[i];
         if statement_start {
             match c {
                 // A query's terminator (NUL) ends nothing the lexer would look at.
-                b' ' | b'\t' | b'\n' | b'\r' | b'\x0c' | b';' | b'\0' => continue,
+                b' ' | b'\t' | b'\n' | b'\r' | b'\x0c' | b';' | b'\0' => {
+                    i += 1;
+                    continue;
+                }
                 c if c.is_ascii_alphabetic() => {
                     statement_start = false;
                     let word_end = sql.get(i + 2).is_none_or(|&n| {
@@ -256,6 +273,9 @@ pub fn may_matter(sql: &[u8]) -> bool {
                 // lexer skips): let the lexer decide.
                 _ => return true,
             }
+        } else if !LOOK[c as usize] {
+            i += 1;
+            continue;
         }
         // Each word the scanners look for, by its first letter: one comparison per letter.
         let rest = &sql[i..];
@@ -281,6 +301,7 @@ pub fn may_matter(sql: &[u8]) -> bool {
         if hit {
             return true;
         }
+        i += 1;
     }
     false
 }
