@@ -27,4 +27,5 @@ pub mod session_state;
 pub mod stats;
 pub mod supervisor;
 pub mod tls;
+pub mod wakeup;
 pub mod wire;

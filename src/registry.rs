@@ -23,6 +23,7 @@ use crate::pool::Pool;
 use crate::server::ServerConn;
 use crate::session_state::Kind;
 use crate::stats::{now_us, us_of};
+use crate::wakeup::Wakeup;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientState {
@@ -78,7 +79,7 @@ pub struct ClientInfo {
     server_host: AtomicUsize,
     server_connected_us: AtomicU64,
     /// Woken by the shutdown supervisor: the session looks at the shutdown phase.
-    pub stop: Notify,
+    pub stop: Wakeup,
     /// The BackendKeyData the pooler gave this client (its CancelRequest key).
     pub cancel_key: (i32, i32),
     /// 1 + index in `session_state::Kind::ALL` once the client is pinned to its server.
@@ -343,7 +344,7 @@ impl ClientRegistry {
             server_secret: AtomicI32::new(0),
             server_host: AtomicUsize::new(0),
             server_connected_us: AtomicU64::new(0),
-            stop: Notify::new(),
+            stop: Wakeup::new(),
             cancel_key,
             pinned: AtomicU8::new(0),
             cancels_in_flight: AtomicU32::new(0),
@@ -403,7 +404,7 @@ impl ClientRegistry {
     /// right now finds the wake-up the next time it waits.
     pub fn wake_all(&self) {
         for c in self.lock().values() {
-            c.stop.notify_one();
+            c.stop.notify();
         }
     }
 
@@ -415,7 +416,7 @@ impl ClientRegistry {
             return false;
         };
         client.killed.store(true, Relaxed);
-        client.stop.notify_one();
+        client.stop.notify();
         // A session blocked writing to a client that does not read never wakes to look: cut
         // its socket after a grace period if it is still connected then.
         let registry = Arc::downgrade(self);

@@ -98,7 +98,7 @@ impl Console {
                 return Err(PoolerError::ShuttingDown);
             }
             let read = tokio::select! {
-                _ = self.client.stop.notified() => continue,
+                _ = self.client.stop.wait() => continue,
                 read = wire::read_message(stream, MAX_QUERY_LEN) => read,
             };
             let (tag, body) = match read {

@@ -150,7 +150,7 @@ impl<'a> Watchdog<'a> {
             self.killed()?;
             tokio::select! {
                 biased;
-                _ = self.client.stop.notified() => continue,
+                _ = self.client.stop.wait() => continue,
                 r = relay::read_request(stream, up) => return r,
                 _ = sleep_until(deadline) => return Err(PoolerError::ClientIdleTimeout),
             }
@@ -190,7 +190,7 @@ impl<'a> Watchdog<'a> {
             self.killed()?;
             tokio::select! {
                 biased;
-                _ = self.client.stop.notified() => continue,
+                _ = self.client.stop.wait() => continue,
                 r = &mut checkout => break r?,
                 _ = sleep_until(notify_at) => {
                     notify_at = None;
@@ -244,7 +244,7 @@ impl<'a> Watchdog<'a> {
             };
             let woke = tokio::select! {
                 biased;
-                _ = self.client.stop.notified() => Woke::Notified,
+                _ = self.client.stop.wait() => Woke::Notified,
                 end = relay.run(release, on_param) => Woke::Ended(end),
                 _ = sleep_until(tick.map(|t| Instant::now() + t)) => Woke::Tick,
             };
