@@ -59,6 +59,20 @@ impl Flow {
         self.continue_message();
     }
 
+    /// Moves the first `n` bytes of `inbuf` (whole messages that pass unchanged) to `out`:
+    /// when they are all of `inbuf` and `out` is empty, by trading the buffers, no copy.
+    pub(crate) fn commit(&mut self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        if self.out.is_empty() && n == self.inbuf.len() {
+            std::mem::swap(&mut self.inbuf, &mut self.out);
+        } else {
+            self.out.extend_from_slice(&self.inbuf[..n]);
+            self.inbuf.advance(n);
+        }
+    }
+
     /// Gives the buffers' memory back when they are empty: idle clients hold no buffers.
     pub fn shrink_if_empty(&mut self) {
         if self.inbuf.is_empty() && self.inbuf.capacity() > 0 {

@@ -28,52 +28,75 @@ pub(crate) const CACHED_PLAN_CHANGED: &[u8] = b"0A000";
 
 impl ServerSide {
     /// Processes the server's input into `down.out`.
+    ///
+    /// Whole messages that pass unchanged are not copied one by one: they are held in
+    /// `down.inbuf` and moved to `down.out` together (`Flow::commit`) when something else must
+    /// be written or dropped in between, or when the input is used up. A reply that arrived
+    /// whole while `down.out` was empty — the common case — changes buffers without a copy.
     pub fn process(
+        &mut self,
+        down: &mut Flow,
+        tracker: &mut Tracker,
+        cache: Option<&mut ServerCache>,
+        on_param: &mut (dyn FnMut(&str, &str) + Send),
+    ) -> Result<()> {
+        down.ready_out();
+        let mut held = 0;
+        let result = self.process_held(down, tracker, cache, on_param, &mut held);
+        down.commit(held);
+        result
+    }
+
+    fn process_held(
         &mut self,
         down: &mut Flow,
         tracker: &mut Tracker,
         mut cache: Option<&mut ServerCache>,
         on_param: &mut (dyn FnMut(&str, &str) + Send),
+        held: &mut usize,
     ) -> Result<()> {
-        down.ready_out();
         loop {
             if !down.continue_message() {
                 return Ok(());
             }
-            tracker.emit_synthetic(&mut down.out);
-            let Some((tag, total)) = header(&down.inbuf, true)? else {
+            if tracker.owes_synthetic() {
+                down.commit(std::mem::take(held));
+                tracker.emit_synthetic(&mut down.out);
+            }
+            let at = *held;
+            let Some((tag, total)) = header(&down.inbuf[at..], true)? else {
                 return Ok(());
             };
+            let whole = down.inbuf.len() - at >= total;
             let kind = Backend::of(tag);
-            match kind {
+            let hide = match kind {
                 Some(Backend::ReadyForQuery) => {
                     if total != 6 {
                         return Err(PoolerError::ServerProtocol("bad ReadyForQuery".into()));
                     }
-                    if down.inbuf.len() < total {
+                    if !whole {
                         return Ok(());
                     }
-                    self.status = down.inbuf[5];
+                    self.status = down.inbuf[at + 5];
                     tracker.failed_tx = self.status == wire::STATUS_FAILED;
-                    let hide = tracker.on_ready(&mut cache);
-                    down.pass(total, hide);
+                    tracker.on_ready(&mut cache)
                 }
                 Some(Backend::ParameterStatus | Backend::ErrorResponse)
                     if total > MAX_INSPECTED =>
                 {
                     // Too large to read whole (an error quoting a huge input): streamed. Its
                     // place in the request flow is all that matters; the fields go unread.
-                    let hide = kind == Some(Backend::ErrorResponse)
-                        && matches!(tracker.on_error(&mut cache), ErrorFate::Hide);
-                    down.pass(total, hide);
+                    kind == Some(Backend::ErrorResponse)
+                        && matches!(tracker.on_error(&mut cache), ErrorFate::Hide)
                 }
                 Some(Backend::ParameterStatus | Backend::ErrorResponse) => {
-                    if down.inbuf.len() < total {
+                    if !whole {
                         return Ok(());
                     }
+                    let body = &down.inbuf[at + 5..at + total];
                     let mut hide = false;
                     if kind == Some(Backend::ParameterStatus) {
-                        let mut body = &down.inbuf[5..total];
+                        let mut body = body;
                         if let (Ok(name), Ok(value)) =
                             (wire::take_cstr(&mut body), wire::take_cstr(&mut body))
                         {
@@ -85,11 +108,11 @@ impl ServerSide {
                                 hide = true;
                                 tracing::warn!(
                                     "restoring startup parameters after RESET failed: {}",
-                                    wire::error_fields(&down.inbuf[5..total]).1
+                                    wire::error_fields(body).1
                                 );
                             }
                             ErrorFate::Pass(Some(stmt))
-                                if error_code_is(&down.inbuf[5..total], CACHED_PLAN_CHANGED) =>
+                                if error_code_is(body, CACHED_PLAN_CHANGED) =>
                             {
                                 // DDL changed the result type: re-prepare it next time it is used.
                                 if let Some(c) = cache.as_deref_mut() {
@@ -100,15 +123,22 @@ impl ServerSide {
                             ErrorFate::Pass(_) => {}
                         }
                     }
-                    down.pass(total, hide);
+                    hide
                 }
                 _ => {
                     if kind == Some(Backend::CopyInResponse) {
                         tracker.on_copy_in();
                     }
-                    let hide = tracker.on_reply(kind);
-                    down.pass(total, hide);
+                    tracker.on_reply(kind)
                 }
+            };
+            if whole && !hide {
+                *held += total;
+            } else {
+                // Dropped, or still arriving: what is held goes first, then this message
+                // is moved or dropped as far as it has arrived (the rest follows later).
+                down.commit(std::mem::take(held));
+                down.pass(total, hide);
             }
         }
     }

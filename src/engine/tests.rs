@@ -230,3 +230,55 @@ fn bad_lengths_and_types_are_errors() {
         );
     }
 }
+
+#[test]
+fn a_whole_reply_is_forwarded_without_a_copy() {
+    let registry = Registry::default();
+    let mut rig = Rig::new();
+    let q = msg(b'Q', b"SELECT 1\0");
+    rig.send(&registry, &q);
+    let mut reply = msg(b'T', &[0, 0]);
+    reply.extend(msg(b'D', &[0, 0]));
+    reply.extend(msg(b'C', b"SELECT 1\0"));
+    reply.extend(msg(b'Z', b"I"));
+    rig.down.out = bytes::BytesMut::with_capacity(64);
+    rig.down.inbuf = bytes::BytesMut::with_capacity(4096);
+    rig.down.inbuf.extend_from_slice(&reply);
+    let input_at = rig.down.inbuf.as_ptr();
+    rig.server
+        .process(
+            &mut rig.down,
+            &mut rig.tracker,
+            Some(&mut rig.cache),
+            &mut |_, _| {},
+        )
+        .unwrap();
+    assert_eq!(&rig.down.out[..], &reply[..]);
+    assert_eq!(
+        rig.down.out.as_ptr(),
+        input_at,
+        "the input buffer became the output"
+    );
+    assert!(rig.down.inbuf.is_empty());
+    assert!(rig.tracker.is_idle());
+}
+
+#[test]
+fn held_messages_keep_their_order_around_a_partial_one() {
+    let registry = Registry::default();
+    let mut rig = Rig::new();
+    rig.send(&registry, &msg(b'Q', b"SELECT 1\0"));
+    let mut reply = msg(b'T', &[0, 0]);
+    reply.extend(msg(b'D', &[7; 100]));
+    reply.extend(msg(b'C', b"SELECT 1\0"));
+    reply.extend(msg(b'Z', b"I"));
+    // Every split point: what the client gets is the reply, unchanged and in order.
+    for cut in 1..reply.len() {
+        let mut rig = Rig::new();
+        rig.send(&registry, &msg(b'Q', b"SELECT 1\0"));
+        let mut got = rig.reply(&reply[..cut]);
+        got.extend(rig.reply(&reply[cut..]));
+        assert_eq!(got, reply, "cut at {cut}");
+        assert!(rig.tracker.is_idle());
+    }
+}

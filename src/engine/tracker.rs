@@ -161,6 +161,21 @@ impl Tracker {
         }
     }
 
+    /// Whether `emit_synthetic` has something to write now.
+    pub(crate) fn owes_synthetic(&mut self) -> bool {
+        self.drop_stale_markers();
+        matches!(
+            self.queue.front(),
+            Some(
+                Expect::Synth(_)
+                    | Expect::Prepared {
+                        forwarded: false,
+                        ..
+                    }
+            )
+        )
+    }
+
     /// Emits replies the pooler owes the client, once everything before them is answered.
     pub(crate) fn emit_synthetic(&mut self, out: &mut BytesMut) {
         self.drop_stale_markers();
