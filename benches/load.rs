@@ -573,7 +573,39 @@ fn start_postgres(opts: &Opts, bindir: &Path, state: &Path) -> Pg {
     Pg { port, pid }
 }
 
-fn write_pooler_config(state: &Path, name: &str, port: u16, pg_port: u16) -> PathBuf {
+/// The pool settings of a generated pooler / PgBouncer config (the same for both).
+#[derive(Clone, Copy, Debug)]
+struct PoolCfg {
+    size: u32,
+    reserve: u32,
+    /// Seconds a client waits before the reserve pool is used.
+    reserve_timeout: u32,
+    max_client_conn: u32,
+}
+
+/// The pool of the main rows, the idle test and the allocation count.
+const MAIN_POOL: PoolCfg = PoolCfg {
+    size: 20,
+    reserve: 5,
+    reserve_timeout: 3,
+    max_client_conn: 12_000,
+};
+
+/// The pool of the mission rows (issue 15): thousands of clients on pool 150.
+const MISSION_POOL: PoolCfg = PoolCfg {
+    size: 150,
+    reserve: 10,
+    reserve_timeout: 5,
+    max_client_conn: 20_000,
+};
+
+fn write_pooler_config(
+    state: &Path,
+    name: &str,
+    port: u16,
+    pg_port: u16,
+    pool: PoolCfg,
+) -> PathBuf {
     fs::write(
         state.join("userlist.txt"),
         format!("\"{USER}\" \"{PASSWORD}\"\n"),
@@ -589,10 +621,10 @@ listen_port = {port}
 pool_mode = "transaction"
 auth_type = "md5"
 auth_file = "userlist.txt"
-default_pool_size = 20
-reserve_pool_size = 5
-reserve_pool_timeout = 3
-max_client_conn = 12000
+default_pool_size = {size}
+reserve_pool_size = {reserve}
+reserve_pool_timeout = {reserve_timeout}
+max_client_conn = {max_client_conn}
 ignore_startup_parameters = "extra_float_digits"
 log_connections = false
 log_disconnections = false
@@ -600,26 +632,38 @@ log_disconnections = false
 [databases.{DB}]
 host = "127.0.0.1"
 port = {pg_port}
-"#
+"#,
+            size = pool.size,
+            reserve = pool.reserve,
+            reserve_timeout = pool.reserve_timeout,
+            max_client_conn = pool.max_client_conn,
         ),
     )
     .expect("pooler config");
     path
 }
 
-fn start_pooler(state: &Path, name: &str, pg_port: u16) -> Target {
+fn start_pooler(state: &Path, name: &str, pg_port: u16, pool: PoolCfg) -> Target {
     start_pooler_bin(
         Path::new(env!("CARGO_BIN_EXE_pooler")),
         Kind::Pooler,
         state,
         name,
         pg_port,
+        pool,
     )
 }
 
-fn start_pooler_bin(bin: &Path, kind: Kind, state: &Path, name: &str, pg_port: u16) -> Target {
+fn start_pooler_bin(
+    bin: &Path,
+    kind: Kind,
+    state: &Path,
+    name: &str,
+    pg_port: u16,
+    pool: PoolCfg,
+) -> Target {
     let port = free_port();
-    let config = write_pooler_config(state, name, port, pg_port);
+    let config = write_pooler_config(state, name, port, pg_port, pool);
     let log = state.join(format!("{name}.log"));
     let pid = spawn(
         Command::new(bin)
@@ -638,7 +682,7 @@ fn start_pooler_bin(bin: &Path, kind: Kind, state: &Path, name: &str, pg_port: u
     }
 }
 
-fn start_pgbouncer(bin: &Path, state: &Path, name: &str, pg_port: u16) -> Target {
+fn start_pgbouncer(bin: &Path, state: &Path, name: &str, pg_port: u16, pool: PoolCfg) -> Target {
     let dir = state.join(name);
     fs::create_dir_all(&dir).expect("mkdir");
     let port = free_port();
@@ -662,14 +706,18 @@ fn start_pgbouncer(bin: &Path, state: &Path, name: &str, pg_port: u16) -> Target
              auth_type = md5\n\
              auth_file = {d}/userlist.txt\n\
              pool_mode = transaction\n\
-             default_pool_size = 20\n\
-             reserve_pool_size = 5\n\
-             reserve_pool_timeout = 3\n\
-             max_client_conn = 12000\n\
+             default_pool_size = {size}\n\
+             reserve_pool_size = {reserve}\n\
+             reserve_pool_timeout = {reserve_timeout}\n\
+             max_client_conn = {max_client_conn}\n\
              ignore_startup_parameters = extra_float_digits\n\
              log_connections = 0\n\
              log_disconnections = 0\n",
-            d = dir.display()
+            d = dir.display(),
+            size = pool.size,
+            reserve = pool.reserve,
+            reserve_timeout = pool.reserve_timeout,
+            max_client_conn = pool.max_client_conn,
         ),
     )
     .expect("pgbouncer.ini");
@@ -1093,6 +1141,17 @@ fn rss_kb(pid: u32) -> impl Fn() -> u64 {
 /// Opens `n` idle clients to `port`; `measure` (kB) is read before, after the logins and
 /// after one query on each.
 fn idle_clients(port: u16, n: usize, measure: &dyn Fn() -> u64) -> IdleResult {
+    idle_clients_during(port, n, measure, &mut || {})
+}
+
+/// [`idle_clients`], and `during` runs while the idle clients are still connected (after the
+/// last measurement).
+fn idle_clients_during(
+    port: u16,
+    n: usize,
+    measure: &dyn Fn() -> u64,
+    during: &mut dyn FnMut(),
+) -> IdleResult {
     use futures_util::StreamExt;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -1140,6 +1199,8 @@ fn idle_clients(port: u16, n: usize, measure: &dyn Fn() -> u64) -> IdleResult {
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
         r.after_query_kb = measure();
+        // The idle clients stay connected (and idle) while `during` runs on this thread.
+        during();
         drop(streams);
     });
     rt.shutdown_timeout(Duration::from_secs(5));
@@ -1163,7 +1224,7 @@ fn inprocess_allocs(
     idle_n: usize,
 ) -> (Vec<AllocResult>, Option<IdleResult>) {
     let port = free_port();
-    let config = write_pooler_config(&ctx.state, "pooler-inprocess", port, pg_port);
+    let config = write_pooler_config(&ctx.state, "pooler-inprocess", port, pg_port, MAIN_POOL);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .on_thread_start(|| POOLER_THREAD.with(|t| t.set(true)))
@@ -1654,14 +1715,16 @@ fn real_main() {
                 &state,
                 "pgbouncer",
                 pg.port,
+                MAIN_POOL,
             ),
-            Kind::Pooler => start_pooler(&state, "pooler", pg.port),
+            Kind::Pooler => start_pooler(&state, "pooler", pg.port, MAIN_POOL),
             Kind::PoolerB => start_pooler_bin(
                 pooler_b.as_deref().expect("pooler-b"),
                 Kind::PoolerB,
                 &state,
                 "pooler-b",
                 pg.port,
+                MAIN_POOL,
             ),
         });
     }
@@ -1838,9 +1901,15 @@ fn real_main() {
             .idle_clients
             .min(nofile.saturating_sub(200) as usize);
         println!("\n{n} idle clients (logged in, outside a transaction)");
-        let mut fresh = vec![start_pooler(&state, "pooler-idle", pg.port)];
+        let mut fresh = vec![start_pooler(&state, "pooler-idle", pg.port, MAIN_POOL)];
         if let Some(bin) = &pgbouncer_bin {
-            fresh.push(start_pgbouncer(bin, &state, "pgbouncer-idle", pg.port));
+            fresh.push(start_pgbouncer(
+                bin,
+                &state,
+                "pgbouncer-idle",
+                pg.port,
+                MAIN_POOL,
+            ));
         }
         for t in &fresh {
             std::thread::sleep(Duration::from_millis(500));
