@@ -1407,7 +1407,7 @@ struct MissionRun {
     /// "client N aborted" lines in pgbench's output.
     aborted: usize,
     /// Seconds from the start of pgbench to the moment every client had completed its first
-    /// transaction (the login storm), if they all did.
+    /// transaction (the login storm and the first queue), if they all did.
     all_in_secs: Option<f64>,
     /// Clients that never completed a transaction.
     never: usize,
@@ -1585,18 +1585,28 @@ fn mission_pgbench(
         return run;
     }
     // The window: from the later of (every client has completed a transaction) and
-    // (start + warm-up), to the last completion.
+    // (start + warm-up), to the end: saturated, the first client's last completion (pgbench's
+    // timer has expired and the clients are draining, so the load is no longer the full
+    // client count); at a fixed rate, the last completion (clients wait for their schedule,
+    // so a client's last transaction can be seconds before the end).
     let mut first: BTreeMap<u32, i64> = BTreeMap::new();
+    let mut last: BTreeMap<u32, i64> = BTreeMap::new();
     for t in &txns {
         let f = first.entry(t.client).or_insert(t.end_us);
         *f = (*f).min(t.end_us);
+        let l = last.entry(t.client).or_insert(t.end_us);
+        *l = (*l).max(t.end_us);
     }
     run.never = clients as usize - first.len().min(clients as usize);
     let all_in = first.values().copied().max().unwrap_or(start_us);
     if run.never == 0 {
         run.all_in_secs = Some((all_in - start_us) as f64 / 1e6);
     }
-    let end = txns.iter().map(|t| t.end_us).max().unwrap_or(start_us);
+    let end = if rate.is_none() && run.never == 0 {
+        last.values().copied().min().unwrap_or(start_us)
+    } else {
+        txns.iter().map(|t| t.end_us).max().unwrap_or(start_us)
+    };
     let from =
         (start_us + warmup as i64 * 1_000_000).max(if run.never == 0 { all_in } else { start_us });
     txns.retain(|t| t.end_us > from && t.end_us <= end);
@@ -1647,7 +1657,7 @@ fn mission_pgbench(
 
 fn print_mission_run(kind: Kind, r: &MissionRun) {
     println!(
-        "  {:<10} {:>5} clients{}{} {:>9} tps  p50 {} p99 {} p99.9 {} ms  cpu {} µs/txn  per client {}  login storm {} s  window {:.1} s{}",
+        "  {:<10} {:>5} clients{}{} {:>9} tps  p50 {} p99 {} p99.9 {} ms  cpu {} µs/txn  per client {}  all served once after {} s  window {:.1} s{}",
         kind.name(),
         r.clients,
         r.rate
@@ -1833,7 +1843,9 @@ fn mission_report(md: &mut String, res: &MissionResults, opts: &MissionOpts) {
          (at most {} clients per pgbench process, `-j` JOBS each), every transaction logged \
          (`-l`). Figures are over the measurement window: from the later of (every client has \
          completed its first transaction, i.e. the login storm is over) and (start + {} s \
-         warm-up), to the last transaction. tps = transactions in the window / its length; CPU \
+         warm-up), to the end: saturated, the first client's last transaction (after that \
+         pgbench's timer has expired and the clients drain); at a fixed rate, the last \
+         transaction. tps = transactions in the window / its length; CPU \
          per transaction = the target process's CPU time in the window (sampled every 250 ms, \
          interpolated) / those transactions; peak RSS = VmHWM over the whole run, login storm \
          included. Latency is pgbench's per-transaction `time`; with `--rate` it is measured from \
@@ -1906,7 +1918,7 @@ fn mission_report(md: &mut String, res: &MissionResults, opts: &MissionOpts) {
     let _ = writeln!(md, "### Saturated\n");
     let _ = writeln!(
         md,
-        "| clients | PgBouncer tps | pooler tps | pooler / PgBouncer | p50 ms PgB / pooler | p99 ms PgB / pooler | p99.9 ms PgB / pooler | p99 pooler / PgB | CPU µs/txn PgB / pooler | CPU pooler / PgB | peak RSS MiB PgB / pooler | login storm s PgB / pooler | window s |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "| clients | PgBouncer tps | pooler tps | pooler / PgBouncer | p50 ms PgB / pooler | p99 ms PgB / pooler | p99.9 ms PgB / pooler | p99 pooler / PgB | CPU µs/txn PgB / pooler | CPU pooler / PgB | peak RSS MiB PgB / pooler | every client served once after s PgB / pooler | window s PgB / pooler |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for &n in &counts {
         let b = get(&res.saturated, n, Kind::PgBouncer);
