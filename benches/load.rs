@@ -15,7 +15,13 @@
 //! 6. heap allocations per transaction of the pooler (run in this process, counted by a
 //!    counting global allocator, driven by an external pgbench);
 //! 7. RSS with 10,000 idle logged-in clients, pooler against PgBouncer;
-//! 8. `results.md`, `results.csv`, raw pgbench output and `chart.png` in the results directory.
+//! 8. the mission rows (issue 15), on a fresh pooler and PgBouncer with pool 150 (+10 reserve
+//!    after 5 s): 2,000 and 8,000 `pgbench -S` clients, saturated and at a fixed offered rate
+//!    (60 % of PgBouncer's saturated tps in the same run), p50/p99/p99.9 latency and
+//!    transactions per client from pgbench's per-transaction logs (`-l`), CPU per transaction
+//!    and peak RSS, and the fixed-rate run again with 10,000 idle clients connected;
+//! 9. `results.md`, `results.csv` (`mission.csv`), raw pgbench output and `chart.png` in the
+//!    results directory.
 //!
 //! Every pgbench run is bounded (`-T`, plus a kill at T+120 s); every process started is
 //! stopped by its PID at the end, on error and on ctrl-c. Loopback only.
@@ -27,6 +33,13 @@
 //! Postgres, RESULTS_DIR, UPDATE_DOCS=1 copies the chart and the report to docs/,
 //! POOLER_BIN_B=/path/to/pooler adds a second pooler build as a fourth target (compare a change
 //! in the same run), CHART_FONT=/path/to/font.ttf (DejaVu Sans is found by default).
+//!
+//! Mission rows: MISSION=0 skips them; MISSION_CLIENTS (2000,8000; the idle run goes with the
+//! smallest), MISSION_DURATION (s measured per run, 15), MISSION_WARMUP (s excluded at the
+//! start, 5), MISSION_REPEAT (1), MISSION_RATE_PCT (60), MISSION_IDLE (10000; 0 skips the idle
+//! run), MISSION_PER_PGBENCH (clients per pgbench process, 8000). In ROWS, `mission_cN` selects
+//! N clients and `mission_idle_cN` the same plus the idle run; ROWS naming only mission rows
+//! runs only those (no taskset, allocation or idle-RSS runs).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::BTreeMap;
@@ -1426,6 +1439,10 @@ struct MissionRun {
     zero_clients: usize,
     /// CPU seconds the target process used inside the window (interpolated from samples).
     cpu_secs: Option<f64>,
+    /// CPU seconds of the pgbench processes inside the window.
+    pgbench_cpu_secs: Option<f64>,
+    /// The whole machine's busy CPU time inside the window, % of all cores (`/proc/stat`).
+    machine_busy_pct: Option<f64>,
     hwm_kb: Option<u64>,
 }
 
@@ -1436,6 +1453,32 @@ impl MissionRun {
             .and(self.cpu_secs)
             .map(|s| s * 1e6 / self.txns as f64)
     }
+
+    fn pgbench_cpu_us_per_txn(&self) -> Option<f64> {
+        (self.txns > 0)
+            .then_some(())
+            .and(self.pgbench_cpu_secs)
+            .map(|s| s * 1e6 / self.txns as f64)
+    }
+}
+
+/// The machine's (busy, total) CPU seconds over all cores, from `/proc/stat`.
+fn machine_cpu() -> Option<(f64, f64)> {
+    let stat = fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    if v.len() < 8 {
+        return None;
+    }
+    // user nice system idle iowait irq softirq steal
+    let idle = v[3] + v[4];
+    let total: f64 = v.iter().sum();
+    Some(((total - idle) / clk_tck(), total / clk_tck()))
 }
 
 /// Linear interpolation of the target's CPU time at `t_us` from `(time µs, cpu s)` samples.
@@ -1506,12 +1549,26 @@ fn mission_pgbench(
     }
     // Sample the target's CPU time while pgbench runs; every pgbench is bounded.
     let mut samples: Vec<(i64, f64)> = Vec::new();
+    let mut pgbench_samples: Vec<(i64, f64)> = Vec::new();
+    let mut busy_samples: Vec<(i64, f64)> = Vec::new();
+    let mut total_samples: Vec<(i64, f64)> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(secs + 120);
     let mut statuses: Vec<Option<ExitStatus>> = vec![None; procs];
     let mut running: Vec<bool> = vec![true; procs];
     loop {
+        let t = now_us();
         if let Some(c) = target.pid.and_then(cpu_secs) {
-            samples.push((now_us(), c));
+            samples.push((t, c));
+        }
+        // The pgbench processes' CPU, while all of them are alive (a sum is only comparable
+        // between samples of the same processes).
+        let pgb: Vec<f64> = pids.iter().filter_map(|p| cpu_secs(*p)).collect();
+        if pgb.len() == pids.len() && running.iter().all(|r| *r) {
+            pgbench_samples.push((t, pgb.iter().sum()));
+        }
+        if let Some((busy, total)) = machine_cpu() {
+            busy_samples.push((t, busy));
+            total_samples.push((t, total));
         }
         for (i, pid) in pids.iter().enumerate() {
             if running[i]
@@ -1648,8 +1705,14 @@ fn mission_pgbench(
             counts[counts.len() - 1],
         ));
     }
-    run.cpu_secs = match (cpu_at(&samples, from), cpu_at(&samples, end)) {
+    let delta = |v: &[(i64, f64)]| match (cpu_at(v, from), cpu_at(v, end)) {
         (Some(a), Some(b)) => Some(b - a),
+        _ => None,
+    };
+    run.cpu_secs = delta(&samples);
+    run.pgbench_cpu_secs = delta(&pgbench_samples);
+    run.machine_busy_pct = match (delta(&busy_samples), delta(&total_samples)) {
+        (Some(b), Some(t)) if t > 0.0 => Some(100.0 * b / t),
         _ => None,
     };
     run
@@ -1657,7 +1720,7 @@ fn mission_pgbench(
 
 fn print_mission_run(kind: Kind, r: &MissionRun) {
     println!(
-        "  {:<10} {:>5} clients{}{} {:>9} tps  p50 {} p99 {} p99.9 {} ms  cpu {} µs/txn  per client {}  all served once after {} s  window {:.1} s{}",
+        "  {:<10} {:>5} clients{}{} {:>9} tps  p50 {} p99 {} p99.9 {} ms  cpu {} µs/txn (pgbench {}, machine busy {} %)  per client {}  all served once after {} s  window {:.1} s{}",
         kind.name(),
         r.clients,
         r.rate
@@ -1673,6 +1736,8 @@ fn print_mission_run(kind: Kind, r: &MissionRun) {
         opt(r.p99_ms, 2),
         opt(r.p999_ms, 2),
         opt(r.cpu_us_per_txn(), 1),
+        opt(r.pgbench_cpu_us_per_txn(), 1),
+        opt(r.machine_busy_pct, 0),
         r.per_client
             .map(|(a, b, c)| format!("{a}/{b}/{c}"))
             .unwrap_or_else(|| "—".into()),
@@ -1850,7 +1915,10 @@ fn mission_report(md: &mut String, res: &MissionResults, opts: &MissionOpts) {
          interpolated) / those transactions; peak RSS = VmHWM over the whole run, login storm \
          included. Latency is pgbench's per-transaction `time`; with `--rate` it is measured from \
          the *scheduled* start, so it includes the schedule lag (pgbench's documented behaviour); \
-         the 'service' p99 subtracts the lag. Median run of {} by tps.\n",
+         the 'service' p99 subtracts the lag. The run shown is the median of {} by tps (of an \
+         even number, the slower of the middle two); the columns 'of each run' list every run. \
+         pgbench CPU and machine busy % (all cores, `/proc/stat`) are over the same window: they \
+         tell whether the client or the machine, rather than the target, was the limit.\n",
         p.size,
         p.reserve,
         p.reserve_timeout,
@@ -1915,17 +1983,30 @@ fn mission_report(md: &mut String, res: &MissionResults, opts: &MissionOpts) {
     }
 
     let tps = |r: &MissionRun| Some(r.tps);
+    // One figure of every run of (n, kind), in run order.
+    let each =
+        |m: &BTreeMap<(u32, Kind), Vec<MissionRun>>, n: u32, f: &dyn Fn(&MissionRun) -> String| {
+            [Kind::PgBouncer, Kind::Pooler]
+                .iter()
+                .map(|k| {
+                    m.get(&(n, *k))
+                        .map(|v| v.iter().map(f).collect::<Vec<_>>().join(", "))
+                        .unwrap_or_else(|| "—".into())
+                })
+                .collect::<Vec<_>>()
+                .join(" / ")
+        };
     let _ = writeln!(md, "### Saturated\n");
     let _ = writeln!(
         md,
-        "| clients | PgBouncer tps | pooler tps | pooler / PgBouncer | p50 ms PgB / pooler | p99 ms PgB / pooler | p99.9 ms PgB / pooler | p99 pooler / PgB | CPU µs/txn PgB / pooler | CPU pooler / PgB | peak RSS MiB PgB / pooler | every client served once after s PgB / pooler | window s PgB / pooler |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "| clients | PgBouncer tps | pooler tps | pooler / PgBouncer | p50 ms PgB / pooler | p99 ms PgB / pooler | p99.9 ms PgB / pooler | p99 pooler / PgB | CPU µs/txn PgB / pooler | CPU pooler / PgB | peak RSS MiB PgB / pooler | every client served once after s PgB / pooler | window s PgB / pooler | tps of each run PgB / pooler | pgbench CPU µs/txn PgB / pooler | machine CPU busy % PgB / pooler |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for &n in &counts {
         let b = get(&res.saturated, n, Kind::PgBouncer);
         let q = get(&res.saturated, n, Kind::Pooler);
         let _ = writeln!(
             md,
-            "| {n} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {n} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             b.as_ref()
                 .map(|r| fmt_num(r.tps))
                 .unwrap_or_else(|| "—".into()),
@@ -1942,6 +2023,9 @@ fn mission_report(md: &mut String, res: &MissionResults, opts: &MissionOpts) {
             pair(&b, &q, &|r| r.hwm_kb.map(|k| k as f64 / 1024.0), 1),
             pair(&b, &q, &|r| r.all_in_secs, 1),
             pair(&b, &q, &|r| Some(r.window_secs), 1),
+            each(&res.saturated, n, &|r| fmt_num(r.tps)),
+            pair(&b, &q, &|r| r.pgbench_cpu_us_per_txn(), 1),
+            pair(&b, &q, &|r| r.machine_busy_pct, 0),
         );
     }
 
@@ -1952,7 +2036,7 @@ fn mission_report(md: &mut String, res: &MissionResults, opts: &MissionOpts) {
     );
     let _ = writeln!(
         md,
-        "| clients | offered tps | achieved tps PgB / pooler | p50 ms PgB / pooler | p99 ms PgB / pooler | p99.9 ms PgB / pooler | p99 pooler / PgB | p99 service ms PgB / pooler | CPU µs/txn PgB / pooler | CPU pooler / PgB | peak RSS MiB PgB / pooler |\n|---|---|---|---|---|---|---|---|---|---|---|"
+        "| clients | offered tps | achieved tps PgB / pooler | p50 ms PgB / pooler | p99 ms PgB / pooler | p99.9 ms PgB / pooler | p99 pooler / PgB | p99 service ms PgB / pooler | CPU µs/txn PgB / pooler | CPU pooler / PgB | peak RSS MiB PgB / pooler | p99 ms of each run PgB / pooler | pgbench CPU µs/txn PgB / pooler | machine CPU busy % PgB / pooler |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for &n in &counts {
         let Some(offered) = res.offered.get(&n) else {
@@ -1971,7 +2055,7 @@ fn mission_report(md: &mut String, res: &MissionResults, opts: &MissionOpts) {
         );
         let _ = writeln!(
             md,
-            "| {n} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {n} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             fmt_num(*offered),
             achieved,
             pair(&b, &q, &|r| r.p50_ms, 2),
@@ -1982,6 +2066,9 @@ fn mission_report(md: &mut String, res: &MissionResults, opts: &MissionOpts) {
             pair(&b, &q, &|r| r.cpu_us_per_txn(), 1),
             ratio(&b, &q, &|r| r.cpu_us_per_txn()),
             pair(&b, &q, &|r| r.hwm_kb.map(|k| k as f64 / 1024.0), 1),
+            each(&res.rate, n, &|r| opt(r.p99_ms, 2)),
+            pair(&b, &q, &|r| r.pgbench_cpu_us_per_txn(), 1),
+            pair(&b, &q, &|r| r.machine_busy_pct, 0),
         );
     }
 
@@ -2028,14 +2115,14 @@ fn mission_report(md: &mut String, res: &MissionResults, opts: &MissionOpts) {
         );
         let _ = writeln!(
             md,
-            "| clients | target | idle clients | achieved tps with idle | p99 ms without / with idle | with / without | p99.9 ms without / with | CPU µs/txn without / with | RSS MiB with the idle clients (before load) | peak RSS MiB during the load |\n|---|---|---|---|---|---|---|---|---|---|"
+            "| clients | target | idle clients | achieved tps with idle | p99 ms without (median run) / with idle | with / without | p99 ms of each run without idle | p99.9 ms without / with | CPU µs/txn without / with | RSS MiB with the idle clients (before load) | peak RSS MiB during the load |\n|---|---|---|---|---|---|---|---|---|---|---|"
         );
         for ((n, k), (r, idle)) in &res.idle {
             let base = get(&res.rate, *n, *k);
             let w = Some(r.clone());
             let _ = writeln!(
                 md,
-                "| {n} | {} | {}{} | {} | {} | {} | {} | {} | {:.1} | {} |",
+                "| {n} | {} | {}{} | {} | {} | {} | {} | {} | {} | {:.1} | {} |",
                 k.name(),
                 idle.clients,
                 if idle.errors > 0 {
@@ -2050,6 +2137,14 @@ fn mission_report(md: &mut String, res: &MissionResults, opts: &MissionOpts) {
                 fmt_num(r.tps),
                 pair(&base, &w, &|r| r.p99_ms, 2),
                 ratio(&base, &w, &|r| r.p99_ms).replace("**", ""),
+                res.rate
+                    .get(&(*n, *k))
+                    .map(|v| v
+                        .iter()
+                        .map(|r| opt(r.p99_ms, 2))
+                        .collect::<Vec<_>>()
+                        .join(", "))
+                    .unwrap_or_default(),
                 pair(&base, &w, &|r| r.p999_ms, 2),
                 pair(&base, &w, &|r| r.cpu_us_per_txn(), 1),
                 idle.after_query_kb as f64 / 1024.0,
@@ -2080,13 +2175,13 @@ fn mission_report(md: &mut String, res: &MissionResults, opts: &MissionOpts) {
 /// One line per mission run.
 fn mission_csv(res: &MissionResults) -> String {
     let mut csv = String::from(
-        "clients,load,target,rep,ok,offered_tps,tps,p50_ms,p99_ms,p999_ms,p99_service_ms,max_ms,txns,window_s,login_storm_s,cpu_us_per_txn,peak_rss_kb,per_client_min,per_client_median,per_client_max,clients_without_txn,aborted,failed,error\n",
+        "clients,load,target,rep,ok,offered_tps,tps,p50_ms,p99_ms,p999_ms,p99_service_ms,max_ms,txns,window_s,all_served_once_s,cpu_us_per_txn,pgbench_cpu_us_per_txn,machine_busy_pct,peak_rss_kb,per_client_min,per_client_median,per_client_max,clients_without_txn,aborted,failed,error\n",
     );
     let mut line = |load: &str, k: Kind, rep: usize, r: &MissionRun| {
         let (lo, mid, hi) = r.per_client.unwrap_or_default();
         let _ = writeln!(
             csv,
-            "{},{load},{},{rep},{},{},{:.1},{},{},{},{},{},{},{:.2},{},{},{},{lo},{mid},{hi},{},{},{},\"{}\"",
+            "{},{load},{},{rep},{},{},{:.1},{},{},{},{},{},{},{:.2},{},{},{},{},{},{lo},{mid},{hi},{},{},{},\"{}\"",
             r.clients,
             k.name(),
             r.ok,
@@ -2101,6 +2196,8 @@ fn mission_csv(res: &MissionResults) -> String {
             r.window_secs,
             opt(r.all_in_secs, 2),
             opt(r.cpu_us_per_txn(), 2),
+            opt(r.pgbench_cpu_us_per_txn(), 2),
+            opt(r.machine_busy_pct, 1),
             r.hwm_kb.map(|k| k.to_string()).unwrap_or_default(),
             r.zero_clients,
             r.aborted,
