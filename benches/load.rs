@@ -15,7 +15,13 @@
 //! 6. heap allocations per transaction of the pooler (run in this process, counted by a
 //!    counting global allocator, driven by an external pgbench);
 //! 7. RSS with 10,000 idle logged-in clients, pooler against PgBouncer;
-//! 8. `results.md`, `results.csv`, raw pgbench output and `chart.png` in the results directory.
+//! 8. the mission rows (issue 15), on a fresh pooler and PgBouncer with pool 150 (+10 reserve
+//!    after 5 s): 2,000 and 8,000 `pgbench -S` clients, saturated and at a fixed offered rate
+//!    (60 % of PgBouncer's saturated tps in the same run), p50/p99/p99.9 latency and
+//!    transactions per client from pgbench's per-transaction logs (`-l`), CPU per transaction
+//!    and peak RSS, and the fixed-rate run again with 10,000 idle clients connected;
+//! 9. `results.md`, `results.csv` (`mission.csv`), raw pgbench output and `chart.png` in the
+//!    results directory.
 //!
 //! Every pgbench run is bounded (`-T`, plus a kill at T+120 s); every process started is
 //! stopped by its PID at the end, on error and on ctrl-c. Loopback only.
@@ -27,6 +33,13 @@
 //! Postgres, RESULTS_DIR, UPDATE_DOCS=1 copies the chart and the report to docs/,
 //! POOLER_BIN_B=/path/to/pooler adds a second pooler build as a fourth target (compare a change
 //! in the same run), CHART_FONT=/path/to/font.ttf (DejaVu Sans is found by default).
+//!
+//! Mission rows: MISSION=0 skips them; MISSION_CLIENTS (2000,8000; the idle run goes with the
+//! smallest), MISSION_DURATION (s measured per run, 15), MISSION_WARMUP (s excluded at the
+//! start, 5), MISSION_REPEAT (1), MISSION_RATE_PCT (60), MISSION_IDLE (10000; 0 skips the idle
+//! run), MISSION_PER_PGBENCH (clients per pgbench process, 8000). In ROWS, `mission_cN` selects
+//! N clients and `mission_idle_cN` the same plus the idle run; ROWS naming only mission rows
+//! runs only those (no taskset, allocation or idle-RSS runs).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::BTreeMap;
@@ -121,6 +134,28 @@ struct Opts {
     pgbouncer: bool,
     direct: bool,
     update_docs: bool,
+    mission: MissionOpts,
+}
+
+/// Knobs of the mission rows (MISSION_*).
+#[derive(Clone, Debug)]
+struct MissionOpts {
+    /// MISSION=0 skips them.
+    on: bool,
+    /// MISSION_CLIENTS ("2000,8000").
+    clients: Vec<u32>,
+    /// MISSION_DURATION: measured seconds per run (15), after MISSION_WARMUP (5).
+    duration: u64,
+    warmup: u64,
+    /// MISSION_REPEAT (1).
+    repeat: usize,
+    /// MISSION_RATE_PCT: the fixed offered rate, % of PgBouncer's saturated tps (60).
+    rate_pct: f64,
+    /// MISSION_IDLE: idle clients alongside the first client count's fixed-rate run (10000;
+    /// 0 skips).
+    idle: usize,
+    /// MISSION_PER_PGBENCH: at most this many clients per pgbench process (8000).
+    per_pgbench: u32,
 }
 
 impl Opts {
@@ -143,6 +178,21 @@ impl Opts {
             pgbouncer: env_on("PGBOUNCER"),
             direct: env_on("DIRECT"),
             update_docs: std::env::var("UPDATE_DOCS").is_ok_and(|v| v == "1"),
+            mission: MissionOpts {
+                on: env_on("MISSION"),
+                clients: std::env::var("MISSION_CLIENTS")
+                    .unwrap_or_else(|_| "2000,8000".into())
+                    .split(',')
+                    .filter_map(|c| c.trim().parse().ok())
+                    .filter(|c| *c > 0)
+                    .collect(),
+                duration: env_or("MISSION_DURATION", 15u64).max(1),
+                warmup: env_or("MISSION_WARMUP", 5),
+                repeat: env_or("MISSION_REPEAT", 1usize).max(1),
+                rate_pct: env_or("MISSION_RATE_PCT", 60.0),
+                idle: env_or("MISSION_IDLE", 10_000),
+                per_pgbench: env_or("MISSION_PER_PGBENCH", 8000u32).max(1),
+            },
         }
     }
 }
@@ -573,7 +623,39 @@ fn start_postgres(opts: &Opts, bindir: &Path, state: &Path) -> Pg {
     Pg { port, pid }
 }
 
-fn write_pooler_config(state: &Path, name: &str, port: u16, pg_port: u16) -> PathBuf {
+/// The pool settings of a generated pooler / PgBouncer config (the same for both).
+#[derive(Clone, Copy, Debug)]
+struct PoolCfg {
+    size: u32,
+    reserve: u32,
+    /// Seconds a client waits before the reserve pool is used.
+    reserve_timeout: u32,
+    max_client_conn: u32,
+}
+
+/// The pool of the main rows, the idle test and the allocation count.
+const MAIN_POOL: PoolCfg = PoolCfg {
+    size: 20,
+    reserve: 5,
+    reserve_timeout: 3,
+    max_client_conn: 12_000,
+};
+
+/// The pool of the mission rows (issue 15): thousands of clients on pool 150.
+const MISSION_POOL: PoolCfg = PoolCfg {
+    size: 150,
+    reserve: 10,
+    reserve_timeout: 5,
+    max_client_conn: 20_000,
+};
+
+fn write_pooler_config(
+    state: &Path,
+    name: &str,
+    port: u16,
+    pg_port: u16,
+    pool: PoolCfg,
+) -> PathBuf {
     fs::write(
         state.join("userlist.txt"),
         format!("\"{USER}\" \"{PASSWORD}\"\n"),
@@ -589,10 +671,10 @@ listen_port = {port}
 pool_mode = "transaction"
 auth_type = "md5"
 auth_file = "userlist.txt"
-default_pool_size = 20
-reserve_pool_size = 5
-reserve_pool_timeout = 3
-max_client_conn = 12000
+default_pool_size = {size}
+reserve_pool_size = {reserve}
+reserve_pool_timeout = {reserve_timeout}
+max_client_conn = {max_client_conn}
 ignore_startup_parameters = "extra_float_digits"
 log_connections = false
 log_disconnections = false
@@ -600,26 +682,38 @@ log_disconnections = false
 [databases.{DB}]
 host = "127.0.0.1"
 port = {pg_port}
-"#
+"#,
+            size = pool.size,
+            reserve = pool.reserve,
+            reserve_timeout = pool.reserve_timeout,
+            max_client_conn = pool.max_client_conn,
         ),
     )
     .expect("pooler config");
     path
 }
 
-fn start_pooler(state: &Path, name: &str, pg_port: u16) -> Target {
+fn start_pooler(state: &Path, name: &str, pg_port: u16, pool: PoolCfg) -> Target {
     start_pooler_bin(
         Path::new(env!("CARGO_BIN_EXE_pooler")),
         Kind::Pooler,
         state,
         name,
         pg_port,
+        pool,
     )
 }
 
-fn start_pooler_bin(bin: &Path, kind: Kind, state: &Path, name: &str, pg_port: u16) -> Target {
+fn start_pooler_bin(
+    bin: &Path,
+    kind: Kind,
+    state: &Path,
+    name: &str,
+    pg_port: u16,
+    pool: PoolCfg,
+) -> Target {
     let port = free_port();
-    let config = write_pooler_config(state, name, port, pg_port);
+    let config = write_pooler_config(state, name, port, pg_port, pool);
     let log = state.join(format!("{name}.log"));
     let pid = spawn(
         Command::new(bin)
@@ -638,7 +732,7 @@ fn start_pooler_bin(bin: &Path, kind: Kind, state: &Path, name: &str, pg_port: u
     }
 }
 
-fn start_pgbouncer(bin: &Path, state: &Path, name: &str, pg_port: u16) -> Target {
+fn start_pgbouncer(bin: &Path, state: &Path, name: &str, pg_port: u16, pool: PoolCfg) -> Target {
     let dir = state.join(name);
     fs::create_dir_all(&dir).expect("mkdir");
     let port = free_port();
@@ -662,14 +756,18 @@ fn start_pgbouncer(bin: &Path, state: &Path, name: &str, pg_port: u16) -> Target
              auth_type = md5\n\
              auth_file = {d}/userlist.txt\n\
              pool_mode = transaction\n\
-             default_pool_size = 20\n\
-             reserve_pool_size = 5\n\
-             reserve_pool_timeout = 3\n\
-             max_client_conn = 12000\n\
+             default_pool_size = {size}\n\
+             reserve_pool_size = {reserve}\n\
+             reserve_pool_timeout = {reserve_timeout}\n\
+             max_client_conn = {max_client_conn}\n\
              ignore_startup_parameters = extra_float_digits\n\
              log_connections = 0\n\
              log_disconnections = 0\n",
-            d = dir.display()
+            d = dir.display(),
+            size = pool.size,
+            reserve = pool.reserve,
+            reserve_timeout = pool.reserve_timeout,
+            max_client_conn = pool.max_client_conn,
         ),
     )
     .expect("pgbouncer.ini");
@@ -1093,6 +1191,17 @@ fn rss_kb(pid: u32) -> impl Fn() -> u64 {
 /// Opens `n` idle clients to `port`; `measure` (kB) is read before, after the logins and
 /// after one query on each.
 fn idle_clients(port: u16, n: usize, measure: &dyn Fn() -> u64) -> IdleResult {
+    idle_clients_during(port, n, measure, &mut || {})
+}
+
+/// [`idle_clients`], and `during` runs while the idle clients are still connected (after the
+/// last measurement).
+fn idle_clients_during(
+    port: u16,
+    n: usize,
+    measure: &dyn Fn() -> u64,
+    during: &mut dyn FnMut(),
+) -> IdleResult {
     use futures_util::StreamExt;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -1140,6 +1249,8 @@ fn idle_clients(port: u16, n: usize, measure: &dyn Fn() -> u64) -> IdleResult {
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
         r.after_query_kb = measure();
+        // The idle clients stay connected (and idle) while `during` runs on this thread.
+        during();
         drop(streams);
     });
     rt.shutdown_timeout(Duration::from_secs(5));
@@ -1163,7 +1274,7 @@ fn inprocess_allocs(
     idle_n: usize,
 ) -> (Vec<AllocResult>, Option<IdleResult>) {
     let port = free_port();
-    let config = write_pooler_config(&ctx.state, "pooler-inprocess", port, pg_port);
+    let config = write_pooler_config(&ctx.state, "pooler-inprocess", port, pg_port, MAIN_POOL);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .on_thread_start(|| POOLER_THREAD.with(|t| t.set(true)))
@@ -1214,6 +1325,900 @@ fn inprocess_allocs(
     drop(running);
     rt.shutdown_timeout(Duration::from_secs(5));
     (out, idle)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mission rows (issue 15): thousands of `pgbench -S` clients on pool 150, saturated and at a
+// fixed offered rate, latency percentiles and per-client fairness from pgbench's
+// per-transaction logs, with and without 10,000 idle clients alongside.
+
+/// One transaction from a `pgbench -l` log.
+#[derive(Clone, Copy, Debug)]
+struct Txn {
+    /// `client_id`, made unique across pgbench processes (process index × 1,000,000 + id).
+    client: u32,
+    /// Completion time, µs since the Unix epoch (`time_epoch`, `time_us`).
+    end_us: i64,
+    /// The `time` column: µs from the transaction's start, or with `--rate` from its
+    /// *scheduled* start, so it includes the schedule lag.
+    latency_us: i64,
+    /// `schedule_lag` (µs; 0 without `--rate`).
+    lag_us: i64,
+}
+
+/// Parses every pgbench log file in `dir` whose name starts with `p{index}.`
+/// (`--log-prefix dir/p{index}` gives `p{index}.PID` and `p{index}.PID.THREAD`).
+fn parse_txn_logs(dir: &Path, procs: usize, rate: bool) -> Vec<Txn> {
+    let mut out = Vec::new();
+    let Ok(rd) = fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd.filter_map(|e| e.ok()) {
+        let name = e.file_name().to_string_lossy().to_string();
+        let Some(index) = (0..procs).find(|i| name.starts_with(&format!("p{i}."))) else {
+            continue;
+        };
+        let text = fs::read_to_string(e.path()).unwrap_or_default();
+        for line in text.lines() {
+            // client_id transaction_no time script_no time_epoch time_us [schedule_lag]
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 6 {
+                continue;
+            }
+            let (Ok(client), Ok(latency), Ok(epoch), Ok(us)) = (
+                f[0].parse::<u32>(),
+                f[2].parse::<i64>(),
+                f[4].parse::<i64>(),
+                f[5].parse::<i64>(),
+            ) else {
+                continue;
+            };
+            let lag = if rate {
+                f.get(6).and_then(|l| l.parse::<i64>().ok()).unwrap_or(0)
+            } else {
+                0
+            };
+            out.push(Txn {
+                client: index as u32 * 1_000_000 + client,
+                end_us: epoch * 1_000_000 + us,
+                latency_us: latency,
+                lag_us: lag,
+            });
+        }
+    }
+    out
+}
+
+/// The value at quantile `q` (0..=1) of a sorted slice (nearest rank).
+fn quantile(sorted: &[i64], q: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    Some(sorted[rank - 1] as f64)
+}
+
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// One mission run: pgbench process(es) against one target, summarised over the measurement
+/// window (login storm and warm-up excluded).
+#[derive(Clone, Debug, Default)]
+struct MissionRun {
+    clients: u32,
+    /// `--rate` (total over all clients), when the run was at a fixed offered rate.
+    rate: Option<f64>,
+    idle: usize,
+    /// Every pgbench process exited 0 and reported no failed transaction.
+    ok: bool,
+    error: Option<String>,
+    failed: u64,
+    /// "client N aborted" lines in pgbench's output.
+    aborted: usize,
+    /// Seconds from the start of pgbench to the moment every client had completed its first
+    /// transaction (the login storm and the first queue), if they all did.
+    all_in_secs: Option<f64>,
+    /// Clients that never completed a transaction.
+    never: usize,
+    window_secs: f64,
+    txns: u64,
+    tps: f64,
+    p50_ms: Option<f64>,
+    p99_ms: Option<f64>,
+    p999_ms: Option<f64>,
+    /// p99 of `time - schedule_lag` (service time from the actual start), `--rate` runs only.
+    p99_service_ms: Option<f64>,
+    max_ms: Option<f64>,
+    /// Transactions per client inside the window: min, median, max.
+    per_client: Option<(u64, u64, u64)>,
+    /// Clients with no transaction inside the window.
+    zero_clients: usize,
+    /// CPU seconds the target process used inside the window (interpolated from samples).
+    cpu_secs: Option<f64>,
+    /// CPU seconds of the pgbench processes inside the window.
+    pgbench_cpu_secs: Option<f64>,
+    /// The whole machine's busy CPU time inside the window, % of all cores (`/proc/stat`).
+    machine_busy_pct: Option<f64>,
+    hwm_kb: Option<u64>,
+}
+
+impl MissionRun {
+    fn cpu_us_per_txn(&self) -> Option<f64> {
+        (self.txns > 0)
+            .then_some(())
+            .and(self.cpu_secs)
+            .map(|s| s * 1e6 / self.txns as f64)
+    }
+
+    fn pgbench_cpu_us_per_txn(&self) -> Option<f64> {
+        (self.txns > 0)
+            .then_some(())
+            .and(self.pgbench_cpu_secs)
+            .map(|s| s * 1e6 / self.txns as f64)
+    }
+}
+
+/// The machine's (busy, total) CPU seconds over all cores, from `/proc/stat`.
+fn machine_cpu() -> Option<(f64, f64)> {
+    let stat = fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    if v.len() < 8 {
+        return None;
+    }
+    // user nice system idle iowait irq softirq steal
+    let idle = v[3] + v[4];
+    let total: f64 = v.iter().sum();
+    Some(((total - idle) / clk_tck(), total / clk_tck()))
+}
+
+/// Linear interpolation of the target's CPU time at `t_us` from `(time µs, cpu s)` samples.
+fn cpu_at(samples: &[(i64, f64)], t_us: i64) -> Option<f64> {
+    let i = samples.iter().position(|s| s.0 >= t_us)?;
+    if i == 0 {
+        return Some(samples[0].1);
+    }
+    let (a, b) = (samples[i - 1], samples[i]);
+    let span = (b.0 - a.0).max(1) as f64;
+    Some(a.1 + (b.1 - a.1) * (t_us - a.0) as f64 / span)
+}
+
+/// Runs `clients` `pgbench -S` clients (split over pgbench processes of at most `per_proc`
+/// clients each) against `target` for `warmup + duration` seconds, logging every transaction.
+fn mission_pgbench(
+    ctx: &mut Ctx,
+    target: &Target,
+    clients: u32,
+    rate: Option<f64>,
+    idle: usize,
+    tag: &str,
+) -> MissionRun {
+    ctx.runs += 1;
+    let m = &ctx.opts.mission;
+    let (warmup, duration, per_proc) = (m.warmup, m.duration, m.per_pgbench.max(1));
+    let secs = warmup + duration;
+    let procs = clients.div_ceil(per_proc) as usize;
+    let name = format!(
+        "{:03}_mission_c{clients}_{}_{tag}",
+        ctx.runs,
+        target.kind.name()
+    );
+    let logdir = ctx.state.join(format!("txnlog-{name}"));
+    let _ = fs::remove_dir_all(&logdir);
+    fs::create_dir_all(&logdir).expect("log dir");
+    if let Some(pid) = target.pid {
+        reset_hwm(pid);
+    }
+    let mut pids = Vec::new();
+    let mut raws = Vec::new();
+    let start_us = now_us();
+    for i in 0..procs {
+        let n = (clients - i as u32 * per_proc).min(per_proc);
+        let mut cmd = Command::new(ctx.bindir.join("pgbench"));
+        cmd.args(["-n", "-S", "-T", &secs.to_string()])
+            .args(["-j", &ctx.opts.jobs.min(n).to_string()])
+            .args(["-c", &n.to_string()])
+            .arg("-l")
+            .arg("--log-prefix")
+            .arg(logdir.join(format!("p{i}")))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &target.port.to_string(),
+                "-U",
+                USER,
+            ])
+            .env("PGPASSWORD", PASSWORD);
+        if let Some(r) = rate {
+            cmd.args(["-R", &format!("{:.0}", (r / procs as f64).max(1.0))]);
+        }
+        cmd.arg(DB);
+        let raw = ctx.raw.join(format!("{name}_p{i}.txt"));
+        pids.push(spawn(&mut cmd, "pgbench", libc::SIGINT, &raw));
+        raws.push(raw);
+    }
+    // Sample the target's CPU time while pgbench runs; every pgbench is bounded.
+    let mut samples: Vec<(i64, f64)> = Vec::new();
+    let mut pgbench_samples: Vec<(i64, f64)> = Vec::new();
+    let mut busy_samples: Vec<(i64, f64)> = Vec::new();
+    let mut total_samples: Vec<(i64, f64)> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(secs + 120);
+    let mut statuses: Vec<Option<ExitStatus>> = vec![None; procs];
+    let mut running: Vec<bool> = vec![true; procs];
+    loop {
+        let t = now_us();
+        if let Some(c) = target.pid.and_then(cpu_secs) {
+            samples.push((t, c));
+        }
+        // The pgbench processes' CPU, while all of them are alive (a sum is only comparable
+        // between samples of the same processes).
+        let pgb: Vec<f64> = pids.iter().filter_map(|p| cpu_secs(*p)).collect();
+        if pgb.len() == pids.len() && running.iter().all(|r| *r) {
+            pgbench_samples.push((t, pgb.iter().sum()));
+        }
+        if let Some((busy, total)) = machine_cpu() {
+            busy_samples.push((t, busy));
+            total_samples.push((t, total));
+        }
+        for (i, pid) in pids.iter().enumerate() {
+            if running[i]
+                && let Some(s) = try_wait(*pid)
+            {
+                statuses[i] = Some(s);
+                running[i] = false;
+            }
+        }
+        if !running.iter().any(|r| *r) {
+            break;
+        }
+        if Instant::now() > deadline {
+            for (i, pid) in pids.iter().enumerate() {
+                if running[i] {
+                    eprintln!(
+                        "  (pgbench pid {pid} still running after {secs} + 120 s: stopping it)"
+                    );
+                    stop(*pid);
+                }
+            }
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    if let Some(c) = target.pid.and_then(cpu_secs) {
+        samples.push((now_us(), c));
+    }
+    let texts: Vec<String> = raws
+        .iter()
+        .map(|r| fs::read_to_string(r).unwrap_or_default())
+        .collect();
+    let failed: u64 = texts
+        .iter()
+        .filter_map(|t| parse_after::<u64>(t, "number of failed transactions:"))
+        .sum();
+    let aborted = texts
+        .iter()
+        .map(|t| {
+            t.lines()
+                .filter(|l| l.contains("client ") && l.contains(" aborted"))
+                .count()
+        })
+        .sum();
+    let ok = statuses.iter().all(|s| s.is_some_and(|s| s.success())) && failed == 0;
+    let error = texts.iter().find_map(|t| pgbench_error(t)).or_else(|| {
+        statuses.iter().find_map(|s| match s {
+            None => Some("killed at the time limit".to_string()),
+            Some(s) if !s.success() => Some(format!("pgbench exit {s}")),
+            _ => None,
+        })
+    });
+
+    let mut txns = parse_txn_logs(&logdir, procs, rate.is_some());
+    let _ = fs::remove_dir_all(&logdir);
+    let mut run = MissionRun {
+        clients,
+        rate,
+        idle,
+        ok,
+        error,
+        failed,
+        aborted,
+        hwm_kb: target.pid.and_then(|p| status_kb(p, "VmHWM:")),
+        ..Default::default()
+    };
+    if txns.is_empty() {
+        run.ok = false;
+        run.error
+            .get_or_insert_with(|| "no transaction logged".into());
+        return run;
+    }
+    // The window: from the later of (every client has completed a transaction) and
+    // (start + warm-up), to the end: saturated, the first client's last completion (pgbench's
+    // timer has expired and the clients are draining, so the load is no longer the full
+    // client count); at a fixed rate, the last completion (clients wait for their schedule,
+    // so a client's last transaction can be seconds before the end).
+    let mut first: BTreeMap<u32, i64> = BTreeMap::new();
+    let mut last: BTreeMap<u32, i64> = BTreeMap::new();
+    for t in &txns {
+        let f = first.entry(t.client).or_insert(t.end_us);
+        *f = (*f).min(t.end_us);
+        let l = last.entry(t.client).or_insert(t.end_us);
+        *l = (*l).max(t.end_us);
+    }
+    run.never = clients as usize - first.len().min(clients as usize);
+    let all_in = first.values().copied().max().unwrap_or(start_us);
+    if run.never == 0 {
+        run.all_in_secs = Some((all_in - start_us) as f64 / 1e6);
+    }
+    let end = if rate.is_none() && run.never == 0 {
+        last.values().copied().min().unwrap_or(start_us)
+    } else {
+        txns.iter().map(|t| t.end_us).max().unwrap_or(start_us)
+    };
+    let from =
+        (start_us + warmup as i64 * 1_000_000).max(if run.never == 0 { all_in } else { start_us });
+    txns.retain(|t| t.end_us > from && t.end_us <= end);
+    run.window_secs = (end - from).max(0) as f64 / 1e6;
+    run.txns = txns.len() as u64;
+    if run.window_secs > 0.0 {
+        run.tps = run.txns as f64 / run.window_secs;
+    }
+    let mut lat: Vec<i64> = txns.iter().map(|t| t.latency_us).collect();
+    lat.sort_unstable();
+    let ms = |v: Option<f64>| v.map(|x| x / 1000.0);
+    run.p50_ms = ms(quantile(&lat, 0.50));
+    run.p99_ms = ms(quantile(&lat, 0.99));
+    run.p999_ms = ms(quantile(&lat, 0.999));
+    run.max_ms = ms(lat.last().map(|v| *v as f64));
+    if rate.is_some() {
+        let mut service: Vec<i64> = txns.iter().map(|t| t.latency_us - t.lag_us).collect();
+        service.sort_unstable();
+        run.p99_service_ms = ms(quantile(&service, 0.99));
+    }
+    // Transactions per client inside the window (a client with none counts as 0).
+    let mut per: BTreeMap<u32, u64> = BTreeMap::new();
+    for i in 0..procs {
+        let n = (clients - i as u32 * per_proc).min(per_proc);
+        for c in 0..n {
+            per.insert(i as u32 * 1_000_000 + c, 0);
+        }
+    }
+    for t in &txns {
+        *per.entry(t.client).or_default() += 1;
+    }
+    let mut counts: Vec<u64> = per.into_values().collect();
+    counts.sort_unstable();
+    run.zero_clients = counts.iter().filter(|c| **c == 0).count();
+    if !counts.is_empty() {
+        run.per_client = Some((
+            counts[0],
+            counts[counts.len() / 2],
+            counts[counts.len() - 1],
+        ));
+    }
+    let delta = |v: &[(i64, f64)]| match (cpu_at(v, from), cpu_at(v, end)) {
+        (Some(a), Some(b)) => Some(b - a),
+        _ => None,
+    };
+    run.cpu_secs = delta(&samples);
+    run.pgbench_cpu_secs = delta(&pgbench_samples);
+    run.machine_busy_pct = match (delta(&busy_samples), delta(&total_samples)) {
+        (Some(b), Some(t)) if t > 0.0 => Some(100.0 * b / t),
+        _ => None,
+    };
+    run
+}
+
+fn print_mission_run(kind: Kind, r: &MissionRun) {
+    println!(
+        "  {:<10} {:>5} clients{}{} {:>9} tps  p50 {} p99 {} p99.9 {} ms  cpu {} µs/txn (pgbench {}, machine busy {} %)  per client {}  all served once after {} s  window {:.1} s{}",
+        kind.name(),
+        r.clients,
+        r.rate
+            .map(|x| format!(" rate {}", fmt_num(x)))
+            .unwrap_or_default(),
+        if r.idle > 0 {
+            format!(" +{} idle", r.idle)
+        } else {
+            String::new()
+        },
+        fmt_num(r.tps),
+        opt(r.p50_ms, 2),
+        opt(r.p99_ms, 2),
+        opt(r.p999_ms, 2),
+        opt(r.cpu_us_per_txn(), 1),
+        opt(r.pgbench_cpu_us_per_txn(), 1),
+        opt(r.machine_busy_pct, 0),
+        r.per_client
+            .map(|(a, b, c)| format!("{a}/{b}/{c}"))
+            .unwrap_or_else(|| "—".into()),
+        opt(r.all_in_secs, 1),
+        r.window_secs,
+        match (&r.error, r.aborted, r.never) {
+            (None, 0, 0) => String::new(),
+            (e, a, n) => format!(
+                "  PROBLEM: {} (aborted clients {a}, clients without a transaction {n})",
+                e.as_deref().unwrap_or("-")
+            ),
+        }
+    );
+}
+
+/// What the mission part measures, per client count.
+#[derive(Default)]
+struct MissionResults {
+    /// (clients, kind) -> runs, for "saturated", "rate" and "rate+idle".
+    saturated: BTreeMap<(u32, Kind), Vec<MissionRun>>,
+    rate: BTreeMap<(u32, Kind), Vec<MissionRun>>,
+    idle: BTreeMap<(u32, Kind), (MissionRun, IdleResult)>,
+    /// The offered rate per client count.
+    offered: BTreeMap<u32, f64>,
+}
+
+/// The median run (by tps) of a list: the run itself, so its figures stay consistent.
+fn median_run(runs: &[MissionRun]) -> Option<&MissionRun> {
+    let mut v: Vec<&MissionRun> = runs.iter().filter(|r| r.txns > 0).collect();
+    v.sort_by(|a, b| {
+        a.tps
+            .partial_cmp(&b.tps)
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    v.get(v.len().saturating_sub(1) / 2).copied()
+}
+
+fn run_mission(
+    ctx: &mut Ctx,
+    plan: &[(u32, bool)],
+    pgbouncer: Option<&Path>,
+    pg_port: u16,
+) -> MissionResults {
+    let mut res = MissionResults::default();
+    let state = ctx.state.clone();
+    let mut targets = Vec::new();
+    if let Some(bin) = pgbouncer {
+        targets.push(start_pgbouncer(
+            bin,
+            &state,
+            "pgbouncer-mission",
+            pg_port,
+            MISSION_POOL,
+        ));
+    }
+    targets.push(start_pooler(
+        &state,
+        "pooler-mission",
+        pg_port,
+        MISSION_POOL,
+    ));
+    // Warm-up: both pools open their servers before the first measured run.
+    let warm = Row {
+        id: "mission_warmup",
+        short: "",
+        what: "",
+        args: &["-S"],
+        clients: MISSION_POOL.size + MISSION_POOL.reserve,
+    };
+    for t in &targets {
+        pgbench(ctx, t, &warm, 3, "mission-warmup");
+    }
+    let repeat = ctx.opts.mission.repeat;
+    let settle_s = ctx.opts.settle.max(2);
+    for &(n, with_idle) in plan {
+        println!("\nmission: {n} clients, saturated");
+        for rep in 0..repeat {
+            for i in 0..targets.len() {
+                let t = targets[(i + rep) % targets.len()];
+                let r = mission_pgbench(ctx, &t, n, None, 0, &format!("sat-r{rep}"));
+                print_mission_run(t.kind, &r);
+                res.saturated.entry((n, t.kind)).or_default().push(r);
+                settle(settle_s);
+            }
+        }
+        // The offered rate: a share of PgBouncer's saturated tps (the pooler's without it).
+        let base_kind = if pgbouncer.is_some() {
+            Kind::PgBouncer
+        } else {
+            Kind::Pooler
+        };
+        let Some(base) = res
+            .saturated
+            .get(&(n, base_kind))
+            .and_then(|v| median_run(v))
+            .map(|r| r.tps)
+            .filter(|t| *t > 0.0)
+        else {
+            println!(
+                "  (no saturated tps for {}: no rate runs)",
+                base_kind.name()
+            );
+            continue;
+        };
+        let rate = (base * ctx.opts.mission.rate_pct / 100.0).round();
+        res.offered.insert(n, rate);
+        println!(
+            "mission: {n} clients at a fixed rate of {} tps ({} % of {}'s saturated {})",
+            fmt_num(rate),
+            ctx.opts.mission.rate_pct,
+            base_kind.name(),
+            fmt_num(base)
+        );
+        for rep in 0..repeat {
+            for i in 0..targets.len() {
+                let t = targets[(i + rep) % targets.len()];
+                let r = mission_pgbench(ctx, &t, n, Some(rate), 0, &format!("rate-r{rep}"));
+                print_mission_run(t.kind, &r);
+                res.rate.entry((n, t.kind)).or_default().push(r);
+                settle(settle_s);
+            }
+        }
+        let idle_n = ctx.opts.mission.idle;
+        if with_idle && idle_n > 0 {
+            println!(
+                "mission: {n} clients at {} tps with {idle_n} idle clients alongside",
+                fmt_num(rate)
+            );
+            for t in &targets {
+                let pid = t.pid.expect("pid");
+                let mut run = None;
+                let idle = idle_clients_during(t.port, idle_n, &rss_kb(pid), &mut || {
+                    run = Some(mission_pgbench(ctx, t, n, Some(rate), idle_n, "rate-idle"));
+                });
+                let mut run = run.expect("run");
+                run.idle = idle.clients;
+                print_mission_run(t.kind, &run);
+                if idle.errors > 0 {
+                    println!(
+                        "    idle clients: {} errors: {}",
+                        idle.errors,
+                        idle.first_error.as_deref().unwrap_or("?")
+                    );
+                }
+                res.idle.insert((n, t.kind), (run, idle));
+                settle(settle_s);
+            }
+        }
+    }
+    for t in &targets {
+        stop(t.pid.expect("pid"));
+    }
+    res
+}
+
+/// The mission tables for `results.md`.
+fn mission_report(md: &mut String, res: &MissionResults, opts: &MissionOpts) {
+    let p = MISSION_POOL;
+    let _ = writeln!(
+        md,
+        "\n## Mission rows: thousands of clients on pool {} (`pgbench -S`, simple protocol)\n",
+        p.size
+    );
+    let _ = writeln!(
+        md,
+        "Pool {} (+{} reserve after {} s), transaction mode, md5, fresh pooler and PgBouncer \
+         processes for these rows (warmed up with a 3 s run). Each run: `pgbench -S -T {}` \
+         (at most {} clients per pgbench process, `-j` JOBS each), every transaction logged \
+         (`-l`). Figures are over the measurement window: from the later of (every client has \
+         completed its first transaction, i.e. the login storm is over) and (start + {} s \
+         warm-up), to the end: saturated, the first client's last transaction (after that \
+         pgbench's timer has expired and the clients drain); at a fixed rate, the last \
+         transaction. tps = transactions in the window / its length; CPU \
+         per transaction = the target process's CPU time in the window (sampled every 250 ms, \
+         interpolated) / those transactions; peak RSS = VmHWM over the whole run, login storm \
+         included. Latency is pgbench's per-transaction `time`; with `--rate` it is measured from \
+         the *scheduled* start, so it includes the schedule lag (pgbench's documented behaviour); \
+         the 'service' p99 subtracts the lag. The run shown is the median of {} by tps (of an \
+         even number, the slower of the middle two); the columns 'of each run' list every run. \
+         pgbench CPU and machine busy % (all cores, `/proc/stat`) are over the same window: they \
+         tell whether the client or the machine, rather than the target, was the limit.\n",
+        p.size,
+        p.reserve,
+        p.reserve_timeout,
+        opts.warmup + opts.duration,
+        opts.per_pgbench,
+        opts.warmup,
+        opts.repeat
+    );
+    let get = |m: &BTreeMap<(u32, Kind), Vec<MissionRun>>, n: u32, k: Kind| {
+        m.get(&(n, k)).and_then(|v| median_run(v)).cloned()
+    };
+    let pair = |b: &Option<MissionRun>,
+                q: &Option<MissionRun>,
+                f: &dyn Fn(&MissionRun) -> Option<f64>,
+                prec: usize| {
+        format!(
+            "{} / {}",
+            opt(b.as_ref().and_then(f), prec),
+            opt(q.as_ref().and_then(f), prec)
+        )
+    };
+    let ratio =
+        |b: &Option<MissionRun>, q: &Option<MissionRun>, f: &dyn Fn(&MissionRun) -> Option<f64>| {
+            match (b.as_ref().and_then(f), q.as_ref().and_then(f)) {
+                (Some(b), Some(q)) if b > 0.0 => format!("**{:.2}**", q / b),
+                _ => "—".into(),
+            }
+        };
+    let counts: Vec<u32> = res
+        .saturated
+        .keys()
+        .map(|k| k.0)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut problems: Vec<String> = Vec::new();
+    let mut note = |label: &str, k: Kind, r: &MissionRun| {
+        if !r.ok || r.aborted > 0 || r.never > 0 {
+            problems.push(format!(
+                "{label}, {}: {} (failed transactions {}, aborted clients {}, clients without a transaction {})",
+                k.name(),
+                r.error.as_deref().unwrap_or("-"),
+                r.failed,
+                r.aborted,
+                r.never
+            ));
+        }
+    };
+    for m in [&res.saturated, &res.rate] {
+        for ((n, k), runs) in m {
+            for r in runs {
+                let label = match r.rate {
+                    Some(x) => format!("{n} clients at {} tps", fmt_num(x)),
+                    None => format!("{n} clients saturated"),
+                };
+                note(&label, *k, r);
+            }
+        }
+    }
+    for ((n, k), (r, _)) in &res.idle {
+        note(&format!("{n} clients with {} idle", r.idle), *k, r);
+    }
+
+    let tps = |r: &MissionRun| Some(r.tps);
+    // One figure of every run of (n, kind), in run order.
+    let each =
+        |m: &BTreeMap<(u32, Kind), Vec<MissionRun>>, n: u32, f: &dyn Fn(&MissionRun) -> String| {
+            [Kind::PgBouncer, Kind::Pooler]
+                .iter()
+                .map(|k| {
+                    m.get(&(n, *k))
+                        .map(|v| v.iter().map(f).collect::<Vec<_>>().join(", "))
+                        .unwrap_or_else(|| "—".into())
+                })
+                .collect::<Vec<_>>()
+                .join(" / ")
+        };
+    let _ = writeln!(md, "### Saturated\n");
+    let _ = writeln!(
+        md,
+        "| clients | PgBouncer tps | pooler tps | pooler / PgBouncer | p50 ms PgB / pooler | p99 ms PgB / pooler | p99.9 ms PgB / pooler | p99 pooler / PgB | CPU µs/txn PgB / pooler | CPU pooler / PgB | peak RSS MiB PgB / pooler | every client served once after s PgB / pooler | window s PgB / pooler | tps of each run PgB / pooler | pgbench CPU µs/txn PgB / pooler | machine CPU busy % PgB / pooler |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
+    for &n in &counts {
+        let b = get(&res.saturated, n, Kind::PgBouncer);
+        let q = get(&res.saturated, n, Kind::Pooler);
+        let _ = writeln!(
+            md,
+            "| {n} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            b.as_ref()
+                .map(|r| fmt_num(r.tps))
+                .unwrap_or_else(|| "—".into()),
+            q.as_ref()
+                .map(|r| fmt_num(r.tps))
+                .unwrap_or_else(|| "—".into()),
+            ratio(&b, &q, &tps),
+            pair(&b, &q, &|r| r.p50_ms, 2),
+            pair(&b, &q, &|r| r.p99_ms, 2),
+            pair(&b, &q, &|r| r.p999_ms, 2),
+            ratio(&b, &q, &|r| r.p99_ms),
+            pair(&b, &q, &|r| r.cpu_us_per_txn(), 1),
+            ratio(&b, &q, &|r| r.cpu_us_per_txn()),
+            pair(&b, &q, &|r| r.hwm_kb.map(|k| k as f64 / 1024.0), 1),
+            pair(&b, &q, &|r| r.all_in_secs, 1),
+            pair(&b, &q, &|r| Some(r.window_secs), 1),
+            each(&res.saturated, n, &|r| fmt_num(r.tps)),
+            pair(&b, &q, &|r| r.pgbench_cpu_us_per_txn(), 1),
+            pair(&b, &q, &|r| r.machine_busy_pct, 0),
+        );
+    }
+
+    let _ = writeln!(
+        md,
+        "\n### Fixed offered rate ({} % of PgBouncer's saturated tps at the same client count, same run; the same rate for both)\n",
+        opts.rate_pct
+    );
+    let _ = writeln!(
+        md,
+        "| clients | offered tps | achieved tps PgB / pooler | p50 ms PgB / pooler | p99 ms PgB / pooler | p99.9 ms PgB / pooler | p99 pooler / PgB | p99 service ms PgB / pooler | CPU µs/txn PgB / pooler | CPU pooler / PgB | peak RSS MiB PgB / pooler | p99 ms of each run PgB / pooler | pgbench CPU µs/txn PgB / pooler | machine CPU busy % PgB / pooler |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
+    for &n in &counts {
+        let Some(offered) = res.offered.get(&n) else {
+            continue;
+        };
+        let b = get(&res.rate, n, Kind::PgBouncer);
+        let q = get(&res.rate, n, Kind::Pooler);
+        let achieved = format!(
+            "{} / {}",
+            b.as_ref()
+                .map(|r| fmt_num(r.tps))
+                .unwrap_or_else(|| "—".into()),
+            q.as_ref()
+                .map(|r| fmt_num(r.tps))
+                .unwrap_or_else(|| "—".into())
+        );
+        let _ = writeln!(
+            md,
+            "| {n} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            fmt_num(*offered),
+            achieved,
+            pair(&b, &q, &|r| r.p50_ms, 2),
+            pair(&b, &q, &|r| r.p99_ms, 2),
+            pair(&b, &q, &|r| r.p999_ms, 2),
+            ratio(&b, &q, &|r| r.p99_ms),
+            pair(&b, &q, &|r| r.p99_service_ms, 2),
+            pair(&b, &q, &|r| r.cpu_us_per_txn(), 1),
+            ratio(&b, &q, &|r| r.cpu_us_per_txn()),
+            pair(&b, &q, &|r| r.hwm_kb.map(|k| k as f64 / 1024.0), 1),
+            each(&res.rate, n, &|r| opt(r.p99_ms, 2)),
+            pair(&b, &q, &|r| r.pgbench_cpu_us_per_txn(), 1),
+            pair(&b, &q, &|r| r.machine_busy_pct, 0),
+        );
+    }
+
+    let _ = writeln!(
+        md,
+        "\n### Fairness: transactions per client inside the window\n\nWaiters are served in \
+         arrival order, so under saturation every client should get about the same share; \
+         under a fixed rate pgbench draws one Poisson schedule per thread and hands its \
+         transactions to the thread's clients, so the spread there says little about the pooler.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| clients | load | target | min | median | max | max / min | clients with none in the window |\n|---|---|---|---|---|---|---|---|"
+    );
+    for &n in &counts {
+        for (label, m) in [("saturated", &res.saturated), ("fixed rate", &res.rate)] {
+            for k in [Kind::PgBouncer, Kind::Pooler] {
+                let Some(r) = get(m, n, k) else { continue };
+                let Some((lo, mid, hi)) = r.per_client else {
+                    continue;
+                };
+                let _ = writeln!(
+                    md,
+                    "| {n} | {label} | {} | {lo} | {mid} | {hi} | {} | {} |",
+                    k.name(),
+                    if lo > 0 {
+                        format!("{:.2}", hi as f64 / lo as f64)
+                    } else {
+                        "∞".into()
+                    },
+                    r.zero_clients
+                );
+            }
+        }
+    }
+
+    if !res.idle.is_empty() {
+        let _ = writeln!(
+            md,
+            "\n### Idle clients alongside the load\n\nThe fixed-rate run again, while {} more \
+             clients are connected to the same target (logged in with md5, one `SELECT 1` each, \
+             then idle for the whole run). p99 of the active clients without and with them.\n",
+            opts.idle
+        );
+        let _ = writeln!(
+            md,
+            "| clients | target | idle clients | achieved tps with idle | p99 ms without (median run) / with idle | with / without | p99 ms of each run without idle | p99.9 ms without / with | CPU µs/txn without / with | RSS MiB with the idle clients (before load) | peak RSS MiB during the load |\n|---|---|---|---|---|---|---|---|---|---|---|"
+        );
+        for ((n, k), (r, idle)) in &res.idle {
+            let base = get(&res.rate, *n, *k);
+            let w = Some(r.clone());
+            let _ = writeln!(
+                md,
+                "| {n} | {} | {}{} | {} | {} | {} | {} | {} | {} | {:.1} | {} |",
+                k.name(),
+                idle.clients,
+                if idle.errors > 0 {
+                    format!(
+                        " ({} errors: {})",
+                        idle.errors,
+                        idle.first_error.as_deref().unwrap_or("?")
+                    )
+                } else {
+                    String::new()
+                },
+                fmt_num(r.tps),
+                pair(&base, &w, &|r| r.p99_ms, 2),
+                ratio(&base, &w, &|r| r.p99_ms).replace("**", ""),
+                res.rate
+                    .get(&(*n, *k))
+                    .map(|v| v
+                        .iter()
+                        .map(|r| opt(r.p99_ms, 2))
+                        .collect::<Vec<_>>()
+                        .join(", "))
+                    .unwrap_or_default(),
+                pair(&base, &w, &|r| r.p999_ms, 2),
+                pair(&base, &w, &|r| r.cpu_us_per_txn(), 1),
+                idle.after_query_kb as f64 / 1024.0,
+                opt(r.hwm_kb.map(|k| k as f64 / 1024.0), 1),
+            );
+        }
+        // p99 with idle, pooler against PgBouncer.
+        for &n in &counts {
+            let b = res.idle.get(&(n, Kind::PgBouncer)).map(|x| x.0.clone());
+            let q = res.idle.get(&(n, Kind::Pooler)).map(|x| x.0.clone());
+            if b.is_some() && q.is_some() {
+                let _ = writeln!(
+                    md,
+                    "\nWith the idle clients at {n} active clients, p99 pooler / PgBouncer: {}.",
+                    ratio(&b, &q, &|r| r.p99_ms)
+                );
+            }
+        }
+    }
+    if !problems.is_empty() {
+        let _ = writeln!(md, "\nProblems in the mission runs:\n");
+        for p in &problems {
+            let _ = writeln!(md, "- {p}");
+        }
+    }
+}
+
+/// One line per mission run.
+fn mission_csv(res: &MissionResults) -> String {
+    let mut csv = String::from(
+        "clients,load,target,rep,ok,offered_tps,tps,p50_ms,p99_ms,p999_ms,p99_service_ms,max_ms,txns,window_s,all_served_once_s,cpu_us_per_txn,pgbench_cpu_us_per_txn,machine_busy_pct,peak_rss_kb,per_client_min,per_client_median,per_client_max,clients_without_txn,aborted,failed,error\n",
+    );
+    let mut line = |load: &str, k: Kind, rep: usize, r: &MissionRun| {
+        let (lo, mid, hi) = r.per_client.unwrap_or_default();
+        let _ = writeln!(
+            csv,
+            "{},{load},{},{rep},{},{},{:.1},{},{},{},{},{},{},{:.2},{},{},{},{},{},{lo},{mid},{hi},{},{},{},\"{}\"",
+            r.clients,
+            k.name(),
+            r.ok,
+            r.rate.map(|x| format!("{x:.0}")).unwrap_or_default(),
+            r.tps,
+            opt(r.p50_ms, 3),
+            opt(r.p99_ms, 3),
+            opt(r.p999_ms, 3),
+            opt(r.p99_service_ms, 3),
+            opt(r.max_ms, 3),
+            r.txns,
+            r.window_secs,
+            opt(r.all_in_secs, 2),
+            opt(r.cpu_us_per_txn(), 2),
+            opt(r.pgbench_cpu_us_per_txn(), 2),
+            opt(r.machine_busy_pct, 1),
+            r.hwm_kb.map(|k| k.to_string()).unwrap_or_default(),
+            r.zero_clients,
+            r.aborted,
+            r.failed,
+            r.error.clone().unwrap_or_default().replace('"', "'")
+        );
+    };
+    for ((_, k), runs) in &res.saturated {
+        for (i, r) in runs.iter().enumerate() {
+            line("saturated", *k, i, r);
+        }
+    }
+    for ((_, k), runs) in &res.rate {
+        for (i, r) in runs.iter().enumerate() {
+            line("rate", *k, i, r);
+        }
+    }
+    for ((_, k), (r, _)) in &res.idle {
+        line("rate+idle", *k, 0, r);
+    }
+    csv
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1521,7 +2526,7 @@ fn main() {
 }
 
 fn real_main() {
-    let opts = Opts::from_env();
+    let mut opts = Opts::from_env();
     let bindir = pg_bindir();
     let nofile = raise_nofile();
     let pgbouncer_bin = if opts.pgbouncer {
@@ -1580,6 +2585,45 @@ fn real_main() {
                 .is_none_or(|ids| ids.iter().any(|i| i == r.id))
         })
         .collect();
+    // The mission rows: (clients, with the idle clients alongside). With ROWS, `mission_cN`
+    // selects N clients and `mission_idle_cN` the same with the idle run.
+    let mission_plan: Vec<(u32, bool)> = if !opts.mission.on {
+        Vec::new()
+    } else if let Some(ids) = &opts.rows {
+        let mut plan: BTreeMap<u32, bool> = BTreeMap::new();
+        for id in ids {
+            if let Some(n) = id
+                .strip_prefix("mission_idle_c")
+                .and_then(|n| n.parse().ok())
+            {
+                plan.insert(n, true);
+            } else if let Some(n) = id.strip_prefix("mission_c").and_then(|n| n.parse().ok()) {
+                plan.entry(n).or_insert(false);
+            }
+        }
+        plan.into_iter().collect()
+    } else {
+        let mut counts = opts.mission.clients.clone();
+        counts.sort_unstable();
+        counts.dedup();
+        counts
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (*n, i == 0))
+            .collect()
+    };
+    if !mission_plan.is_empty() {
+        // Both mission pools full (pool + reserve each), superuser slots and a margin; the
+        // main rows' targets are stopped before the mission rows start.
+        let need = 2 * (MISSION_POOL.size + MISSION_POOL.reserve) + 60;
+        if opts.pg_max_connections < need {
+            println!(
+                "(PG_MAX_CONNECTIONS {} is too small for the mission rows: using {need})",
+                opts.pg_max_connections
+            );
+            opts.pg_max_connections = need;
+        }
+    }
     let m = machine(&bindir, pgbouncer_bin.as_deref());
     let mut header = String::new();
     let _ = writeln!(header, "# pooler load benchmark\n");
@@ -1594,6 +2638,35 @@ fn real_main() {
          Postgres max_connections={}; fd limit {nofile}",
         opts.duration, opts.repeat, opts.jobs, opts.scale, opts.pg_max_connections
     );
+    if !mission_plan.is_empty() {
+        let mo = &opts.mission;
+        let _ = writeln!(
+            header,
+            "mission rows: clients {} (idle run at {}: {} idle clients), pool {} (+{} reserve after {} s), \
+             MISSION_DURATION={}s after MISSION_WARMUP={}s, MISSION_REPEAT={}, offered rate {} % of PgBouncer's \
+             saturated tps, at most {} clients per pgbench",
+            mission_plan
+                .iter()
+                .map(|(n, _)| n.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+            mission_plan
+                .iter()
+                .filter(|(_, i)| *i)
+                .map(|(n, _)| n.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+            mo.idle,
+            MISSION_POOL.size,
+            MISSION_POOL.reserve,
+            MISSION_POOL.reserve_timeout,
+            mo.duration,
+            mo.warmup,
+            mo.repeat,
+            mo.rate_pct,
+            mo.per_pgbench
+        );
+    }
     let _ = writeln!(
         header,
         "\nNOTE: on this shared 2-core box absolute tps swing by up to 45 % between runs minutes apart. \
@@ -1631,6 +2704,22 @@ fn real_main() {
         opts.repeat,
         est.div_ceil(60)
     );
+    if !mission_plan.is_empty() {
+        // Per client count: saturated and fixed-rate runs on two targets, the idle run; each
+        // run is its warm-up, its duration, the login storm and the settle time.
+        let mo = &opts.mission;
+        let per_run = mo.warmup + mo.duration + 10 + opts.settle.max(2);
+        let runs: u64 = mission_plan
+            .iter()
+            .map(|(_, idle)| 4 * mo.repeat as u64 + if *idle && mo.idle > 0 { 2 } else { 0 })
+            .sum();
+        println!(
+            "mission rows: {} runs, about {} min (plus {} s per idle run to connect the idle clients)",
+            runs,
+            (runs * per_run).div_ceil(60),
+            30
+        );
+    }
     println!("results: {}\n", results_dir.display());
 
     let pg = start_postgres(&opts, &bindir, &state);
@@ -1654,14 +2743,16 @@ fn real_main() {
                 &state,
                 "pgbouncer",
                 pg.port,
+                MAIN_POOL,
             ),
-            Kind::Pooler => start_pooler(&state, "pooler", pg.port),
+            Kind::Pooler => start_pooler(&state, "pooler", pg.port, MAIN_POOL),
             Kind::PoolerB => start_pooler_bin(
                 pooler_b.as_deref().expect("pooler-b"),
                 Kind::PoolerB,
                 &state,
                 "pooler-b",
                 pg.port,
+                MAIN_POOL,
             ),
         });
     }
@@ -1747,7 +2838,7 @@ fn real_main() {
         .iter()
         .find(|t| t.kind == Kind::Pooler)
         .expect("pooler");
-    if let (Some(taskset), Some(pid)) = (&taskset, pooler_target.pid) {
+    if let (Some(taskset), Some(pid), false) = (&taskset, pooler_target.pid, rows.is_empty()) {
         let all_cpus = format!(
             "0-{}",
             m.nproc.parse::<usize>().unwrap_or(2).saturating_sub(1)
@@ -1801,7 +2892,9 @@ fn real_main() {
     }
 
     let mut idle_heap: Option<IdleResult> = None;
-    let allocs = if ctx.opts.allocs {
+    // ROWS naming only mission rows runs only the mission rows.
+    let only_mission = rows.is_empty() && !mission_plan.is_empty();
+    let allocs = if ctx.opts.allocs && !only_mission {
         println!("\nheap allocations per transaction (pooler in this process, counting allocator)");
         let idle_n = ctx
             .opts
@@ -1832,15 +2925,21 @@ fn real_main() {
     };
 
     let mut idle: Vec<(Kind, IdleResult)> = Vec::new();
-    if ctx.opts.idle_clients > 0 {
+    if ctx.opts.idle_clients > 0 && !only_mission {
         let n = ctx
             .opts
             .idle_clients
             .min(nofile.saturating_sub(200) as usize);
         println!("\n{n} idle clients (logged in, outside a transaction)");
-        let mut fresh = vec![start_pooler(&state, "pooler-idle", pg.port)];
+        let mut fresh = vec![start_pooler(&state, "pooler-idle", pg.port, MAIN_POOL)];
         if let Some(bin) = &pgbouncer_bin {
-            fresh.push(start_pgbouncer(bin, &state, "pgbouncer-idle", pg.port));
+            fresh.push(start_pgbouncer(
+                bin,
+                &state,
+                "pgbouncer-idle",
+                pg.port,
+                MAIN_POOL,
+            ));
         }
         for t in &fresh {
             std::thread::sleep(Duration::from_millis(500));
@@ -1865,6 +2964,9 @@ fn real_main() {
             settle(ctx.opts.settle);
         }
     }
+
+    let mission = (!mission_plan.is_empty())
+        .then(|| run_mission(&mut ctx, &mission_plan, pgbouncer_bin.as_deref(), pg.port));
 
     // The report.
     let mut md = header.clone();
@@ -2134,6 +3236,11 @@ fn real_main() {
         }
     }
 
+    if let Some(res) = &mission {
+        mission_report(&mut md, res, &ctx.opts.mission);
+        fs::write(results_dir.join("mission.csv"), mission_csv(res)).expect("mission.csv");
+    }
+
     println!("\n{md}");
     fs::write(results_dir.join("results.md"), &md).expect("results.md");
     fs::write(results_dir.join("results.csv"), &csv).expect("results.csv");
@@ -2142,7 +3249,11 @@ fn real_main() {
         "pooler vs PgBouncer vs direct Postgres — {} CPUs, pool 20, md5, {} x {} s (commit {})",
         m.nproc, ctx.opts.repeat, duration, m.commit
     );
-    match chart(&png, &rows, &cells, &title) {
+    match if rows.is_empty() {
+        Err("no main rows".to_string())
+    } else {
+        chart(&png, &rows, &cells, &title)
+    } {
         Ok(()) => {
             println!("chart: {}", png.display());
             if ctx.opts.update_docs {
