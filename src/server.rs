@@ -132,6 +132,8 @@ pub struct ServerConn {
     pub query_bound: Duration,
     /// Which of the target's hosts this server is on (`ServerTarget::at`); set by the pool.
     pub host: usize,
+    /// Counts this server against its host's share of a pool over several hosts.
+    pub host_ticket: Option<crate::pool::HostTicket>,
 }
 
 impl std::fmt::Debug for ServerConn {
@@ -226,6 +228,7 @@ impl ServerConn {
             params_uncertain: false,
             query_bound: Duration::from_secs(15),
             host: 0,
+            host_ticket: None,
         };
         // An IO error here is the server's, not the client's: the client gets 08006.
         conn.login(target, credential).await.map_err(|e| match e {
