@@ -4,6 +4,8 @@
 //! `reserve_pool_timeout` may open up to `reserve_size` more. Waiters are served first come,
 //! first served, and a server that comes back goes straight to the first waiter instead of
 //! through the idle list. The shared state is touched once at checkout and once at checkin.
+//! Over several hosts (`hosts`), `pool_size` also bounds the servers on each host, and a
+//! primary outranked by another (a split brain) is not used.
 
 mod admin;
 mod guard;
