@@ -614,8 +614,9 @@ async fn a_host_that_hangs_after_its_check_is_raced_by_another() {
 /// A standby promoted while the old primary keeps running (both are primaries, a split
 /// brain): once the pooler has seen it, every write through the read-write entry goes to
 /// the promoted one (the higher timeline) and none to the old primary (rows counted on each
-/// host directly); SHOW HOSTS and `/metrics` show the state. When the old primary stops, the
-/// split brain is over.
+/// host directly); SHOW HOSTS and `/metrics` show the state. The promoted host stopped, the
+/// old primary still gets no write (its timeline is older than one seen); it back, writes go
+/// there again; the old primary stopped, the split brain is over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_primaries_writes_go_to_the_promoted_one() {
     let _d = deadline(
@@ -783,6 +784,55 @@ async fn two_primaries_writes_go_to_the_promoted_one() {
         "no server of the pool left on the old primary"
     );
 
+    // The promoted host goes down: the old primary is the only primary left, but on an older
+    // timeline than the pooler has seen: it still gets no write, and a client is told why.
+    standby.stop();
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            show_hosts(&pooler, "rw").await[&s.to_string()]["role"] == "down"
+        })
+        .await,
+        "the promoted host is seen down"
+    );
+    let rows = show_hosts(&pooler, "rw").await;
+    assert_eq!(rows[&p.to_string()]["usable"], "0", "{rows:?}");
+    assert_eq!(rows[&p.to_string()]["split_brain"], "1", "{rows:?}");
+    let e = match try_connect(&rw).await {
+        Ok(c) => c
+            .simple_query(&format!("INSERT INTO t VALUES ({})", 2 * AFTER))
+            .await
+            .expect_err("no write on a stale primary"),
+        Err(e) => e,
+    };
+    assert_eq!(sqlstate(&e).as_deref(), Some("08006"), "{}", message(&e));
+    assert!(
+        message(&e).contains("older than one seen before"),
+        "{}",
+        message(&e)
+    );
+    assert!(written_after(&primary).await.is_empty());
+    // It comes back: writes go there again.
+    standby.restart();
+    let back = eventually(Duration::from_secs(30), || async {
+        match try_connect(&rw).await {
+            Ok(c) => c
+                .simple_query(WHERE)
+                .await
+                .map(|m| {
+                    m.iter().any(|m| {
+                        matches!(m, SimpleQueryMessage::Row(r) if r.get(1) == Some(&s.to_string()))
+                    })
+                })
+                .unwrap_or(false),
+            Err(_) => false,
+        }
+    })
+    .await;
+    assert!(
+        back,
+        "the promoted host serves again: {:?}",
+        show_hosts(&pooler, "rw").await
+    );
     // The old primary stops: one primary, no split brain.
     primary.stop();
     assert!(
@@ -792,8 +842,16 @@ async fn two_primaries_writes_go_to_the_promoted_one() {
         .await,
         "split brain over"
     );
-    let c = connect(&rw).await;
-    assert_eq!(row(&c, WHERE).await, ["false", &s.to_string()]);
+    let body = pooler.scrape().await;
+    assert_eq!(
+        metric(
+            &body,
+            "pooler_split_brain",
+            &[("database", "rw"), ("user", APP_USER)]
+        ),
+        Some(0.0),
+        "{body}"
+    );
 }
 
 /// The pool's servers on one host holding a transaction, and all its servers there but the

@@ -19,7 +19,10 @@
 //! the same timeline the one the pool already uses, else the first in order (one server
 //! listed under two addresses, known by its start time, is one primary). The others are
 //! not usable while it is a primary: no new server goes there, their idle servers are closed
-//! and busy ones are closed when they come back. The state is logged (`error`), shown by
+//! and busy ones are closed when they come back. The newest timeline seen for a cluster
+//! (system identifier) is remembered: a primary of that cluster on an older one (the old
+//! primary of a failover, never demoted) is not used even while the newer one is down, until
+//! RECONNECT forgets. The state is logged (`error`), shown by
 //! `SHOW HOSTS` (`split_brain`, `timeline`) and `/metrics` (`pooler_split_brain`). The
 //! timeline is the health check's: `pg_walfile_name(pg_current_wal_lsn())` names the WAL
 //! file being written, whose first eight hex digits are the current timeline, right from
@@ -48,13 +51,14 @@ use super::{Pool, unreachable};
 /// The health check's query: recovery, read-only default, whether a standby has received WAL
 /// it has not replayed, the age of the last transaction it replayed (NULL if none since it
 /// started), where its replay is, a primary's timeline (hex, from the name of the WAL file it
-/// writes), and when the server started (one server listed twice is not two primaries).
+/// writes), when the server started (one server listed twice is not two primaries), and the
+/// cluster's system identifier (a primary and its standbys share it).
 const PROBE: &str = "SELECT pg_is_in_recovery(), current_setting('default_transaction_read_only'), \
     pg_is_in_recovery() AND pg_last_wal_receive_lsn() > pg_last_wal_replay_lsn(), \
     EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), \
     pg_last_wal_replay_lsn()::text, \
     CASE WHEN NOT pg_is_in_recovery() THEN substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) END, \
-    pg_postmaster_start_time()::text";
+    pg_postmaster_start_time()::text, (pg_control_system()).system_identifier::text";
 
 /// The role check after login on servers without `in_hot_standby` (before PostgreSQL 14).
 const ROLE: &str = "SELECT pg_is_in_recovery(), current_setting('default_transaction_read_only')";
@@ -121,6 +125,8 @@ pub struct HostState {
     /// When the server started (`pg_postmaster_start_time()`): two hosts with the same are
     /// one server under two addresses.
     pub instance: Option<String>,
+    /// The cluster's system identifier (`pg_control_system()`): timelines compare within one.
+    pub system: Option<String>,
 }
 
 impl HostState {
@@ -140,6 +146,8 @@ struct Seen {
     timeline: Option<u32>,
     /// When the server started (the health check's).
     instance: Option<String>,
+    /// The cluster's system identifier (the health check's).
+    system: Option<String>,
 }
 
 /// What is known of all the hosts, under one lock.
@@ -148,39 +156,71 @@ struct Known {
     /// The one primary that may be used while several hosts are primaries (see the module
     /// doc); None while no host is a primary.
     writer: Option<usize>,
+    /// The newest timeline a primary of each cluster (system identifier) was seen on: a
+    /// primary of the same cluster on an older one is stale (the old primary of a failover,
+    /// never demoted), and is not used even while the newer one is down. RECONNECT forgets.
+    newest: std::collections::HashMap<String, u32>,
 }
 
 impl Known {
-    /// More than one server is a primary (a server listed twice counts once).
+    /// More than one server is a primary (a server listed twice counts once), or a primary
+    /// is stale.
     fn split_brain(&self) -> bool {
         let primaries: Vec<&HostState> = self
             .hosts
             .iter()
             .filter(|h| h.role == Role::Primary)
             .collect();
-        primaries.iter().any(|a| {
+        let two = primaries.iter().any(|a| {
             primaries
                 .iter()
                 .any(|b| !std::ptr::eq(*a, *b) && !a.same_server(b))
-        })
+        });
+        two || (0..self.hosts.len()).any(|i| self.stale(i))
     }
 
-    /// Whether host `i` is a primary other than the writer (and not the writer's server
-    /// under another address).
-    fn outranked(&self, i: usize) -> bool {
-        match (self.hosts.get(i), self.writer) {
-            (Some(h), Some(w)) if h.role == Role::Primary && w != i => {
-                !h.same_server(&self.hosts[w])
+    /// Whether host `i` is a primary on an older timeline than one a primary of its cluster
+    /// was seen on.
+    fn stale(&self, i: usize) -> bool {
+        let Some(h) = self.hosts.get(i) else {
+            return false;
+        };
+        match (h.role, &h.system, h.timeline) {
+            (Role::Primary, Some(system), Some(tl)) => {
+                self.newest.get(system).is_some_and(|&newest| tl < newest)
             }
             _ => false,
         }
     }
 
-    /// Chooses `writer` again: the primary on the highest timeline (an unknown one lowest);
-    /// on a tie the current writer, else the first in order.
+    /// Whether host `i` is a primary not to use: stale, or another than the writer (and not
+    /// the writer's server under another address).
+    fn outranked(&self, i: usize) -> bool {
+        let Some(h) = self.hosts.get(i) else {
+            return false;
+        };
+        if h.role != Role::Primary {
+            return false;
+        }
+        match self.writer {
+            Some(w) if w != i => !h.same_server(&self.hosts[w]),
+            Some(_) => false,
+            None => true,
+        }
+    }
+
+    /// Chooses `writer` again: among the primaries that are not stale, the one on the
+    /// highest timeline (an unknown one lowest); on a tie the current writer, else the first
+    /// in order. None if there is no such primary.
     fn settle(&mut self) {
+        for h in &self.hosts {
+            if let (Role::Primary, Some(system), Some(tl)) = (h.role, &h.system, h.timeline) {
+                let newest = self.newest.entry(system.clone()).or_insert(tl);
+                *newest = (*newest).max(tl);
+            }
+        }
         let primaries: Vec<usize> = (0..self.hosts.len())
-            .filter(|&i| self.hosts[i].role == Role::Primary)
+            .filter(|&i| self.hosts[i].role == Role::Primary && !self.stale(i))
             .collect();
         let best = primaries.iter().map(|&i| self.hosts[i].timeline).max();
         let tied: Vec<usize> = primaries
@@ -260,12 +300,14 @@ impl HostSet {
             timeline: None,
             servers: 0,
             instance: None,
+            system: None,
         };
         HostSet {
             policy,
             state: Mutex::new(Known {
                 hosts: vec![unknown; n],
                 writer: None,
+                newest: Default::default(),
             }),
             changed: Notify::new(),
             wake: Notify::new(),
@@ -305,9 +347,22 @@ impl HostSet {
         self.lock().hosts.clone()
     }
 
-    /// Whether more than one host is a primary now (only one of them is used).
+    /// Whether more than one host is a primary now (only one of them is used), or a primary
+    /// is stale.
     pub fn split_brain(&self) -> bool {
         self.lock().split_brain()
+    }
+
+    /// RECONNECT: the timelines seen before are forgotten (a cluster deliberately taken back
+    /// to an older one); the health checks look again now.
+    pub(super) fn forget_timelines(&self) {
+        {
+            let mut k = self.lock();
+            k.newest.clear();
+            k.settle();
+        }
+        self.changed.notify_waiters();
+        self.wake.notify_waiters();
     }
 
     /// Whether host `i` may serve this pool: its role fits, and it is not a primary
@@ -463,6 +518,14 @@ impl HostSet {
             .enumerate()
             .map(|(i, h)| match &h.error {
                 Some(e) => format!("host {}: {} ({e})", i + 1, h.role.as_str()),
+                None if st.outranked(i) => format!(
+                    "host {}: primary, not used: {} (split brain)",
+                    i + 1,
+                    match (st.stale(i), h.timeline) {
+                        (true, Some(tl)) => format!("timeline {tl} is older than one seen before"),
+                        _ => "another primary is used".to_string(),
+                    }
+                ),
                 None => format!("host {}: {}", i + 1, h.role.as_str()),
             })
             .collect();
@@ -502,9 +565,9 @@ impl HostSet {
                 .collect();
             let split = k.split_brain();
             let split = (split != split_before || (split && !changes.is_empty())).then(|| {
-                let primaries: Vec<(usize, Option<u32>)> = (0..n)
+                let primaries: Vec<(usize, Option<u32>, bool)> = (0..n)
                     .filter(|&i| k.hosts[i].role == Role::Primary)
-                    .map(|i| (i, k.hosts[i].timeline))
+                    .map(|i| (i, k.hosts[i].timeline, k.stale(i)))
                     .collect();
                 (split, primaries)
             });
@@ -525,18 +588,22 @@ impl HostSet {
             };
             let seen: Vec<String> = primaries
                 .iter()
-                .map(|&(i, tl)| match tl {
-                    Some(tl) => format!("{} (timeline {tl})", name(i)),
-                    None => format!("{} (timeline not known yet)", name(i)),
+                .map(|&(i, tl, stale)| match (tl, stale) {
+                    (Some(tl), true) => {
+                        format!("{} (timeline {tl}, older than one seen before)", name(i))
+                    }
+                    (Some(tl), false) => format!("{} (timeline {tl})", name(i)),
+                    (None, _) => format!("{} (timeline not known yet)", name(i)),
                 })
                 .collect();
-            let using = writer.map(name).unwrap_or_default();
+            let using = writer.map(name).unwrap_or_else(|| "none".to_string());
             if split {
                 tracing::error!(
                     database = %pool.database, user = %pool.user, primaries = %seen.join(", "),
                     using = %using,
-                    "split brain: more than one host is a primary; only the one on the highest \
-                     timeline gets server connections (the others are not used while it is up)"
+                    "split brain: more than one host is a primary, or a primary is on an older \
+                     timeline than one seen before; only the primary on the newest timeline gets \
+                     server connections"
                 );
             } else {
                 tracing::warn!(
@@ -572,6 +639,7 @@ impl HostSet {
             if seen.instance.is_some() || role != h.role {
                 h.timeline = seen.timeline;
                 h.instance = seen.instance.clone();
+                h.system = seen.system.clone();
             }
             h.role = role;
             h.read_only = seen.read_only;
@@ -606,6 +674,7 @@ impl HostSet {
             }
             h.timeline = None;
             h.instance = None;
+            h.system = None;
             h.error = Some(e.to_string());
             h.refused = refused;
             went_down
@@ -685,6 +754,7 @@ fn seen_of(row: &[Option<String>], replay: &mut Replay) -> Seen {
         lag: Some(lag),
         timeline: field(5).and_then(|v| u32::from_str_radix(v, 16).ok()),
         instance: field(6).map(str::to_string),
+        system: field(7).map(str::to_string),
     }
 }
 
@@ -698,6 +768,7 @@ async fn role_of(server: &mut ServerConn) -> Result<Seen> {
             lag: None,
             timeline: None,
             instance: None,
+            system: None,
         });
     }
     let row = server.query_row(ROLE).await?;
@@ -708,6 +779,7 @@ async fn role_of(server: &mut ServerConn) -> Result<Seen> {
         lag: None,
         timeline: None,
         instance: None,
+        system: None,
     })
 }
 
@@ -1078,6 +1150,44 @@ mod tests {
         assert!(!hosts.split_brain());
         assert!(hosts.acceptable(0) && hosts.acceptable(1));
         assert_eq!(hosts.pool_size(), 20);
+    }
+
+    #[test]
+    fn a_primary_on_an_older_timeline_than_seen_is_not_used() {
+        let p = (Role::Primary, 0.0);
+        let hosts = set(ReadWrite, &[p, p], None);
+        for h in hosts.lock().hosts.iter_mut() {
+            h.system = Some("7300000000000000001".to_string());
+        }
+        timelines(&hosts, &[Some(1), Some(2)]);
+        assert_eq!(picked(&hosts), Some(1));
+        // The promoted one goes down: the old primary, alone, is still not used.
+        hosts.lock().hosts[1].role = Role::Down;
+        timelines(&hosts, &[Some(1), None]);
+        assert!(hosts.split_brain());
+        assert_eq!(picked(&hosts), None);
+        assert!(
+            hosts
+                .no_host()
+                .to_string()
+                .contains("older than one seen before")
+        );
+        // Another cluster (a new system identifier) has timelines of its own.
+        hosts.lock().hosts[0].system = Some("7300000000000000002".to_string());
+        timelines(&hosts, &[Some(1), None]);
+        assert_eq!(picked(&hosts), Some(0));
+        assert!(!hosts.split_brain());
+        // RECONNECT forgets what was seen.
+        let hosts = set(ReadWrite, &[p, p], None);
+        for h in hosts.lock().hosts.iter_mut() {
+            h.system = Some("7300000000000000001".to_string());
+        }
+        timelines(&hosts, &[Some(1), Some(2)]);
+        hosts.lock().hosts[1].role = Role::Down;
+        timelines(&hosts, &[Some(1), None]);
+        assert_eq!(picked(&hosts), None);
+        hosts.forget_timelines();
+        assert_eq!(picked(&hosts), Some(0));
     }
 
     #[test]
