@@ -854,6 +854,80 @@ async fn two_primaries_writes_go_to_the_promoted_one() {
     );
 }
 
+/// Two primaries whose timelines do not tell which is newer (two clusters, both on timeline
+/// 1): the one the pool already uses stays, though the other comes first in the host list,
+/// and no write goes to the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_primaries_on_a_par_the_one_in_use_stays() {
+    let _d = deadline(
+        "two_primaries_on_a_par_the_one_in_use_stays",
+        Duration::from_secs(90),
+    );
+    let (first, second) = (PgServer::start(), PgServer::start());
+    let db = first.create_db("ha_par").await;
+    second.create_db("ha_par_role").await;
+    second
+        .superuser()
+        .await
+        .batch_execute(&format!("CREATE DATABASE {db} OWNER {APP_USER}"))
+        .await
+        .expect("same database on the second");
+    for pg in [&first, &second] {
+        connect(&pg.url(APP_USER, APP_PASSWORD, &db))
+            .await
+            .batch_execute("CREATE TABLE t (v int)")
+            .await
+            .expect("create table");
+    }
+    // The first host is down when the pool starts: it uses the second.
+    first.stop();
+    let (a, b) = (first.port, second.port);
+    let entries = format!(
+        "[databases.rw]\n{}target_session_attrs = \"read-write\"\nload_balance_hosts = \"disable\"\n",
+        hosts(a, b, &db)
+    );
+    let pooler = start(
+        &entries,
+        "server_check_delay = 0.2\nserver_connect_timeout = 5\nquery_wait_timeout = 30",
+    )
+    .await;
+    let rw = url(&pooler, "rw");
+    let c = connect(&rw).await;
+    c.batch_execute("INSERT INTO t VALUES (0)")
+        .await
+        .expect("write on the second");
+    // The first comes back, a primary too.
+    first.restart();
+    let both = eventually(Duration::from_secs(20), || async {
+        let rows = show_hosts(&pooler, "rw").await;
+        rows[&a.to_string()]["role"] == "primary" && rows[&a.to_string()]["split_brain"] == "1"
+    })
+    .await;
+    let rows = show_hosts(&pooler, "rw").await;
+    assert!(both, "two primaries seen: {rows:?}");
+    assert_eq!(rows[&a.to_string()]["usable"], "0", "{rows:?}");
+    assert_eq!(rows[&b.to_string()]["usable"], "1", "{rows:?}");
+    for v in 1..=20 {
+        let c = connect(&rw).await;
+        c.execute("INSERT INTO t VALUES ($1)", &[&v])
+            .await
+            .expect("write");
+    }
+    let count = |pg: &PgServer| {
+        let u = pg.url(APP_USER, APP_PASSWORD, &db);
+        async move {
+            connect(&u)
+                .await
+                .query_one("SELECT count(*) FROM t", &[])
+                .await
+                .expect("count")
+                .get::<_, i64>(0)
+        }
+    };
+    assert_eq!(count(&first).await, 0, "writes on the host not in use");
+    assert_eq!(count(&second).await, 21, "every write on the host in use");
+}
+
 /// The pool's servers on one host holding a transaction, and all its servers there but the
 /// health check's (from that host's `pg_stat_activity`).
 async fn on_host(su: &tokio_postgres::Client, db: &str) -> (i64, i64) {

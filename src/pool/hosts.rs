@@ -14,9 +14,10 @@
 //!
 //! Split-brain safety: when more than one host is a primary (an old primary came back, or
 //! kept running, without being demoted after a standby was promoted), only one of them is
-//! ever used, by every pool of the entry: the one on the highest timeline (each promotion
-//! starts a new timeline, so that is the one promoted most recently), and among primaries on
-//! the same timeline the one the pool already uses, else the first in order (one server
+//! ever used, by every pool of the entry: the one on the newest timeline of its cluster
+//! (each promotion starts a new timeline, so that is the one promoted most recently), and
+//! among primaries timelines do not order (the same timeline, or clusters with different
+//! system identifiers) the one the pool already uses, else the first in order (one server
 //! listed under two addresses, known by its start time, is one primary). The others are
 //! not usable while it is a primary: no new server goes there, their idle servers are closed
 //! and busy ones are closed when they come back. The newest timeline seen for a cluster
@@ -59,6 +60,13 @@ const PROBE: &str = "SELECT pg_is_in_recovery(), current_setting('default_transa
     pg_last_wal_replay_lsn()::text, \
     CASE WHEN NOT pg_is_in_recovery() THEN substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) END, \
     pg_postmaster_start_time()::text, (pg_control_system()).system_identifier::text";
+
+/// `PROBE` without what ranks primaries (timeline, start time, system identifier), for a
+/// server that refuses those functions: two primaries are then told apart by order only.
+const PROBE_BASIC: &str = "SELECT pg_is_in_recovery(), current_setting('default_transaction_read_only'), \
+    pg_is_in_recovery() AND pg_last_wal_receive_lsn() > pg_last_wal_replay_lsn(), \
+    EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), \
+    pg_last_wal_replay_lsn()::text";
 
 /// The role check after login on servers without `in_hot_standby` (before PostgreSQL 14).
 const ROLE: &str = "SELECT pg_is_in_recovery(), current_setting('default_transaction_read_only')";
@@ -209,9 +217,9 @@ impl Known {
         }
     }
 
-    /// Chooses `writer` again: among the primaries that are not stale, the one on the
-    /// highest timeline (an unknown one lowest); on a tie the current writer, else the first
-    /// in order. None if there is no such primary.
+    /// Remembers the newest timeline of each cluster, and chooses `writer` again: among the
+    /// primaries that are not stale (ranked by the health check before those only a login
+    /// saw), the current writer, else the first in order. None if there is no such primary.
     fn settle(&mut self) {
         for h in &self.hosts {
             if let (Role::Primary, Some(system), Some(tl)) = (h.role, &h.system, h.timeline) {
@@ -219,17 +227,20 @@ impl Known {
                 *newest = (*newest).max(tl);
             }
         }
+        // What is left of a cluster is on its newest timeline; primaries of different
+        // clusters have timelines that do not compare.
         let primaries: Vec<usize> = (0..self.hosts.len())
             .filter(|&i| self.hosts[i].role == Role::Primary && !self.stale(i))
             .collect();
-        let best = primaries.iter().map(|&i| self.hosts[i].timeline).max();
-        let tied: Vec<usize> = primaries
-            .into_iter()
-            .filter(|&i| Some(self.hosts[i].timeline) == best)
+        let ranked: Vec<usize> = primaries
+            .iter()
+            .copied()
+            .filter(|&i| self.hosts[i].timeline.is_some())
             .collect();
+        let candidates = if ranked.is_empty() { primaries } else { ranked };
         self.writer = match self.writer {
-            Some(w) if tied.contains(&w) => Some(w),
-            _ => tied.first().copied(),
+            Some(w) if candidates.contains(&w) => Some(w),
+            _ => candidates.first().copied(),
         };
     }
 }
@@ -920,6 +931,8 @@ pub(super) fn watch(pool: &Arc<Pool>) {
 async fn watch_host(pool: Weak<Pool>, hosts: Arc<HostSet>, i: usize) {
     let mut probe: Option<ServerConn> = None;
     let mut replay = Replay::default();
+    // The server refused what ranks primaries: `PROBE_BASIC` from then on.
+    let mut basic = false;
     loop {
         // The pool is not held while the probe runs (a host that never answers would keep a
         // retired pool alive for a connect timeout).
@@ -936,7 +949,15 @@ async fn watch_host(pool: Weak<Pool>, hosts: Arc<HostSet>, i: usize) {
             // keep vouching for a host their connections find read-only.)
             probe = None;
         }
-        let outcome = check(&target, &mut probe, &credential, &limits, &mut replay).await;
+        let outcome = check(
+            &target,
+            &mut probe,
+            &credential,
+            &limits,
+            &mut replay,
+            &mut basic,
+        )
+        .await;
         let Some(owner) = pool.upgrade() else { return };
         match outcome {
             Ok(seen) => hosts.seen(&owner, i, seen),
@@ -963,6 +984,7 @@ async fn check(
     credential: &ServerCredential,
     limits: &super::PoolLimits,
     replay: &mut Replay,
+    basic: &mut bool,
 ) -> Result<Seen> {
     let conn = match probe {
         Some(conn) if conn.is_alive() => conn,
@@ -972,8 +994,32 @@ async fn check(
             probe.insert(conn)
         }
     };
-    let row = conn.query_row(PROBE).await?;
-    Ok(seen_of(&row, replay))
+    if *basic {
+        let row = conn.query_row(PROBE_BASIC).await?;
+        return Ok(seen_of(&row, replay));
+    }
+    match conn.query_rows(PROBE).await? {
+        Ok(rows) => match rows.into_iter().next() {
+            Some(row) => Ok(seen_of(&row, replay)),
+            None => Err(PoolerError::ServerProtocol(
+                "the health check returned no row".into(),
+            )),
+        },
+        // Shutting down: the host is going away.
+        Err((code, message)) if code.starts_with("57P") => {
+            Err(PoolerError::ServerLogin { code, message })
+        }
+        Err((code, message)) => {
+            tracing::warn!(
+                host = %target.host, port = target.port, code, error = %message,
+                "the health check cannot read the timeline here; two primaries will be told \
+                 apart by order only"
+            );
+            *basic = true;
+            let row = conn.query_row(PROBE_BASIC).await?;
+            Ok(seen_of(&row, replay))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -1114,14 +1160,18 @@ mod tests {
         let s = (Role::Standby, 0.0);
         // The standby promoted (timeline 2) while the old primary (1) kept running.
         let hosts = set(ReadWrite, &[p, p], None);
+        for h in hosts.lock().hosts.iter_mut() {
+            h.system = Some("7300000000000000001".to_string());
+        }
         timelines(&hosts, &[Some(1), Some(2)]);
         assert!(hosts.split_brain());
         assert_eq!(picked(&hosts), Some(1));
         assert!(!hosts.acceptable(0));
         assert_eq!(hosts.pool_size(), 10);
         // Whatever the pool wants of a primary: `any` does not spread over both either.
+        // (Two clusters: their timelines do not compare, the first in order is used.)
         let any = set_with(Any, LoadBalance::RoundRobin, &[p, s, p], None, 10, 0);
-        timelines(&any, &[Some(3), None, Some(2)]);
+        timelines(&any, &[Some(1), None, Some(2)]);
         let picks: Vec<_> = (0..4).filter_map(|_| picked(&any)).collect();
         assert_eq!(picks, vec![0, 1, 0, 1]);
         assert!(!any.acceptable(2));
