@@ -132,8 +132,10 @@ pub struct ServerConn {
     pub query_bound: Duration,
     /// Which of the target's hosts this server is on (`ServerTarget::at`); set by the pool.
     pub host: usize,
-    /// Counts this server against its host's share of a pool over several hosts.
-    pub host_ticket: Option<crate::pool::HostTicket>,
+    /// A guard the pool attaches, dropped with the server: over several hosts, what counts it
+    /// against its host's share (`pool::HostTicket`; opaque here, so that the server does not
+    /// depend on the pool).
+    pub host_ticket: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 impl std::fmt::Debug for ServerConn {

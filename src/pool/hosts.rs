@@ -857,7 +857,7 @@ impl Pool {
             match result {
                 Ok((mut server, seen, ticket)) => {
                     server.host = i;
-                    server.host_ticket = Some(ticket);
+                    server.host_ticket = Some(Box::new(ticket));
                     hosts.seen(self, i, seen);
                     if hosts.acceptable(i) {
                         // Dropping `attempts` aborts the others (their sockets close).
