@@ -37,6 +37,9 @@ pub const SERVER_REACHABLE: &str = "pooler_pools_server_reachable";
 pub const HOST_USABLE: &str = "pooler_host_usable";
 pub const HOST_LAG: &str = "pooler_host_replica_lag_seconds";
 pub const HOST_DOWNS: &str = "pooler_host_down_total";
+pub const HOST_SERVERS: &str = "pooler_host_servers";
+/// Per pool with several hosts: 1 while more than one of its hosts is a primary.
+pub const SPLIT_BRAIN: &str = "pooler_split_brain";
 // Per pool totals (SHOW STATS).
 pub const QUERIES: &str = "pooler_stats_totals_queries_pooled_total";
 pub const TRANSACTIONS: &str = "pooler_stats_totals_sql_transactions_pooled_total";
@@ -145,6 +148,14 @@ pub const DESCRIPTIONS: &[(&str, &str)] = &[
     (
         HOST_DOWNS,
         "Times the host was marked down (a connection or health check failed)",
+    ),
+    (
+        HOST_SERVERS,
+        "The pool's server connections on the host (open, logging in or closing; at most the pool size, plus the reserve)",
+    ),
+    (
+        SPLIT_BRAIN,
+        "1 while more than one host of the pool is a primary: only the one on the highest timeline is used",
     ),
     (QUERIES, "Queries (Query and Execute messages) pooled"),
     (

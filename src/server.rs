@@ -159,6 +159,10 @@ pub struct ServerConn {
     pub query_bound: Duration,
     /// Which of the target's hosts this server is on (`ServerTarget::at`); set by the pool.
     pub host: usize,
+    /// A guard the pool attaches, dropped with the server: over several hosts, what counts it
+    /// against its host's share (`pool::HostTicket`; opaque here, so that the server does not
+    /// depend on the pool).
+    pub host_ticket: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 impl std::fmt::Debug for ServerConn {
@@ -254,6 +258,7 @@ impl ServerConn {
             synced: None,
             query_bound: Duration::from_secs(15),
             host: 0,
+            host_ticket: None,
         };
         // An IO error here is the server's, not the client's: the client gets 08006.
         conn.login(target, credential).await.map_err(|e| match e {

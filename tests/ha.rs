@@ -611,55 +611,447 @@ async fn a_host_that_hangs_after_its_check_is_raced_by_another() {
     );
 }
 
-/// `default_pool_size` is per host that fits: two usable hosts give a pool of twice the size,
-/// and that many clients hold a transaction each at once.
+/// A standby promoted while the old primary keeps running (both are primaries, a split
+/// brain): once the pooler has seen it, every write through the read-write entry goes to
+/// the promoted one (the higher timeline) and none to the old primary (rows counted on each
+/// host directly); SHOW HOSTS and `/metrics` show the state. The promoted host stopped, the
+/// old primary still gets no write (its timeline is older than one seen); it back, writes go
+/// there again; the old primary stopped, the split brain is over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_pool_size_is_per_usable_host() {
-    let _d = deadline("the_pool_size_is_per_usable_host", Duration::from_secs(60));
-    let pg = PgServer::shared();
-    let db = pg.create_db("ha_size").await;
-    // The same server twice: two hosts that fit.
-    let entries = format!("[databases.app]\n{}", hosts(pg.port, pg.port, &db));
+async fn two_primaries_writes_go_to_the_promoted_one() {
+    let _d = deadline(
+        "two_primaries_writes_go_to_the_promoted_one",
+        Duration::from_secs(150),
+    );
+    let primary = PgServer::start();
+    let db = primary.create_db("ha_split").await;
+    connect(&primary.url(APP_USER, APP_PASSWORD, &db))
+        .await
+        .batch_execute("CREATE TABLE t (v bigint PRIMARY KEY)")
+        .await
+        .expect("create table");
+    let standby = start_standby(&primary);
+    assert!(standby.caught_up_with(&primary).await, "standby catches up");
+    let (p, s) = (primary.port, standby.port);
+    let entries = format!(
+        "[databases.rw]\n{}target_session_attrs = \"read-write\"\n",
+        hosts(p, s, &db)
+    );
     let metrics_port = free_port();
     let pooler = start(
         &entries,
         &format!(
-            "default_pool_size = 2\nreserve_pool_size = 0\nserver_check_delay = 0.2\n\
+            "server_check_delay = 0.2\nserver_connect_timeout = 5\nquery_wait_timeout = 30\n\
+             metrics_port = {metrics_port}"
+        ),
+    )
+    .await;
+    let rw = url(&pooler, "rw");
+    assert_eq!(
+        row(&connect(&rw).await, WHERE).await,
+        ["false", &p.to_string()]
+    );
+    let rows = show_hosts(&pooler, "rw").await;
+    assert_eq!(rows[&p.to_string()]["split_brain"], "0", "{rows:?}");
+
+    // A write load through the entry; writes sent once the pooler has seen the split brain
+    // get values from 1,000,000,000 on.
+    const AFTER: i64 = 1_000_000_000;
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(AtomicBool::new(false));
+    let acked_after = Arc::new(Mutex::new(Vec::<i64>::new()));
+    let next = Arc::new(AtomicUsize::new(1));
+    let mut writers = Vec::new();
+    for _ in 0..4 {
+        let (stop, seen, acked_after, next, rw) = (
+            stop.clone(),
+            seen.clone(),
+            acked_after.clone(),
+            next.clone(),
+            rw.clone(),
+        );
+        writers.push(tokio::spawn(async move {
+            let mut client: Option<tokio_postgres::Client> = None;
+            while !stop.load(Ordering::Relaxed) {
+                let c = match &client {
+                    Some(c) if !c.is_closed() => c,
+                    _ => match try_connect(&rw).await {
+                        Ok(c) => client.insert(c),
+                        Err(_) => {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    },
+                };
+                let after = seen.load(Ordering::Relaxed);
+                let n = next.fetch_add(1, Ordering::Relaxed) as i64;
+                let v = if after { AFTER + n } else { n };
+                match c.execute("INSERT INTO t VALUES ($1)", &[&v]).await {
+                    Ok(_) if after => acked_after.lock().unwrap().push(v),
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+        }));
+    }
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            next.load(Ordering::Relaxed) > 100
+        })
+        .await,
+        "writes run before the promotion"
+    );
+
+    // The standby is promoted; the old primary is not stopped or demoted.
+    standby.promote();
+    let flipped = eventually(Duration::from_secs(30), || async {
+        let rows = show_hosts(&pooler, "rw").await;
+        let (old, new) = (&rows[&p.to_string()], &rows[&s.to_string()]);
+        old["role"] == "primary"
+            && new["role"] == "primary"
+            && new["split_brain"] == "1"
+            && new["usable"] == "1"
+            && old["usable"] == "0"
+    })
+    .await;
+    let rows = show_hosts(&pooler, "rw").await;
+    assert!(flipped, "the pooler sees two primaries: {rows:?}");
+    let timeline = |port: u16| -> u32 {
+        rows[&port.to_string()]["timeline"]
+            .parse()
+            .expect("timeline")
+    };
+    assert!(timeline(s) > timeline(p), "{rows:?}");
+    assert_eq!(rows[&p.to_string()]["split_brain"], "1", "{rows:?}");
+    seen.store(true, Ordering::Relaxed);
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            acked_after.lock().unwrap().len() >= 200
+        })
+        .await,
+        "writes go on after the split brain is seen"
+    );
+    let body = pooler.scrape().await;
+    assert_eq!(
+        metric(
+            &body,
+            "pooler_split_brain",
+            &[("database", "rw"), ("user", APP_USER)]
+        ),
+        Some(1.0),
+        "{body}"
+    );
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.expect("writer");
+    }
+
+    // Counted on each host directly: every write sent after the pooler saw the split brain
+    // is on the promoted host, none on the old primary.
+    let written_after = |pg: &PgServer| {
+        let u = pg.url(APP_USER, APP_PASSWORD, &db);
+        async move {
+            let c = connect(&u).await;
+            c.query("SELECT v FROM t WHERE v >= $1", &[&AFTER])
+                .await
+                .expect("rows")
+                .iter()
+                .map(|r| r.get::<_, i64>(0))
+                .collect::<HashSet<i64>>()
+        }
+    };
+    let acked = acked_after.lock().unwrap().clone();
+    let on_old = written_after(&primary).await;
+    assert!(on_old.is_empty(), "writes on the old primary: {on_old:?}");
+    let on_new = written_after(&standby).await;
+    let missing: Vec<&i64> = acked.iter().filter(|v| !on_new.contains(v)).collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged writes not on the promoted host: {missing:?}"
+    );
+    assert!(on_new.len() >= 200, "{}", on_new.len());
+    // The old primary's servers are gone from the pool.
+    let console = connect(&pooler.console_url("postgres", SUPERUSER_PASSWORD)).await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            show(&console, "SHOW SERVERS")
+                .await
+                .iter()
+                .filter(|r| r["database"] == "rw")
+                .all(|r| r["port"] == s.to_string())
+        })
+        .await,
+        "no server of the pool left on the old primary"
+    );
+
+    // The promoted host goes down: the old primary is the only primary left, but on an older
+    // timeline than the pooler has seen: it still gets no write, and a client is told why.
+    standby.stop();
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            show_hosts(&pooler, "rw").await[&s.to_string()]["role"] == "down"
+        })
+        .await,
+        "the promoted host is seen down"
+    );
+    let rows = show_hosts(&pooler, "rw").await;
+    assert_eq!(rows[&p.to_string()]["usable"], "0", "{rows:?}");
+    assert_eq!(rows[&p.to_string()]["split_brain"], "1", "{rows:?}");
+    let e = match try_connect(&rw).await {
+        Ok(c) => c
+            .simple_query(&format!("INSERT INTO t VALUES ({})", 2 * AFTER))
+            .await
+            .expect_err("no write on a stale primary"),
+        Err(e) => e,
+    };
+    assert_eq!(sqlstate(&e).as_deref(), Some("08006"), "{}", message(&e));
+    assert!(
+        message(&e).contains("older than one seen before"),
+        "{}",
+        message(&e)
+    );
+    assert!(written_after(&primary).await.is_empty());
+    // It comes back: writes go there again.
+    standby.restart();
+    let back = eventually(Duration::from_secs(30), || async {
+        match try_connect(&rw).await {
+            Ok(c) => c
+                .simple_query(WHERE)
+                .await
+                .map(|m| {
+                    m.iter().any(|m| {
+                        matches!(m, SimpleQueryMessage::Row(r) if r.get(1) == Some(&s.to_string()))
+                    })
+                })
+                .unwrap_or(false),
+            Err(_) => false,
+        }
+    })
+    .await;
+    assert!(
+        back,
+        "the promoted host serves again: {:?}",
+        show_hosts(&pooler, "rw").await
+    );
+    // The old primary stops: one primary, no split brain.
+    primary.stop();
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            show_hosts(&pooler, "rw").await[&s.to_string()]["split_brain"] == "0"
+        })
+        .await,
+        "split brain over"
+    );
+    let body = pooler.scrape().await;
+    assert_eq!(
+        metric(
+            &body,
+            "pooler_split_brain",
+            &[("database", "rw"), ("user", APP_USER)]
+        ),
+        Some(0.0),
+        "{body}"
+    );
+}
+
+/// Two primaries whose timelines do not tell which is newer (two clusters, both on timeline
+/// 1): the one the pool already uses stays, though the other comes first in the host list,
+/// and no write goes to the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_primaries_on_a_par_the_one_in_use_stays() {
+    let _d = deadline(
+        "two_primaries_on_a_par_the_one_in_use_stays",
+        Duration::from_secs(90),
+    );
+    let (first, second) = (PgServer::start(), PgServer::start());
+    let db = first.create_db("ha_par").await;
+    second.create_db("ha_par_role").await;
+    second
+        .superuser()
+        .await
+        .batch_execute(&format!("CREATE DATABASE {db} OWNER {APP_USER}"))
+        .await
+        .expect("same database on the second");
+    for pg in [&first, &second] {
+        connect(&pg.url(APP_USER, APP_PASSWORD, &db))
+            .await
+            .batch_execute("CREATE TABLE t (v int)")
+            .await
+            .expect("create table");
+    }
+    // The first host is down when the pool starts: it uses the second.
+    first.stop();
+    let (a, b) = (first.port, second.port);
+    let entries = format!(
+        "[databases.rw]\n{}target_session_attrs = \"read-write\"\nload_balance_hosts = \"disable\"\n",
+        hosts(a, b, &db)
+    );
+    let pooler = start(
+        &entries,
+        "server_check_delay = 0.2\nserver_connect_timeout = 5\nquery_wait_timeout = 30",
+    )
+    .await;
+    let rw = url(&pooler, "rw");
+    let c = connect(&rw).await;
+    c.batch_execute("INSERT INTO t VALUES (0)")
+        .await
+        .expect("write on the second");
+    // The first comes back, a primary too.
+    first.restart();
+    let both = eventually(Duration::from_secs(20), || async {
+        let rows = show_hosts(&pooler, "rw").await;
+        rows[&a.to_string()]["role"] == "primary" && rows[&a.to_string()]["split_brain"] == "1"
+    })
+    .await;
+    let rows = show_hosts(&pooler, "rw").await;
+    assert!(both, "two primaries seen: {rows:?}");
+    assert_eq!(rows[&a.to_string()]["usable"], "0", "{rows:?}");
+    assert_eq!(rows[&b.to_string()]["usable"], "1", "{rows:?}");
+    for v in 1..=20 {
+        let c = connect(&rw).await;
+        c.execute("INSERT INTO t VALUES ($1)", &[&v])
+            .await
+            .expect("write");
+    }
+    let count = |pg: &PgServer| {
+        let u = pg.url(APP_USER, APP_PASSWORD, &db);
+        async move {
+            connect(&u)
+                .await
+                .query_one("SELECT count(*) FROM t", &[])
+                .await
+                .expect("count")
+                .get::<_, i64>(0)
+        }
+    };
+    assert_eq!(count(&first).await, 0, "writes on the host not in use");
+    assert_eq!(count(&second).await, 21, "every write on the host in use");
+}
+
+/// The pool's servers on one host holding a transaction, and all its servers there but the
+/// health check's (from that host's `pg_stat_activity`).
+async fn on_host(su: &tokio_postgres::Client, db: &str) -> (i64, i64) {
+    let r = su
+        .query_one(
+            "SELECT count(*) FILTER (WHERE state = 'idle in transaction'), \
+             count(*) FILTER (WHERE query NOT LIKE 'SELECT pg_is_in_recovery(), %') \
+             FROM pg_stat_activity WHERE datname = $1 AND usename = $2",
+            &[&db, &APP_USER],
+        )
+        .await
+        .expect("pg_stat_activity");
+    (r.get::<_, i64>(0), r.get::<_, i64>(1))
+}
+
+/// `default_pool_size` bounds the pool's servers on each host: with 8 clients each holding a
+/// transaction in a pool of 3 over a primary and a standby, each host has 3 of them (counted
+/// in each host's `pg_stat_activity`), round-robin or in order (where the first host would
+/// otherwise take them all), and the last two clients are served once others finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pool_size_bounds_each_host() {
+    let _d = deadline("the_pool_size_bounds_each_host", Duration::from_secs(120));
+    let primary = PgServer::start();
+    let rr_db = primary.create_db("ha_size_rr").await;
+    let ord_db = primary.create_db("ha_size_ord").await;
+    let standby = start_standby(&primary);
+    assert!(standby.caught_up_with(&primary).await, "standby catches up");
+    let (p, s) = (primary.port, standby.port);
+    let entries = format!(
+        "[databases.rr]\n{}load_balance_hosts = \"round-robin\"\n\
+         [databases.ord]\n{}load_balance_hosts = \"disable\"\n",
+        hosts(p, s, &rr_db),
+        hosts(p, s, &ord_db)
+    );
+    const N: i64 = 3;
+    let metrics_port = free_port();
+    let pooler = start(
+        &entries,
+        &format!(
+            "default_pool_size = {N}\nreserve_pool_size = 0\nserver_check_delay = 0.2\n\
              query_wait_timeout = 60\nmetrics_port = {metrics_port}"
         ),
     )
     .await;
-    let first = connect(&url(&pooler, "app")).await;
-    row(&first, "SELECT 1").await;
-    let size = |body: &str| {
-        metric(
-            body,
-            "pooler_pools_pool_size",
-            &[("database", "app"), ("user", APP_USER)],
-        )
-    };
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            size(&pooler.scrape().await) == Some(4.0)
-        })
-        .await,
-        "pool size 2 per host, 2 hosts"
-    );
-    // Four transactions open at once (a pool of 2 would queue the last two for good).
-    let mut held = Vec::new();
-    for _ in 0..4 {
-        let c = connect(&url(&pooler, "app")).await;
-        c.batch_execute("BEGIN; SELECT 1")
-            .await
-            .expect("a transaction");
-        held.push(c);
-    }
-    let pid_list: HashSet<String> = {
-        let mut pids = HashSet::new();
-        for c in &held {
-            pids.insert(row(c, "SELECT pg_backend_pid()::text").await[0].clone());
+    let (primary_su, standby_su) = (primary.superuser().await, standby.superuser().await);
+    for (entry, db) in [("rr", &rr_db), ("ord", &ord_db)] {
+        row(&connect(&url(&pooler, entry)).await, "SELECT 1").await;
+        assert!(
+            eventually(Duration::from_secs(10), || async {
+                let rows = show_hosts(&pooler, entry).await;
+                rows.len() == 2 && rows.values().all(|h| h["usable"] == "1")
+            })
+            .await,
+            "{entry}: both hosts usable"
+        );
+        let release = Arc::new(tokio::sync::Notify::new());
+        let go = Arc::new(AtomicBool::new(false));
+        let mut clients = Vec::new();
+        for _ in 0..8 {
+            let (u, release, go) = (url(&pooler, entry), release.clone(), go.clone());
+            clients.push(tokio::spawn(async move {
+                let c = connect(&u).await;
+                c.batch_execute("BEGIN; SELECT 1")
+                    .await
+                    .expect("a transaction");
+                let notified = release.notified();
+                if !go.load(Ordering::Relaxed) {
+                    notified.await;
+                }
+                c.batch_execute("COMMIT").await.expect("commit");
+            }));
         }
-        pids
-    };
-    assert_eq!(pid_list.len(), 4, "four servers at once");
+        let counts = eventually(Duration::from_secs(20), || async {
+            let (a, _) = on_host(&primary_su, db).await;
+            let (b, _) = on_host(&standby_su, db).await;
+            a + b == 2 * N
+        })
+        .await;
+        let (on_p, all_p) = on_host(&primary_su, db).await;
+        let (on_s, all_s) = on_host(&standby_su, db).await;
+        assert!(counts, "{entry}: {on_p} + {on_s} transactions held");
+        assert_eq!((on_p, on_s), (N, N), "{entry}: transactions per host");
+        assert!(
+            all_p <= N && all_s <= N,
+            "{entry}: servers {all_p}, {all_s}"
+        );
+        let rows = show_hosts(&pooler, entry).await;
+        for port in [p, s] {
+            assert_eq!(
+                rows[&port.to_string()]["servers"],
+                N.to_string(),
+                "{rows:?}"
+            );
+            assert_eq!(
+                rows[&port.to_string()]["pool_size"],
+                N.to_string(),
+                "{rows:?}"
+            );
+        }
+        let body = pooler.scrape().await;
+        assert_eq!(
+            metric(
+                &body,
+                "pooler_host_servers",
+                &[
+                    ("database", entry),
+                    ("user", APP_USER),
+                    ("host", &format!("127.0.0.1:{p}"))
+                ]
+            ),
+            Some(N as f64),
+            "{body}"
+        );
+        // The two left waiting are served as the others commit.
+        go.store(true, Ordering::Relaxed);
+        release.notify_waiters();
+        for c in clients {
+            c.await.expect("client");
+        }
+        let (_, all_p) = on_host(&primary_su, db).await;
+        let (_, all_s) = on_host(&standby_su, db).await;
+        assert!(
+            all_p <= N && all_s <= N,
+            "{entry}: servers {all_p}, {all_s}"
+        );
+    }
 }

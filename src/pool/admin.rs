@@ -49,7 +49,11 @@ impl Pool {
 
     /// RECONNECT: every server open now is closed instead of reused: idle ones at once, the
     /// ones clients hold when they come back. New servers are opened as needed meanwhile.
+    /// Over several hosts, the timelines seen before are forgotten too (see `hosts`).
     pub fn reconnect(self: &Arc<Self>) {
+        if let Some(h) = &self.hosts {
+            h.forget_timelines();
+        }
         let idle = {
             let mut st = self.lock();
             st.reconnect_mark = Some(Instant::now());

@@ -4,6 +4,8 @@
 //! `reserve_pool_timeout` may open up to `reserve_size` more. Waiters are served first come,
 //! first served, and a server that comes back goes straight to the first waiter instead of
 //! through the idle list. The shared state is touched once at checkout and once at checkin.
+//! Over several hosts (`hosts`), `pool_size` also bounds the servers on each host, and a
+//! primary outranked by another (a split brain) is not used.
 
 mod admin;
 mod guard;
@@ -12,7 +14,7 @@ mod hosts;
 use admin::janitor;
 pub use guard::PooledServer;
 use guard::{Grant, Slot, offer};
-pub use hosts::{HostPolicy, HostSet, HostState, Role};
+pub use hosts::{HostPolicy, HostSet, HostState, HostTicket, Role};
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -174,8 +176,10 @@ impl Pool {
         stats: PoolStats,
         policy: Option<HostPolicy>,
     ) -> Arc<Pool> {
-        let hosts =
-            policy.map(|p| Arc::new(HostSet::new(p, target.hosts.len().max(1), limits.pool_size)));
+        let hosts = policy.map(|p| {
+            let n = target.hosts.len().max(1);
+            Arc::new(HostSet::new(p, n, limits.pool_size, limits.reserve_size))
+        });
         let pool = Arc::new(Pool {
             database,
             user,
@@ -240,7 +244,7 @@ impl Pool {
     /// closes idle servers beyond the new size now and busy ones as they come back.
     pub fn set_limits(self: &Arc<Self>, mut limits: PoolLimits) {
         if let Some(h) = &self.hosts {
-            limits.pool_size = h.set_base_size(limits.pool_size);
+            limits.pool_size = h.set_base_size(limits.pool_size, limits.reserve_size);
         }
         let extra = {
             let mut st = self.lock();

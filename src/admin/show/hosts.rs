@@ -1,4 +1,5 @@
-//! `SHOW HOSTS` (beyond PgBouncer): each pool's hosts as its health check last saw them.
+//! `SHOW HOSTS` (beyond PgBouncer): each pool's hosts as its health check last saw them,
+//! and the pool's servers on each (at most `pool_size` per host).
 
 use super::{N, T, Table, s};
 use crate::app::App;
@@ -16,6 +17,10 @@ pub(super) fn show_hosts(app: &App) -> Table {
         ("down_count", N),
         ("target_session_attrs", T),
         ("error", T),
+        ("timeline", N),
+        ("split_brain", N),
+        ("servers", N),
+        ("pool_size", N),
     ]);
     for pool in app.pools() {
         let Some(hosts) = &pool.hosts else {
@@ -33,9 +38,14 @@ pub(super) fn show_hosts(app: &App) -> Table {
                 s(0),
                 s("any"),
                 None,
+                None,
+                s(0),
+                s(pool.counts().total),
+                s(pool.limits().pool_size),
             ]);
             continue;
         };
+        let split = hosts.split_brain();
         for (i, h) in hosts.snapshot().iter().enumerate() {
             let (host, port) = pool.target.address(i);
             t.rows.push(vec![
@@ -50,6 +60,10 @@ pub(super) fn show_hosts(app: &App) -> Table {
                 s(h.downs),
                 s(hosts.policy.attrs.as_str()),
                 h.error.clone(),
+                h.timeline.and_then(s),
+                s(u8::from(split && h.role == crate::pool::Role::Primary)),
+                s(h.servers),
+                s(hosts.base_size()),
             ]);
         }
     }
