@@ -219,13 +219,15 @@ impl<'a> Watchdog<'a> {
     ) -> Result<RelayEnd> {
         let tick = self.timeouts.tick();
         let start = Mark::of(relay);
+        // Read only at a tick: without relay timeouts there is none, and no clock is read.
+        let began = tick.map(|_| Instant::now());
         // When the client last sent something (query_timeout counts from its last request).
-        let mut client_at = (Instant::now(), start.from_client);
+        let mut client_at = (began, start.from_client);
         // Since when nothing moved while idle in a transaction.
         let mut idle_since: Option<(Instant, Mark)> = None;
         // When the server was last seen outside a transaction: a transaction seen open at a
         // tick began after it (so `transaction_timeout` fires at most a tick late or early).
-        let mut outside_at = Instant::now();
+        let mut outside_at = began;
         loop {
             let phase = self.phase();
             if phase >= Phase::Closing {
@@ -258,22 +260,22 @@ impl<'a> Watchdog<'a> {
             }
             let now = Mark::of(relay);
             if relay.server_side.status == b'I' {
-                outside_at = Instant::now();
+                outside_at = Some(Instant::now());
             } else if self
                 .timeouts
                 .transaction
-                .is_some_and(|t| outside_at.elapsed() >= t)
+                .is_some_and(|t| outside_at.is_some_and(|at| at.elapsed() >= t))
             {
                 return Err(PoolerError::TransactionTimeout);
             }
             if now.from_client != client_at.1 {
-                client_at = (Instant::now(), now.from_client);
+                client_at = (Some(Instant::now()), now.from_client);
             }
             if now.request_outstanding
                 && self
                     .timeouts
                     .query
-                    .is_some_and(|t| client_at.0.elapsed() >= t)
+                    .is_some_and(|t| client_at.0.is_some_and(|at| at.elapsed() >= t))
             {
                 return Err(PoolerError::QueryTimeout);
             }
