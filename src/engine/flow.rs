@@ -42,8 +42,7 @@ impl Flow {
         if self.dropping {
             self.inbuf.advance(n);
         } else {
-            self.out.extend_from_slice(&self.inbuf[..n]);
-            self.inbuf.advance(n);
+            self.commit(n);
         }
         self.remaining -= n;
         if self.remaining == 0 {

@@ -66,6 +66,12 @@ impl Rig {
     /// Server bytes in; what goes to the client out.
     fn reply(&mut self, bytes: &[u8]) -> Vec<u8> {
         self.down.inbuf.extend_from_slice(bytes);
+        self.process_reply();
+        self.down.out.split().to_vec()
+    }
+
+    /// Processes the server bytes in `down.inbuf` into `down.out`.
+    fn process_reply(&mut self) {
         self.server
             .process(
                 &mut self.down,
@@ -74,7 +80,6 @@ impl Rig {
                 &mut |_, _| {},
             )
             .unwrap();
-        self.down.out.split().to_vec()
     }
 }
 
@@ -245,14 +250,7 @@ fn a_whole_reply_is_forwarded_without_a_copy() {
     rig.down.inbuf = bytes::BytesMut::with_capacity(4096);
     rig.down.inbuf.extend_from_slice(&reply);
     let input_at = rig.down.inbuf.as_ptr();
-    rig.server
-        .process(
-            &mut rig.down,
-            &mut rig.tracker,
-            Some(&mut rig.cache),
-            &mut |_, _| {},
-        )
-        .unwrap();
+    rig.process_reply();
     assert_eq!(&rig.down.out[..], &reply[..]);
     assert_eq!(
         rig.down.out.as_ptr(),
