@@ -32,7 +32,8 @@
 //! count, IDLE_CLIENTS (10000; 0 skips), PGBOUNCER=0 skips PgBouncer, DIRECT=0 skips direct
 //! Postgres, RESULTS_DIR, UPDATE_DOCS=1 copies the chart and the report to docs/,
 //! POOLER_BIN_B=/path/to/pooler adds a second pooler build as a fourth target (compare a change
-//! in the same run), CHART_FONT=/path/to/font.ttf (DejaVu Sans is found by default).
+//! in the same run), WORKERS / WORKERS_B set `workers` of the pooler / pooler-b (WORKERS_B alone
+//! makes pooler-b this build), CHART_FONT=/path/to/font.ttf (DejaVu Sans is found by default).
 //!
 //! Mission rows: MISSION=0 skips them; MISSION_CLIENTS (2000,8000; the idle run goes with the
 //! smallest), MISSION_DURATION (s measured per run, 15), MISSION_WARMUP (s excluded at the
@@ -678,7 +679,9 @@ max_client_conn = {max_client_conn}
 ignore_startup_parameters = "extra_float_digits"
 log_connections = false
 log_disconnections = false
-
+# Off: pooler and pooler-b run at the same time and would both want 9127.
+metrics_port = 0
+{workers}
 [databases.{DB}]
 host = "127.0.0.1"
 port = {pg_port}
@@ -687,10 +690,26 @@ port = {pg_port}
             reserve = pool.reserve,
             reserve_timeout = pool.reserve_timeout,
             max_client_conn = pool.max_client_conn,
+            workers = workers_line(name),
         ),
     )
     .expect("pooler config");
     path
+}
+
+/// `workers = N` from WORKERS (the pooler of this build) or WORKERS_B (pooler-b); nothing
+/// when unset (the pooler's default).
+fn workers_line(name: &str) -> String {
+    let var = if name.starts_with("pooler-b") {
+        "WORKERS_B"
+    } else {
+        "WORKERS"
+    };
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .map(|n| format!("workers = {n}\n"))
+        .unwrap_or_default()
 }
 
 fn start_pooler(state: &Path, name: &str, pg_port: u16, pool: PoolCfg) -> Target {
@@ -1779,6 +1798,7 @@ fn run_mission(
     ctx: &mut Ctx,
     plan: &[(u32, bool)],
     pgbouncer: Option<&Path>,
+    pooler_b: Option<&Path>,
     pg_port: u16,
 ) -> MissionResults {
     let mut res = MissionResults::default();
@@ -1799,6 +1819,16 @@ fn run_mission(
         pg_port,
         MISSION_POOL,
     ));
+    if let Some(bin) = pooler_b {
+        targets.push(start_pooler_bin(
+            bin,
+            Kind::PoolerB,
+            &state,
+            "pooler-b-mission",
+            pg_port,
+            MISSION_POOL,
+        ));
+    }
     // Warm-up: both pools open their servers before the first measured run.
     let warm = Row {
         id: "mission_warmup",
@@ -1986,8 +2016,9 @@ fn mission_report(md: &mut String, res: &MissionResults, opts: &MissionOpts) {
     // One figure of every run of (n, kind), in run order.
     let each =
         |m: &BTreeMap<(u32, Kind), Vec<MissionRun>>, n: u32, f: &dyn Fn(&MissionRun) -> String| {
-            [Kind::PgBouncer, Kind::Pooler]
+            [Kind::PgBouncer, Kind::Pooler, Kind::PoolerB]
                 .iter()
+                .filter(|k| **k != Kind::PoolerB || m.contains_key(&(n, **k)))
                 .map(|k| {
                     m.get(&(n, *k))
                         .map(|v| v.iter().map(f).collect::<Vec<_>>().join(", "))
@@ -2085,7 +2116,7 @@ fn mission_report(md: &mut String, res: &MissionResults, opts: &MissionOpts) {
     );
     for &n in &counts {
         for (label, m) in [("saturated", &res.saturated), ("fixed rate", &res.rate)] {
-            for k in [Kind::PgBouncer, Kind::Pooler] {
+            for k in [Kind::PgBouncer, Kind::Pooler, Kind::PoolerB] {
                 let Some(r) = get(m, n, k) else { continue };
                 let Some((lo, mid, hi)) = r.per_client else {
                     continue;
@@ -2536,10 +2567,16 @@ fn real_main() {
     };
     let strace = (opts.strace_secs > 0).then(|| which("strace")).flatten();
     let taskset = if opts.taskset { which("taskset") } else { None };
+    // WORKERS_B alone compares this build with itself at another `workers`.
     let pooler_b = std::env::var("POOLER_BIN_B")
         .ok()
         .filter(|s| !s.is_empty())
-        .map(PathBuf::from);
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var("WORKERS_B")
+                .is_ok()
+                .then(|| PathBuf::from(env!("CARGO_BIN_EXE_pooler")))
+        });
     if is_root()
         && Command::new("id")
             .arg("postgres")
@@ -2965,8 +3002,15 @@ fn real_main() {
         }
     }
 
-    let mission = (!mission_plan.is_empty())
-        .then(|| run_mission(&mut ctx, &mission_plan, pgbouncer_bin.as_deref(), pg.port));
+    let mission = (!mission_plan.is_empty()).then(|| {
+        run_mission(
+            &mut ctx,
+            &mission_plan,
+            pgbouncer_bin.as_deref(),
+            pooler_b.as_deref(),
+            pg.port,
+        )
+    });
 
     // The report.
     let mut md = header.clone();

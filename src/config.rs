@@ -263,6 +263,9 @@ pub struct PeerConfig {
     pub pool_size: Option<usize>,
 }
 
+/// The most session threads `workers` may ask for (a typo's guard, not a tuning limit).
+pub const MAX_WORKERS: usize = 1024;
+
 /// The largest `peer_id`: the id takes 14 bits of a cancel key (PgBouncer's maximum too).
 pub const MAX_PEER_ID: u16 = 16383;
 
@@ -571,6 +574,11 @@ impl Config {
                     "databases.{name}.password: only valid together with databases.{name}.user"
                 )));
             }
+        }
+        if p.workers > MAX_WORKERS {
+            return Err(invalid(format!(
+                "workers: must be between 0 (one per core) and {MAX_WORKERS}"
+            )));
         }
         if p.peer_id > MAX_PEER_ID {
             return Err(invalid(format!(

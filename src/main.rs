@@ -131,10 +131,7 @@ fn main() -> ExitCode {
         println!("pooler: {} is valid", cli.config.display());
         return ExitCode::SUCCESS;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime(app.config().pooler.workers) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("pooler: cannot start runtime: {e}");
@@ -145,6 +142,22 @@ fn main() -> ExitCode {
     // Tasks still running (sockets being closed) must not hold the exit up.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     code
+}
+
+/// One worker runs everything on the main thread (tokio's current-thread runtime: a session's
+/// client and server readiness and the pool's hand-offs never cross threads); more share the
+/// sessions among that many threads; 0 is one per core.
+fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    if workers == 1 {
+        return tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+    }
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if workers > 1 {
+        builder.worker_threads(workers);
+    }
+    builder.enable_all().build()
 }
 
 async fn serve(app: App) -> ExitCode {

@@ -511,6 +511,87 @@ async fn sigterm_drains_and_exits_zero_a_second_signal_exits_at_once() {
     );
 }
 
+/// Threads of a running process (`Threads:` in /proc/PID/status).
+fn threads_of(pid: u32) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("Threads: in /proc/PID/status")
+}
+
+/// `workers = 1` runs every session on the process's one thread: a client waiting for the one
+/// server, a transaction holding it and the console must all make progress there (a task
+/// that blocked the thread would hang them all), and SIGTERM still drains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_worker_serves_waiting_clients_and_drains_on_one_thread() {
+    let pg = PgServer::shared();
+    let db = pg.create_db("one_worker").await;
+    let port = free_port();
+    let dir = Binary::config(
+        pg,
+        &db,
+        port,
+        "workers = 1\ndefault_pool_size = 1\nshutdown_timeout = 60",
+    );
+    let mut bin = Binary::start(&dir, port, &[]).await;
+    let url = bin.url(&db, APP_USER, APP_PASSWORD);
+    let console = connect(&bin.url("pgbouncer", "admin", "admin-pw")).await;
+    let config = show(&console, "SHOW CONFIG").await;
+    assert_eq!(config_value(&config, "workers"), "1");
+    let setup = connect(&url).await;
+    setup.batch_execute("CREATE TABLE t (v int)").await.unwrap();
+    drop(setup);
+
+    // One holds the only server in a transaction; twenty more queue behind it.
+    let (holder, holder_conn) = watched(&url).await;
+    holder
+        .batch_execute("BEGIN; INSERT INTO t VALUES (0)")
+        .await
+        .unwrap();
+    let mut queued = Vec::new();
+    for i in 1..=20 {
+        let url = url.clone();
+        queued.push(tokio::spawn(async move {
+            let c = connect(&url).await;
+            c.execute("INSERT INTO t VALUES ($1)", &[&i]).await.unwrap();
+            first_value(&c, "SELECT count(*) FROM t").await
+        }));
+    }
+    assert!(
+        eventually(LIMIT, || async {
+            let pools = show(&console, "SHOW POOLS").await;
+            pools
+                .iter()
+                .any(|p| p["database"] == db && p["cl_waiting"] == "20")
+        })
+        .await,
+        "the twenty clients never queued"
+    );
+    // A multi-thread runtime would have a thread per core besides the main one; here any
+    // thread beyond the main one is tokio's blocking pool (started on demand, none so far).
+    assert_eq!(threads_of(bin.child.id()), 1, "sessions ran on one thread");
+    holder.batch_execute("COMMIT").await.unwrap();
+    for q in queued {
+        let seen: i64 = tokio::time::timeout(LIMIT, q)
+            .await
+            .expect("a queued client was never served")
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((2..=21).contains(&seen), "count {seen}");
+    }
+    assert_eq!(count_rows(pg, &db).await, 21);
+
+    bin.signal("TERM");
+    assert_eq!(
+        ended_with(holder_conn, "holder").await.as_deref(),
+        Some("57P01")
+    );
+    assert_eq!(bin.exit_code().await, Some(0));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_and_environment_overrides_the_file() {
     let pg = PgServer::shared();

@@ -146,6 +146,9 @@ pub struct PoolerSettings {
     /// the kernel spreads connections among them (rolling restarts, more cores).
     #[serde(deserialize_with = "pg_bool")]
     pub so_reuseport: bool,
+    /// Threads that run sessions (Odyssey's and PgDog's `workers`); 0: one per core. With 1
+    /// everything runs on one thread, as in PgBouncer: no cross-thread wake-ups at all.
+    pub workers: usize,
 }
 
 impl Default for PoolerSettings {
@@ -214,6 +217,7 @@ impl Default for PoolerSettings {
             stats_users: NameList::Empty,
             peer_id: 0,
             so_reuseport: false,
+            workers: 0,
         }
     }
 }
@@ -416,6 +420,7 @@ impl PoolerSettings {
                 u8::from(self.so_reuseport).to_string(),
                 Bool,
             ),
+            ("workers", self.workers.to_string(), Value),
         ]
     }
 }
@@ -438,4 +443,6 @@ pub const RESTART_ONLY: &[&str] = &[
     // Cancel keys already handed out carry the old id: changing it would strand them.
     "peer_id",
     "so_reuseport",
+    // The runtime's threads are started once.
+    "workers",
 ];

@@ -182,3 +182,17 @@ fn bad_value_is_named() {
     .unwrap_err();
     assert!(err.to_string().contains("default_pool_size"));
 }
+
+#[test]
+fn workers_default_to_one_per_core_and_are_bounded() {
+    let c = Config::parse("[pooler]\nauth_type = \"trust\"\n", "x.toml").unwrap();
+    assert_eq!(c.pooler.workers, 0);
+    let c = Config::parse("[pooler]\nauth_type = \"trust\"\nworkers = 1\n", "x.toml").unwrap();
+    assert_eq!(c.pooler.workers, 1);
+    let err = Config::parse(
+        "[pooler]\nauth_type = \"trust\"\nworkers = 100000\n",
+        "x.toml",
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("workers: must be"), "{err}");
+}

@@ -219,13 +219,14 @@ fn unsupported_keys_are_warnings_naming_them() {
 #[test]
 fn peers_and_peer_id_in_pgbouncer_form() {
     let (c, w) = config(
-        "[pgbouncer]\nauth_type = trust\npeer_id = 1\nso_reuseport = 1\n\
+        "[pgbouncer]\nauth_type = trust\npeer_id = 1\nso_reuseport = 1\nworkers = 3\n\
              [peers]\n1 = host=10.0.0.1\n2 = host=/tmp/pooler-2 port=5555 pool_size=3\n",
     )
     .unwrap();
     assert!(w.is_empty(), "{w:?}");
     assert_eq!(c.pooler.peer_id, 1);
     assert!(c.pooler.so_reuseport);
+    assert_eq!(c.pooler.workers, 3);
     assert_eq!(c.peers["1"].port, 6432);
     let peers = c.peers();
     // The own entry is allowed and left out.
