@@ -445,7 +445,8 @@ impl Pool {
                 }
                 match check {
                     None => return Ok(server),
-                    Some(query) => match self.check(server, &query).await {
+                    // Boxed, as `open` below: a rare path must not size every checkout's future.
+                    Some(query) => match Box::pin(self.check(server, &query)).await {
                         Some(server) => return Ok(server),
                         None => continue,
                     },
@@ -497,7 +498,9 @@ impl Pool {
                         return Ok(server);
                     }
                 }
-                Grant::Slot(slot) => return self.open(slot).await,
+                // Boxed: the login exchange is the largest state a checkout can be in, and every
+                // waiting session would carry its size otherwise (memory per client).
+                Grant::Slot(slot) => return Box::pin(self.open(slot)).await,
                 Grant::Failed(e) => return Err(e),
             }
         }

@@ -61,7 +61,9 @@ pub async fn serve(app: Arc<App>, mut stream: TcpStream, origin: Origin) {
     let peer = origin.addr;
     let (_slot, count) = app.client_connected();
     let started = Instant::now();
-    let login = login(&app, &mut stream, count, &origin);
+    // Boxed, as the console below: the login exchange is over in milliseconds, the session
+    // future lives as long as the client (memory per idle client).
+    let login = Box::pin(login(&app, &mut stream, count, &origin));
     let config = app.config();
     let login = match secs(config.pooler.client_login_timeout) {
         Some(t) => tokio::time::timeout(t, login)
@@ -77,7 +79,7 @@ pub async fn serve(app: Arc<App>, mut stream: TcpStream, origin: Origin) {
         }
         Ok(Some(Login::Pool(session))) => session,
         Ok(Some(Login::Console(console))) => {
-            if let Err(e) = console.run(&app, &mut stream).await {
+            if let Err(e) = Box::pin(console.run(&app, &mut stream)).await {
                 app.metrics.error(&e);
                 refuse(&mut stream, &e).await;
             }
@@ -356,6 +358,10 @@ fn auth_method(
 }
 
 /// The session loop: one checkout per transaction (or one for the session).
+///
+/// Its future lives as long as the client, idle or not, so the rare paths that run queries of
+/// the pooler's own (read-back, reset, a cancel settling, closing a busy server) are boxed:
+/// their state is allocated while they run instead of sizing every session's future.
 async fn run_session(app: &App, stream: &mut TcpStream, session: &Session) -> Result<()> {
     let pool = &session.pool;
     let mut params = session.params.clone();
@@ -458,13 +464,28 @@ async fn run_session(app: &App, stream: &mut TcpStream, session: &Session) -> Re
             let read = if gone {
                 // Only what the server keeps matters now.
                 let (mut p, mut s) = (Params::default(), Params::default());
-                settings::read_back(app, &mut server, &touched, all, &mut p, &mut s).await
+                Box::pin(settings::read_back(
+                    app,
+                    &mut server,
+                    &touched,
+                    all,
+                    &mut p,
+                    &mut s,
+                ))
+                .await
             } else {
                 // The client has its reply; the read costs it no latency.
                 down.flush(stream).await?;
                 state = None;
-                settings::read_back(app, &mut server, &touched, all, &mut params, &mut settings)
-                    .await
+                Box::pin(settings::read_back(
+                    app,
+                    &mut server,
+                    &touched,
+                    all,
+                    &mut params,
+                    &mut settings,
+                ))
+                .await
             };
             if let Err(e) = read {
                 pool.discard(server);
@@ -482,10 +503,7 @@ async fn run_session(app: &App, stream: &mut TcpStream, session: &Session) -> Re
         session.client.relayed(pool, counts, attached, xact_done);
         // A cancel for this client still on its way could hit the next client's query.
         if session.client.cancels_in_flight()
-            && !session
-                .client
-                .cancels_settled(cancel::cancel_limit(app))
-                .await
+            && !Box::pin(session.client.cancels_settled(cancel::cancel_limit(app))).await
         {
             pool.discard(server);
             match end {
@@ -502,13 +520,18 @@ async fn run_session(app: &App, stream: &mut TcpStream, session: &Session) -> Re
             Ok(RelayEnd::Idle) if !release_on_idle || client_side.pinned.is_some() => {
                 // Session mode or a pinned client, the pooler is shutting down: the server is
                 // reset and given back between transactions; the next request is refused.
-                release_after_client(pool, server, client_side.pinned.is_some()).await;
+                Box::pin(release_after_client(
+                    pool,
+                    server,
+                    client_side.pinned.is_some(),
+                ))
+                .await;
                 down.flush(stream).await?;
             }
             Ok(RelayEnd::Idle) if reset_always => {
                 // The client has its reply first; the reset is the pooler's time, not its.
                 let flushed = down.flush(stream).await;
-                release_after_client(pool, server, true).await;
+                Box::pin(release_after_client(pool, server, true)).await;
                 flushed?;
             }
             Ok(RelayEnd::Idle) => {
@@ -517,7 +540,7 @@ async fn run_session(app: &App, stream: &mut TcpStream, session: &Session) -> Re
             }
             Ok(RelayEnd::ClientGone { server_clean: true }) => {
                 let reset = client_side.pinned.is_some() || reset_always;
-                release_after_client(pool, server, reset).await;
+                Box::pin(release_after_client(pool, server, reset)).await;
                 return Ok(());
             }
             Ok(RelayEnd::ClientGone {
@@ -525,7 +548,7 @@ async fn run_session(app: &App, stream: &mut TcpStream, session: &Session) -> Re
             }) => {
                 // Mid-transaction: closing the server makes Postgres roll back, and no other
                 // client can ever see this transaction.
-                cancel::close_busy(app, pool, server, !tracker.is_idle()).await;
+                Box::pin(cancel::close_busy(app, pool, server, !tracker.is_idle())).await;
                 return Ok(());
             }
             Ok(RelayEnd::ServerGone) => {
