@@ -5,11 +5,12 @@
 //! itself into a shared list under a lock on its first poll and unlinks on drop, twice per
 //! transaction for every session, while nearly every wait ends without a wake-up. Here a
 //! wait that ends without one costs an atomic load and, the first time a task polls, one
-//! waker clone.
+//! waker clone; later polls by the same task only compare the waker's address, without the
+//! lock (the relay polls this on every readiness wake-up).
 
 use std::future::Future;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker};
 
 #[derive(Default)]
@@ -18,6 +19,10 @@ pub struct Wakeup {
     /// The waker of the last task that waited; kept so later waits of the same task only
     /// compare it.
     waker: Mutex<Option<Waker>>,
+    /// The data address of the stored waker (0: none). Equal to a polling task's own, the
+    /// stored waker is that task's: the clone it holds keeps the task alive, so no other task
+    /// can have that address meanwhile.
+    registered: AtomicUsize,
 }
 
 impl Wakeup {
@@ -43,11 +48,17 @@ impl Wakeup {
         if self.permit.swap(false, Ordering::Acquire) {
             return Poll::Ready(());
         }
+        let id = cx.waker().data() as usize;
+        if self.registered.load(Ordering::Acquire) == id {
+            // This task's waker is stored: a notify from now on wakes it.
+            return Poll::Pending;
+        }
         {
             let mut waker = self.waker.lock().unwrap_or_else(|e| e.into_inner());
             if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                 *waker = Some(cx.waker().clone());
             }
+            self.registered.store(id, Ordering::Release);
         }
         // A notify between the first check and the waker being stored found no waker (or
         // the old one): its permit is seen here.
@@ -78,6 +89,32 @@ mod tests {
                 .is_err(),
             "one permit, however many notifies"
         );
+    }
+
+    /// The stored waker is compared by address: a wait moved to another task must still be
+    /// woken (that task's waker replaces the first one's).
+    #[tokio::test]
+    async fn a_wait_from_another_task_replaces_the_waker() {
+        let w = Arc::new(Wakeup::new());
+        let first = tokio::spawn({
+            let w = w.clone();
+            async move {
+                let _ = tokio::time::timeout(Duration::from_millis(20), w.wait()).await;
+            }
+        });
+        first.await.expect("first task");
+        for _ in 0..3 {
+            let waiter = tokio::spawn({
+                let w = w.clone();
+                async move { w.wait().await }
+            });
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            w.notify();
+            tokio::time::timeout(Duration::from_secs(5), waiter)
+                .await
+                .expect("the second task is woken")
+                .expect("task");
+        }
     }
 
     #[tokio::test]
