@@ -119,7 +119,7 @@ impl Pool {
     /// were found dead, tries one connection a tick: that is how `/readyz` learns the server
     /// is back (or gone) without waiting for a client to try.
     pub(super) fn maintain(self: &Arc<Self>) {
-        let mut closing: Vec<(ServerConn, CloseReason)> = Vec::new();
+        let mut closing: Vec<(Box<ServerConn>, CloseReason)> = Vec::new();
         let mut dead = 0;
         let mut to_open = 0;
         let mut slots = Vec::new();

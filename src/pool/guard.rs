@@ -56,15 +56,17 @@ impl Drop for Slot {
 /// A checked-out server. Give it back with `Pool::checkin` (idle and clean) or
 /// `Pool::discard`; dropped otherwise, it is closed and its slot given back.
 pub struct PooledServer {
-    /// Present until `detach` (checkin, or a grant that could not be delivered).
-    pub(super) server: Option<ServerConn>,
+    /// Present until `detach` (checkin, or a grant that could not be delivered). Boxed: a
+    /// checkout moves its server through several futures and the waiter's grant, and a move
+    /// of the pointer is what those cost then (the struct is some 400 bytes).
+    pub(super) server: Option<Box<ServerConn>>,
     pub(super) reason: CloseReason,
     // Dropped after `server`: the slot is free only once the socket is closed.
     pub(super) slot: Slot,
 }
 
 impl PooledServer {
-    pub(super) fn new(server: ServerConn, slot: Slot) -> PooledServer {
+    pub(super) fn new(server: Box<ServerConn>, slot: Slot) -> PooledServer {
         PooledServer {
             server: Some(server),
             reason: CloseReason::Unclean,
@@ -74,7 +76,7 @@ impl PooledServer {
 
     /// Takes the server out with its slot still counted (for the idle list, a waiter, or
     /// uncounted by the caller under the lock).
-    pub(super) fn detach(mut self) -> ServerConn {
+    pub(super) fn detach(mut self) -> Box<ServerConn> {
         self.slot.armed = false;
         self.server
             .take()

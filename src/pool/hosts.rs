@@ -897,13 +897,13 @@ impl Pool {
 
     /// Closes the idle servers on host `i` (it went down or changed role).
     fn close_idle_on(&self, i: usize) {
-        let closing: Vec<ServerConn> = {
+        let closing: Vec<Box<ServerConn>> = {
             let mut st = self.lock();
             let (closing, keep) = std::mem::take(&mut st.idle)
                 .into_iter()
                 .partition(|s| s.host == i);
             st.idle = keep;
-            let closing: Vec<ServerConn> = closing;
+            let closing: Vec<Box<ServerConn>> = closing;
             self.remove_slots(&mut st, closing.len());
             closing
         };

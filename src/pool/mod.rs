@@ -97,7 +97,9 @@ struct PoolState {
     /// Shutdown: servers that come back are closed.
     shutting_down: bool,
     /// Idle servers, most recently used last (LIFO keeps the hot ones hot).
-    idle: Vec<ServerConn>,
+    /// Boxed as in `PooledServer`: taking one out and handing it over moves a pointer.
+    #[allow(clippy::vec_box)]
+    idle: Vec<Box<ServerConn>>,
     waiters: VecDeque<Waiter>,
     /// Servers that exist or are being opened: idle + checked out + connecting.
     total: usize,
@@ -652,7 +654,7 @@ impl Pool {
             Ok(server) => {
                 self.stats.server_opened();
                 let _ = self.defaults.set(server.params.clone());
-                Ok(PooledServer::new(server, slot))
+                Ok(PooledServer::new(Box::new(server), slot))
             }
             Err(e) => {
                 self.stats.connect_failed(unreachable(&e));
