@@ -8,6 +8,7 @@
 //! primary outranked by another (a split brain) is not used.
 
 mod admin;
+mod expiry;
 mod guard;
 mod hosts;
 
@@ -17,7 +18,6 @@ use guard::{Grant, Slot, offer};
 pub use hosts::{HostPolicy, HostSet, HostState, HostTicket, Role};
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -27,6 +27,7 @@ use crate::error::{PoolerError, Result};
 use crate::limits::PoolLimitsShared;
 use crate::server::{Params, ServerConn, ServerCredential, ServerTarget};
 use crate::stats::{CloseReason, PoolStats, ServerSnapshot, us_of};
+use crate::wakeup::Wakeup;
 
 /// What a pool is for its whole life: changing these makes RELOAD start a new pool for new
 /// clients while the connected ones finish on this one.
@@ -82,7 +83,6 @@ impl PoolLimits {
 }
 
 struct Waiter {
-    id: u64,
     /// When the client started waiting (`maxwait`).
     since: Instant,
     /// From this instant the waiter may take a reserve slot.
@@ -111,6 +111,8 @@ struct PoolState {
     reconnect_mark: Option<Instant>,
     /// Servers from before `reconnect_mark` still out with clients (WAIT_CLOSE waits for 0).
     close_needed: usize,
+    /// The expiry task found nobody waiting and waits to be told of the next waiter.
+    expiry_parked: bool,
 }
 
 impl PoolState {
@@ -161,8 +163,16 @@ pub struct Pool {
     /// the client gave it) → Postgres's spelling: a later login with the same pairs (every
     /// pgjdbc connection sends `extra_float_digits`) needs no server to check them.
     accepted_settings: Mutex<HashMap<(String, String), String>>,
-    next_waiter: AtomicU64,
+    /// Wakes the pool's expiry task (`expiry.rs`): a first waiter, new limits, the pool gone.
+    expiry_wake: Arc<Wakeup>,
     pub stats: PoolStats,
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        // The expiry task holds only a weak reference: woken, it sees the pool gone and ends.
+        self.expiry_wake.notify();
+    }
 }
 
 impl Pool {
@@ -201,15 +211,17 @@ impl Pool {
                 paused: false,
                 reconnect_mark: None,
                 close_needed: 0,
+                expiry_parked: false,
             }),
             defaults: OnceLock::new(),
             accepted_settings: Mutex::new(HashMap::new()),
-            next_waiter: AtomicU64::new(1),
+            expiry_wake: Arc::new(Wakeup::new()),
             stats,
         });
         pool.shared.database.register(&pool);
         pool.shared.user.register(&pool);
         tokio::spawn(janitor(Arc::downgrade(&pool)));
+        tokio::spawn(expiry::run(Arc::downgrade(&pool), pool.expiry_wake.clone()));
         hosts::watch(&pool);
         pool
     }
@@ -259,6 +271,8 @@ impl Pool {
             self.grant_waiters(&mut st);
             extra
         };
+        // New timeouts: the expiry task's next deadline may have moved.
+        self.expiry_wake.notify();
         self.stats
             .server_closed_n(CloseReason::Evicted, extra.len());
         for server in extra {
@@ -313,6 +327,12 @@ impl Pool {
                 break;
             }
             let w = st.waiters.pop_front().expect("front exists");
+            if st.total > st.limits.pool_size {
+                tracing::info!(
+                    database = %self.database, user = %self.user,
+                    "taking a reserve pool connection (waited past reserve_pool_timeout)"
+                );
+            }
             if let Err(grant) = w.tx.send(Grant::Slot(Slot::counted(self))) {
                 // The waiter gave up (its client left): the slot goes to the next one.
                 match grant {
@@ -488,7 +508,9 @@ impl Pool {
             let grant = match waiter {
                 // Counted by `add_slot` above, with no await in between.
                 None => Grant::Slot(Slot::counted(self)),
-                Some((id, rx, reserve_after)) => self.wait(id, rx, start, reserve_after).await?,
+                // The deadlines (reserve_pool_timeout, query_wait_timeout) are the expiry
+                // task's: a wait arms no timer of its own.
+                Some(rx) => rx.await.map_err(|_| PoolerError::ServerGone)?,
             };
             match grant {
                 Grant::Server(server) => {
@@ -513,16 +535,19 @@ impl Pool {
         st: &mut PoolState,
         start: Instant,
         reserve_after: Instant,
-    ) -> (u64, oneshot::Receiver<Grant>, Instant) {
-        let id = self.next_waiter.fetch_add(1, Ordering::Relaxed);
+    ) -> oneshot::Receiver<Grant> {
         let (tx, rx) = oneshot::channel();
         st.waiters.push_back(Waiter {
-            id,
             since: start,
             reserve_after,
             tx,
         });
-        (id, rx, reserve_after)
+        // `reserve_pool_timeout = 0`: the reserve is this waiter's now, not at the task's
+        // next deadline.
+        if std::mem::take(&mut st.expiry_parked) || reserve_after <= start {
+            self.expiry_wake.notify();
+        }
+        rx
     }
 
     /// Runs `server_check_query` on a server idle past `server_check_delay`; a server that
@@ -542,62 +567,6 @@ impl Pool {
                 );
                 self.close(server, CloseReason::CheckFailed);
                 None
-            }
-        }
-    }
-
-    async fn wait(
-        self: &Arc<Self>,
-        id: u64,
-        mut rx: oneshot::Receiver<Grant>,
-        start: Instant,
-        reserve_after: Instant,
-    ) -> Result<Grant> {
-        let (query_wait_timeout, reserve_size) = {
-            let st = self.lock();
-            (st.limits.query_wait_timeout, st.limits.reserve_size)
-        };
-        let query_deadline = query_wait_timeout.map(|t| start + t);
-        let mut reserve_deadline = (reserve_size > 0).then_some(reserve_after);
-        loop {
-            let deadline = match (reserve_deadline, query_deadline) {
-                (Some(r), Some(q)) => Some(r.min(q)),
-                (r, q) => r.or(q),
-            };
-            let timed_out = match deadline {
-                Some(d) => {
-                    tokio::select! {
-                        grant = &mut rx => return grant.map_err(|_| PoolerError::ServerGone),
-                        _ = tokio::time::sleep_until(d.into()) => true,
-                    }
-                }
-                None => return (&mut rx).await.map_err(|_| PoolerError::ServerGone),
-            };
-            debug_assert!(timed_out);
-            let now = Instant::now();
-            let mut st = self.lock();
-            let Some(pos) = st.waiters.iter().position(|w| w.id == id) else {
-                // Someone handed us a grant just as the timer fired: take it.
-                drop(st);
-                return rx.try_recv().map_err(|_| PoolerError::ServerGone);
-            };
-            if query_deadline.is_some_and(|q| now >= q) {
-                st.waiters.remove(pos);
-                return Err(PoolerError::QueryWaitTimeout);
-            }
-            if reserve_deadline.is_some_and(|r| now >= r) {
-                reserve_deadline = None;
-                if !st.paused
-                    && st.total < st.limits.pool_size + st.limits.reserve_size
-                    && self.add_slot(&mut st)
-                {
-                    st.waiters.remove(pos);
-                    tracing::info!(
-                        database = %self.database, user = %self.user,
-                        "taking a reserve pool connection (waited past reserve_pool_timeout)"
-                    );
-                    return Ok(Grant::Slot(Slot::counted(self)));
-                }
             }
         }
     }
