@@ -104,22 +104,12 @@ mod tests {
         });
         first.await.expect("first task");
         for _ in 0..3 {
-            let waiter = tokio::spawn({
-                let w = w.clone();
-                async move { w.wait().await }
-            });
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            w.notify();
-            tokio::time::timeout(Duration::from_secs(5), waiter)
-                .await
-                .expect("the second task is woken")
-                .expect("task");
+            notify_wakes_a_new_waiting_task(&w).await;
         }
     }
 
-    #[tokio::test]
-    async fn a_waiting_task_is_woken() {
-        let w = Arc::new(Wakeup::new());
+    /// A task spawned to wait, notified once it waits, ends (bounded).
+    async fn notify_wakes_a_new_waiting_task(w: &Arc<Wakeup>) {
         let waiter = tokio::spawn({
             let w = w.clone();
             async move { w.wait().await }
@@ -130,5 +120,10 @@ mod tests {
             .await
             .expect("woken")
             .expect("task");
+    }
+
+    #[tokio::test]
+    async fn a_waiting_task_is_woken() {
+        notify_wakes_a_new_waiting_task(&Arc::new(Wakeup::new())).await;
     }
 }
