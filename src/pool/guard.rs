@@ -2,7 +2,6 @@
 //! and the grant a waiter is handed.
 
 use std::sync::Arc;
-use tokio::sync::oneshot;
 
 use crate::error::PoolerError;
 use crate::server::ServerConn;
@@ -120,7 +119,7 @@ impl Drop for PooledServer {
 }
 
 /// Hands a server to a waiter; the server back if the waiter has gone.
-pub(super) fn offer(tx: oneshot::Sender<Grant>, server: PooledServer) -> Option<PooledServer> {
+pub(super) fn offer(tx: super::GrantTx, server: PooledServer) -> Option<PooledServer> {
     match tx.send(Grant::Server(server)) {
         Ok(()) => None,
         Err(Grant::Server(server)) => Some(server),

@@ -11,16 +11,18 @@ mod admin;
 mod expiry;
 mod guard;
 mod hosts;
+mod waiter;
 
 use admin::janitor;
 pub use guard::PooledServer;
 use guard::{Grant, Slot, offer};
 pub use hosts::{HostPolicy, HostSet, HostState, HostTicket, Role};
+pub use waiter::WaitSlot;
+use waiter::{GrantRx, GrantTx};
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
-use tokio::sync::oneshot;
 
 use crate::config::PoolMode;
 use crate::error::{PoolerError, Result};
@@ -87,7 +89,7 @@ struct Waiter {
     since: Instant,
     /// From this instant the waiter may take a reserve slot.
     reserve_after: Instant,
-    tx: oneshot::Sender<Grant>,
+    tx: GrantTx,
 }
 
 struct PoolState {
@@ -428,13 +430,19 @@ impl Pool {
     /// Takes a server: an idle one, a new one if the pool has room, or waits for one.
     /// Dropping the returned future at any point gives back what it held.
     pub async fn checkout(self: &Arc<Self>) -> Result<PooledServer> {
+        self.checkout_in(&WaitSlot::new()).await
+    }
+
+    /// `checkout`, queueing (if it must) in the caller's own slot: a session reuses one for
+    /// all its waits.
+    pub async fn checkout_in(self: &Arc<Self>, slot: &WaitSlot) -> Result<PooledServer> {
         let start = Instant::now();
-        let server = self.acquire(start).await?;
+        let server = self.acquire(start, slot).await?;
         self.stats.assigned(start.elapsed());
         Ok(server)
     }
 
-    async fn acquire(self: &Arc<Self>, start: Instant) -> Result<PooledServer> {
+    async fn acquire(self: &Arc<Self>, start: Instant, slot: &WaitSlot) -> Result<PooledServer> {
         let mut tried_eviction = false;
         loop {
             let mut evict = false;
@@ -491,10 +499,10 @@ impl Pool {
                         evict = true;
                         None
                     } else {
-                        Some(self.enqueue(&mut st, start, reserve_after))
+                        Some(self.enqueue(&mut st, start, reserve_after, slot))
                     }
                 } else {
-                    Some(self.enqueue(&mut st, start, reserve_after))
+                    Some(self.enqueue(&mut st, start, reserve_after, slot))
                 }
             };
             if evict {
@@ -530,13 +538,14 @@ impl Pool {
         }
     }
 
-    fn enqueue(
+    fn enqueue<'s>(
         &self,
         st: &mut PoolState,
         start: Instant,
         reserve_after: Instant,
-    ) -> oneshot::Receiver<Grant> {
-        let (tx, rx) = oneshot::channel();
+        slot: &'s WaitSlot,
+    ) -> GrantRx<'s> {
+        let (tx, rx) = slot.begin();
         st.waiters.push_back(Waiter {
             since: start,
             reserve_after,

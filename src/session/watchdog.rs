@@ -20,7 +20,7 @@ use crate::config::{Config, secs};
 use crate::engine::Flow;
 use crate::error::{PoolerError, Result};
 use crate::lifecycle::Phase;
-use crate::pool::Pool;
+use crate::pool::{Pool, WaitSlot};
 use crate::registry::ClientInfo;
 
 use super::relay::{self, Relay, RelayEnd};
@@ -36,6 +36,8 @@ pub struct Watchdog<'a> {
     client: &'a ClientInfo,
     generation: u64,
     timeouts: Timeouts,
+    /// This session's place in its pool's queue, reused by every checkout that waits.
+    wait_slot: WaitSlot,
 }
 
 #[derive(Clone, Copy, Default)]
@@ -113,6 +115,7 @@ impl<'a> Watchdog<'a> {
             client,
             generation: app.generation(),
             timeouts: Timeouts::of(&app.config(), &client.user),
+            wait_slot: WaitSlot::new(),
         }
     }
 
@@ -168,7 +171,7 @@ impl<'a> Watchdog<'a> {
         pool: &Arc<Pool>,
         stream: &mut TcpStream,
     ) -> Result<Option<PooledServer>> {
-        let checkout = pool.checkout();
+        let checkout = pool.checkout_in(&self.wait_slot);
         tokio::pin!(checkout);
         if self.phase() >= Phase::Closing {
             return Err(PoolerError::ShuttingDown);

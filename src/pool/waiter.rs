@@ -1,0 +1,156 @@
+//! A session's place in a pool's queue, reused by every wait of the session: a `oneshot`
+//! channel per wait was the last heap allocation of a transaction when the pool is busy.
+//!
+//! Each wait takes a new ticket. The pool's end (`GrantTx`, in the queue) delivers a grant
+//! only for the ticket it was made for; the session's end (`GrantRx`) that is dropped gives
+//! up the ticket and gives back a grant that arrived too late. Lock order: the pool's lock,
+//! then a slot's (a grant is dropped only after the slot's lock is released).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+
+use super::Grant;
+
+#[derive(Default)]
+pub struct WaitSlot(Arc<Mutex<SlotState>>);
+
+#[derive(Default)]
+struct SlotState {
+    /// The wait in progress; 0: none.
+    ticket: u64,
+    last: u64,
+    /// Some(Some): granted; Some(None): the queue dropped the wait (KILL, shutdown).
+    outcome: Option<Option<Grant>>,
+    waker: Option<Waker>,
+}
+
+fn lock(slot: &Mutex<SlotState>) -> MutexGuard<'_, SlotState> {
+    slot.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl WaitSlot {
+    pub fn new() -> WaitSlot {
+        WaitSlot::default()
+    }
+
+    /// Starts a wait: the end for the queue and the end to await.
+    pub(super) fn begin(&self) -> (GrantTx, GrantRx<'_>) {
+        let ticket = {
+            let mut st = lock(&self.0);
+            st.last += 1;
+            st.ticket = st.last;
+            st.outcome = None;
+            st.ticket
+        };
+        (
+            GrantTx {
+                slot: self.0.clone(),
+                ticket,
+                done: false,
+            },
+            GrantRx {
+                slot: &self.0,
+                ticket,
+            },
+        )
+    }
+}
+
+/// The queue's end of one wait.
+pub(super) struct GrantTx {
+    slot: Arc<Mutex<SlotState>>,
+    ticket: u64,
+    done: bool,
+}
+
+impl GrantTx {
+    /// Delivers the grant; it comes back if the session gave up this wait.
+    pub(super) fn send(mut self, grant: Grant) -> Result<(), Grant> {
+        let waker = {
+            let mut st = lock(&self.slot);
+            if st.ticket != self.ticket || st.outcome.is_some() {
+                return Err(grant);
+            }
+            st.outcome = Some(Some(grant));
+            st.waker.take()
+        };
+        self.done = true;
+        if let Some(w) = waker {
+            w.wake();
+        }
+        Ok(())
+    }
+
+    /// Whether the session gave up this wait (its checkout was dropped).
+    pub(super) fn is_closed(&self) -> bool {
+        lock(&self.slot).ticket != self.ticket
+    }
+}
+
+impl Drop for GrantTx {
+    /// Dropped unsent (KILL, shutdown, a failed server for everyone): the wait ends in an error.
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let waker = {
+            let mut st = lock(&self.slot);
+            if st.ticket != self.ticket || st.outcome.is_some() {
+                return;
+            }
+            st.outcome = Some(None);
+            st.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+/// The session's end of one wait: the grant, or `Err` if the queue dropped the wait.
+pub(super) struct GrantRx<'a> {
+    slot: &'a Mutex<SlotState>,
+    ticket: u64,
+}
+
+impl Future for GrantRx<'_> {
+    type Output = Result<Grant, ()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut st = lock(self.slot);
+        if st.ticket != self.ticket {
+            return Poll::Ready(Err(()));
+        }
+        match st.outcome.take() {
+            Some(outcome) => {
+                st.ticket = 0;
+                Poll::Ready(outcome.ok_or(()))
+            }
+            None => {
+                if !st.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    st.waker = Some(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl Drop for GrantRx<'_> {
+    /// Gives the ticket up; a grant that arrived meanwhile goes back to the pool (its guard's
+    /// drop), after the slot's lock is released.
+    fn drop(&mut self) {
+        let late = {
+            let mut st = lock(self.slot);
+            if st.ticket != self.ticket {
+                return;
+            }
+            st.ticket = 0;
+            st.waker = None;
+            st.outcome.take()
+        };
+        drop(late);
+    }
+}
