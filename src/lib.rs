@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod peers;
 pub mod pool;
 pub mod prepared;
+pub mod recycled;
 pub mod registry;
 pub mod server;
 pub mod session;

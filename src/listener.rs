@@ -171,14 +171,22 @@ pub async fn accept_loop(app: Arc<App>, listener: TcpListener) {
 /// `tls::negotiate`), then the ordinary session (`session::serve`). It lives here, not in
 /// `tls.rs`, because it reaches up to the App and the session: `tls.rs` stays a layer the
 /// server side (below the pool) can use.
-async fn serve(app: Arc<App>, stream: TcpStream, peer: SocketAddr) {
+///
+/// Not an `async fn`, so that a plain session's task is the session's future alone (an async
+/// fn would keep its arguments beside it for the client's lifetime).
+fn serve(
+    app: Arc<App>,
+    stream: TcpStream,
+    peer: SocketAddr,
+) -> impl std::future::Future<Output = ()> + Send {
+    use tokio_util::either::Either;
     crate::keepalive::apply(&stream);
     if app.client_tls.is_none() {
-        return session::serve(app, stream, Origin::tcp(peer)).await;
+        return Either::Left(session::serve(app, stream, Origin::tcp(peer)));
     }
     // Boxed: the TLS path's states (the handshake, a second session future) would otherwise
     // size every plain session's future too.
-    Box::pin(serve_tls(app, stream, peer)).await
+    Either::Right(Box::pin(serve_tls(app, stream, peer)))
 }
 
 async fn serve_tls(app: Arc<App>, stream: TcpStream, peer: SocketAddr) {

@@ -44,7 +44,8 @@ impl Wakeup {
         std::future::poll_fn(|cx| self.poll_wait(cx))
     }
 
-    fn poll_wait(&self, cx: &mut Context<'_>) -> Poll<()> {
+    /// `wait` as a poll function, for a caller that polls several things at once.
+    pub fn poll_wait(&self, cx: &mut Context<'_>) -> Poll<()> {
         if self.permit.swap(false, Ordering::Acquire) {
             return Poll::Ready(());
         }

@@ -314,6 +314,20 @@ impl ClientSide {
         }
     }
 
+    /// The same, for the client with this registry id and these startup values.
+    pub fn of_client(
+        policy: Option<Policy>,
+        startup: Vec<(String, String)>,
+        id: u64,
+    ) -> ClientSide {
+        ClientSide {
+            policy,
+            startup,
+            id,
+            ..Default::default()
+        }
+    }
+
     /// Before a Bind or Describe of the unnamed statement: if the server's unnamed statement
     /// is another client's (a previous transaction on this server), close it first, hidden,
     /// so the server answers `26000` as Postgres would this client, instead of running it.

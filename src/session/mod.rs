@@ -26,8 +26,9 @@ use crate::engine::{self, ClientSide, Flow, ServerSide, Statements, Tracker};
 use crate::error::{PoolerError, Result};
 use crate::pool::{Pool, PooledServer};
 use crate::prepared::ClientStatements;
+use crate::recycled::RecycledBox;
 use crate::registry::{Registration, Relayed};
-use crate::server::{Params, ServerConn, ServerCredential};
+use crate::server::{Params, ServerConn, ServerCredential, SessionState};
 use crate::wire::{self, StartupRequest};
 use relay::{Relay, RelayEnd};
 use watchdog::Watchdog;
@@ -56,14 +57,44 @@ enum Login {
 
 /// Serves one accepted connection to the end. Never panics on client input; every refusal
 /// is a FATAL ErrorResponse with a SQLSTATE.
-pub async fn serve(app: Arc<App>, mut stream: TcpStream, origin: Origin) {
+///
+/// Not an `async fn`: an async fn keeps its arguments for as long as it runs, and this future
+/// lives as long as the client. The login, which needs the client's origin, and everything
+/// but the logged-in session is one boxed future, gone once the client is in.
+pub fn serve(
+    app: Arc<App>,
+    stream: TcpStream,
+    origin: Origin,
+) -> impl std::future::Future<Output = ()> + Send {
+    use futures_util::FutureExt;
+    use tokio_util::either::Either;
+    // `then`, not an async block awaiting one future after the other: the block would keep
+    // room for the admitted client beside the session future that owns it.
+    Box::pin(admit(app, stream, origin)).then(|admitted| match admitted {
+        Some(admitted) => Either::Left(admitted.run()),
+        None => Either::Right(std::future::ready(())),
+    })
+}
+
+/// A client that logged in to a pool, with what the end of its session needs.
+struct Admitted {
+    app: Arc<App>,
+    stream: TcpStream,
+    session: Session,
+    peer: std::net::SocketAddr,
+    started: Instant,
+    /// The client's place in the connection count, given back when the session ends.
+    _slot: crate::app::ClientSlot,
+}
+
+/// The login, to its end: `None` when the connection was not a pool login or was refused
+/// (the refusal written), or was the console's (run to its end here).
+async fn admit(app: Arc<App>, mut stream: TcpStream, origin: Origin) -> Option<Admitted> {
     let _ = stream.set_nodelay(true);
     let peer = origin.addr;
-    let (_slot, count) = app.client_connected();
+    let (slot, count) = app.client_connected();
     let started = Instant::now();
-    // Boxed, as the console below: the login exchange is over in milliseconds, the session
-    // future lives as long as the client (memory per idle client).
-    let login = Box::pin(login(&app, &mut stream, count, &origin));
+    let login = login(&app, &mut stream, count, &origin);
     let config = app.config();
     let login = match secs(config.pooler.client_login_timeout) {
         Some(t) => tokio::time::timeout(t, login)
@@ -75,7 +106,7 @@ pub async fn serve(app: Arc<App>, mut stream: TcpStream, origin: Origin) {
         // Logged in while the pooler started shutting down: let it go now.
         Ok(Some(Login::Pool(_))) if app.control.is_shutting_down() => {
             refuse(&mut stream, &PoolerError::ShuttingDown).await;
-            return;
+            return None;
         }
         Ok(Some(Login::Pool(session))) => session,
         Ok(Some(Login::Console(console))) => {
@@ -83,34 +114,61 @@ pub async fn serve(app: Arc<App>, mut stream: TcpStream, origin: Origin) {
                 app.metrics.error(&e);
                 refuse(&mut stream, &e).await;
             }
-            return;
+            return None;
         }
-        Ok(None) => return,
+        Ok(None) => return None,
         Err(e) => {
             tracing::info!(%peer, error = %e, "login refused");
             app.metrics.error(&e);
             refuse(&mut stream, &e).await;
-            return;
+            return None;
         }
     };
     if config.pooler.log_connections {
         tracing::info!(%peer, db = %session.database, user = %session.user, "login");
     }
-    let result = run_session(&app, &mut stream, &session).await;
-    if let Err(e) = &result {
-        tracing::debug!(%peer, error = %e, kind = e.kind(), "session ended with an error");
-        app.metrics.error(e);
-        refuse(&mut stream, e).await;
-    }
-    if config.pooler.log_disconnections {
-        let reason = match &result {
-            Ok(()) => "client close request".to_string(),
-            Err(e) => e.to_string(),
-        };
-        tracing::info!(
-            %peer, db = %session.database, user = %session.user,
-            age_s = started.elapsed().as_secs_f64(), %reason, "closing"
-        );
+    Some(Admitted {
+        app,
+        stream,
+        session,
+        peer,
+        started,
+        _slot: slot,
+    })
+}
+
+impl Admitted {
+    /// The logged-in session to its end. (An async block, not an `async fn`: the fn would
+    /// keep a second copy of `self`.)
+    #[allow(clippy::manual_async_fn)]
+    fn run(mut self) -> impl std::future::Future<Output = ()> + Send {
+        async move {
+            let result = run_session(&self.app, &mut self.stream, &mut self.session).await;
+            let Admitted {
+                app,
+                stream,
+                session,
+                peer,
+                started,
+                ..
+            } = &mut self;
+            if let Err(e) = &result {
+                tracing::debug!(%peer, error = %e, kind = e.kind(), "session ended with an error");
+                app.metrics.error(e);
+                refuse(stream, e).await;
+            }
+            let config = app.config();
+            if config.pooler.log_disconnections {
+                let reason = match &result {
+                    Ok(()) => "client close request".to_string(),
+                    Err(e) => e.to_string(),
+                };
+                tracing::info!(
+                    %peer, db = %session.database, user = %session.user,
+                    age_s = started.elapsed().as_secs_f64(), %reason, "closing"
+                );
+            }
+        }
     }
 }
 
@@ -357,211 +415,280 @@ fn auth_method(
     }
 }
 
+/// What a logged-in client keeps between transactions: its side of the engine and the
+/// session values the pooler carries for it to every server.
+struct Between<'a> {
+    /// The values this client expects of the tracked parameters.
+    params: Params,
+    /// The client's other session settings (see `settings.rs`).
+    settings: Params,
+    /// `params` and `settings` as one comparable value; `None` after either changes.
+    state: Option<Arc<SessionState>>,
+    up: Flow,
+    down: Flow,
+    client_side: ClientSide,
+    tracker: Tracker,
+    client_statements: ClientStatements,
+    watchdog: Watchdog<'a>,
+}
+
+/// How this session's pool works, fixed at login.
+struct Mode {
+    release_on_idle: bool,
+    rewrite_statements: bool,
+    reset_always: bool,
+    max_prepared: usize,
+}
+
+/// After a transaction: wait for the next request, or end the session.
+enum Step {
+    Next,
+    End,
+}
+
 /// The session loop: one checkout per transaction (or one for the session).
 ///
-/// Its future lives as long as the client, idle or not, so the rare paths that run queries of
-/// the pooler's own (read-back, reset, a cancel settling, closing a busy server) are boxed:
-/// their state is allocated while they run instead of sizing every session's future.
-async fn run_session(app: &App, stream: &mut TcpStream, session: &Session) -> Result<()> {
+/// Its future lives as long as the client, idle or not, so it holds only what waiting for
+/// the next request needs; everything from the checkout to the server's release runs in a
+/// future of its own (`transaction`), boxed in a recycled block while it runs.
+async fn run_session(app: &App, stream: &mut TcpStream, session: &mut Session) -> Result<()> {
+    // Moved, not copied: an idle client holds one copy of its values.
+    let params = std::mem::take(&mut session.params);
+    let settings = std::mem::take(&mut session.settings);
+    let startup = std::mem::take(&mut session.startup.0);
+    let session = &*session;
     let pool = &session.pool;
-    let mut params = session.params.clone();
-    let mut settings = session.settings.clone();
-    // `params` and `settings` as one comparable value; `None` after either changes.
-    let mut state = None;
-    let mut up = Flow::default();
-    let mut down = Flow::default();
-    let mut client_side = ClientSide::new(
-        (pool.settings.mode == PoolMode::Transaction).then_some(pool.settings.session_state),
-    );
-    client_side.startup = session.startup.0.clone();
-    client_side.id = session.client.info.id;
-    let mut tracker = Tracker::default();
-    let mut client_statements = ClientStatements::new();
     let release_on_idle = pool.settings.mode == PoolMode::Transaction;
     let max_prepared = app.config().pooler.max_prepared_statements;
-    let mut watchdog = Watchdog::new(app, &session.client);
-    let rewrite_statements = release_on_idle && max_prepared > 0;
-    // `server_reset_query_always`: every transaction leaves its server reset.
-    let reset_always = release_on_idle && app.config().pooler.server_reset_query_always;
+    let mode = Mode {
+        release_on_idle,
+        rewrite_statements: release_on_idle && max_prepared > 0,
+        // `server_reset_query_always`: every transaction leaves its server reset.
+        reset_always: release_on_idle && app.config().pooler.server_reset_query_always,
+        max_prepared,
+    };
+    let mut c = Between {
+        params,
+        settings,
+        state: None,
+        up: Flow::default(),
+        down: Flow::default(),
+        // Made in place (a local moved in would keep its own room in this long-lived future).
+        client_side: ClientSide::of_client(
+            (pool.settings.mode == PoolMode::Transaction).then_some(pool.settings.session_state),
+            startup,
+            session.client.info.id,
+        ),
+        tracker: Tracker::default(),
+        client_statements: ClientStatements::new(),
+        watchdog: Watchdog::new(app, &session.client),
+    };
     loop {
-        up.shrink_if_empty();
-        down.shrink_if_empty();
-        if !watchdog.next_request(stream, &mut up).await? {
+        c.up.shrink_if_empty();
+        c.down.shrink_if_empty();
+        if !c.watchdog.next_request(stream, &mut c.up).await? {
             return Ok(());
         }
-        if rewrite_statements
-            && engine::answer_locally(&mut up, &mut down, &app.statements, &mut client_statements)
+        if mode.rewrite_statements
+            && engine::answer_locally(
+                &mut c.up,
+                &mut c.down,
+                &app.statements,
+                &mut c.client_statements,
+            )
         {
             session
                 .client
-                .set_prepared_statements(client_statements.len());
-            down.flush(stream).await?;
+                .set_prepared_statements(c.client_statements.len());
+            c.down.flush(stream).await?;
             continue;
         }
         session.client.waiting();
-        let Some(mut server) = watchdog.checkout(pool, stream).await? else {
-            // The client left while queued: what it asked for never runs.
-            return Ok(());
+        match RecycledBox::new(transaction(app, stream, session, &mode, &mut c)).await? {
+            Step::Next => {}
+            Step::End => return Ok(()),
+        }
+    }
+}
+
+/// One transaction (or, in session mode, the session's whole stretch on its server): check
+/// a server out, make its session values the client's, relay, give the server back.
+async fn transaction(
+    app: &App,
+    stream: &mut TcpStream,
+    session: &Session,
+    mode: &Mode,
+    c: &mut Between<'_>,
+) -> Result<Step> {
+    let pool = &session.pool;
+    let Some(mut server) = c.watchdog.checkout(pool, stream).await? else {
+        // The client left while queued: what it asked for never runs.
+        return Ok(Step::End);
+    };
+    let attached = session.client.attached(&server);
+    if let Err(e) = settings::sync(app, &mut server, &mut c.params, &c.settings, &mut c.state).await
+    {
+        pool.discard(server);
+        return Err(e);
+    }
+    let mut server_side = ServerSide::default();
+    let ServerConn {
+        stream: server_stream,
+        params: server_params,
+        statements: server_statements,
+        synced: server_synced,
+        ..
+    } = &mut *server;
+    let mut on_param = |name: &str, value: &str| {
+        server_params.set(name, value);
+        *server_synced = None;
+        if let Some(canonical) = app.tracked_name(name) {
+            c.params.set(canonical, value);
+            c.state = None;
+        }
+    };
+    let statements = mode.rewrite_statements.then_some(Statements {
+        registry: &app.statements,
+        client: &mut c.client_statements,
+        server: server_statements,
+        max: mode.max_prepared,
+    });
+    let mut relay = Relay {
+        client: stream,
+        server: server_stream,
+        up: &mut c.up,
+        down: &mut c.down,
+        client_side: &mut c.client_side,
+        server_side: &mut server_side,
+        tracker: &mut c.tracker,
+        statements,
+        client_info: Some(&session.client.info),
+    };
+    let end = c
+        .watchdog
+        .relay(&mut relay, mode.release_on_idle, &mut on_param)
+        .await;
+    c.tracker.drain_unprepared(&mut c.client_statements);
+    session
+        .client
+        .set_prepared_statements(c.client_statements.len());
+    if std::mem::take(&mut c.client_side.params_touched) {
+        server.params_uncertain = true;
+    }
+    // Settings the transaction changed: read back before anyone else can get the server.
+    let touched = std::mem::take(&mut c.client_side.settings_touched);
+    let all = std::mem::take(&mut c.client_side.settings_all);
+    let clean = matches!(
+        end,
+        Ok(RelayEnd::Idle | RelayEnd::ClientGone { server_clean: true })
+    );
+    if (all || !touched.is_empty())
+        && mode.release_on_idle
+        && clean
+        && c.client_side.pinned.is_none()
+    {
+        let gone = !matches!(end, Ok(RelayEnd::Idle));
+        let read = if gone {
+            // Only what the server keeps matters now.
+            let (mut p, mut s) = (Params::default(), Params::default());
+            Box::pin(settings::read_back(
+                app,
+                &mut server,
+                &touched,
+                all,
+                &mut p,
+                &mut s,
+            ))
+            .await
+        } else {
+            // The client has its reply; the read costs it no latency.
+            c.down.flush(stream).await?;
+            c.state = None;
+            Box::pin(settings::read_back(
+                app,
+                &mut server,
+                &touched,
+                all,
+                &mut c.params,
+                &mut c.settings,
+            ))
+            .await
         };
-        let attached = session.client.attached(&server);
-        if let Err(e) = settings::sync(app, &mut server, &mut params, &settings, &mut state).await {
+        if let Err(e) = read {
+            pool.discard(server);
+            return if gone { Ok(Step::End) } else { Err(e) };
+        }
+    }
+    let xact_done = mode.release_on_idle && matches!(end, Ok(RelayEnd::Idle));
+    let counts = Relayed {
+        bytes_in: std::mem::take(&mut c.up.bytes_read),
+        bytes_out: std::mem::take(&mut c.down.bytes_read),
+        queries: std::mem::take(&mut c.client_side.queries),
+        warned: std::mem::take(&mut c.client_side.warned),
+        refused: std::mem::take(&mut c.client_side.refused),
+    };
+    session.client.relayed(pool, counts, attached, xact_done);
+    // A cancel for this client still on its way could hit the next client's query.
+    if session.client.cancels_in_flight()
+        && !Box::pin(session.client.cancels_settled(cancel::cancel_limit(app))).await
+    {
+        pool.discard(server);
+        match end {
+            Ok(RelayEnd::Idle) => {
+                c.down.flush(stream).await?;
+                return Ok(Step::Next);
+            }
+            Ok(RelayEnd::ClientGone { .. }) => return Ok(Step::End),
+            Ok(RelayEnd::ServerGone) => return Err(PoolerError::ServerGone),
+            Err(e) => return Err(e),
+        }
+    }
+    match end {
+        Ok(RelayEnd::Idle) if !mode.release_on_idle || c.client_side.pinned.is_some() => {
+            // Session mode or a pinned client, the pooler is shutting down: the server is
+            // reset and given back between transactions; the next request is refused.
+            Box::pin(release_after_client(
+                pool,
+                server,
+                c.client_side.pinned.is_some(),
+            ))
+            .await;
+            c.down.flush(stream).await?;
+        }
+        Ok(RelayEnd::Idle) if mode.reset_always => {
+            // The client has its reply first; the reset is the pooler's time, not its.
+            let flushed = c.down.flush(stream).await;
+            Box::pin(release_after_client(pool, server, true)).await;
+            flushed?;
+        }
+        Ok(RelayEnd::Idle) => {
+            pool.checkin(server);
+            c.down.flush(stream).await?;
+        }
+        Ok(RelayEnd::ClientGone { server_clean: true }) => {
+            let reset = c.client_side.pinned.is_some() || mode.reset_always;
+            Box::pin(release_after_client(pool, server, reset)).await;
+            return Ok(Step::End);
+        }
+        Ok(RelayEnd::ClientGone {
+            server_clean: false,
+        }) => {
+            // Mid-transaction: closing the server makes Postgres roll back, and no other
+            // client can ever see this transaction.
+            Box::pin(cancel::close_busy(app, pool, server, !c.tracker.is_idle())).await;
+            return Ok(Step::End);
+        }
+        Ok(RelayEnd::ServerGone) => {
+            pool.discard(server);
+            let _ = c.down.flush(stream).await;
+            return Err(PoolerError::ServerGone);
+        }
+        Err(e) => {
             pool.discard(server);
             return Err(e);
         }
-        let mut server_side = ServerSide::default();
-        let ServerConn {
-            stream: server_stream,
-            params: server_params,
-            statements: server_statements,
-            synced: server_synced,
-            ..
-        } = &mut *server;
-        let mut on_param = |name: &str, value: &str| {
-            server_params.set(name, value);
-            *server_synced = None;
-            if let Some(canonical) = app.tracked_name(name) {
-                params.set(canonical, value);
-                state = None;
-            }
-        };
-        let statements = rewrite_statements.then_some(Statements {
-            registry: &app.statements,
-            client: &mut client_statements,
-            server: server_statements,
-            max: max_prepared,
-        });
-        let mut relay = Relay {
-            client: stream,
-            server: server_stream,
-            up: &mut up,
-            down: &mut down,
-            client_side: &mut client_side,
-            server_side: &mut server_side,
-            tracker: &mut tracker,
-            statements,
-            client_info: Some(&session.client.info),
-        };
-        let end = watchdog
-            .relay(&mut relay, release_on_idle, &mut on_param)
-            .await;
-        tracker.drain_unprepared(&mut client_statements);
-        session
-            .client
-            .set_prepared_statements(client_statements.len());
-        if std::mem::take(&mut client_side.params_touched) {
-            server.params_uncertain = true;
-        }
-        // Settings the transaction changed: read back before anyone else can get the server.
-        let touched = std::mem::take(&mut client_side.settings_touched);
-        let all = std::mem::take(&mut client_side.settings_all);
-        let clean = matches!(
-            end,
-            Ok(RelayEnd::Idle | RelayEnd::ClientGone { server_clean: true })
-        );
-        if (all || !touched.is_empty()) && release_on_idle && clean && client_side.pinned.is_none()
-        {
-            let gone = !matches!(end, Ok(RelayEnd::Idle));
-            let read = if gone {
-                // Only what the server keeps matters now.
-                let (mut p, mut s) = (Params::default(), Params::default());
-                Box::pin(settings::read_back(
-                    app,
-                    &mut server,
-                    &touched,
-                    all,
-                    &mut p,
-                    &mut s,
-                ))
-                .await
-            } else {
-                // The client has its reply; the read costs it no latency.
-                down.flush(stream).await?;
-                state = None;
-                Box::pin(settings::read_back(
-                    app,
-                    &mut server,
-                    &touched,
-                    all,
-                    &mut params,
-                    &mut settings,
-                ))
-                .await
-            };
-            if let Err(e) = read {
-                pool.discard(server);
-                return if gone { Ok(()) } else { Err(e) };
-            }
-        }
-        let xact_done = release_on_idle && matches!(end, Ok(RelayEnd::Idle));
-        let counts = Relayed {
-            bytes_in: std::mem::take(&mut up.bytes_read),
-            bytes_out: std::mem::take(&mut down.bytes_read),
-            queries: std::mem::take(&mut client_side.queries),
-            warned: std::mem::take(&mut client_side.warned),
-            refused: std::mem::take(&mut client_side.refused),
-        };
-        session.client.relayed(pool, counts, attached, xact_done);
-        // A cancel for this client still on its way could hit the next client's query.
-        if session.client.cancels_in_flight()
-            && !Box::pin(session.client.cancels_settled(cancel::cancel_limit(app))).await
-        {
-            pool.discard(server);
-            match end {
-                Ok(RelayEnd::Idle) => {
-                    down.flush(stream).await?;
-                    continue;
-                }
-                Ok(RelayEnd::ClientGone { .. }) => return Ok(()),
-                Ok(RelayEnd::ServerGone) => return Err(PoolerError::ServerGone),
-                Err(e) => return Err(e),
-            }
-        }
-        match end {
-            Ok(RelayEnd::Idle) if !release_on_idle || client_side.pinned.is_some() => {
-                // Session mode or a pinned client, the pooler is shutting down: the server is
-                // reset and given back between transactions; the next request is refused.
-                Box::pin(release_after_client(
-                    pool,
-                    server,
-                    client_side.pinned.is_some(),
-                ))
-                .await;
-                down.flush(stream).await?;
-            }
-            Ok(RelayEnd::Idle) if reset_always => {
-                // The client has its reply first; the reset is the pooler's time, not its.
-                let flushed = down.flush(stream).await;
-                Box::pin(release_after_client(pool, server, true)).await;
-                flushed?;
-            }
-            Ok(RelayEnd::Idle) => {
-                pool.checkin(server);
-                down.flush(stream).await?;
-            }
-            Ok(RelayEnd::ClientGone { server_clean: true }) => {
-                let reset = client_side.pinned.is_some() || reset_always;
-                Box::pin(release_after_client(pool, server, reset)).await;
-                return Ok(());
-            }
-            Ok(RelayEnd::ClientGone {
-                server_clean: false,
-            }) => {
-                // Mid-transaction: closing the server makes Postgres roll back, and no other
-                // client can ever see this transaction.
-                Box::pin(cancel::close_busy(app, pool, server, !tracker.is_idle())).await;
-                return Ok(());
-            }
-            Ok(RelayEnd::ServerGone) => {
-                pool.discard(server);
-                let _ = down.flush(stream).await;
-                return Err(PoolerError::ServerGone);
-            }
-            Err(e) => {
-                pool.discard(server);
-                return Err(e);
-            }
-        }
     }
+    Ok(Step::Next)
 }
 
 /// A clean server whose client left: in session mode it is reset before anyone else gets it.

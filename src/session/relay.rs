@@ -206,30 +206,43 @@ enum Woke {
 }
 
 /// Reads client bytes while no server is attached, until the first message is complete (or,
-/// for one larger than `BUFFER_CAP`, its header is there) or the client leaves. Returns false
-/// on EOF or Terminate. A message still arriving takes no server: a slow client cannot hold
-/// one while it trickles a query in.
-pub async fn read_request(client: &TcpStream, up: &mut Flow) -> Result<bool> {
+/// for one larger than `BUFFER_CAP`, its header is there) or the client leaves. Ready with
+/// false on EOF or Terminate. A message still arriving takes no server: a slow client cannot
+/// hold one while it trickles a query in.
+///
+/// A poll function, not a future: an idle client waits here, and its task keeps no future's
+/// state for it (the socket's readiness keeps the waker).
+pub fn poll_read_request(
+    client: &TcpStream,
+    up: &mut Flow,
+    cx: &mut Context<'_>,
+) -> Poll<Result<bool>> {
     loop {
         // Bad framing is refused before a server is taken (and then discarded) for it.
-        if let Some((tag, total)) = header(&up.inbuf, false)? {
-            if !FRONTEND_TAGS.contains(&tag) {
-                return Err(invalid_type(tag));
+        match header(&up.inbuf, false) {
+            Err(e) => return Poll::Ready(Err(e)),
+            Ok(Some((tag, total))) => {
+                if !FRONTEND_TAGS.contains(&tag) {
+                    return Poll::Ready(Err(invalid_type(tag)));
+                }
+                if tag == Frontend::Terminate.byte() {
+                    return Poll::Ready(Ok(false));
+                }
+                if up.inbuf.len() >= total || total > BUFFER_CAP {
+                    return Poll::Ready(Ok(true));
+                }
             }
-            if tag == Frontend::Terminate.byte() {
-                return Ok(false);
-            }
-            if up.inbuf.len() >= total || total > BUFFER_CAP {
-                return Ok(true);
-            }
+            Ok(None) => {}
         }
-        client.readable().await?;
+        if let Err(e) = std::task::ready!(client.poll_read_ready(cx)) {
+            return Poll::Ready(Err(e.into()));
+        }
         match up.read_from(client) {
-            Ok(Some(0)) => return Ok(false),
+            Ok(Some(0)) => return Poll::Ready(Ok(false)),
             Ok(Some(_)) => {}
             // Nothing after all (stale readiness): do not wait holding a buffer.
             Ok(None) => up.shrink_if_empty(),
-            Err(e) => return Err(e.into()),
+            Err(e) => return Poll::Ready(Err(e.into())),
         }
     }
 }
@@ -287,15 +300,19 @@ impl Flow {
         Ok(())
     }
 
-    /// Writes everything processed, waiting as needed.
+    /// Writes everything processed, waiting as needed. (Polled on the socket's readiness,
+    /// which keeps the waker: no wait future's state in the session's.)
     pub async fn flush(&mut self, stream: &TcpStream) -> io::Result<()> {
-        loop {
-            self.write_to(stream)?;
-            if self.out.is_empty() {
-                return Ok(());
+        std::future::poll_fn(|cx| {
+            loop {
+                self.write_to(stream)?;
+                if self.out.is_empty() {
+                    return Poll::Ready(Ok(()));
+                }
+                std::task::ready!(stream.poll_write_ready(cx))?;
             }
-            stream.writable().await?;
-        }
+        })
+        .await
     }
 }
 

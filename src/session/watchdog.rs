@@ -10,10 +10,12 @@
 //! can be interrupted to look at that state and resumed where it was.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 use tokio::net::TcpStream;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use crate::app::App;
 use crate::config::{Config, secs};
@@ -38,6 +40,8 @@ pub struct Watchdog<'a> {
     timeouts: Timeouts,
     /// This session's place in its pool's queue, reused by every checkout that waits.
     wait_slot: WaitSlot,
+    /// `client_idle_timeout`'s timer, made at the first wait that needs it.
+    idle_timer: Option<Pin<Box<Sleep>>>,
 }
 
 #[derive(Clone, Copy, Default)]
@@ -116,6 +120,7 @@ impl<'a> Watchdog<'a> {
             generation: app.generation(),
             timeouts: Timeouts::of(&app.config(), &client.user),
             wait_slot: WaitSlot::new(),
+            idle_timer: None,
         }
     }
 
@@ -143,19 +148,50 @@ impl<'a> Watchdog<'a> {
 
     /// Waits for the client's next request with no server held. Shutting down or idling past
     /// `client_idle_timeout` ends the session; the caller sends the error.
+    ///
+    /// An idle client waits here, so the wait keeps next to no state: it polls the wake-up
+    /// and the socket's readiness directly, and the idle timer, when one is configured, is
+    /// the session's own, kept boxed and re-armed for each wait.
     pub async fn next_request(&mut self, stream: &TcpStream, up: &mut Flow) -> Result<bool> {
         self.refresh();
-        let deadline = self.timeouts.client_idle.map(|t| Instant::now() + t);
+        let mut timer = match self.timeouts.client_idle {
+            Some(t) => {
+                let deadline = Instant::now() + t;
+                let timer = self
+                    .idle_timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                timer.as_mut().reset(deadline);
+                Some(timer.as_mut())
+            }
+            None => None,
+        };
         loop {
-            if self.phase() >= Phase::Draining {
+            // (The fields, not `self.phase()`: the timer borrows `self.idle_timer`.)
+            if self.app.control.phase() >= Phase::Draining {
                 return Err(PoolerError::ShuttingDown);
             }
-            self.killed()?;
-            tokio::select! {
-                biased;
-                _ = self.client.stop.wait() => continue,
-                r = relay::read_request(stream, up) => return r,
-                _ = sleep_until(deadline) => return Err(PoolerError::ClientIdleTimeout),
+            if self.client.is_killed() {
+                return Err(PoolerError::AdminKilled);
+            }
+            let next = std::future::poll_fn(|cx| {
+                if self.client.stop.poll_wait(cx).is_ready() {
+                    return Poll::Ready(None);
+                }
+                if let Poll::Ready(r) = relay::poll_read_request(stream, up, cx) {
+                    return Poll::Ready(Some(r));
+                }
+                if let Some(t) = timer.as_mut()
+                    && t.as_mut().poll(cx).is_ready()
+                {
+                    return Poll::Ready(Some(Err(PoolerError::ClientIdleTimeout)));
+                }
+                Poll::Pending
+            })
+            .await;
+            match next {
+                // Woken: look at the phase and KILL_CLIENT again.
+                None => continue,
+                Some(r) => return r,
             }
         }
     }
