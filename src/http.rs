@@ -195,9 +195,9 @@ fn client_connections(app: &App) -> String {
     for c in app.clients_registry.snapshot() {
         *groups
             .entry((
-                c.database.clone(),
-                c.user.clone(),
-                c.application_name.clone(),
+                c.database.to_string(),
+                c.user.to_string(),
+                c.application_name.to_string(),
                 c.state().as_str(),
             ))
             .or_default() += 1;

@@ -60,9 +60,10 @@ pub struct Relayed {
 /// One connected client as the admin console sees it.
 pub struct ClientInfo {
     pub id: u64,
-    pub user: String,
-    pub database: String,
-    pub application_name: String,
+    /// The names are shared with the other clients of the pool that have the same ones.
+    pub user: Arc<str>,
+    pub database: Arc<str>,
+    pub application_name: Arc<str>,
     pub addr: Option<SocketAddr>,
     pub local: Option<SocketAddr>,
     pub connected_us: u64,
@@ -326,11 +327,17 @@ impl ClientRegistry {
                 }
             }
         };
+        let name = |s: &str| match &pool {
+            Some(pool) => pool.share_name(s),
+            None => Arc::from(s),
+        };
+        let (user, database, application_name) =
+            (name(user), name(database), name(application_name));
         let info = Arc::new(ClientInfo {
             id,
-            user: user.to_string(),
-            database: database.to_string(),
-            application_name: application_name.to_string(),
+            user,
+            database,
+            application_name,
             addr: stream.peer_addr().ok(),
             local: stream.local_addr().ok(),
             connected_us: now_us(),
@@ -447,7 +454,7 @@ impl ClientRegistry {
         let clients = self.lock();
         let mut n = 0;
         for c in clients.values() {
-            if c.pool.is_none() || database.is_some_and(|d| d != c.database) {
+            if c.pool.is_none() || database.is_some_and(|d| d != &*c.database) {
                 continue;
             }
             // SAFETY: `fd` is the socket of a live client: its `Registration` removes it from

@@ -119,6 +119,12 @@ impl Params {
     pub fn remove(&mut self, name: &str) {
         self.0.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
     }
+
+    /// Without spare capacity: for values a client keeps for as long as it is connected.
+    pub fn shrunk(mut self) -> Params {
+        self.0.shrink_to_fit();
+        self
+    }
 }
 
 /// Rows of one of the pooler's own queries: text values, `None` for NULL.

@@ -463,7 +463,7 @@ fn show_users(app: &App) -> Table {
             .filter(|p| p.user == name)
             .map(|p| p.counts().total)
             .sum();
-        let connected = clients.iter().filter(|c| c.user == name).count();
+        let connected = clients.iter().filter(|c| *c.user == *name).count();
         t.rows.push(vec![
             entry.and_then(|u| u.pool_size).map(|v| v.to_string()),
             entry

@@ -39,7 +39,8 @@ pub struct ClientSide {
     /// The client's startup values of tracked parameters: what `RESET` returns to on a
     /// dedicated connection. The server's own defaults are the pool's, so after a `RESET` the
     /// pooler sets these again (a hidden query after the sync point).
-    pub startup: Vec<(String, String)>,
+    /// Shared by the clients of a pool that gave the same (see `Pool::share`).
+    pub startup: Arc<[(String, String)]>,
     /// Bit i: `startup[i]` was reset since the last sync point and must be set again.
     restore: u64,
     /// A message waits, unread, for replies to earlier requests: process again after them.
@@ -317,7 +318,7 @@ impl ClientSide {
     /// The same, for the client with this registry id and these startup values.
     pub fn of_client(
         policy: Option<Policy>,
-        startup: Vec<(String, String)>,
+        startup: Arc<[(String, String)]>,
         id: u64,
     ) -> ClientSide {
         ClientSide {

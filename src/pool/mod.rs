@@ -165,10 +165,24 @@ pub struct Pool {
     /// the client gave it) → Postgres's spelling: a later login with the same pairs (every
     /// pgjdbc connection sends `extra_float_digits`) needs no server to check them.
     accepted_settings: Mutex<HashMap<(String, String), String>>,
+    /// The session values most clients of this pool have in common, shared (`share`).
+    shared_values: Mutex<SharedValues>,
     /// Wakes the pool's expiry task (`expiry.rs`): a first waiter, new limits, the pool gone.
     expiry_wake: Arc<Wakeup>,
     pub stats: PoolStats,
 }
+
+/// See `Pool::share`.
+#[derive(Default)]
+struct SharedValues {
+    params: Option<Arc<Params>>,
+    startup: Option<Arc<[(String, String)]>>,
+    /// The last names shared, at most `SHARED_NAMES`.
+    names: Vec<Arc<str>>,
+}
+
+/// Enough for a pool's user and database and a few application names.
+const SHARED_NAMES: usize = 8;
 
 impl Drop for Pool {
     fn drop(&mut self) {
@@ -217,6 +231,7 @@ impl Pool {
             }),
             defaults: OnceLock::new(),
             accepted_settings: Mutex::new(HashMap::new()),
+            shared_values: Mutex::new(SharedValues::default()),
             expiry_wake: Arc::new(Wakeup::new()),
             stats,
         });
@@ -367,6 +382,48 @@ impl Pool {
 
     /// Postgres's spelling of every startup setting in `asked`, if a server of this pool
     /// accepted each of them before.
+    /// The pool's copy of `params` when the last client shared equal ones, else `params`,
+    /// kept for the next: clients of a pool mostly have the same values, and an idle client
+    /// then holds no copy of its own (it gets one when it changes a value, `Arc::make_mut`).
+    pub fn share(&self, params: Arc<Params>) -> Arc<Params> {
+        let mut shared = self.shared_values.lock().unwrap_or_else(|e| e.into_inner());
+        match &shared.params {
+            Some(p) if **p == *params => p.clone(),
+            _ => {
+                let params = Arc::new(Arc::unwrap_or_clone(params).shrunk());
+                shared.params = Some(params.clone());
+                params
+            }
+        }
+    }
+
+    /// `share` for a name a client is registered with (user, database, application name).
+    pub fn share_name(&self, name: &str) -> Arc<str> {
+        let mut shared = self.shared_values.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = shared.names.iter().find(|n| ***n == *name) {
+            return n.clone();
+        }
+        let n: Arc<str> = Arc::from(name);
+        if shared.names.len() >= SHARED_NAMES {
+            shared.names.remove(0);
+        }
+        shared.names.push(n.clone());
+        n
+    }
+
+    /// `share` for the startup values a client's `RESET` returns to.
+    pub fn share_startup(&self, startup: Vec<(String, String)>) -> Arc<[(String, String)]> {
+        let mut shared = self.shared_values.lock().unwrap_or_else(|e| e.into_inner());
+        match &shared.startup {
+            Some(s) if **s == startup[..] => s.clone(),
+            _ => {
+                let startup: Arc<[(String, String)]> = Arc::from(startup);
+                shared.startup = Some(startup.clone());
+                startup
+            }
+        }
+    }
+
     pub fn accepted_settings(&self, asked: &Params) -> Option<Params> {
         let known = self
             .accepted_settings

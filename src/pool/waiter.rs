@@ -8,13 +8,14 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Waker};
 
 use super::Grant;
 
+/// Made at the session's first wait: a client that never waits (or not yet) holds none.
 #[derive(Default)]
-pub struct WaitSlot(Arc<Mutex<SlotState>>);
+pub struct WaitSlot(OnceLock<Arc<Mutex<SlotState>>>);
 
 #[derive(Default)]
 struct SlotState {
@@ -37,8 +38,9 @@ impl WaitSlot {
 
     /// Starts a wait: the end for the queue and the end to await.
     pub(super) fn begin(&self) -> (GrantTx, GrantRx<'_>) {
+        let slot = self.0.get_or_init(Arc::default);
         let ticket = {
-            let mut st = lock(&self.0);
+            let mut st = lock(slot);
             st.last += 1;
             st.ticket = st.last;
             st.outcome = None;
@@ -46,14 +48,11 @@ impl WaitSlot {
         };
         (
             GrantTx {
-                slot: self.0.clone(),
+                slot: slot.clone(),
                 ticket,
                 done: false,
             },
-            GrantRx {
-                slot: &self.0,
-                ticket,
-            },
+            GrantRx { slot, ticket },
         )
     }
 }

@@ -34,14 +34,16 @@ use relay::{Relay, RelayEnd};
 use watchdog::Watchdog;
 
 /// A logged-in client.
+///
+/// Its user and database names are its registration's (`client.info`).
 struct Session {
     pool: Arc<Pool>,
-    user: String,
-    database: String,
     /// The values this client expects of the tracked parameters, kept true on every server.
-    params: Params,
+    /// Shared by the clients of a pool that have the same (see `Pool::share`).
+    params: Arc<Params>,
     /// The parameters and settings the client gave at startup: what `RESET` returns to.
-    startup: Params,
+    /// Shared by the clients of a pool that gave the same.
+    startup: Arc<[(String, String)]>,
     /// The client's other session settings (startup parameters, `options=-c`), carried to
     /// every server it uses (see `settings.rs`).
     settings: Params,
@@ -125,7 +127,7 @@ async fn admit(app: Arc<App>, mut stream: TcpStream, origin: Origin) -> Option<A
         }
     };
     if config.pooler.log_connections {
-        tracing::info!(%peer, db = %session.database, user = %session.user, "login");
+        tracing::info!(%peer, db = %session.client.info.database, user = %session.client.info.user, "login");
     }
     Some(Admitted {
         app,
@@ -144,30 +146,37 @@ impl Admitted {
     fn run(mut self) -> impl std::future::Future<Output = ()> + Send {
         async move {
             let result = run_session(&self.app, &mut self.stream, &mut self.session).await;
-            let Admitted {
-                app,
-                stream,
-                session,
-                peer,
-                started,
-                ..
-            } = &mut self;
-            if let Err(e) = &result {
-                tracing::debug!(%peer, error = %e, kind = e.kind(), "session ended with an error");
-                app.metrics.error(e);
-                refuse(stream, e).await;
-            }
-            let config = app.config();
-            if config.pooler.log_disconnections {
-                let reason = match &result {
-                    Ok(()) => "client close request".to_string(),
-                    Err(e) => e.to_string(),
-                };
-                tracing::info!(
-                    %peer, db = %session.database, user = %session.user,
-                    age_s = started.elapsed().as_secs_f64(), %reason, "closing"
-                );
-            }
+            // Boxed, with everything it needs moved in: what the end needs would otherwise
+            // take room in this future, which lives as long as the client.
+            Box::pin(self.end(result)).await;
+        }
+    }
+
+    /// The session's end: its error to the client, the disconnection logged.
+    async fn end(mut self, result: Result<()>) {
+        let Admitted {
+            app,
+            stream,
+            session,
+            peer,
+            started,
+            ..
+        } = &mut self;
+        if let Err(e) = &result {
+            tracing::debug!(%peer, error = %e, kind = e.kind(), "session ended with an error");
+            app.metrics.error(e);
+            refuse(stream, e).await;
+        }
+        let config = app.config();
+        if config.pooler.log_disconnections {
+            let reason = match &result {
+                Ok(()) => "client close request".to_string(),
+                Err(e) => e.to_string(),
+            };
+            tracing::info!(
+                %peer, db = %session.client.info.database, user = %session.client.info.user,
+                age_s = started.elapsed().as_secs_f64(), %reason, "closing"
+            );
         }
     }
 }
@@ -310,6 +319,7 @@ async fn login(
             session_params.set(name, v);
         }
     }
+    let mut session_params = Arc::new(session_params);
     // Postgres refuses a login with an invalid startup value (`TimeZone=nowhere`): so does
     // the pooler, by applying the client's values on a server before greeting it. That also
     // gives the greeting Postgres's spelling of them. Any string is a valid application_name.
@@ -346,7 +356,7 @@ async fn login(
                 &mut server,
                 &names,
                 false,
-                &mut session_params,
+                Arc::make_mut(&mut session_params),
                 &mut startup_settings,
             )
             .await;
@@ -380,13 +390,13 @@ async fn login(
     wire::backend_key_data(&mut out, pid, secret);
     wire::ready_for_query(&mut out, wire::STATUS_IDLE);
     stream.write_all(&out).await?;
+    let params = pool.share(session_params);
+    let startup = pool.share_startup(requested.0);
     Ok(Some(Login::Pool(Session {
         pool,
-        user: user_name,
-        database,
-        params: session_params,
-        startup: requested,
-        settings: startup_settings,
+        params,
+        startup,
+        settings: startup_settings.shrunk(),
         client,
     })))
 }
@@ -418,8 +428,9 @@ fn auth_method(
 /// What a logged-in client keeps between transactions: its side of the engine and the
 /// session values the pooler carries for it to every server.
 struct Between<'a> {
-    /// The values this client expects of the tracked parameters.
-    params: Params,
+    /// The values this client expects of the tracked parameters (shared until it changes
+    /// one).
+    params: Arc<Params>,
     /// The client's other session settings (see `settings.rs`).
     settings: Params,
     /// `params` and `settings` as one comparable value; `None` after either changes.
@@ -455,7 +466,7 @@ async fn run_session(app: &App, stream: &mut TcpStream, session: &mut Session) -
     // Moved, not copied: an idle client holds one copy of its values.
     let params = std::mem::take(&mut session.params);
     let settings = std::mem::take(&mut session.settings);
-    let startup = std::mem::take(&mut session.startup.0);
+    let startup = std::mem::replace(&mut session.startup, Arc::from([]));
     let session = &*session;
     let pool = &session.pool;
     let release_on_idle = pool.settings.mode == PoolMode::Transaction;
@@ -543,7 +554,9 @@ async fn transaction(
         server_params.set(name, value);
         *server_synced = None;
         if let Some(canonical) = app.tracked_name(name) {
-            c.params.set(canonical, value);
+            if c.params.get(canonical) != Some(value) {
+                Arc::make_mut(&mut c.params).set(canonical, value);
+            }
             c.state = None;
         }
     };
@@ -609,7 +622,7 @@ async fn transaction(
                 &mut server,
                 &touched,
                 all,
-                &mut c.params,
+                Arc::make_mut(&mut c.params),
                 &mut c.settings,
             ))
             .await

@@ -30,17 +30,24 @@ pub const MAX_SETTINGS_BYTES: usize = 64 * 1024;
 pub(super) async fn sync(
     app: &App,
     server: &mut ServerConn,
-    wanted: &mut Params,
+    wanted: &mut Arc<Params>,
     settings: &Params,
     state: &mut Option<Arc<SessionState>>,
 ) -> Result<()> {
     if !server.params_uncertain
         && let (Some(mine), Some(its)) = (state.as_ref(), server.synced.as_ref())
-        && (Arc::ptr_eq(mine, its) || mine == its)
     {
-        return Ok(());
+        if Arc::ptr_eq(mine, its) {
+            return Ok(());
+        }
+        if mine == its {
+            // Equal: this client keeps the server's copy and drops its own (memory per
+            // client; the next comparison is a pointer's).
+            *state = Some(its.clone());
+            return Ok(());
+        }
     }
-    server.synced = None;
+    let previous = server.synced.take();
     let mut sets: Vec<(String, String)> = Vec::new();
     let mut resets: Vec<String> = Vec::new();
     // After a RESET on this server, what the pooler recorded may be stale: set everything.
@@ -67,11 +74,12 @@ pub(super) async fn sync(
         }
     }
     if sets.is_empty() && resets.is_empty() {
-        server.synced = Some(
-            state
-                .get_or_insert_with(|| SessionState::of(wanted, settings))
-                .clone(),
-        );
+        let mine = state.get_or_insert_with(|| SessionState::of(wanted, settings));
+        // What the server recorded is equal: shared, as above.
+        if let Some(its) = previous.filter(|its| its == mine) {
+            *mine = its;
+        }
+        server.synced = Some(mine.clone());
         return Ok(());
     }
     let mut sql = String::new();
@@ -114,9 +122,11 @@ pub(super) async fn sync(
     }
     for (name, _) in &sets[..tracked_sets] {
         // The client adopts Postgres's spelling so the next comparison matches.
-        if let Some(v) = server.params.get(name) {
+        if let Some(v) = server.params.get(name)
+            && wanted.get(name) != Some(v)
+        {
             let v = v.to_string();
-            wanted.set(name, &v);
+            Arc::make_mut(wanted).set(name, &v);
         }
     }
     let now = SessionState::of(wanted, settings);
