@@ -124,6 +124,7 @@ fn limits_for(config: &Config, db: &DatabaseConfig, user: &str) -> PoolLimits {
             |u| u.query_wait_timeout,
             p.query_wait_timeout,
         ),
+        query_wait_notify: secs(p.query_wait_notify),
         connect_timeout: secs(p.server_connect_timeout),
         query_timeout: config.user_timeout(user, |u| u.query_timeout, p.query_timeout),
         idle_timeout: secs(p.server_idle_timeout),

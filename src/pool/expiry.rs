@@ -1,6 +1,6 @@
 //! The queue's deadlines, kept by one task per pool instead of a timer per wait: a waiter
 //! past `query_wait_timeout` is told so, one past `reserve_pool_timeout` may open a reserve
-//! server. Arming and dropping a timer on every wait cost more than the rest of the queue's
+//! server, one past `query_wait_notify` is sent its NOTICE (by its session, told here). Arming and dropping a timer on every wait cost more than the rest of the queue's
 //! work together when thousands of clients share a pool; this task wakes at the next
 //! deadline, which under load is seconds away, and sleeps while nobody waits.
 
@@ -50,6 +50,12 @@ impl Pool {
                 }
             }
         }
+        for w in st.waiters.iter_mut() {
+            if w.notify_at.is_some_and(|at| now >= at) {
+                w.notify_at = None;
+                w.tx.notice();
+            }
+        }
         self.grant_waiters(&mut st);
         if st.waiters.is_empty() {
             st.expiry_parked = true;
@@ -64,7 +70,7 @@ impl Pool {
             .iter()
             .flat_map(|w| {
                 let reserve = (reserve_open && w.reserve_after > now).then_some(w.reserve_after);
-                [query.map(|t| w.since + t), reserve]
+                [query.map(|t| w.since + t), reserve, w.notify_at]
             })
             .flatten()
             .min()

@@ -50,6 +50,8 @@ pub struct PoolLimits {
     pub min_pool_size: usize,
     pub reserve_timeout: Option<Duration>,
     pub query_wait_timeout: Option<Duration>,
+    /// `query_wait_notify`: a NOTICE to a client queued this long.
+    pub query_wait_notify: Option<Duration>,
     pub connect_timeout: Option<Duration>,
     /// `query_timeout`: also the bound of the pooler's own queries when set.
     pub query_timeout: Option<Duration>,
@@ -89,6 +91,8 @@ struct Waiter {
     since: Instant,
     /// From this instant the waiter may take a reserve slot.
     reserve_after: Instant,
+    /// When the waiter is sent `query_wait_notify`'s NOTICE; None once sent (or never).
+    notify_at: Option<Instant>,
     tx: GrantTx,
 }
 
@@ -603,9 +607,11 @@ impl Pool {
         slot: &'s WaitSlot,
     ) -> GrantRx<'s> {
         let (tx, rx) = slot.begin();
+        let notify_at = st.limits.query_wait_notify.map(|t| start + t);
         st.waiters.push_back(Waiter {
             since: start,
             reserve_after,
+            notify_at,
             tx,
         });
         // `reserve_pool_timeout = 0`: the reserve is this waiter's now, not at the task's

@@ -24,6 +24,8 @@ struct SlotState {
     last: u64,
     /// Some(Some): granted; Some(None): the queue dropped the wait (KILL, shutdown).
     outcome: Option<Option<Grant>>,
+    /// The wait reached `query_wait_notify`: the session writes the NOTICE (`take_notice`).
+    notice: bool,
     waker: Option<Waker>,
 }
 
@@ -44,6 +46,7 @@ impl WaitSlot {
             st.last += 1;
             st.ticket = st.last;
             st.outcome = None;
+            st.notice = false;
             st.ticket
         };
         (
@@ -54,6 +57,25 @@ impl WaitSlot {
             },
             GrantRx { slot, ticket },
         )
+    }
+}
+
+impl WaitSlot {
+    /// Ready once when the wait in progress reached `query_wait_notify` (the pool's expiry
+    /// task tells): polled by the waiting session beside its checkout, so a wait arms no
+    /// timer of its own for the NOTICE.
+    pub fn poll_notice(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(slot) = self.0.get() else {
+            return Poll::Pending;
+        };
+        let mut st = lock(slot);
+        if std::mem::take(&mut st.notice) {
+            return Poll::Ready(());
+        }
+        if !st.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            st.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
     }
 }
 
@@ -80,6 +102,21 @@ impl GrantTx {
             w.wake();
         }
         Ok(())
+    }
+
+    /// Tells the session its wait reached `query_wait_notify`.
+    pub(super) fn notice(&self) {
+        let waker = {
+            let mut st = lock(&self.slot);
+            if st.ticket != self.ticket || st.outcome.is_some() {
+                return;
+            }
+            st.notice = true;
+            st.waker.clone()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
     }
 
     /// Whether the session gave up this wait (its checkout was dropped).

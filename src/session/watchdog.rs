@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use crate::app::App;
-use crate::config::{Config, secs};
+use crate::config::Config;
 use crate::engine::Flow;
 use crate::error::{PoolerError, Result};
 use crate::lifecycle::Phase;
@@ -50,7 +50,6 @@ struct Timeouts {
     idle_transaction: Option<Duration>,
     query: Option<Duration>,
     transaction: Option<Duration>,
-    wait_notify: Option<Duration>,
 }
 
 impl Timeouts {
@@ -73,7 +72,6 @@ impl Timeouts {
                 |u| u.transaction_timeout,
                 p.transaction_timeout,
             ),
-            wait_notify: secs(p.query_wait_notify),
         }
     }
 
@@ -220,8 +218,8 @@ impl<'a> Watchdog<'a> {
         {
             return r.map(Some);
         }
-        // `query_wait_notify`: once per wait, as PgBouncer does.
-        let mut notify_at = self.timeouts.wait_notify.map(|t| Instant::now() + t);
+        // `query_wait_notify`: once per wait, as PgBouncer does; the pool's expiry task says
+        // when (a wait arms no timer of its own).
         let server = loop {
             if self.phase() >= Phase::Closing {
                 return Err(PoolerError::ShuttingDown);
@@ -231,8 +229,7 @@ impl<'a> Watchdog<'a> {
                 biased;
                 _ = self.client.stop.wait() => continue,
                 r = &mut checkout => break r?,
-                _ = sleep_until(notify_at) => {
-                    notify_at = None;
+                _ = std::future::poll_fn(|cx| self.wait_slot.poll_notice(cx)) => {
                     let mut notice = bytes::BytesMut::new();
                     crate::wire::notice(&mut notice, QUEUED_NOTICE);
                     // Written while no server is linked: nothing else writes to the client.
