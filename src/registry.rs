@@ -137,17 +137,18 @@ impl ClientInfo {
         })
     }
 
-    /// The client asked for a server.
-    pub fn waiting(&self) {
-        let now = now_us();
-        self.request_us.store(now, Relaxed);
-        self.wait_since_us.store(now, Relaxed);
+    /// The client asked for a server; returns when (the one clock read of a checkout).
+    pub fn waiting(&self) -> Instant {
+        let now = Instant::now();
+        let us = us_of(now);
+        self.request_us.store(us, Relaxed);
+        self.wait_since_us.store(us, Relaxed);
         self.state.store(ClientState::Waiting as u8, Relaxed);
+        now
     }
 
-    /// The client got `server`; returns when, to time the transaction.
-    pub fn attached(&self, server: &ServerConn) -> Instant {
-        let now = Instant::now();
+    /// The client got `server`.
+    pub fn attached(&self, server: &ServerConn) {
         self.server_id.store(server.id, Relaxed);
         self.server_pid.store(server.backend_pid, Relaxed);
         self.server_secret.store(server.backend_secret, Relaxed);
@@ -156,16 +157,23 @@ impl ClientInfo {
             .store(us_of(server.created_at), Relaxed);
         // SeqCst, paired with `cancel_target`: see `cancels_settled`.
         self.state.store(ClientState::Active as u8, SeqCst);
-        now
     }
 
-    /// A stretch of relaying ended: account its bytes and queries to the pool, and the
-    /// transaction when one completed (`xact_done`: transaction mode, server clean and idle).
-    pub fn relayed(&self, pool: &Pool, counts: Relayed, attached: Instant, xact_done: bool) {
+    /// A stretch of relaying from `attached` to `now` ended: account its bytes and queries
+    /// to the pool, and the transaction when one completed (`xact_done`: transaction mode,
+    /// server clean and idle).
+    pub fn relayed(
+        &self,
+        pool: &Pool,
+        counts: Relayed,
+        (attached, now): (Instant, Instant),
+        xact_done: bool,
+    ) {
         pool.stats
             .transferred(counts.bytes_in, counts.bytes_out, counts.queries);
         if xact_done {
-            pool.stats.transaction(attached.elapsed());
+            pool.stats
+                .transaction(now.saturating_duration_since(attached));
         }
         pool.stats
             .session_state_seen(false, counts.warned, counts.refused);

@@ -491,29 +491,46 @@ impl Pool {
     /// Takes a server: an idle one, a new one if the pool has room, or waits for one.
     /// Dropping the returned future at any point gives back what it held.
     pub async fn checkout(self: &Arc<Self>) -> Result<PooledServer> {
-        self.checkout_in(&WaitSlot::new()).await
+        self.checkout_in(&WaitSlot::new(), Instant::now()).await
     }
 
     /// `checkout`, queueing (if it must) in the caller's own slot: a session reuses one for
-    /// all its waits.
-    pub async fn checkout_in(self: &Arc<Self>, slot: &WaitSlot) -> Result<PooledServer> {
-        let start = Instant::now();
-        let server = self.acquire(start, slot).await?;
-        self.stats.assigned(start.elapsed());
+    /// all its waits. `start` is when the client asked, read once by the caller: the queue's
+    /// deadlines and the wait's statistics count from it, and a server at hand costs no
+    /// further clock read.
+    pub async fn checkout_in(
+        self: &Arc<Self>,
+        slot: &WaitSlot,
+        start: Instant,
+    ) -> Result<PooledServer> {
+        let (server, waited) = self.acquire(start, slot).await?;
+        self.stats.assigned(if waited {
+            start.elapsed()
+        } else {
+            Duration::ZERO
+        });
         Ok(server)
     }
 
-    async fn acquire(self: &Arc<Self>, start: Instant, slot: &WaitSlot) -> Result<PooledServer> {
+    /// The server, and whether getting it took a wait (a queue, a login, a check query).
+    async fn acquire(
+        self: &Arc<Self>,
+        start: Instant,
+        slot: &WaitSlot,
+    ) -> Result<(PooledServer, bool)> {
         let mut tried_eviction = false;
+        // `start` is fresh until something was awaited.
+        let mut waited = false;
         loop {
             let mut evict = false;
             let idle = {
                 let mut st = self.lock();
                 match st.idle.pop() {
                     Some(server) if !st.paused => {
+                        let now = if waited { Instant::now() } else { start };
                         let check = st
                             .limits
-                            .needs_check(&server, Instant::now())
+                            .needs_check(&server, now)
                             .then(|| st.limits.check_query.clone());
                         // The idle server's unit of `total` passes to the guard.
                         Some((PooledServer::new(server, Slot::counted(self)), check))
@@ -535,12 +552,15 @@ impl Pool {
                     continue;
                 }
                 match check {
-                    None => return Ok(server),
+                    None => return Ok((server, waited)),
                     // Boxed, as `open` below: a rare path must not size every checkout's future.
-                    Some(query) => match Box::pin(self.check(server, &query)).await {
-                        Some(server) => return Ok(server),
-                        None => continue,
-                    },
+                    Some(query) => {
+                        waited = true;
+                        match Box::pin(self.check(server, &query)).await {
+                            Some(server) => return Ok((server, true)),
+                            None => continue,
+                        }
+                    }
                 }
             }
             let waiter = {
@@ -579,7 +599,10 @@ impl Pool {
                 None => Grant::Slot(Slot::counted(self)),
                 // The deadlines (reserve_pool_timeout, query_wait_timeout) are the expiry
                 // task's: a wait arms no timer of its own.
-                Some(rx) => rx.await.map_err(|_| PoolerError::ServerGone)?,
+                Some(rx) => {
+                    waited = true;
+                    rx.await.map_err(|_| PoolerError::ServerGone)?
+                }
             };
             match grant {
                 Grant::Server(server) => {
@@ -588,12 +611,12 @@ impl Pool {
                     } else if !self.host_ok(&server) {
                         self.close(server, CloseReason::HostUnusable);
                     } else {
-                        return Ok(server);
+                        return Ok((server, waited));
                     }
                 }
                 // Boxed: the login exchange is the largest state a checkout can be in, and every
                 // waiting session would carry its size otherwise (memory per client).
-                Grant::Slot(slot) => return Box::pin(self.open(slot)).await,
+                Grant::Slot(slot) => return Box::pin(self.open(slot)).await.map(|s| (s, true)),
                 Grant::Failed(e) => return Err(e),
             }
         }
@@ -708,12 +731,16 @@ impl Pool {
 
     /// Gives a clean, idle server back.
     pub fn checkin(self: &Arc<Self>, server: PooledServer) {
+        self.checkin_at(server, Instant::now());
+    }
+
+    /// `checkin`, with the caller's clock read of now (the end of the transaction).
+    pub fn checkin_at(self: &Arc<Self>, server: PooledServer, now: Instant) {
         debug_assert!(
             Arc::ptr_eq(self, &server.slot.pool),
             "checked in to another pool"
         );
         let mut server = server.detach();
-        let now = Instant::now();
         server.last_used = now;
         self.stats.server_answered();
         let host_ok = self.host_ok(&server);

@@ -514,8 +514,8 @@ async fn run_session(app: &App, stream: &mut TcpStream, session: &mut Session) -
             c.down.flush(stream).await?;
             continue;
         }
-        session.client.waiting();
-        match RecycledBox::new(transaction(app, stream, session, &mode, &mut c)).await? {
+        let asked = session.client.waiting();
+        match RecycledBox::new(transaction(app, stream, session, &mode, &mut c, asked)).await? {
             Step::Next => {}
             Step::End => return Ok(()),
         }
@@ -530,13 +530,14 @@ async fn transaction(
     session: &Session,
     mode: &Mode,
     c: &mut Between<'_>,
+    asked: Instant,
 ) -> Result<Step> {
     let pool = &session.pool;
-    let Some(mut server) = c.watchdog.checkout(pool, stream).await? else {
+    let Some((mut server, attached)) = c.watchdog.checkout(pool, stream, asked).await? else {
         // The client left while queued: what it asked for never runs.
         return Ok(Step::End);
     };
-    let attached = session.client.attached(&server);
+    session.client.attached(&server);
     if let Err(e) = settings::sync(app, &mut server, &mut c.params, &c.settings, &mut c.state).await
     {
         pool.discard(server);
@@ -640,7 +641,12 @@ async fn transaction(
         warned: std::mem::take(&mut c.client_side.warned),
         refused: std::mem::take(&mut c.client_side.refused),
     };
-    session.client.relayed(pool, counts, attached, xact_done);
+    // The transaction's one clock read after its checkout: its duration, the server's idle
+    // time from now on.
+    let now = Instant::now();
+    session
+        .client
+        .relayed(pool, counts, (attached, now), xact_done);
     // A cancel for this client still on its way could hit the next client's query.
     if session.client.cancels_in_flight()
         && !Box::pin(session.client.cancels_settled(cancel::cancel_limit(app))).await
@@ -675,7 +681,7 @@ async fn transaction(
             flushed?;
         }
         Ok(RelayEnd::Idle) => {
-            pool.checkin(server);
+            pool.checkin_at(server, now);
             c.down.flush(stream).await?;
         }
         Ok(RelayEnd::ClientGone { server_clean: true }) => {

@@ -199,13 +199,15 @@ impl<'a> Watchdog<'a> {
     /// drain starting keeps the same checkout going: the request is served before the end.
     ///
     /// None: the client left while it waited (`relay::client_left`); its request, not yet
-    /// sent, is dropped and the unused server given back.
+    /// sent, is dropped and the unused server given back. With the server, when it was
+    /// attached: `asked` (the client's request) for a server at hand, no clock read.
     pub async fn checkout(
         &self,
         pool: &Arc<Pool>,
         stream: &mut TcpStream,
-    ) -> Result<Option<PooledServer>> {
-        let checkout = pool.checkout_in(&self.wait_slot);
+        asked: std::time::Instant,
+    ) -> Result<Option<(PooledServer, std::time::Instant)>> {
+        let checkout = pool.checkout_in(&self.wait_slot, asked);
         tokio::pin!(checkout);
         if self.phase() >= Phase::Closing {
             return Err(PoolerError::ShuttingDown);
@@ -216,7 +218,7 @@ impl<'a> Watchdog<'a> {
         if let std::task::Poll::Ready(r) =
             std::future::poll_fn(|cx| std::task::Poll::Ready(checkout.as_mut().poll(cx))).await
         {
-            return r.map(Some);
+            return r.map(|server| Some((server, asked)));
         }
         // `query_wait_notify`: once per wait, as PgBouncer does; the pool's expiry task says
         // when (a wait arms no timer of its own).
@@ -241,7 +243,7 @@ impl<'a> Watchdog<'a> {
             pool.checkin(server);
             return Ok(None);
         }
-        Ok(Some(server))
+        Ok(Some((server, std::time::Instant::now())))
     }
 
     /// Runs the relay until it ends (see `Relay::run`). While the pooler drains, a session-mode
