@@ -401,6 +401,23 @@ impl Pool {
         }
     }
 
+    /// The shared copy (see `share`) if it holds exactly `params`, in that order.
+    pub fn shared_params_equal_to<'p>(
+        &self,
+        mut params: impl Iterator<Item = (&'p str, &'p str)>,
+    ) -> Option<Arc<Params>> {
+        let shared = self.shared_values.lock().unwrap_or_else(|e| e.into_inner());
+        let p = shared.params.as_ref()?;
+        let mut entries = p.0.iter();
+        loop {
+            match (entries.next(), params.next()) {
+                (None, None) => return Some(p.clone()),
+                (Some((n, v)), Some((name, value))) if n == name && v == value => {}
+                _ => return None,
+            }
+        }
+    }
+
     /// `share` for a name a client is registered with (user, database, application name).
     pub fn share_name(&self, name: &str) -> Arc<str> {
         let mut shared = self.shared_values.lock().unwrap_or_else(|e| e.into_inner());

@@ -311,15 +311,27 @@ async fn login(
         let server = pool.checkout().await?;
         pool.checkin(server);
     }
-    let defaults = pool.defaults().cloned().unwrap_or_default();
+    let no_defaults = Params::default();
+    let defaults = pool.defaults().unwrap_or(&no_defaults);
 
-    let mut session_params = Params::default();
-    for name in &app.tracked {
-        if let Some(v) = requested.get(name).or_else(|| defaults.get(name)) {
-            session_params.set(name, v);
+    // The client's values of the tracked parameters: the pool's shared copy when the last
+    // client had the same (the common case: nothing to build), else built here.
+    let wanted = app.tracked.iter().filter_map(|name| {
+        Some((
+            name.as_str(),
+            requested.get(name).or_else(|| defaults.get(name))?,
+        ))
+    });
+    let mut session_params = match pool.shared_params_equal_to(wanted.clone()) {
+        Some(shared) => shared,
+        None => {
+            let mut built = Params::default();
+            for (name, value) in wanted {
+                built.set(name, value);
+            }
+            Arc::new(built)
         }
-    }
-    let mut session_params = Arc::new(session_params);
+    };
     // Postgres refuses a login with an invalid startup value (`TimeZone=nowhere`): so does
     // the pooler, by applying the client's values on a server before greeting it. That also
     // gives the greeting Postgres's spelling of them. Any string is a valid application_name.
