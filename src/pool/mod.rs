@@ -180,6 +180,8 @@ pub struct Pool {
 #[derive(Default)]
 struct SharedValues {
     params: Option<Arc<Params>>,
+    /// The session state of `params` with no other settings (`shared_state`).
+    state: Option<Arc<crate::server::SessionState>>,
     startup: Option<Arc<[(String, String)]>>,
     /// The last names shared, at most `SHARED_NAMES`.
     names: Vec<Arc<str>>,
@@ -396,9 +398,36 @@ impl Pool {
             _ => {
                 let params = Arc::new(Arc::unwrap_or_clone(params).shrunk());
                 shared.params = Some(params.clone());
+                shared.state = None;
                 params
             }
         }
+    }
+
+    /// The session state of a client whose values are the pool's shared ones and who has no
+    /// other settings (most clients): made once per pool, not once per client and login.
+    pub fn shared_state(
+        &self,
+        params: &Arc<Params>,
+        settings: &Params,
+    ) -> Option<Arc<crate::server::SessionState>> {
+        if !settings.0.is_empty() {
+            return None;
+        }
+        let mut shared = self.shared_values.lock().unwrap_or_else(|e| e.into_inner());
+        if !shared
+            .params
+            .as_ref()
+            .is_some_and(|p| Arc::ptr_eq(p, params))
+        {
+            return None;
+        }
+        Some(
+            shared
+                .state
+                .get_or_insert_with(|| crate::server::SessionState::of(params, settings))
+                .clone(),
+        )
     }
 
     /// The shared copy (see `share`) if it holds exactly `params`, in that order.

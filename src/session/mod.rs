@@ -550,6 +550,9 @@ async fn transaction(
         return Ok(Step::End);
     };
     session.client.attached(&server);
+    if c.state.is_none() {
+        c.state = pool.shared_state(&c.params, &c.settings);
+    }
     if let Err(e) = settings::sync(app, &mut server, &mut c.params, &c.settings, &mut c.state).await
     {
         pool.discard(server);
