@@ -90,6 +90,21 @@ impl Flow {
     }
 }
 
+impl Drop for Flow {
+    /// A client that leaves gives its buffers to the next one on this thread (a login per
+    /// transaction would otherwise allocate a fresh buffer each time).
+    fn drop(&mut self) {
+        for buf in [
+            std::mem::take(&mut self.inbuf),
+            std::mem::take(&mut self.out),
+        ] {
+            if buf.capacity() > 0 {
+                spare_buffers::give(buf);
+            }
+        }
+    }
+}
+
 /// Buffers of idle clients, kept per worker thread for the next active one: idle clients hold
 /// no buffer, yet a busy client does not pay a malloc/free pair per transaction for them.
 pub(crate) mod spare_buffers {
@@ -120,9 +135,11 @@ pub(crate) mod spare_buffers {
         if buf.capacity() < READ_CHUNK || buf.capacity() > 4 * READ_CHUNK {
             return;
         }
-        SPARE.with(|s| {
-            let mut s = s.borrow_mut();
-            if s.len() < KEEP {
+        // `try_with`: a flow dropped while the thread's locals are torn down frees its buffer.
+        let _ = SPARE.try_with(|s| {
+            if let Ok(mut s) = s.try_borrow_mut()
+                && s.len() < KEEP
+            {
                 s.push(buf);
             }
         });
@@ -148,6 +165,17 @@ pub(crate) mod spare_buffers {
             give(buf);
             assert_eq!(kept(), before + 1);
             assert!(take().capacity() >= READ_CHUNK);
+        }
+
+        #[test]
+        fn a_dropped_flow_gives_its_buffers_back() {
+            let mut flow = crate::engine::Flow::default();
+            flow.inbuf = take();
+            flow.inbuf.extend_from_slice(b"left over");
+            flow.ready_out();
+            let before = kept();
+            drop(flow);
+            assert_eq!(kept(), before + 2);
         }
     }
 }
