@@ -386,15 +386,15 @@ impl Pool {
         }
     }
 
-    /// Postgres's spelling of every startup setting in `asked`, if a server of this pool
-    /// accepted each of them before.
     /// The pool's copy of `params` when the last client shared equal ones, else `params`,
     /// kept for the next: clients of a pool mostly have the same values, and an idle client
     /// then holds no copy of its own (it gets one when it changes a value, `Arc::make_mut`).
     pub fn share(&self, params: Arc<Params>) -> Arc<Params> {
         let mut shared = self.shared_values.lock().unwrap_or_else(|e| e.into_inner());
         match &shared.params {
-            Some(p) if **p == *params => p.clone(),
+            // The same copy (a login that took it from `shared_params_equal_to`): no
+            // comparison entry by entry.
+            Some(p) if Arc::ptr_eq(p, &params) || **p == *params => p.clone(),
             _ => {
                 let params = Arc::new(Arc::unwrap_or_clone(params).shrunk());
                 shared.params = Some(params.clone());
@@ -474,6 +474,8 @@ impl Pool {
         }
     }
 
+    /// Postgres's spelling of every startup setting in `asked`, if a server of this pool
+    /// accepted each of them before.
     pub fn accepted_settings(&self, asked: &Params) -> Option<Params> {
         let known = self
             .accepted_settings

@@ -24,7 +24,7 @@ struct SlotState {
     last: u64,
     /// Some(Some): granted; Some(None): the queue dropped the wait (KILL, shutdown).
     outcome: Option<Option<Grant>>,
-    /// The wait reached `query_wait_notify`: the session writes the NOTICE (`take_notice`).
+    /// The wait reached `query_wait_notify`: the session writes the NOTICE (`poll_notice`).
     notice: bool,
     waker: Option<Waker>,
 }
@@ -58,9 +58,7 @@ impl WaitSlot {
             GrantRx { slot, ticket },
         )
     }
-}
 
-impl WaitSlot {
     /// Ready once when the wait in progress reached `query_wait_notify` (the pool's expiry
     /// task tells): polled by the waiting session beside its checkout, so a wait arms no
     /// timer of its own for the NOTICE.
