@@ -237,14 +237,38 @@ pub fn may_matter(sql: &[u8]) -> bool {
         rest.get(..word.len())
             .is_some_and(|r| r.iter().zip(word).all(|(a, b)| a | 0x20 == *b))
     }
-    /// The bytes worth a look: the first letters of the words below, and `;`. Every other
-    /// byte costs one table lookup.
-    const LOOK: [bool; 256] = {
-        let mut table = [false; 256];
-        let bytes = b"slptahdSLPTAHD;";
+    // The bytes worth a look are the first two letters of a word below (`se`, `li`, `pr`,
+    // `te`, `ad`, `ho`, `de`, `di`, either case) and `;`: a bit per first letter in FIRST,
+    // the first letters each second letter can follow in SECOND. Two table lookups a byte;
+    // a lone `s` or `a` (most of SQL) no longer stops the scan.
+    const SEMICOLON: u8 = 0x80;
+    const FIRST: [u8; 256] = {
+        let mut table = [0u8; 256];
+        let letters = b"slptahd";
         let mut i = 0;
-        while i < bytes.len() {
-            table[bytes[i] as usize] = true;
+        while i < letters.len() {
+            table[letters[i] as usize] = 1 << i;
+            table[letters[i].to_ascii_uppercase() as usize] = 1 << i;
+            i += 1;
+        }
+        table[b';' as usize] = SEMICOLON;
+        table
+    };
+    const SECOND: [u8; 256] = {
+        // (second letter, first letters it follows: bits of "slptahd")
+        let pairs: [(u8, u8); 5] = [
+            (b'e', 0b100_1001), // se(t), te(mp), de(clare, allocate, fault)
+            (b'i', 0b100_0010), // li(sten), di(scard)
+            (b'r', 0b000_0100), // pr(epare)
+            (b'd', 0b001_0000), // ad(visory)
+            (b'o', 0b010_0000), // ho(ld)
+        ];
+        let mut table = [SEMICOLON; 256];
+        let mut i = 0;
+        while i < pairs.len() {
+            let (c, first) = pairs[i];
+            table[c as usize] |= first;
+            table[c.to_ascii_uppercase() as usize] |= first;
             i += 1;
         }
         table
@@ -273,9 +297,12 @@ pub fn may_matter(sql: &[u8]) -> bool {
                 // lexer skips): let the lexer decide.
                 _ => return true,
             }
-        } else if !LOOK[c as usize] {
-            i += 1;
-            continue;
+        } else {
+            let next = sql.get(i + 1).copied().unwrap_or(0);
+            if FIRST[c as usize] & SECOND[next as usize] == 0 {
+                i += 1;
+                continue;
+            }
         }
         // Each word the scanners look for, by its first letter: one comparison per letter.
         let rest = &sql[i..];
