@@ -41,9 +41,7 @@ pub(super) async fn sync(
             return Ok(());
         }
         if mine == its {
-            // Equal: this client keeps the server's copy and drops its own (memory per
-            // client; the next comparison is a pointer's).
-            *state = Some(its.clone());
+            share_equal(state, &mut server.synced);
             return Ok(());
         }
     }
@@ -74,12 +72,14 @@ pub(super) async fn sync(
         }
     }
     if sets.is_empty() && resets.is_empty() {
-        let mine = state.get_or_insert_with(|| SessionState::of(wanted, settings));
+        state.get_or_insert_with(|| SessionState::of(wanted, settings));
         // What the server recorded is equal: shared, as above.
-        if let Some(its) = previous.filter(|its| its == mine) {
-            *mine = its;
+        server.synced = previous;
+        if server.synced != *state {
+            server.synced = state.clone();
+        } else {
+            share_equal(state, &mut server.synced);
         }
-        server.synced = Some(mine.clone());
         return Ok(());
     }
     let mut sql = String::new();
@@ -133,6 +133,21 @@ pub(super) async fn sync(
     server.synced = Some(now.clone());
     *state = Some(now);
     Ok(())
+}
+
+/// A client's state and a server's that are equal become one copy: the one more holders
+/// share (the pool's shared state, which most clients hold, see `Pool::shared_state`). So the
+/// servers converge on the copy the clients hold, and the next check is a pointer comparison;
+/// a client with a copy of its own gives it up for the server's (memory per client).
+fn share_equal(client: &mut Option<Arc<SessionState>>, server: &mut Option<Arc<SessionState>>) {
+    let (Some(mine), Some(its)) = (client.as_ref(), server.as_ref()) else {
+        return;
+    };
+    if Arc::strong_count(its) > Arc::strong_count(mine) {
+        *client = server.clone();
+    } else {
+        *server = client.clone();
+    }
 }
 
 /// After a transaction that changed the settings `touched` (lower case; `all` for `RESET ALL`
@@ -317,6 +332,25 @@ mod tests {
         for bad in ["-B 100", "-c", "-c work_mem", "--=1", "junk"] {
             assert!(parse_options(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn equal_states_become_the_copy_more_holders_share() {
+        let mut params = Params::default();
+        params.set("search_path", "app");
+        let shared = SessionState::of(&params, &Params::default());
+        let _other_clients = [shared.clone(), shared.clone()];
+        // A server that kept a copy of its own takes the one the clients share...
+        let mut client = Some(shared.clone());
+        let mut server = Some(SessionState::of(&params, &Params::default()));
+        share_equal(&mut client, &mut server);
+        assert!(Arc::ptr_eq(server.as_ref().unwrap(), &shared));
+        assert!(Arc::ptr_eq(client.as_ref().unwrap(), &shared));
+        // ...and a client with its own copy gives it up for the server's shared one.
+        let mut client = Some(SessionState::of(&params, &Params::default()));
+        share_equal(&mut client, &mut server);
+        assert!(Arc::ptr_eq(client.as_ref().unwrap(), &shared));
+        assert!(Arc::ptr_eq(server.as_ref().unwrap(), &shared));
     }
 
     #[test]
