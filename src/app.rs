@@ -314,7 +314,7 @@ impl App {
         }
         let config = self.config();
         let credential = credential_for(db, &self.users(), Some(&client_user.secret));
-        let stats = self.metrics.pool_stats(db_name, &server_user);
+        let stats = self.metrics.pool_stats();
         let pool = Pool::new(
             db_name.to_string(),
             server_user.clone(),

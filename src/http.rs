@@ -15,7 +15,7 @@ use metrics::Label;
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -33,7 +33,8 @@ use crate::metrics::{
     QUERIES, RECEIVED, RESERVE_ACTIVE, RESERVE_SIZE, SENT, SERVER_ACTIVE, SERVER_ACTIVE_CANCEL,
     SERVER_BEING_CANCELED, SERVER_IDLE, SERVER_LOGIN, SERVER_REACHABLE, SERVER_TESTING,
     SERVER_USED, SERVERS_CLOSED, SERVERS_OPENED, SESSION_STATE, SPLIT_BRAIN, TRANSACTIONS, UP,
-    USED_CLIENTS, USED_SERVERS, USERS, VERSION_INFO, XACT_SECONDS_TOTAL, help, pool_labels,
+    USED_CLIENTS, USED_SERVERS, USERS, VERSION_INFO, WAIT_HISTOGRAM, XACT_HISTOGRAM,
+    XACT_SECONDS_TOTAL, help, histogram_header, histogram_text, pool_labels,
 };
 use crate::stats::CloseReason;
 
@@ -64,6 +65,8 @@ pub fn render(app: &App) -> String {
     // metrics' counters are integers; these are in seconds, so they are written here.
     let mut wait_seconds = String::new();
     let mut xact_seconds = String::new();
+    let mut wait_histogram = String::new();
+    let mut xact_histogram = String::new();
     if !pools.is_empty() {
         for (out, name) in [
             (&mut wait_seconds, CLIENT_WAIT_TOTAL),
@@ -71,6 +74,8 @@ pub fn render(app: &App) -> String {
         ] {
             let _ = writeln!(out, "# HELP {name} {}\n# TYPE {name} counter", help(name));
         }
+        histogram_header(&mut wait_histogram, WAIT_HISTOGRAM);
+        histogram_header(&mut xact_histogram, XACT_HISTOGRAM);
     }
     for pool in &pools {
         let labels = || pool_labels(&pool.database, &pool.user);
@@ -143,17 +148,32 @@ pub fn render(app: &App) -> String {
             l.push(Label::new("reason", reason.label()));
             m.counter(SERVERS_CLOSED, l, s.closed(reason));
         }
+        let text_labels = format!(
+            "database=\"{}\",user=\"{}\"",
+            escape_label(&pool.database),
+            escape_label(&pool.user),
+        );
         for (out, name, us) in [
             (&mut wait_seconds, CLIENT_WAIT_TOTAL, t.wait_us),
             (&mut xact_seconds, XACT_SECONDS_TOTAL, t.xact_us),
         ] {
-            let _ = writeln!(
-                out,
-                "{name}{{database=\"{}\",user=\"{}\"}} {}",
-                escape_label(&pool.database),
-                escape_label(&pool.user),
-                us as f64 / 1e6
-            );
+            let _ = writeln!(out, "{name}{{{text_labels}}} {}", us as f64 / 1e6);
+        }
+        for (out, name, buckets, us) in [
+            (
+                &mut wait_histogram,
+                WAIT_HISTOGRAM,
+                &s.wait_histogram,
+                t.wait_us,
+            ),
+            (
+                &mut xact_histogram,
+                XACT_HISTOGRAM,
+                &s.xact_histogram,
+                t.xact_us,
+            ),
+        ] {
+            histogram_text(out, name, &text_labels, buckets, us as f64 / 1e6);
         }
     }
     for peer in app.peers.snapshot().values() {
@@ -182,6 +202,8 @@ pub fn render(app: &App) -> String {
     }
     out.push_str(&wait_seconds);
     out.push_str(&xact_seconds);
+    out.push_str(&wait_histogram);
+    out.push_str(&xact_histogram);
     out.push_str(&client_connections(app));
     out
 }
@@ -507,16 +529,6 @@ async fn drain(stream: &mut TcpStream) {
             Ok(0) | Err(_) => return,
             Ok(n) => drained += n,
         }
-    }
-}
-
-/// Runs the recorder's upkeep while the App lives.
-pub async fn upkeep(app: Weak<App>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
-    loop {
-        tick.tick().await;
-        let Some(app) = app.upgrade() else { return };
-        app.metrics.upkeep();
     }
 }
 

@@ -328,7 +328,7 @@ impl Running {
                 format!("listen_addr = {:?} names no address", p.listen_addr),
             ));
         };
-        let mut background = vec![tokio::spawn(http::upkeep(Arc::downgrade(&app)))];
+        let mut background = Vec::new();
         let mut metrics_addr = None;
         if p.metrics_port != 0 {
             let where_ = format!("{}:{}", p.metrics_addr, p.metrics_port);

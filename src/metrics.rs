@@ -1,22 +1,22 @@
 //! Every metric name in one place, with its help text, and the App's own Prometheus recorder:
-//! the histograms and error counts recorded as things happen, and the gauges and totals the
+//! the error counts recorded as things happen, and the gauges and totals the
 //! scrape copies in (`http::render`, which reads the App; this module does not, so the App can
 //! own a `Metrics`).
 //!
 //! The recorder is the App's own (not the process-global one), so several poolers in one
 //! process (the tests) keep separate numbers. Gauges and totals are not updated on the client
 //! path: at scrape time they are copied from the pools' counts and atomics into the recorder,
-//! which renders them. Only the two histograms are recorded as things happen, once per
-//! transaction. Names follow prometheus-community/pgbouncer_exporter with `pooler_` for
+//! which renders them. The two histograms are recorded once per transaction into the pool's
+//! own `stats::Buckets` and written as text at the scrape (`histogram_text`). Names follow prometheus-community/pgbouncer_exporter with `pooler_` for
 //! `pgbouncer_`, so dashboards port by swapping the prefix.
 
+use std::fmt::Write as _;
+
 use metrics::{Counter, Key, KeyName, Label, Level, Metadata, Recorder, SharedString};
-use metrics_exporter_prometheus::{
-    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
-};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
 use crate::error::PoolerError;
-use crate::stats::PoolStats;
+use crate::stats::{Buckets, PoolStats};
 
 // Per pool, labels `database` and `user`. pgbouncer_exporter's names and meanings (SHOW POOLS).
 pub const CLIENT_ACTIVE: &str = "pooler_pools_client_active_connections";
@@ -354,13 +354,6 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let builder = PrometheusBuilder::new();
-        // Buckets are non-empty constants: these cannot fail.
-        let builder = builder
-            .set_buckets_for_metric(Matcher::Full(WAIT_HISTOGRAM.into()), WAIT_BUCKETS)
-            .and_then(|b| {
-                b.set_buckets_for_metric(Matcher::Full(XACT_HISTOGRAM.into()), XACT_BUCKETS)
-            })
-            .unwrap_or_else(|_| PrometheusBuilder::new());
         let recorder = builder.build_recorder();
         for (name, help) in DESCRIPTIONS {
             let key = KeyName::from_const_str(name);
@@ -368,7 +361,8 @@ impl Metrics {
             match kind_of(name) {
                 Kind::Gauge => recorder.describe_gauge(key, None, help),
                 Kind::Counter => recorder.describe_counter(key, None, help),
-                Kind::Histogram => recorder.describe_histogram(key, None, help),
+                // Written by `histogram_text`, not through the recorder.
+                Kind::Histogram => {}
             }
         }
         let errors = ERROR_KINDS
@@ -386,16 +380,9 @@ impl Metrics {
         }
     }
 
-    /// A new pool's counters, with its histograms registered under its labels.
-    pub fn pool_stats(&self, database: &str, user: &str) -> PoolStats {
-        let labels = pool_labels(database, user);
-        let wait = self
-            .recorder
-            .register_histogram(&Key::from_parts(WAIT_HISTOGRAM, labels.clone()), &META);
-        let xact = self
-            .recorder
-            .register_histogram(&Key::from_parts(XACT_HISTOGRAM, labels), &META);
-        PoolStats::new(wait, xact)
+    /// A new pool's counters, with its histograms.
+    pub fn pool_stats(&self) -> PoolStats {
+        PoolStats::new(Buckets::new(WAIT_BUCKETS), Buckets::new(XACT_BUCKETS))
     }
 
     /// Counts an error that ended a client's session or login.
@@ -411,11 +398,6 @@ impl Metrics {
                 )
                 .increment(1),
         }
-    }
-
-    /// Bounds the memory histograms hold between scrapes.
-    pub fn upkeep(&self) {
-        self.handle.run_upkeep();
     }
 
     /// Sets a gauge; the scrape (`http::render`) copies the App's counts in with it.
@@ -452,6 +434,24 @@ pub fn help(name: &str) -> &'static str {
         .find(|(n, _)| *n == name)
         .map(|(_, h)| *h)
         .unwrap_or("")
+}
+
+/// A histogram's `# HELP` and `# TYPE` lines, written once before its series.
+pub fn histogram_header(out: &mut String, name: &str) {
+    let _ = writeln!(out, "# HELP {name} {}\n# TYPE {name} histogram", help(name));
+}
+
+/// One series of a histogram kept in `Buckets`: `labels` are written as they are
+/// (`database="..",user=".."`, already escaped), `sum` in seconds.
+pub fn histogram_text(out: &mut String, name: &str, labels: &str, buckets: &Buckets, sum: f64) {
+    let cumulative = buckets.cumulative();
+    for (bound, n) in buckets.bounds.iter().zip(&cumulative) {
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {n}");
+    }
+    let count = cumulative.last().copied().unwrap_or(0);
+    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+    let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+    let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
 }
 
 #[cfg(test)]
@@ -493,6 +493,37 @@ mod tests {
             used += 1;
         }
         assert!(used > 10);
+    }
+
+    #[test]
+    fn a_histogram_is_written_as_prometheus_reads_it() {
+        static BOUNDS: &[f64] = &[0.0005, 1.0];
+        let b = Buckets::new(BOUNDS);
+        b.record(std::time::Duration::from_micros(200));
+        b.record(std::time::Duration::from_secs(2));
+        let mut out = String::new();
+        histogram_header(&mut out, XACT_HISTOGRAM);
+        histogram_text(
+            &mut out,
+            XACT_HISTOGRAM,
+            "database=\"d\",user=\"u\"",
+            &b,
+            2.0002,
+        );
+        let n = XACT_HISTOGRAM;
+        let labels = "database=\"d\",user=\"u\"";
+        assert_eq!(
+            out,
+            format!(
+                "# HELP {n} {}\n# TYPE {n} histogram\n\
+                 {n}_bucket{{{labels},le=\"0.0005\"}} 1\n\
+                 {n}_bucket{{{labels},le=\"1\"}} 1\n\
+                 {n}_bucket{{{labels},le=\"+Inf\"}} 2\n\
+                 {n}_sum{{{labels}}} 2.0002\n\
+                 {n}_count{{{labels}}} 2\n",
+                help(n)
+            )
+        );
     }
 
     #[test]

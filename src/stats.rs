@@ -5,7 +5,6 @@
 //! clients by state) are not kept here at all: they are read from the pool's own state when
 //! someone asks.
 
-use metrics::Histogram;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
@@ -150,6 +149,48 @@ struct Period {
     last: Averages,
 }
 
+/// A Prometheus histogram of durations with fixed bounds: one relaxed atomic add per
+/// sample. (metrics-exporter-prometheus keeps every sample in a lock-free queue until the
+/// next scrape or upkeep, a tenth of all the instructions of a one-statement transaction.)
+/// The sum is the matching total kept beside it (`wait_us`, `xact_us`).
+pub struct Buckets {
+    /// Upper bounds in nanoseconds, ascending, and in seconds for the `le` label.
+    bounds_ns: Box<[u64]>,
+    pub bounds: &'static [f64],
+    /// Samples per bucket, not cumulative; the last counts those past every bound.
+    counts: Box<[AtomicU64]>,
+}
+
+impl Buckets {
+    pub fn new(bounds: &'static [f64]) -> Buckets {
+        Buckets {
+            bounds_ns: bounds.iter().map(|b| (b * 1e9) as u64).collect(),
+            bounds,
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    pub fn record(&self, d: Duration) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        let i = self.bounds_ns.partition_point(|&b| b < ns);
+        if let Some(c) = self.counts.get(i) {
+            c.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Cumulative counts for each bound and then `+Inf` (the total), as Prometheus has them.
+    pub fn cumulative(&self) -> Vec<u64> {
+        let mut total = 0;
+        self.counts
+            .iter()
+            .map(|c| {
+                total += c.load(Relaxed);
+                total
+            })
+            .collect()
+    }
+}
+
 pub struct PoolStats {
     server_assignments: AtomicU64,
     xacts: AtomicU64,
@@ -167,20 +208,20 @@ pub struct PoolStats {
     clients: AtomicI64,
     last_connect_ok: AtomicU64,
     last_connect_failed: AtomicU64,
-    wait_histogram: Histogram,
-    xact_histogram: Histogram,
+    pub wait_histogram: Buckets,
+    pub xact_histogram: Buckets,
     /// Touched once per `stats_period` by the janitor and by `SHOW STATS`.
     period: Mutex<Period>,
 }
 
 impl Default for PoolStats {
     fn default() -> Self {
-        PoolStats::new(Histogram::noop(), Histogram::noop())
+        PoolStats::new(Buckets::new(&[]), Buckets::new(&[]))
     }
 }
 
 impl PoolStats {
-    pub fn new(wait_histogram: Histogram, xact_histogram: Histogram) -> PoolStats {
+    pub fn new(wait_histogram: Buckets, xact_histogram: Buckets) -> PoolStats {
         PoolStats {
             server_assignments: AtomicU64::new(0),
             xacts: AtomicU64::new(0),
@@ -207,14 +248,14 @@ impl PoolStats {
     pub fn assigned(&self, waited: Duration) {
         self.server_assignments.fetch_add(1, Relaxed);
         self.wait_us.fetch_add(waited.as_micros() as u64, Relaxed);
-        self.wait_histogram.record(waited.as_secs_f64());
+        self.wait_histogram.record(waited);
     }
 
     /// A transaction ended after holding its server for `held`.
     pub fn transaction(&self, held: Duration) {
         self.xacts.fetch_add(1, Relaxed);
         self.xact_us.fetch_add(held.as_micros() as u64, Relaxed);
-        self.xact_histogram.record(held.as_secs_f64());
+        self.xact_histogram.record(held);
     }
 
     /// Bytes from and to the client, and queries, since the last call for this client.
@@ -378,6 +419,19 @@ pub struct ServerSnapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn buckets_count_a_sample_at_a_bound_in_that_bound() {
+        static BOUNDS: &[f64] = &[0.001, 0.01];
+        let b = Buckets::new(BOUNDS);
+        b.record(Duration::ZERO);
+        b.record(Duration::from_millis(1));
+        b.record(Duration::from_micros(1001));
+        b.record(Duration::from_millis(10));
+        b.record(Duration::from_secs(5));
+        b.record(Duration::MAX);
+        assert_eq!(b.cumulative(), vec![2, 4, 6]);
+    }
 
     #[test]
     fn failing_until_a_later_success() {
