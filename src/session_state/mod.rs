@@ -227,6 +227,66 @@ fn names_any(word: &[u8], list: &[&str]) -> bool {
     list.iter().any(|n| names(word, n))
 }
 
+// The bytes worth a look are the first two letters of a word below (`se`, `li`, `pr`,
+// `te`, `ad`, `ho`, `de`, `di`, either case) and `;`: a bit per first letter in FIRST,
+// the first letters each second letter can follow in SECOND. Two table lookups a byte;
+// a lone `s` or `a` (most of SQL) no longer stops the scan.
+const SEMICOLON: u8 = 0x80;
+const FIRST: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let letters = b"slptahd";
+    let mut i = 0;
+    while i < letters.len() {
+        table[letters[i] as usize] = 1 << i;
+        table[letters[i].to_ascii_uppercase() as usize] = 1 << i;
+        i += 1;
+    }
+    table[b';' as usize] = SEMICOLON;
+    table
+};
+const SECOND: [u8; 256] = {
+    // (second letter, first letters it follows: bits of "slptahd")
+    let pairs: [(u8, u8); 5] = [
+        (b'e', 0b100_1001), // se(t), te(mp), de(clare, allocate, fault)
+        (b'i', 0b100_0010), // li(sten), di(scard)
+        (b'r', 0b000_0100), // pr(epare)
+        (b'd', 0b001_0000), // ad(visory)
+        (b'o', 0b010_0000), // ho(ld)
+    ];
+    let mut table = [SEMICOLON; 256];
+    let mut i = 0;
+    while i < pairs.len() {
+        let (c, first) = pairs[i];
+        table[c as usize] |= first;
+        table[c.to_ascii_uppercase() as usize] |= first;
+        i += 1;
+    }
+    table
+};
+
+/// Where in `bytes` the first pair worth a look starts (see FIRST and SECOND). Eight pairs
+/// are tested with one branch: two table lookups a byte, and no loop overhead between.
+fn next_pair(bytes: &[u8]) -> Option<usize> {
+    let mut k = 0;
+    while let Some(block) = bytes.get(k..k + 9) {
+        let mut any = 0;
+        for t in 0..8 {
+            any |= FIRST[block[t] as usize] & SECOND[block[t + 1] as usize];
+        }
+        if any != 0 {
+            break;
+        }
+        k += 8;
+    }
+    while k + 1 < bytes.len() {
+        if FIRST[bytes[k] as usize] & SECOND[bytes[k + 1] as usize] != 0 {
+            return Some(k);
+        }
+        k += 1;
+    }
+    None
+}
+
 /// Whether `scan` or `resets` could find anything in `sql`: false when the text contains none
 /// of the words they look for (case-insensitively) and no statement starting with `DO`. One
 /// pass over the bytes, so the common query (`SELECT ... WHERE id = $1`) costs a few
@@ -237,100 +297,59 @@ pub fn may_matter(sql: &[u8]) -> bool {
         rest.get(..word.len())
             .is_some_and(|r| r.iter().zip(word).all(|(a, b)| a | 0x20 == *b))
     }
-    // The bytes worth a look are the first two letters of a word below (`se`, `li`, `pr`,
-    // `te`, `ad`, `ho`, `de`, `di`, either case) and `;`: a bit per first letter in FIRST,
-    // the first letters each second letter can follow in SECOND. Two table lookups a byte;
-    // a lone `s` or `a` (most of SQL) no longer stops the scan.
-    const SEMICOLON: u8 = 0x80;
-    const FIRST: [u8; 256] = {
-        let mut table = [0u8; 256];
-        let letters = b"slptahd";
-        let mut i = 0;
-        while i < letters.len() {
-            table[letters[i] as usize] = 1 << i;
-            table[letters[i].to_ascii_uppercase() as usize] = 1 << i;
-            i += 1;
-        }
-        table[b';' as usize] = SEMICOLON;
-        table
-    };
-    const SECOND: [u8; 256] = {
-        // (second letter, first letters it follows: bits of "slptahd")
-        let pairs: [(u8, u8); 5] = [
-            (b'e', 0b100_1001), // se(t), te(mp), de(clare, allocate, fault)
-            (b'i', 0b100_0010), // li(sten), di(scard)
-            (b'r', 0b000_0100), // pr(epare)
-            (b'd', 0b001_0000), // ad(visory)
-            (b'o', 0b010_0000), // ho(ld)
-        ];
-        let mut table = [SEMICOLON; 256];
-        let mut i = 0;
-        while i < pairs.len() {
-            let (c, first) = pairs[i];
-            table[c as usize] |= first;
-            table[c.to_ascii_uppercase() as usize] |= first;
-            i += 1;
-        }
-        table
-    };
-    let mut statement_start = true;
     let mut i = 0;
-    while i < sql.len() {
-        let c = sql[i];
-        if statement_start {
-            match c {
-                // A query's terminator (NUL) ends nothing the lexer would look at.
-                b' ' | b'\t' | b'\n' | b'\r' | b'\x0c' | b';' | b'\0' => {
-                    i += 1;
-                    continue;
-                }
-                c if c.is_ascii_alphabetic() => {
-                    statement_start = false;
-                    let word_end = sql.get(i + 2).is_none_or(|&n| {
-                        !(n.is_ascii_alphanumeric() || n == b'_' || n == b'$' || n >= 0x80)
-                    });
-                    if at(&sql[i..], b"do") && word_end {
-                        return true;
-                    }
-                }
-                // Anything else before the first word (a comment, a quote, punctuation the
-                // lexer skips): let the lexer decide.
-                _ => return true,
-            }
-        } else {
-            let next = sql.get(i + 1).copied().unwrap_or(0);
-            if FIRST[c as usize] & SECOND[next as usize] == 0 {
-                i += 1;
-                continue;
-            }
+    loop {
+        // A statement's start: blanks, `;` and a query's terminator (NUL) end nothing the
+        // lexer would look at.
+        while let Some(b' ' | b'\t' | b'\n' | b'\r' | b'\x0c' | b';' | b'\0') = sql.get(i) {
+            i += 1;
         }
-        // Each word the scanners look for, by its first letter: one comparison per letter.
-        let rest = &sql[i..];
-        let hit = match c | 0x20 {
-            b';' => {
-                statement_start = true;
-                false
-            }
-            b's' => at(rest, b"set"),
-            b'l' => at(rest, b"listen"),
-            b'p' => at(rest, b"prepare"),
-            b't' => at(rest, b"temp"),
-            b'a' => at(rest, b"advisory"),
-            b'h' => at(rest, b"hold"),
-            b'd' => {
-                at(rest, b"declare")
-                    || at(rest, b"discard")
-                    || at(rest, b"deallocate")
-                    || at(rest, b"default")
-            }
-            _ => false,
+        let Some(&c) = sql.get(i) else {
+            return false;
         };
-        if hit {
+        // Anything else before the first word (a comment, a quote, punctuation the lexer
+        // skips): let the lexer decide.
+        if !c.is_ascii_alphabetic() {
             return true;
+        }
+        let word_end = sql
+            .get(i + 2)
+            .is_none_or(|&n| !(n.is_ascii_alphanumeric() || n == b'_' || n == b'$' || n >= 0x80));
+        if at(&sql[i..], b"do") && word_end {
+            return true;
+        }
+        // The statement's bytes, a pair at a time. The last byte alone matters to nothing: no
+        // word has one letter, and a final `;` starts no statement.
+        loop {
+            let Some(j) = next_pair(&sql[i..]) else {
+                return false;
+            };
+            i += j;
+            let rest = &sql[i..];
+            // Each word the scanners look for, by its first letter.
+            let hit = match rest[0] | 0x20 {
+                b';' => break,
+                b's' => at(rest, b"set"),
+                b'l' => at(rest, b"listen"),
+                b'p' => at(rest, b"prepare"),
+                b't' => at(rest, b"temp"),
+                b'a' => at(rest, b"advisory"),
+                b'h' => at(rest, b"hold"),
+                b'd' => {
+                    at(rest, b"declare")
+                        || at(rest, b"discard")
+                        || at(rest, b"deallocate")
+                        || at(rest, b"default")
+                }
+                _ => false,
+            };
+            if hit {
+                return true;
+            }
+            i += 1;
         }
         i += 1;
     }
-    false
 }
 
 /// The first session-state statement in `sql`, if any (settings changes ignored).
