@@ -67,6 +67,7 @@ impl Flow {
         if self.out.is_empty() && n == self.inbuf.len() {
             std::mem::swap(&mut self.inbuf, &mut self.out);
         } else {
+            self.ready_out();
             self.out.extend_from_slice(&self.inbuf[..n]);
             self.inbuf.advance(n);
         }

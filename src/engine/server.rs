@@ -40,7 +40,8 @@ impl ServerSide {
         cache: Option<&mut ServerCache>,
         on_param: &mut (dyn FnMut(&str, &str) + Send),
     ) -> Result<()> {
-        down.ready_out();
+        // `down.out` takes a buffer only when something is written to it: a reply that
+        // passes whole trades buffers instead.
         let mut held = 0;
         let result = self.process_held(down, tracker, cache, on_param, &mut held);
         down.commit(held);
@@ -61,6 +62,7 @@ impl ServerSide {
             }
             if tracker.owes_synthetic() {
                 down.commit(std::mem::take(held));
+                down.ready_out();
                 tracker.emit_synthetic(&mut down.out);
             }
             let at = *held;

@@ -84,6 +84,9 @@ pub struct Tracker {
     /// Client statement names whose Parse failed or was skipped, with the statement each was
     /// to name: the client side forgets them before it looks at another name.
     unprepared: Vec<(Box<str>, u64)>,
+    /// A CopyEnd marker may be in the queue (cleared once the queue is empty): the checks
+    /// before every reply look at the queue only then.
+    copy_end_queued: bool,
 }
 
 impl Tracker {
@@ -118,7 +121,14 @@ impl Tracker {
     }
 
     /// Forgets the client's names whose Parse did not happen on the server.
+    #[inline]
     pub fn drain_unprepared(&mut self, client: &mut ClientStatements) {
+        if !self.unprepared.is_empty() {
+            self.forget_failed_parses(client);
+        }
+    }
+
+    fn forget_failed_parses(&mut self, client: &mut ClientStatements) {
         for (name, id) in self.unprepared.drain(..) {
             if client.get(&*name).is_some_and(|s| s.id == id) {
                 client.remove(&*name);
@@ -132,6 +142,7 @@ impl Tracker {
             self.in_copy_in = false;
         } else if !self.queue.is_empty() {
             self.queue.push_back(Expect::CopyEnd);
+            self.copy_end_queued = true;
         }
     }
 
@@ -155,10 +166,15 @@ impl Tracker {
     }
 
     /// Drops CopyEnd markers that reached the head: their COPY never started.
+    #[inline]
     pub(crate) fn drop_stale_markers(&mut self) {
+        if !self.copy_end_queued {
+            return;
+        }
         while matches!(self.queue.front(), Some(Expect::CopyEnd)) {
             self.queue.pop_front();
         }
+        self.copy_end_queued = !self.queue.is_empty();
     }
 
     /// Whether `emit_synthetic` has something to write now.

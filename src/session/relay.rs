@@ -67,7 +67,7 @@ impl Relay<'_, '_> {
             info.mark_pinned(kind);
         }
         processed?;
-        if self.down.at_boundary() {
+        if self.down.at_boundary() && self.tracker.owes_synthetic() {
             self.down.ready_out();
             self.tracker.emit_synthetic(&mut self.down.out);
         }
@@ -288,6 +288,9 @@ impl Flow {
     fn write_to(&mut self, stream: &TcpStream) -> io::Result<()> {
         while !self.out.is_empty() {
             match stream.try_write(&self.out) {
+                // All of it: emptied in place, so the buffer keeps its whole room (an
+                // advanced one would have to be moved back before it is reused).
+                Ok(n) if n == self.out.len() => self.out.clear(),
                 Ok(n) => self.out.advance(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.blocked = true;
