@@ -153,8 +153,7 @@ impl ClientInfo {
         self.server_pid.store(server.backend_pid, Relaxed);
         self.server_secret.store(server.backend_secret, Relaxed);
         self.server_host.store(server.host, Relaxed);
-        self.server_connected_us
-            .store(us_of(server.created_at), Relaxed);
+        self.server_connected_us.store(server.created_us, Relaxed);
         // SeqCst, paired with `cancel_target`: see `cancels_settled`.
         self.state.store(ClientState::Active as u8, SeqCst);
     }

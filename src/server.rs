@@ -154,6 +154,9 @@ pub struct ServerConn {
     pub backend_pid: i32,
     pub backend_secret: i32,
     pub created_at: Instant,
+    /// `created_at` as `stats::us_of` has it, worked out once: every transaction shows it
+    /// (SHOW CLIENTS' linked server).
+    pub created_us: u64,
     pub last_used: Instant,
     /// A `RESET` ran, or a parameter sync failed: `params` may not be what the server has,
     /// so the next sync sets every tracked parameter explicitly.
@@ -250,6 +253,7 @@ impl ServerConn {
             Some(tls) => crate::tls::connect_server(stream, tls, &target.host).await?,
             None => stream,
         };
+        let created_at = Instant::now();
         let mut conn = ServerConn {
             stream,
             id: NEXT_SERVER_ID.fetch_add(1, Ordering::Relaxed),
@@ -258,8 +262,9 @@ impl ServerConn {
             statements: ServerCache::default(),
             backend_pid: 0,
             backend_secret: 0,
-            created_at: Instant::now(),
-            last_used: Instant::now(),
+            created_at,
+            created_us: crate::stats::us_of(created_at),
+            last_used: created_at,
             params_uncertain: false,
             synced: None,
             query_bound: Duration::from_secs(15),

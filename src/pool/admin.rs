@@ -102,7 +102,7 @@ impl Pool {
                 id: s.id,
                 backend_pid: s.backend_pid,
                 host: s.host,
-                connected_us: us_of(s.created_at),
+                connected_us: s.created_us,
                 last_used_us: us_of(s.last_used),
                 local: s.stream.local_addr().ok(),
             })
