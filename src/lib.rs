@@ -6,6 +6,7 @@ pub mod accept;
 pub mod admin;
 pub mod app;
 pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod engine;
 pub mod error;

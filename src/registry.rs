@@ -12,17 +12,16 @@ use std::sync::atomic::{
     Ordering::SeqCst,
 };
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use rand::RngExt;
 
+use crate::clock::now_us;
 use crate::peers;
 use crate::pool::Pool;
 use crate::server::ServerConn;
 use crate::session_state::Kind;
-use crate::stats::{now_us, us_of};
 use crate::wakeup::Wakeup;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,14 +136,14 @@ impl ClientInfo {
         })
     }
 
-    /// The client asked for a server; returns when (the one clock read of a checkout).
-    pub fn waiting(&self) -> Instant {
-        let now = Instant::now();
-        let us = us_of(now);
+    /// The client asked for a server; returns when, as a `clock` stamp (the one clock read
+    /// of a checkout).
+    pub fn waiting(&self) -> u64 {
+        let us = now_us();
         self.request_us.store(us, Relaxed);
         self.wait_since_us.store(us, Relaxed);
         self.state.store(ClientState::Waiting as u8, Relaxed);
-        now
+        us
     }
 
     /// The client got `server`.
@@ -158,21 +157,20 @@ impl ClientInfo {
         self.state.store(ClientState::Active as u8, SeqCst);
     }
 
-    /// A stretch of relaying from `attached` to `now` ended: account its bytes and queries
+    /// A stretch of relaying from `attached` to `now` (`clock` stamps) ended: account its bytes and queries
     /// to the pool, and the transaction when one completed (`xact_done`: transaction mode,
     /// server clean and idle).
     pub fn relayed(
         &self,
         pool: &Pool,
         counts: Relayed,
-        (attached, now): (Instant, Instant),
+        (attached, now): (u64, u64),
         xact_done: bool,
     ) {
         pool.stats
             .transferred(counts.bytes_in, counts.bytes_out, counts.queries);
         if xact_done {
-            pool.stats
-                .transaction(now.saturating_duration_since(attached));
+            pool.stats.transaction(crate::clock::between(attached, now));
         }
         pool.stats
             .session_state_seen(false, counts.warned, counts.refused);

@@ -154,10 +154,11 @@ pub struct ServerConn {
     pub backend_pid: i32,
     pub backend_secret: i32,
     pub created_at: Instant,
-    /// `created_at` as `stats::us_of` has it, worked out once: every transaction shows it
-    /// (SHOW CLIENTS' linked server).
+    /// `created_at` as a `clock` stamp, worked out once: every transaction shows it (SHOW
+    /// CLIENTS' linked server) and checks the server's age against it.
     pub created_us: u64,
-    pub last_used: Instant,
+    /// When the server was last given back (a `clock` stamp).
+    pub last_used_us: u64,
     /// A `RESET` ran, or a parameter sync failed: `params` may not be what the server has,
     /// so the next sync sets every tracked parameter explicitly.
     pub params_uncertain: bool,
@@ -263,8 +264,8 @@ impl ServerConn {
             backend_pid: 0,
             backend_secret: 0,
             created_at,
-            created_us: crate::stats::us_of(created_at),
-            last_used: created_at,
+            created_us: crate::clock::us_of(created_at),
+            last_used_us: crate::clock::us_of(created_at),
             params_uncertain: false,
             synced: None,
             query_bound: Duration::from_secs(15),

@@ -5,9 +5,11 @@
 //! clients by state) are not kept here at all: they are read from the pool's own state when
 //! someone asks.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
-use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant, SystemTime};
+
+use crate::clock::now_us;
+use std::time::{Duration, Instant};
 
 /// How often the `avg_*` columns of `SHOW STATS` are recomputed by default (PgBouncer's
 /// `stats_period`).
@@ -25,29 +27,6 @@ pub fn set_period(seconds: f64) {
 
 fn period() -> Duration {
     Duration::from_millis(PERIOD_MS.load(Relaxed))
-}
-
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
-/// An instant as microseconds on the process's own clock, to fit in an atomic. Never 0, so 0
-/// can mean "never".
-pub fn us_of(t: Instant) -> u64 {
-    t.saturating_duration_since(epoch()).as_micros() as u64 + 1
-}
-
-pub fn now_us() -> u64 {
-    us_of(Instant::now())
-}
-
-/// The wall-clock time of an instant recorded with `us_of`, for display.
-pub fn wall_of(us: u64) -> SystemTime {
-    let ago = Duration::from_micros(now_us().saturating_sub(us));
-    SystemTime::now()
-        .checked_sub(ago)
-        .unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
 /// Why a server connection was closed (the `reason` label of the closed-servers counter).

@@ -11,9 +11,9 @@ use stats::{show_stats, show_stats_averages, show_stats_totals, show_totals};
 
 use super::{CommandError, Reply};
 use crate::app::App;
+use crate::clock::wall_of;
 use crate::config::{PoolerSettings, RESTART_ONLY};
 use crate::registry::ClientState;
-use crate::stats::wall_of;
 use crate::wire::{INT8_OID, TEXT_OID};
 
 pub(super) struct Table {
@@ -209,7 +209,7 @@ fn show_clients(app: &App) -> Table {
         let state = c.state();
         let wait = c
             .waiting_since_us()
-            .map(|since| Duration::from_micros(crate::stats::now_us().saturating_sub(since)))
+            .map(|since| Duration::from_micros(crate::clock::now_us().saturating_sub(since)))
             .unwrap_or_default();
         let link = c.linked_server().map(|srv| format!("{:x}", srv.id));
         let request = c.request_us();

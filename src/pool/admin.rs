@@ -103,7 +103,7 @@ impl Pool {
                 backend_pid: s.backend_pid,
                 host: s.host,
                 connected_us: s.created_us,
-                last_used_us: us_of(s.last_used),
+                last_used_us: s.last_used_us,
                 local: s.stream.local_addr().ok(),
             })
             .collect()
@@ -131,7 +131,7 @@ impl Pool {
             if let Some(size) = scaled {
                 st.limits.pool_size = size;
             }
-            let now = Instant::now();
+            let now = clock::now_us();
             let mut i = 0;
             while i < st.idle.len() {
                 let server = &st.idle[i];
@@ -144,7 +144,7 @@ impl Pool {
                     && st
                         .limits
                         .idle_timeout
-                        .is_some_and(|t| now.duration_since(server.last_used) >= t)
+                        .is_some_and(|t| clock::passed(server.last_used_us, now, t))
                 {
                     Some(CloseReason::IdleTimeout)
                 } else if st.total - closing.len() - dead > st.limits.pool_size {

@@ -24,11 +24,12 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::clock;
 use crate::config::PoolMode;
 use crate::error::{PoolerError, Result};
 use crate::limits::PoolLimitsShared;
 use crate::server::{Params, ServerConn, ServerCredential, ServerTarget};
-use crate::stats::{CloseReason, PoolStats, ServerSnapshot, us_of};
+use crate::stats::{CloseReason, PoolStats, ServerSnapshot};
 use crate::wakeup::Wakeup;
 
 /// What a pool is for its whole life: changing these makes RELOAD start a new pool for new
@@ -75,14 +76,15 @@ impl PoolLimits {
             .unwrap_or(Duration::from_secs(15))
     }
 
-    /// Whether an idle server must run the check query before it is handed out.
-    fn needs_check(&self, server: &ServerConn, now: Instant) -> bool {
-        !self.check_query.is_empty() && now.duration_since(server.last_used) >= self.check_delay
+    /// Whether an idle server must run the check query before it is handed out (`now`: a
+    /// `clock` stamp).
+    fn needs_check(&self, server: &ServerConn, now: u64) -> bool {
+        !self.check_query.is_empty() && clock::passed(server.last_used_us, now, self.check_delay)
     }
 
-    fn life_over(&self, server: &ServerConn, now: Instant) -> bool {
+    fn life_over(&self, server: &ServerConn, now: u64) -> bool {
         self.lifetime
-            .is_some_and(|l| now.duration_since(server.created_at) >= l)
+            .is_some_and(|l| clock::passed(server.created_us, now, l))
     }
 }
 
@@ -512,7 +514,7 @@ impl Pool {
 
     pub fn counts(&self) -> PoolCounts {
         let st = self.lock();
-        let now = Instant::now();
+        let now = clock::now_us();
         let used = st
             .idle
             .iter()
@@ -539,21 +541,21 @@ impl Pool {
     /// Takes a server: an idle one, a new one if the pool has room, or waits for one.
     /// Dropping the returned future at any point gives back what it held.
     pub async fn checkout(self: &Arc<Self>) -> Result<PooledServer> {
-        self.checkout_in(&WaitSlot::new(), Instant::now()).await
+        self.checkout_in(&WaitSlot::new(), clock::now_us()).await
     }
 
     /// `checkout`, queueing (if it must) in the caller's own slot: a session reuses one for
-    /// all its waits. `start` is when the client asked, read once by the caller: the queue's
-    /// deadlines and the wait's statistics count from it, and a server at hand costs no
-    /// further clock read.
+    /// all its waits. `start` is when the client asked (a `clock` stamp), read once by the
+    /// caller: the queue's deadlines and the wait's statistics count from it, and a server at
+    /// hand costs no further clock read.
     pub async fn checkout_in(
         self: &Arc<Self>,
         slot: &WaitSlot,
-        start: Instant,
+        start: u64,
     ) -> Result<PooledServer> {
         let (server, waited) = self.acquire(start, slot).await?;
         self.stats.assigned(if waited {
-            start.elapsed()
+            clock::between(start, clock::now_us())
         } else {
             Duration::ZERO
         });
@@ -563,7 +565,7 @@ impl Pool {
     /// The server, and whether getting it took a wait (a queue, a login, a check query).
     async fn acquire(
         self: &Arc<Self>,
-        start: Instant,
+        start: u64,
         slot: &WaitSlot,
     ) -> Result<(PooledServer, bool)> {
         let mut tried_eviction = false;
@@ -575,7 +577,7 @@ impl Pool {
                 let mut st = self.lock();
                 match st.idle.pop() {
                     Some(server) if !st.paused => {
-                        let now = if waited { Instant::now() } else { start };
+                        let now = if waited { clock::now_us() } else { start };
                         let check = st
                             .limits
                             .needs_check(&server, now)
@@ -613,6 +615,8 @@ impl Pool {
             }
             let waiter = {
                 let mut st = self.lock();
+                // The queue's deadlines are tokio's instants: converted on this path only.
+                let start = clock::instant_of(start);
                 let reserve_after = start + st.limits.reserve_timeout.unwrap_or(Duration::ZERO);
                 if !st.paused && st.total < st.limits.pool_size {
                     // Servers still logging in do not count (PgBouncer's check_fast_fail): the
@@ -699,7 +703,7 @@ impl Pool {
         let result = server.run_internal(query).await;
         match result {
             Ok(None) => {
-                server.last_used = Instant::now();
+                server.last_used_us = clock::now_us();
                 Some(server)
             }
             failed => {
@@ -779,17 +783,18 @@ impl Pool {
 
     /// Gives a clean, idle server back.
     pub fn checkin(self: &Arc<Self>, server: PooledServer) {
-        self.checkin_at(server, Instant::now());
+        self.checkin_at(server, clock::now_us());
     }
 
-    /// `checkin`, with the caller's clock read of now (the end of the transaction).
-    pub fn checkin_at(self: &Arc<Self>, server: PooledServer, now: Instant) {
+    /// `checkin`, with the caller's clock read of now (the end of the transaction, a `clock`
+    /// stamp).
+    pub fn checkin_at(self: &Arc<Self>, server: PooledServer, now: u64) {
         debug_assert!(
             Arc::ptr_eq(self, &server.slot.pool),
             "checked in to another pool"
         );
         let mut server = server.detach();
-        server.last_used = now;
+        server.last_used_us = now;
         self.stats.server_answered();
         let host_ok = self.host_ok(&server);
         let mut st = self.lock();

@@ -542,7 +542,7 @@ async fn transaction(
     session: &Session,
     mode: &Mode,
     c: &mut Between<'_>,
-    asked: Instant,
+    asked: u64,
 ) -> Result<Step> {
     let pool = &session.pool;
     let Some((mut server, attached)) = c.watchdog.checkout(pool, stream, asked).await? else {
@@ -658,7 +658,7 @@ async fn transaction(
     };
     // The transaction's one clock read after its checkout: its duration, the server's idle
     // time from now on.
-    let now = Instant::now();
+    let now = crate::clock::now_us();
     session
         .client
         .relayed(pool, counts, (attached, now), xact_done);

@@ -200,13 +200,14 @@ impl<'a> Watchdog<'a> {
     ///
     /// None: the client left while it waited (`relay::client_left`); its request, not yet
     /// sent, is dropped and the unused server given back. With the server, when it was
-    /// attached: `asked` (the client's request) for a server at hand, no clock read.
+    /// attached (a `clock` stamp): `asked` (the client's request) for a server at hand, no
+    /// clock read.
     pub async fn checkout(
         &self,
         pool: &Arc<Pool>,
         stream: &mut TcpStream,
-        asked: std::time::Instant,
-    ) -> Result<Option<(PooledServer, std::time::Instant)>> {
+        asked: u64,
+    ) -> Result<Option<(PooledServer, u64)>> {
         let checkout = pool.checkout_in(&self.wait_slot, asked);
         tokio::pin!(checkout);
         if self.phase() >= Phase::Closing {
@@ -243,7 +244,7 @@ impl<'a> Watchdog<'a> {
             pool.checkin(server);
             return Ok(None);
         }
-        Ok(Some((server, std::time::Instant::now())))
+        Ok(Some((server, crate::clock::now_us())))
     }
 
     /// Runs the relay until it ends (see `Relay::run`). While the pooler drains, a session-mode
