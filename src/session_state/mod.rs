@@ -230,8 +230,11 @@ fn names_any(word: &[u8], list: &[&str]) -> bool {
 // The bytes worth a look are the first two letters of a word below (`se`, `li`, `pr`,
 // `te`, `ad`, `ho`, `de`, `di`, either case) and `;`: a bit per first letter in FIRST,
 // the first letters each second letter can follow in SECOND. Two table lookups a byte;
-// a lone `s` or `a` (most of SQL) no longer stops the scan.
+// a lone `s` or `a` (most of SQL) no longer stops the scan. On x86_64 `pairs_in_block`
+// looks for the same pairs sixteen at a time, and the tables are the tests' reference.
+#[cfg(any(test, not(target_arch = "x86_64")))]
 const SEMICOLON: u8 = 0x80;
+#[cfg(any(test, not(target_arch = "x86_64")))]
 const FIRST: [u8; 256] = {
     let mut table = [0u8; 256];
     let letters = b"slptahd";
@@ -244,6 +247,7 @@ const FIRST: [u8; 256] = {
     table[b';' as usize] = SEMICOLON;
     table
 };
+#[cfg(any(test, not(target_arch = "x86_64")))]
 const SECOND: [u8; 256] = {
     // (second letter, first letters it follows: bits of "slptahd")
     let pairs: [(u8, u8); 5] = [
@@ -264,9 +268,84 @@ const SECOND: [u8; 256] = {
     table
 };
 
-/// Where in `bytes` the first pair worth a look starts (see FIRST and SECOND). Eight pairs
-/// are tested with one branch: two table lookups a byte, and no loop overhead between.
+/// Where in `bytes` the first pair worth a look starts (see FIRST and SECOND): sixteen pairs
+/// at a time with SSE2 (part of every x86_64). The last block overlaps the one before it
+/// rather than leaving a tail to the tables (its pairs already looked at held nothing), and a
+/// text shorter than a block is looked at in a zero-padded copy.
+#[cfg(target_arch = "x86_64")]
 fn next_pair(bytes: &[u8]) -> Option<usize> {
+    let n = bytes.len();
+    if n < 2 {
+        return None;
+    }
+    if n < 17 {
+        let mut block = [0u8; 17];
+        block[..n].copy_from_slice(bytes);
+        // Only the n - 1 pairs inside the text (a pad byte pairs with nothing, but a last
+        // `;` would count on its own).
+        let found = pairs_in_block(&block) & ((1 << (n - 1)) - 1);
+        return (found != 0).then(|| found.trailing_zeros() as usize);
+    }
+    // Sixteen pair starts need seventeen bytes.
+    let mut k = 0;
+    loop {
+        let found = pairs_in_block(&bytes[k..k + 17]);
+        if found != 0 {
+            return Some(k + found.trailing_zeros() as usize);
+        }
+        if k + 17 == n {
+            return None;
+        }
+        k = (k + 16).min(n - 17);
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn next_pair(bytes: &[u8]) -> Option<usize> {
+    next_pair_by_table(bytes)
+}
+
+/// Bit `t` set: the pair at `block[t]`, `block[t + 1]` is one of FIRST and SECOND's (for
+/// `t` < 16; `block` has 17 bytes). The same pairs as the tables, compared a letter at a time
+/// over sixteen bytes: ~35 instructions where the tables take ~80.
+#[cfg(target_arch = "x86_64")]
+fn pairs_in_block(block: &[u8]) -> u32 {
+    use std::arch::x86_64::*;
+    assert!(block.len() >= 17);
+    // SAFETY: SSE2 is part of the x86_64 baseline; both unaligned 16-byte loads, at 0 and 1,
+    // lie within the 17 bytes asserted above.
+    unsafe {
+        let first = _mm_loadu_si128(block.as_ptr().cast());
+        let second = _mm_loadu_si128(block.as_ptr().add(1).cast());
+        // Letters only differ from their capitals in bit 5.
+        let case = _mm_set1_epi8(0x20);
+        let (f, s) = (_mm_or_si128(first, case), _mm_or_si128(second, case));
+        let is = |v: __m128i, c: u8| _mm_cmpeq_epi8(v, _mm_set1_epi8(c as i8));
+        let either = |a: __m128i, b: __m128i| _mm_or_si128(a, b);
+        let both = |a: __m128i, b: __m128i| _mm_and_si128(a, b);
+        let d = is(f, b'd');
+        let e_after = either(either(is(f, b's'), is(f, b't')), d);
+        let hits = either(
+            either(
+                both(e_after, is(s, b'e')),
+                both(either(is(f, b'l'), d), is(s, b'i')),
+            ),
+            either(
+                either(
+                    both(is(f, b'p'), is(s, b'r')),
+                    both(is(f, b'a'), is(s, b'd')),
+                ),
+                either(both(is(f, b'h'), is(s, b'o')), is(first, b';')),
+            ),
+        );
+        _mm_movemask_epi8(hits) as u32
+    }
+}
+
+/// `next_pair` by the tables. Eight pairs are tested with one branch: two table lookups a
+/// byte, and no loop overhead between. (On x86_64 the reference the tests hold SSE2 to.)
+#[cfg(any(test, not(target_arch = "x86_64")))]
+fn next_pair_by_table(bytes: &[u8]) -> Option<usize> {
     let mut k = 0;
     while let Some(block) = bytes.get(k..k + 9) {
         let mut any = 0;

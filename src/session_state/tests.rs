@@ -373,3 +373,34 @@ proptest::proptest! {
         );
     }
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config::with_cases(4000))]
+    /// The sixteen-at-a-time search finds the same first pair as the tables, in any bytes.
+    #[test]
+    fn next_pair_finds_what_the_tables_find(
+        bytes in proptest::collection::vec(
+            proptest::prop_oneof![
+                proptest::sample::select(b"sSeEtTdDlLiIpPrRaAhHoO;\x1b\x80 x".to_vec()),
+                proptest::num::u8::ANY,
+            ],
+            0..80,
+        )
+    ) {
+        proptest::prop_assert_eq!(next_pair(&bytes), next_pair_by_table(&bytes));
+    }
+}
+
+#[test]
+fn a_word_is_found_at_every_offset_of_a_block() {
+    for at in 0..40 {
+        let miss = format!("{}sex pretty {}", "x".repeat(at), "y".repeat(40 - at));
+        assert!(!may_matter(format!("select {miss}").as_bytes()), "{miss}");
+        for word in [
+            "set", "LISTEN", "prepare", "temp", "advisory", "hold", "discard",
+        ] {
+            let hit = format!("select {}{word}{}", "x".repeat(at), "y".repeat(40 - at));
+            assert!(may_matter(hit.as_bytes()), "{hit}");
+        }
+    }
+}
