@@ -324,8 +324,19 @@ impl Flow {
 /// already recorded (epoll's `EPOLLRDHUP`/`EPOLLHUP`), so no system call. A request whose
 /// client is gone is dropped before it reaches a server: nobody would see its result, and a
 /// client that gave up and retried would have its write run twice.
+///
+/// Most clients that waited are still there and silent: their socket has no read readiness
+/// at all, which a readiness poll sees cheaply (the `ready()` future, which tells a closed
+/// end from data, costs twice as much). That poll leaves a no-op waker behind; the relay's
+/// next poll puts the session's back, and until then nothing waits on the client.
 pub fn client_left(stream: &TcpStream) -> bool {
     use futures_util::FutureExt;
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    match stream.poll_read_ready(&mut cx) {
+        Poll::Pending => return false,
+        Poll::Ready(Err(_)) => return true,
+        Poll::Ready(Ok(())) => {}
+    }
     match stream.ready(tokio::io::Interest::READABLE).now_or_never() {
         Some(Ok(ready)) => ready.is_read_closed(),
         Some(Err(_)) => true,
