@@ -227,17 +227,17 @@ fn names_any(word: &[u8], list: &[&str]) -> bool {
     list.iter().any(|n| names(word, n))
 }
 
-// The bytes worth a look are the first two letters of a word below (`se`, `li`, `pr`,
-// `te`, `ad`, `ho`, `de`, `di`, either case) and `;`: a bit per first letter in FIRST,
-// the first letters each second letter can follow in SECOND. Two table lookups a byte;
-// a lone `s` or `a` (most of SQL) no longer stops the scan. On x86_64 `pairs_in_block`
-// looks for the same pairs sixteen at a time, and the tables are the tests' reference.
+// Past a statement's first word, the bytes worth a look are the first two letters of the
+// words that matter anywhere in a statement (`se`t_config, `te`mp, `ad`visory, either case)
+// and `;`: a bit per first letter in FIRST, the first letters each second letter can follow
+// in SECOND. Two table lookups a byte. On x86_64 `pairs_in_block` looks for the same pairs
+// sixteen at a time, and the tables are the tests' reference.
 #[cfg(any(test, not(target_arch = "x86_64")))]
 const SEMICOLON: u8 = 0x80;
 #[cfg(any(test, not(target_arch = "x86_64")))]
 const FIRST: [u8; 256] = {
     let mut table = [0u8; 256];
-    let letters = b"slptahd";
+    let letters = b"sta";
     let mut i = 0;
     while i < letters.len() {
         table[letters[i] as usize] = 1 << i;
@@ -249,13 +249,10 @@ const FIRST: [u8; 256] = {
 };
 #[cfg(any(test, not(target_arch = "x86_64")))]
 const SECOND: [u8; 256] = {
-    // (second letter, first letters it follows: bits of "slptahd")
-    let pairs: [(u8, u8); 5] = [
-        (b'e', 0b100_1001), // se(t), te(mp), de(clare, allocate, fault)
-        (b'i', 0b100_0010), // li(sten), di(scard)
-        (b'r', 0b000_0100), // pr(epare)
-        (b'd', 0b001_0000), // ad(visory)
-        (b'o', 0b010_0000), // ho(ld)
+    // (second letter, first letters it follows: bits of "sta")
+    let pairs: [(u8, u8); 2] = [
+        (b'e', 0b011), // se(t_config), te(mp)
+        (b'd', 0b100), // ad(visory)
     ];
     let mut table = [SEMICOLON; 256];
     let mut i = 0;
@@ -307,7 +304,7 @@ fn next_pair(bytes: &[u8]) -> Option<usize> {
 
 /// Bit `t` set: the pair at `block[t]`, `block[t + 1]` is one of FIRST and SECOND's (for
 /// `t` < 16; `block` has 17 bytes). The same pairs as the tables, compared a letter at a time
-/// over sixteen bytes: ~35 instructions where the tables take ~80.
+/// over sixteen bytes: ~20 instructions where the tables take ~80.
 #[cfg(target_arch = "x86_64")]
 fn pairs_in_block(block: &[u8]) -> u32 {
     use std::arch::x86_64::*;
@@ -323,20 +320,12 @@ fn pairs_in_block(block: &[u8]) -> u32 {
         let is = |v: __m128i, c: u8| _mm_cmpeq_epi8(v, _mm_set1_epi8(c as i8));
         let either = |a: __m128i, b: __m128i| _mm_or_si128(a, b);
         let both = |a: __m128i, b: __m128i| _mm_and_si128(a, b);
-        let d = is(f, b'd');
-        let e_after = either(either(is(f, b's'), is(f, b't')), d);
         let hits = either(
             either(
-                both(e_after, is(s, b'e')),
-                both(either(is(f, b'l'), d), is(s, b'i')),
+                both(either(is(f, b's'), is(f, b't')), is(s, b'e')),
+                both(is(f, b'a'), is(s, b'd')),
             ),
-            either(
-                either(
-                    both(is(f, b'p'), is(s, b'r')),
-                    both(is(f, b'a'), is(s, b'd')),
-                ),
-                either(both(is(f, b'h'), is(s, b'o')), is(first, b';')),
-            ),
+            is(first, b';'),
         );
         _mm_movemask_epi8(hits) as u32
     }
@@ -366,16 +355,35 @@ fn next_pair_by_table(bytes: &[u8]) -> Option<usize> {
     None
 }
 
-/// Whether `scan` or `resets` could find anything in `sql`: false when the text contains none
-/// of the words they look for (case-insensitively) and no statement starting with `DO`. One
-/// pass over the bytes, so the common query (`SELECT ... WHERE id = $1`) costs a few
-/// instructions a byte instead of a lexer run; anything unsure says true.
+/// Whether `rest` starts with `word`, ignoring ASCII case.
+fn starts_with_word(rest: &[u8], word: &[u8]) -> bool {
+    rest.get(..word.len())
+        .is_some_and(|r| r.eq_ignore_ascii_case(word))
+}
+
+/// First words of the statements `scan` and `resets` look at by their first word (`SET`,
+/// `RESET`, `LISTEN`, `PREPARE`, `DECLARE ... WITH HOLD`, `DISCARD`, `DEALLOCATE`; `DO` is
+/// looked at apart, as a whole word). A prefix is enough: a longer word only costs a lexer run.
+const FIRST_WORDS: [&[u8]; 7] = [
+    b"set",
+    b"reset",
+    b"listen",
+    b"prepare",
+    b"declare",
+    b"discard",
+    b"deallocate",
+];
+
+/// Whether `scan` or `resets` could find anything in `sql`: false when no statement starts
+/// with one of their first words or `DO`, and the text has none of the words that matter
+/// anywhere in a statement (`set_config`, `temp`, `advisory`), case-insensitively. A `SET`
+/// inside a statement (`UPDATE t SET x = 1`) is nothing to either. One pass over the bytes,
+/// so the common query costs about two instructions a byte instead of a lexer run; anything
+/// unsure says true.
+///
+/// Every `;` counts as a statement's end, even one in a string: the lexer sees no more
+/// statement starts than this does, and at each it sees the same first word.
 pub fn may_matter(sql: &[u8]) -> bool {
-    /// Whether `rest` starts with `word` (lower case), ignoring ASCII case.
-    fn at(rest: &[u8], word: &[u8]) -> bool {
-        rest.get(..word.len())
-            .is_some_and(|r| r.iter().zip(word).all(|(a, b)| a | 0x20 == *b))
-    }
     let mut i = 0;
     loop {
         // A statement's start: blanks, `;` and a query's terminator (NUL) end nothing the
@@ -394,32 +402,30 @@ pub fn may_matter(sql: &[u8]) -> bool {
         let word_end = sql
             .get(i + 2)
             .is_none_or(|&n| !(n.is_ascii_alphanumeric() || n == b'_' || n == b'$' || n >= 0x80));
-        if at(&sql[i..], b"do") && word_end {
+        if starts_with_word(&sql[i..], b"do") && word_end {
             return true;
         }
-        // The statement's bytes, a pair at a time. The last byte alone matters to nothing: no
-        // word has one letter, and a final `;` starts no statement.
+        // (The first letter first: most statements start with none of them.)
+        let lower = c | 0x20;
+        if FIRST_WORDS
+            .iter()
+            .any(|w| w[0] == lower && starts_with_word(&sql[i..], w))
+        {
+            return true;
+        }
+        // The rest of the statement, a pair at a time. The last byte alone matters to nothing:
+        // no word has one letter, and a final `;` starts no statement.
         loop {
             let Some(j) = next_pair(&sql[i..]) else {
                 return false;
             };
             i += j;
             let rest = &sql[i..];
-            // Each word the scanners look for, by its first letter.
             let hit = match rest[0] | 0x20 {
                 b';' => break,
-                b's' => at(rest, b"set"),
-                b'l' => at(rest, b"listen"),
-                b'p' => at(rest, b"prepare"),
-                b't' => at(rest, b"temp"),
-                b'a' => at(rest, b"advisory"),
-                b'h' => at(rest, b"hold"),
-                b'd' => {
-                    at(rest, b"declare")
-                        || at(rest, b"discard")
-                        || at(rest, b"deallocate")
-                        || at(rest, b"default")
-                }
+                b's' => starts_with_word(rest, b"set_config"),
+                b't' => starts_with_word(rest, b"temp"),
+                b'a' => starts_with_word(rest, b"advisory"),
                 _ => false,
             };
             if hit {

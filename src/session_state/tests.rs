@@ -219,6 +219,10 @@ fn the_prefilter_lets_through_everything_the_scanners_find() {
         "/* c */ LISTEN x",
         "-- c\nLISTEN x",
         "(SELECT 1)",
+        "UPDATE t SET x = 1; RESET ALL",
+        "SELECT 1; set x = 1",
+        "select pg_catalog.set_config('a.b', 'c', false)",
+        "Set_Config('a.b', 'c', false)",
     ];
     for t in texts {
         assert!(may_matter(t.as_bytes()), "{t}");
@@ -231,6 +235,8 @@ fn the_prefilter_lets_through_everything_the_scanners_find() {
         "BEGIN",
         "END;",
         "SELECT domain FROM docs",
+        "UPDATE pgbench_accounts SET abalance = abalance + -4 WHERE aid = 7;\0",
+        "update t set x = default",
         "",
     ] {
         assert!(!may_matter(t.as_bytes()), "{t}");
@@ -254,7 +260,8 @@ proptest::proptest! {
                 "TEMPORARY", "into", "select", "with", "declare", "hold", "WITH", "pg_temp.x",
                 "set_config", "pg_advisory_lock", "true", "false", "'a.b'", "$1", "reset",
                 "ALL", "discard", "deallocate", "default", "session", "role", "x", "1", "do_it",
-                "domain", "to", "pg_catalog.", "unlisten", "dollar",
+                "domain", "to", "pg_catalog.", "unlisten", "dollar", "update t", "UPDATE",
+                "\0", "insert into t values", "pg_catalog.set_config",
             ]),
             0..12,
         )
@@ -271,79 +278,42 @@ proptest::proptest! {
 
 use proptest::strategy::Strategy as _;
 
-/// `may_matter` as it was before its two-letter filter (one table lookup of the first letter):
-/// the filter must change its speed only, never its answer.
-fn may_matter_by_first_letter(sql: &[u8]) -> bool {
-    /// Whether `rest` starts with `word` (lower case), ignoring ASCII case.
-    fn at(rest: &[u8], word: &[u8]) -> bool {
-        rest.get(..word.len())
-            .is_some_and(|r| r.iter().zip(word).all(|(a, b)| a | 0x20 == *b))
+/// `may_matter`'s rule written plainly: the text cut at every `;`, each piece's first word
+/// compared, the piece searched for the words that matter anywhere. The byte-pair search must
+/// change the speed only, never the answer.
+fn may_matter_by_words(sql: &[u8]) -> bool {
+    fn contains(hay: &[u8], needle: &[u8]) -> bool {
+        hay.windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle))
     }
-    /// The bytes worth a look: the first letters of the words below, and `;`. Every other
-    /// byte costs one table lookup.
-    const LOOK: [bool; 256] = {
-        let mut table = [false; 256];
-        let bytes = b"slptahdSLPTAHD;";
-        let mut i = 0;
-        while i < bytes.len() {
-            table[bytes[i] as usize] = true;
-            i += 1;
-        }
-        table
-    };
-    let mut statement_start = true;
-    let mut i = 0;
-    while i < sql.len() {
-        let c = sql[i];
-        if statement_start {
-            match c {
-                // A query's terminator (NUL) ends nothing the lexer would look at.
-                b' ' | b'\t' | b'\n' | b'\r' | b'\x0c' | b';' | b'\0' => {
-                    i += 1;
-                    continue;
-                }
-                c if c.is_ascii_alphabetic() => {
-                    statement_start = false;
-                    let word_end = sql.get(i + 2).is_none_or(|&n| {
-                        !(n.is_ascii_alphanumeric() || n == b'_' || n == b'$' || n >= 0x80)
-                    });
-                    if at(&sql[i..], b"do") && word_end {
-                        return true;
-                    }
-                }
-                // Anything else before the first word (a comment, a quote, punctuation the
-                // lexer skips): let the lexer decide.
-                _ => return true,
-            }
-        } else if !LOOK[c as usize] {
-            i += 1;
-            continue;
-        }
-        // Each word the scanners look for, by its first letter: one comparison per letter.
-        let rest = &sql[i..];
-        let hit = match c | 0x20 {
-            b';' => {
-                statement_start = true;
-                false
-            }
-            b's' => at(rest, b"set"),
-            b'l' => at(rest, b"listen"),
-            b'p' => at(rest, b"prepare"),
-            b't' => at(rest, b"temp"),
-            b'a' => at(rest, b"advisory"),
-            b'h' => at(rest, b"hold"),
-            b'd' => {
-                at(rest, b"declare")
-                    || at(rest, b"discard")
-                    || at(rest, b"deallocate")
-                    || at(rest, b"default")
-            }
-            _ => false,
-        };
-        if hit {
+    for piece in sql.split(|&b| b == b';') {
+        let start = piece
+            .iter()
+            .position(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r' | b'\x0c' | b'\0'));
+        let Some(start) = start else { continue };
+        let piece = &piece[start..];
+        if !piece[0].is_ascii_alphabetic() {
             return true;
         }
-        i += 1;
+        let first_word_len = piece
+            .iter()
+            .position(|&n| !(n.is_ascii_alphanumeric() || n == b'_' || n == b'$' || n >= 0x80))
+            .unwrap_or(piece.len());
+        if first_word_len == 2 && piece[..2].eq_ignore_ascii_case(b"do") {
+            return true;
+        }
+        if FIRST_WORDS
+            .iter()
+            .any(|w| piece.len() >= w.len() && piece[..w.len()].eq_ignore_ascii_case(w))
+        {
+            return true;
+        }
+        if [&b"set_config"[..], b"temp", b"advisory"]
+            .iter()
+            .any(|w| contains(piece, w))
+        {
+            return true;
+        }
     }
     false
 }
@@ -351,14 +321,15 @@ fn may_matter_by_first_letter(sql: &[u8]) -> bool {
 proptest::proptest! {
     #![proptest_config(proptest::test_runner::Config::with_cases(4000))]
     #[test]
-    fn the_two_letter_filter_answers_as_the_first_letter_one(
+    fn the_pair_search_answers_as_the_plain_rule(
         parts in proptest::collection::vec(
             proptest::prop_oneof![
                 proptest::sample::select(vec![
                     "SET", "sEt", "LISTEN", "do", "DO", ";", " ", "prepare", "TEMP", "declare",
                     "HOLD", "pg_advisory_lock", "discard", "DeAllocate", "default", "s", "e",
                     "d", "a", "l", "t", "h", "p", "se", "di", "ad", "ho", "pr", "te", "li", "\0",
-                    "select", "x", "/*", "'",
+                    "select", "x", "/*", "'", "set_config", "SET_CONFIG(", "update t set",
+                    "reset", "temporary", "pg_advisory_lock", "\t", "tem", "dO",
                 ]).prop_map(String::from),
                 "[ -~]{0,6}",
             ],
@@ -368,7 +339,7 @@ proptest::proptest! {
         let text = parts.concat();
         proptest::prop_assert_eq!(
             may_matter(text.as_bytes()),
-            may_matter_by_first_letter(text.as_bytes()),
+            may_matter_by_words(text.as_bytes()),
             "{}", text
         );
     }
@@ -394,13 +365,15 @@ proptest::proptest! {
 #[test]
 fn a_word_is_found_at_every_offset_of_a_block() {
     for at in 0..40 {
-        let miss = format!("{}sex pretty {}", "x".repeat(at), "y".repeat(40 - at));
-        assert!(!may_matter(format!("select {miss}").as_bytes()), "{miss}");
-        for word in [
-            "set", "LISTEN", "prepare", "temp", "advisory", "hold", "discard",
-        ] {
-            let hit = format!("select {}{word}{}", "x".repeat(at), "y".repeat(40 - at));
+        let (x, y) = ("x".repeat(at), "y".repeat(40 - at));
+        // A SET past a statement's first word is an UPDATE's: nothing to look at.
+        let miss = format!("update t {x}set se te a; {y}");
+        assert!(!may_matter(miss.as_bytes()), "{miss}");
+        for word in ["set_config(", "TEMP", "advisory"] {
+            let hit = format!("select {x}{word}{y}");
             assert!(may_matter(hit.as_bytes()), "{hit}");
         }
+        let second = format!("select {x}; set a = 1 {y}");
+        assert!(may_matter(second.as_bytes()), "{second}");
     }
 }
