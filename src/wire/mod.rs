@@ -137,7 +137,13 @@ fn put_message(buf: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMut)) {
 
 fn put_cstr(buf: &mut BytesMut, s: &str) {
     // A NUL inside would end the string early on the wire; drop it rather than corrupt framing.
-    buf.extend(s.bytes().filter(|&b| b != 0));
+    // (Looked for first: extending byte by byte through the filter cost ~100 instructions a
+    // ParameterStatus, and a login writes fifteen of them.)
+    if s.as_bytes().contains(&0) {
+        buf.extend(s.bytes().filter(|&b| b != 0));
+    } else {
+        buf.extend_from_slice(s.as_bytes());
+    }
     buf.put_u8(0);
 }
 
@@ -349,6 +355,16 @@ pub fn quote_literal(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_nul_inside_a_string_is_dropped_not_sent() {
+        let mut buf = BytesMut::new();
+        parameter_status(&mut buf, "appl\0ication_name", "psql");
+        assert_eq!(&buf[..], b"S\0\0\0\x1aapplication_name\0psql\0");
+        buf.clear();
+        parameter_status(&mut buf, "a", "");
+        assert_eq!(&buf[..], b"S\0\0\0\x07a\0\0");
+    }
 
     #[test]
     fn startup_roundtrip() {
