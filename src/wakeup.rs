@@ -46,7 +46,9 @@ impl Wakeup {
 
     /// `wait` as a poll function, for a caller that polls several things at once.
     pub fn poll_wait(&self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.permit.swap(false, Ordering::Acquire) {
+        // Loaded before it is taken: nearly every poll finds no permit, and a plain load
+        // costs no locked read-modify-write on the relay's every wake-up.
+        if self.permit.load(Ordering::Relaxed) && self.permit.swap(false, Ordering::Acquire) {
             return Poll::Ready(());
         }
         let id = cx.waker().data() as usize;
