@@ -742,3 +742,47 @@ async fn client_vanishing_mid_pipeline_leaves_no_transaction() {
         "t"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// A client that sends ahead of the login.
+
+/// SSLRequest, startup packet and a query in one write, before any answer (trust): the login
+/// reads through a buffer, so the query arrives in that buffer with the startup packet and
+/// must reach the session, not be dropped with the login's reader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_sent_with_the_startup_packet_is_answered() {
+    let pg = PgServer::shared();
+    let db = pg.create_db("sendahead").await;
+    let pooler = Pooler::start(pg, &db, "auth_type = \"trust\"").await;
+    let mut s = TcpStream::connect(pooler.running.addr).await.unwrap();
+    let mut ahead = with_length(8, &80_877_103i32.to_be_bytes());
+    ahead.extend(startup_packet(&[("user", APP_USER), ("database", &db)]));
+    ahead.extend(query("SELECT 40 + 2"));
+    s.write_all(&ahead).await.unwrap();
+    let mut n = [0u8; 1];
+    tokio::time::timeout(HANG, tokio::io::AsyncReadExt::read_exact(&mut s, &mut n))
+        .await
+        .expect("answer to SSLRequest")
+        .unwrap();
+    assert_eq!(&n, b"N");
+    // The login's ReadyForQuery and the query's may come in one read: read up to both.
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    while messages(&buf).iter().filter(|(t, _)| *t == b'Z').count() < 2 {
+        let got = tokio::time::timeout(HANG, tokio::io::AsyncReadExt::read(&mut s, &mut chunk))
+            .await
+            .expect("the query's answer")
+            .unwrap();
+        assert!(got > 0, "closed: {:?}", error_messages(&buf));
+        buf.extend_from_slice(&chunk[..got]);
+    }
+    let msgs = messages(&buf);
+    assert!(
+        msgs.iter()
+            .any(|(t, b)| *t == b'R' && b[..4] == [0, 0, 0, 0]),
+        "AuthenticationOk"
+    );
+    let row = msgs.iter().find(|(t, _)| *t == b'D').expect("a row");
+    // DataRow: one column, length 2, "42".
+    assert_eq!(&row.1[..], &[0, 1, 0, 0, 0, 2, b'4', b'2']);
+}

@@ -49,7 +49,13 @@ struct Session {
     settings: Params,
     /// This client in SHOW CLIENTS; dropped (unregistered) before the socket closes.
     client: Registration,
+    /// What the client sent past its login before it was answered (boxed: nearly always
+    /// none, and every idle client keeps this field).
+    early: Option<Box<BytesMut>>,
 }
+
+/// The login's read buffer: a startup packet and a password message fit.
+const LOGIN_READ: usize = 1024;
 
 /// What a login leads to.
 enum Login {
@@ -196,10 +202,16 @@ async fn refuse(stream: &mut TcpStream, e: &PoolerError) {
 /// Runs the login exchange; `Ok(None)` for connections that were not logins (cancel requests).
 async fn login(
     app: &Arc<App>,
-    stream: &mut TcpStream,
+    socket: &mut TcpStream,
     client_count: usize,
     origin: &Origin,
 ) -> Result<Option<Login>> {
+    // The login's messages are read through a buffer: read a field at a time, a message that
+    // filled each read exactly left the socket's readiness set, and the next read was a
+    // system call answering "would block" (five per login, PgBouncer's count of reads is
+    // half the pooler's). Anything the client sent past the login goes to the session.
+    let mut reader = tokio::io::BufReader::with_capacity(LOGIN_READ, socket);
+    let stream = &mut reader;
     let params = loop {
         match wire::read_startup(stream).await? {
             // No TLS yet: 'N' tells the client to go on in cleartext (or give up if it insists).
@@ -289,7 +301,12 @@ async fn login(
         None => Arc::new(User::new(&user_name, Secret::Plain(String::new()))),
     };
     if admin::is_console(&database) {
-        let console = Console::login(app, stream, &user_name, &database).await?;
+        if !stream.buffer().is_empty() {
+            return Err(PoolerError::protocol(
+                "data sent before the login completed",
+            ));
+        }
+        let console = Console::login(app, stream.get_mut(), &user_name, &database).await?;
         return Ok(Some(Login::Console(console)));
     }
     // Authenticated: from here on, telling which databases exist reveals nothing.
@@ -395,21 +412,27 @@ async fn login(
         wire::parameter_status(&mut out, name, value);
     }
     let app_name = session_params.get("application_name").unwrap_or_default();
-    let client =
-        app.clients_registry
-            .register(stream, &user_name, &database, app_name, Some(pool.clone()));
+    let client = app.clients_registry.register(
+        stream.get_ref(),
+        &user_name,
+        &database,
+        app_name,
+        Some(pool.clone()),
+    );
     let (pid, secret) = client.cancel_key;
     wire::backend_key_data(&mut out, pid, secret);
     wire::ready_for_query(&mut out, wire::STATUS_IDLE);
     stream.write_all(&out).await?;
     let params = pool.share(session_params);
     let startup = pool.share_startup(requested.0);
+    let early = (!stream.buffer().is_empty()).then(|| Box::new(BytesMut::from(stream.buffer())));
     Ok(Some(Login::Pool(Session {
         pool,
         params,
         startup,
         settings: startup_settings.shrunk(),
         client,
+        early,
     })))
 }
 
@@ -479,6 +502,7 @@ async fn run_session(app: &App, stream: &mut TcpStream, session: &mut Session) -
     let params = std::mem::take(&mut session.params);
     let settings = std::mem::take(&mut session.settings);
     let startup = std::mem::replace(&mut session.startup, Arc::from([]));
+    let early = session.early.take();
     let session = &*session;
     let pool = &session.pool;
     let release_on_idle = pool.settings.mode == PoolMode::Transaction;
@@ -506,6 +530,9 @@ async fn run_session(app: &App, stream: &mut TcpStream, session: &mut Session) -
         client_statements: ClientStatements::new(),
         watchdog: Watchdog::new(app, &session.client),
     };
+    if let Some(early) = early {
+        c.up.inbuf = *early;
+    }
     loop {
         c.up.shrink_if_empty();
         c.down.shrink_if_empty();
