@@ -94,7 +94,7 @@ impl FormatTime for CachedTime {
 
 /// `YYYY-MM-DDTHH:MM:SS` (UTC) of a Unix time in seconds.
 fn second_of(secs: u64) -> [u8; 19] {
-    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+    let (y, m, d) = crate::clock::civil_from_days((secs / 86_400) as i64);
     let t = secs % 86_400;
     let text = format!(
         "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
@@ -106,20 +106,6 @@ fn second_of(secs: u64) -> [u8; 19] {
     let n = text.len().min(19);
     out[..n].copy_from_slice(&text.as_bytes()[..n]);
     out
-}
-
-/// The calendar date of a day counted from 1970-01-01 (Howard Hinnant's `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
 
 /// One JSON object per event.
@@ -183,12 +169,9 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     #[test]
-    fn calendar_dates_of_known_days() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
-        assert_eq!(civil_from_days(19_723), (2024, 1, 1));
-        assert_eq!(civil_from_days(20_790), (2026, 12, 3));
+    fn a_second_is_written_as_tracing_writes_it() {
         assert_eq!(&second_of(1_796_276_575), b"2026-12-03T05:42:55");
+        assert_eq!(&second_of(951_782_400 + 3661), b"2000-02-29T01:01:01");
     }
 
     #[test]

@@ -157,9 +157,9 @@ impl ClientInfo {
         self.state.store(ClientState::Active as u8, SeqCst);
     }
 
-    /// A stretch of relaying from `attached` to `now` (`clock` stamps) ended: account its bytes and queries
-    /// to the pool, and the transaction when one completed (`xact_done`: transaction mode,
-    /// server clean and idle).
+    /// A stretch of relaying from `attached` to `now` (`clock` stamps) ended: account its
+    /// bytes and queries to the pool, and the transaction when one completed (`xact_done`:
+    /// transaction mode, server clean and idle).
     pub fn relayed(
         &self,
         pool: &Pool,

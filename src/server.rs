@@ -255,6 +255,7 @@ impl ServerConn {
             None => stream,
         };
         let created_at = Instant::now();
+        let created_us = crate::clock::us_of(created_at);
         let mut conn = ServerConn {
             stream,
             id: NEXT_SERVER_ID.fetch_add(1, Ordering::Relaxed),
@@ -264,8 +265,8 @@ impl ServerConn {
             backend_pid: 0,
             backend_secret: 0,
             created_at,
-            created_us: crate::clock::us_of(created_at),
-            last_used_us: crate::clock::us_of(created_at),
+            created_us,
+            last_used_us: created_us,
             params_uncertain: false,
             synced: None,
             query_bound: Duration::from_secs(15),

@@ -7,9 +7,9 @@
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
 
 use crate::clock::now_us;
-use std::time::{Duration, Instant};
 
 /// How often the `avg_*` columns of `SHOW STATS` are recomputed by default (PgBouncer's
 /// `stats_period`).

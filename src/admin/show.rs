@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 mod hosts;
 mod stats;
@@ -209,7 +209,7 @@ fn show_clients(app: &App) -> Table {
         let state = c.state();
         let wait = c
             .waiting_since_us()
-            .map(|since| Duration::from_micros(crate::clock::now_us().saturating_sub(since)))
+            .map(|since| crate::clock::between(since, crate::clock::now_us()))
             .unwrap_or_default();
         let link = c.linked_server().map(|srv| format!("{:x}", srv.id));
         let request = c.request_us();
@@ -543,16 +543,7 @@ fn timestamp(t: SystemTime) -> String {
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, day) = crate::clock::civil_from_days(days as i64);
     format!(
         "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
         rem / 3600,
@@ -564,6 +555,7 @@ fn timestamp(t: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn timestamps_are_utc_civil_dates() {

@@ -282,10 +282,6 @@ use proptest::strategy::Strategy as _;
 /// compared, the piece searched for the words that matter anywhere. The byte-pair search must
 /// change the speed only, never the answer.
 fn may_matter_by_words(sql: &[u8]) -> bool {
-    fn contains(hay: &[u8], needle: &[u8]) -> bool {
-        hay.windows(needle.len())
-            .any(|w| w.eq_ignore_ascii_case(needle))
-    }
     for piece in sql.split(|&b| b == b';') {
         let start = piece
             .iter()
@@ -302,15 +298,12 @@ fn may_matter_by_words(sql: &[u8]) -> bool {
         if first_word_len == 2 && piece[..2].eq_ignore_ascii_case(b"do") {
             return true;
         }
-        if FIRST_WORDS
-            .iter()
-            .any(|w| piece.len() >= w.len() && piece[..w.len()].eq_ignore_ascii_case(w))
-        {
+        if FIRST_WORDS.iter().any(|w| starts_with_word(piece, w)) {
             return true;
         }
         if [&b"set_config"[..], b"temp", b"advisory"]
             .iter()
-            .any(|w| contains(piece, w))
+            .any(|w| contains_ci(piece, w))
         {
             return true;
         }
