@@ -786,3 +786,94 @@ async fn a_query_sent_with_the_startup_packet_is_answered() {
     // DataRow: one column, length 2, "42".
     assert_eq!(&row.1[..], &[0, 1, 0, 0, 0, 2, b'4', b'2']);
 }
+
+/// The same send-ahead, against Postgres directly and through the pooler (md5 or SCRAM, as
+/// each asks): the query goes in one write with the last authentication message, before
+/// AuthenticationOk. Both must answer it alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_sent_with_the_password_is_answered_as_postgres_answers_it() {
+    let pg = PgServer::shared();
+    let db = pg.create_db("sendaheadpw").await;
+    let pooler = Pooler::start(pg, &db, "").await;
+    let direct = std::net::SocketAddr::from(([127, 0, 0, 1], pg.port));
+    let sql = "SELECT 6 * 7, current_user";
+    let from_pg = answer_sent_with_the_password(direct, &db, sql).await;
+    let through = answer_sent_with_the_password(pooler.running.addr, &db, sql).await;
+    assert_eq!(through, from_pg);
+    assert!(
+        from_pg.iter().any(|(t, _)| *t == b'D'),
+        "a row: {from_pg:?}"
+    );
+}
+
+/// Logs in as the app user, writing `sql`'s Query together with the last authentication
+/// message; returns the query's reply (the messages after the login's ReadyForQuery, up to
+/// the next one).
+async fn answer_sent_with_the_password(
+    addr: std::net::SocketAddr,
+    db: &str,
+    sql: &str,
+) -> Vec<(u8, Vec<u8>)> {
+    use bytes::BytesMut;
+    use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
+    use postgres_protocol::message::frontend;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(&startup_packet(&[("user", APP_USER), ("database", db)]))
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    // Authentication requests answered so far.
+    let mut answered = 0;
+    let mut scram: Option<ScramSha256> = None;
+    loop {
+        let msgs = messages(&buf);
+        if msgs.iter().filter(|(t, _)| *t == b'Z').count() >= 2 {
+            let login_end = msgs.iter().position(|(t, _)| *t == b'Z').unwrap();
+            return msgs[login_end + 1..].to_vec();
+        }
+        let requests: Vec<_> = msgs.iter().filter(|(t, _)| *t == b'R').collect();
+        let mut out = BytesMut::new();
+        let mut last = false;
+        for (_, body) in &requests[answered..] {
+            match i32::from_be_bytes(body[..4].try_into().unwrap()) {
+                5 => {
+                    let salt = body[4..8].try_into().unwrap();
+                    let hash = postgres_protocol::authentication::md5_hash(
+                        APP_USER.as_bytes(),
+                        APP_PASSWORD.as_bytes(),
+                        salt,
+                    );
+                    frontend::password_message(hash.as_bytes(), &mut out).unwrap();
+                    last = true;
+                }
+                10 => {
+                    let sc =
+                        ScramSha256::new(APP_PASSWORD.as_bytes(), ChannelBinding::unsupported());
+                    frontend::sasl_initial_response(SCRAM_SHA_256, sc.message(), &mut out).unwrap();
+                    scram = Some(sc);
+                }
+                11 => {
+                    let sc = scram.as_mut().expect("SASL started");
+                    sc.update(&body[4..]).unwrap();
+                    frontend::sasl_response(sc.message(), &mut out).unwrap();
+                    last = true;
+                }
+                _ => {}
+            }
+        }
+        answered = requests.len();
+        if !out.is_empty() {
+            if last {
+                out.extend_from_slice(&query(sql));
+            }
+            s.write_all(&out).await.unwrap();
+        }
+        let got = tokio::time::timeout(HANG, tokio::io::AsyncReadExt::read(&mut s, &mut chunk))
+            .await
+            .expect("an answer")
+            .unwrap();
+        assert!(got > 0, "closed: {:?}", error_messages(&buf));
+        buf.extend_from_slice(&chunk[..got]);
+    }
+}
