@@ -400,8 +400,9 @@ mod tests {
     /// idle or not: its size is most of the pooler's memory per idle client (PgBouncer's is
     /// about 1 KiB all told). Everything but waiting for the next request is boxed (the
     /// login, TLS, a transaction in a recycled block, the session's end) so that it does not
-    /// size it; this fails when one creeps back in (it was 7 KiB, then 3.3 KiB; the
-    /// transaction alone is about 1 KiB).
+    /// size it; this fails when one creeps back in (it was 7 KiB, then 3.3 KiB, 928 bytes;
+    /// the transaction alone is about 1 KiB). Tokio's task adds 96 bytes and rounds up to
+    /// 128: at most 672 bytes keeps the task at 768.
     #[tokio::test]
     async fn a_session_future_stays_small() {
         let config = crate::config::Config::parse(
@@ -415,6 +416,6 @@ mod tests {
         let stream = TcpStream::connect(addr).await.expect("connect");
         let session = serve(app, stream, addr);
         let size = std::mem::size_of_val(&session);
-        assert!(size <= 1024, "a session future is {size} bytes");
+        assert!(size <= 672, "a session future is {size} bytes");
     }
 }

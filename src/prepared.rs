@@ -86,7 +86,14 @@ impl Registry {
 }
 
 /// A client's statement names.
-pub type ClientStatements = HashMap<String, Arc<ServerStatement>>;
+///
+/// Hashed with fixed keys: a random hasher state takes 16 bytes in every session, idle or
+/// not, and the names are the client's own (colliding them slows only its own lookups, over
+/// at most `max_prepared_statements` of them).
+pub type ClientStatements = HashMap<String, Arc<ServerStatement>, FixedState>;
+
+/// SipHash with fixed keys (see `ClientStatements`).
+pub type FixedState = std::hash::BuildHasherDefault<std::hash::DefaultHasher>;
 
 /// The statements one server has prepared, bounded by `max_prepared_statements` (LRU).
 #[derive(Debug, Default)]

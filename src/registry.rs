@@ -87,7 +87,6 @@ pub struct ClientInfo {
     /// CancelRequests for this client on their way to its server. While one is, the server
     /// is not handed to anyone else: a late cancel must never hit the next client's query.
     cancels_in_flight: AtomicU32,
-    cancels_settled: Notify,
     /// KILL_CLIENT: the session ends at its next wake-up with `admin forced disconnect`.
     killed: AtomicBool,
     /// The client's named prepared statements (transaction mode), for SHOW CLIENTS.
@@ -204,7 +203,7 @@ impl ClientInfo {
         }
         tokio::time::timeout(limit, async {
             loop {
-                let settled = self.cancels_settled.notified();
+                let settled = CANCELS_SETTLED.notified();
                 if self.cancels_in_flight.load(SeqCst) == 0 {
                     return;
                 }
@@ -260,10 +259,15 @@ pub struct CancelTarget {
 
 struct InFlight(Arc<ClientInfo>);
 
+/// Told whenever any client's cancel has settled; each waiter looks at its own count. One
+/// for the process, not one per client: every idle client would carry it, and a session
+/// waits on it only in the rare moment a cancel is still on its way.
+static CANCELS_SETTLED: Notify = Notify::const_new();
+
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.cancels_in_flight.fetch_sub(1, SeqCst);
-        self.0.cancels_settled.notify_waiters();
+        CANCELS_SETTLED.notify_waiters();
     }
 }
 
@@ -360,7 +364,6 @@ impl ClientRegistry {
             cancel_key,
             pinned: AtomicU8::new(0),
             cancels_in_flight: AtomicU32::new(0),
-            cancels_settled: Notify::new(),
             killed: AtomicBool::new(false),
             prepared: AtomicU32::new(0),
         });

@@ -284,7 +284,7 @@ struct ClientRun {
 /// statements rewritten and session state detected (pin).
 fn drive_client(input: &[u8], sizes: &[usize], rewrite: bool) -> ClientRun {
     let registry = Registry::default();
-    let mut client_stmts = ClientStatements::new();
+    let mut client_stmts = ClientStatements::default();
     let mut server_cache = ServerCache::default();
     let mut side = ClientSide::new(rewrite.then_some(Policy::Pin));
     let mut tracker = Tracker::default();
@@ -575,7 +575,7 @@ fn fuzz_answer_locally() {
     ];
     run("engine::answer_locally", strategy, |input| {
         let registry = Registry::default();
-        let mut client = ClientStatements::new();
+        let mut client = ClientStatements::default();
         let mut up = Flow::default();
         let mut down = Flow::default();
         up.inbuf.extend_from_slice(&input);
@@ -614,7 +614,7 @@ fn fuzz_server_framer() {
             // Requests in flight first, so replies have something to match.
             let requests = requests.concat();
             let registry = Registry::default();
-            let mut client_stmts = ClientStatements::new();
+            let mut client_stmts = ClientStatements::default();
             let mut cache = ServerCache::default();
             let mut tracker = Tracker::default();
             let mut side = ClientSide::new(rewrite.then_some(Policy::Pin));
@@ -683,7 +683,7 @@ fn answer_locally_leaves_bad_lengths_to_the_framer() {
                 &mut up,
                 &mut down,
                 &Registry::default(),
-                &mut ClientStatements::new(),
+                &mut ClientStatements::default(),
             );
             assert!(!answered, "len {len}");
             assert_eq!(&up.inbuf[..], &input[..]);

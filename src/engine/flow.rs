@@ -92,16 +92,14 @@ impl Flow {
 }
 
 impl Drop for Flow {
-    /// A client that leaves gives its buffers to the next one on this thread (a login per
-    /// transaction would otherwise allocate a fresh buffer each time).
+    /// A flow that ends (a transaction's server side, a client that leaves) gives its buffers
+    /// to the next one on this thread: each would otherwise be a fresh allocation.
     fn drop(&mut self) {
-        for buf in [
-            std::mem::take(&mut self.inbuf),
-            std::mem::take(&mut self.out),
-        ] {
-            if buf.capacity() > 0 {
-                spare_buffers::give(buf);
-            }
+        if self.inbuf.capacity() > 0 {
+            spare_buffers::give(std::mem::take(&mut self.inbuf));
+        }
+        if self.out.capacity() > 0 {
+            spare_buffers::give(std::mem::take(&mut self.out));
         }
     }
 }

@@ -40,7 +40,7 @@ impl Rig {
             client: ClientSide::default(),
             server: ServerSide::default(),
             tracker: Tracker::default(),
-            stmts: ClientStatements::new(),
+            stmts: ClientStatements::default(),
             cache: ServerCache::default(),
         }
     }

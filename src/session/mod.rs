@@ -13,7 +13,6 @@ pub mod watchdog;
 
 use bytes::BytesMut;
 use std::sync::Arc;
-use std::time::Instant;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -38,28 +37,19 @@ use watchdog::Watchdog;
 /// Its user and database names are its registration's (`client.info`).
 struct Session {
     pool: Arc<Pool>,
-    /// The values this client expects of the tracked parameters, kept true on every server.
-    /// Shared by the clients of a pool that have the same (see `Pool::share`).
-    params: Arc<Params>,
-    /// The parameters and settings the client gave at startup: what `RESET` returns to.
-    /// Shared by the clients of a pool that gave the same.
-    startup: Arc<[(String, String)]>,
-    /// The client's other session settings (startup parameters, `options=-c`), carried to
-    /// every server it uses (see `settings.rs`).
-    settings: Params,
     /// This client in SHOW CLIENTS; dropped (unregistered) before the socket closes.
     client: Registration,
-    /// What the client sent past its login before it was answered (boxed: nearly always
-    /// none, and every idle client keeps this field).
-    early: Option<Box<BytesMut>>,
 }
 
 /// The login's read buffer: a startup packet and a password message fit.
 const LOGIN_READ: usize = 1024;
 
 /// What a login leads to.
+// Not boxed: a login's result lives only until the session starts, and a box would be one
+// more allocation per login.
+#[allow(clippy::large_enum_variant)]
 enum Login {
-    Pool(Session),
+    Pool(Session, Between),
     Console(Console),
 }
 
@@ -79,7 +69,7 @@ pub fn serve(
     // `then`, not an async block awaiting one future after the other: the block would keep
     // room for the admitted client beside the session future that owns it.
     Box::pin(admit(app, stream, origin)).then(|admitted| match admitted {
-        Some(admitted) => Either::Left(admitted.run()),
+        Some((admitted, kept)) => Either::Left(admitted.run(kept)),
         None => Either::Right(std::future::ready(())),
     })
 }
@@ -89,19 +79,20 @@ struct Admitted {
     app: Arc<App>,
     stream: TcpStream,
     session: Session,
-    peer: std::net::SocketAddr,
-    started: Instant,
     /// The client's place in the connection count, given back when the session ends.
     _slot: crate::app::ClientSlot,
 }
 
 /// The login, to its end: `None` when the connection was not a pool login or was refused
 /// (the refusal written), or was the console's (run to its end here).
-async fn admit(app: Arc<App>, mut stream: TcpStream, origin: Origin) -> Option<Admitted> {
+async fn admit(
+    app: Arc<App>,
+    mut stream: TcpStream,
+    origin: Origin,
+) -> Option<(Admitted, Between)> {
     let _ = stream.set_nodelay(true);
     let peer = origin.addr;
     let (slot, count) = app.client_connected();
-    let started = Instant::now();
     let login = login(&app, &mut stream, count, &origin);
     let config = app.config();
     let login = match secs(config.pooler.client_login_timeout) {
@@ -110,13 +101,13 @@ async fn admit(app: Arc<App>, mut stream: TcpStream, origin: Origin) -> Option<A
             .unwrap_or(Err(PoolerError::ClientLoginTimeout)),
         None => login.await,
     };
-    let session = match login {
+    let (session, kept) = match login {
         // Logged in while the pooler started shutting down: let it go now.
-        Ok(Some(Login::Pool(_))) if app.control.is_shutting_down() => {
+        Ok(Some(Login::Pool(..))) if app.control.is_shutting_down() => {
             refuse(&mut stream, &PoolerError::ShuttingDown).await;
             return None;
         }
-        Ok(Some(Login::Pool(session))) => session,
+        Ok(Some(Login::Pool(session, kept))) => (session, kept),
         Ok(Some(Login::Console(console))) => {
             if let Err(e) = Box::pin(console.run(&app, &mut stream)).await {
                 app.metrics.error(&e);
@@ -135,23 +126,26 @@ async fn admit(app: Arc<App>, mut stream: TcpStream, origin: Origin) -> Option<A
     if config.pooler.log_connections {
         tracing::info!(%peer, db = %session.client.info.database, user = %session.client.info.user, "login");
     }
-    Some(Admitted {
-        app,
-        stream,
-        session,
-        peer,
-        started,
-        _slot: slot,
-    })
+    Some((
+        Admitted {
+            app,
+            stream,
+            session,
+            _slot: slot,
+        },
+        kept,
+    ))
 }
 
 impl Admitted {
     /// The logged-in session to its end. (An async block, not an `async fn`: the fn would
-    /// keep a second copy of `self`.)
+    /// keep a second copy of `self`.) `kept` is held once, as the block's own value; the
+    /// session loop works on it by reference.
     #[allow(clippy::manual_async_fn)]
-    fn run(mut self) -> impl std::future::Future<Output = ()> + Send {
+    fn run(mut self, mut kept: Between) -> impl std::future::Future<Output = ()> + Send {
         async move {
-            let result = run_session(&self.app, &mut self.stream, &mut self.session).await;
+            let result = run_session(&self.app, &mut self.stream, &self.session, &mut kept).await;
+            drop(kept);
             // Boxed, with everything it needs moved in: what the end needs would otherwise
             // take room in this future, which lives as long as the client.
             Box::pin(self.end(result)).await;
@@ -164,10 +158,14 @@ impl Admitted {
             app,
             stream,
             session,
-            peer,
-            started,
             ..
         } = &mut self;
+        // Taken from the registry, not kept beside it: every idle client's future would hold
+        // a second copy.
+        let info = &session.client.info;
+        let peer = info
+            .addr
+            .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
         if let Err(e) = &result {
             tracing::debug!(%peer, error = %e, kind = e.kind(), "session ended with an error");
             app.metrics.error(e);
@@ -181,7 +179,8 @@ impl Admitted {
             };
             tracing::info!(
                 %peer, db = %session.client.info.database, user = %session.client.info.user,
-                age_s = started.elapsed().as_secs_f64(), %reason, "closing"
+                age_s = crate::clock::between(info.connected_us, crate::clock::now_us()).as_secs_f64(),
+                %reason, "closing"
             );
         }
     }
@@ -425,15 +424,24 @@ async fn login(
     stream.write_all(&out).await?;
     let params = pool.share(session_params);
     let startup = pool.share_startup(requested.0);
-    let early = (!stream.buffer().is_empty()).then(|| Box::new(BytesMut::from(stream.buffer())));
-    Ok(Some(Login::Pool(Session {
-        pool,
+    let mut up = Flow::default();
+    if !stream.buffer().is_empty() {
+        // What the client sent past its login before it was answered.
+        up.inbuf = BytesMut::from(stream.buffer());
+    }
+    let kept = Between {
         params,
-        startup,
         settings: startup_settings.shrunk(),
-        client,
-        early,
-    })))
+        state: None,
+        up,
+        client_side: ClientSide::of_client(
+            (pool.settings.mode == PoolMode::Transaction).then_some(pool.settings.session_state),
+            startup,
+            client.info.id,
+        ),
+        client_statements: ClientStatements::default(),
+    };
+    Ok(Some(Login::Pool(Session { pool, client }, kept)))
 }
 
 /// The method this login is authenticated with: `auth_type`, or under `auth_type = hba` the
@@ -462,7 +470,7 @@ fn auth_method(
 
 /// What a logged-in client keeps between transactions: its side of the engine and the
 /// session values the pooler carries for it to every server.
-struct Between<'a> {
+struct Between {
     /// The values this client expects of the tracked parameters (shared until it changes
     /// one).
     params: Arc<Params>,
@@ -470,12 +478,10 @@ struct Between<'a> {
     settings: Params,
     /// `params` and `settings` as one comparable value; `None` after either changes.
     state: Option<Arc<SessionState>>,
+    /// What the client sent: a request may arrive with the last one's reply still going out.
     up: Flow,
-    down: Flow,
     client_side: ClientSide,
-    tracker: Tracker,
     client_statements: ClientStatements,
-    watchdog: Watchdog<'a>,
 }
 
 /// How this session's pool works, fixed at login.
@@ -496,14 +502,15 @@ enum Step {
 ///
 /// Its future lives as long as the client, idle or not, so it holds only what waiting for
 /// the next request needs; everything from the checkout to the server's release runs in a
-/// future of its own (`transaction`), boxed in a recycled block while it runs.
-async fn run_session(app: &App, stream: &mut TcpStream, session: &mut Session) -> Result<()> {
-    // Moved, not copied: an idle client holds one copy of its values.
-    let params = std::mem::take(&mut session.params);
-    let settings = std::mem::take(&mut session.settings);
-    let startup = std::mem::replace(&mut session.startup, Arc::from([]));
-    let early = session.early.take();
-    let session = &*session;
+/// future of its own (`transaction`), boxed in a recycled block while it runs. What the
+/// client keeps between transactions is the caller's (`c`): built in here, the values moved
+/// into it kept room of their own in this future beside it.
+async fn run_session(
+    app: &App,
+    stream: &mut TcpStream,
+    session: &Session,
+    c: &mut Between,
+) -> Result<()> {
     let pool = &session.pool;
     let release_on_idle = pool.settings.mode == PoolMode::Transaction;
     let max_prepared = app.config().pooler.max_prepared_statements;
@@ -514,47 +521,30 @@ async fn run_session(app: &App, stream: &mut TcpStream, session: &mut Session) -
         reset_always: release_on_idle && app.config().pooler.server_reset_query_always,
         max_prepared,
     };
-    let mut c = Between {
-        params,
-        settings,
-        state: None,
-        up: Flow::default(),
-        down: Flow::default(),
-        // Made in place (a local moved in would keep its own room in this long-lived future).
-        client_side: ClientSide::of_client(
-            (pool.settings.mode == PoolMode::Transaction).then_some(pool.settings.session_state),
-            startup,
-            session.client.info.id,
-        ),
-        tracker: Tracker::default(),
-        client_statements: ClientStatements::new(),
-        watchdog: Watchdog::new(app, &session.client),
-    };
-    if let Some(early) = early {
-        c.up.inbuf = *early;
-    }
+    let mut watchdog = Watchdog::new(app, &session.client);
     loop {
         c.up.shrink_if_empty();
-        c.down.shrink_if_empty();
-        if !c.watchdog.next_request(stream, &mut c.up).await? {
+        if !watchdog.next_request(stream, &mut c.up).await? {
             return Ok(());
         }
-        if mode.rewrite_statements
-            && engine::answer_locally(
+        if mode.rewrite_statements {
+            let mut down = Flow::default();
+            if engine::answer_locally(
                 &mut c.up,
-                &mut c.down,
+                &mut down,
                 &app.statements,
                 &mut c.client_statements,
-            )
-        {
-            session
-                .client
-                .set_prepared_statements(c.client_statements.len());
-            c.down.flush(stream).await?;
-            continue;
+            ) {
+                session
+                    .client
+                    .set_prepared_statements(c.client_statements.len());
+                down.flush(stream).await?;
+                continue;
+            }
         }
         let asked = session.client.waiting();
-        match RecycledBox::new(transaction(app, stream, session, &mode, &mut c, asked)).await? {
+        let next = transaction(app, stream, session, &mode, c, &mut watchdog, asked);
+        match RecycledBox::new(next).await? {
             Step::Next => {}
             Step::End => return Ok(()),
         }
@@ -568,11 +558,16 @@ async fn transaction(
     stream: &mut TcpStream,
     session: &Session,
     mode: &Mode,
-    c: &mut Between<'_>,
+    c: &mut Between,
+    watchdog: &mut Watchdog<'_>,
     asked: u64,
 ) -> Result<Step> {
     let pool = &session.pool;
-    let Some((mut server, attached)) = c.watchdog.checkout(pool, stream, asked).await? else {
+    // The server's side of the relay and the requests in flight on it live only as long as
+    // the transaction (an idle client holds neither): it ends with both flushed and empty.
+    let mut down = Flow::default();
+    let mut tracker = Tracker::default();
+    let Some((mut server, attached)) = watchdog.checkout(pool, stream, asked).await? else {
         // The client left while queued: what it asked for never runs.
         return Ok(Step::End);
     };
@@ -613,18 +608,17 @@ async fn transaction(
         client: stream,
         server: server_stream,
         up: &mut c.up,
-        down: &mut c.down,
+        down: &mut down,
         client_side: &mut c.client_side,
         server_side: &mut server_side,
-        tracker: &mut c.tracker,
+        tracker: &mut tracker,
         statements,
         client_info: Some(&session.client.info),
     };
-    let end = c
-        .watchdog
+    let end = watchdog
         .relay(&mut relay, mode.release_on_idle, &mut on_param)
         .await;
-    c.tracker.drain_unprepared(&mut c.client_statements);
+    tracker.drain_unprepared(&mut c.client_statements);
     session
         .client
         .set_prepared_statements(c.client_statements.len());
@@ -658,7 +652,7 @@ async fn transaction(
             .await
         } else {
             // The client has its reply; the read costs it no latency.
-            c.down.flush(stream).await?;
+            down.flush(stream).await?;
             c.state = None;
             Box::pin(settings::read_back(
                 app,
@@ -678,7 +672,7 @@ async fn transaction(
     let xact_done = mode.release_on_idle && matches!(end, Ok(RelayEnd::Idle));
     let counts = Relayed {
         bytes_in: std::mem::take(&mut c.up.bytes_read),
-        bytes_out: std::mem::take(&mut c.down.bytes_read),
+        bytes_out: std::mem::take(&mut down.bytes_read),
         queries: std::mem::take(&mut c.client_side.queries),
         warned: std::mem::take(&mut c.client_side.warned),
         refused: std::mem::take(&mut c.client_side.refused),
@@ -696,7 +690,7 @@ async fn transaction(
         pool.discard(server);
         match end {
             Ok(RelayEnd::Idle) => {
-                c.down.flush(stream).await?;
+                down.flush(stream).await?;
                 return Ok(Step::Next);
             }
             Ok(RelayEnd::ClientGone { .. }) => return Ok(Step::End),
@@ -714,17 +708,17 @@ async fn transaction(
                 c.client_side.pinned.is_some(),
             ))
             .await;
-            c.down.flush(stream).await?;
+            down.flush(stream).await?;
         }
         Ok(RelayEnd::Idle) if mode.reset_always => {
             // The client has its reply first; the reset is the pooler's time, not its.
-            let flushed = c.down.flush(stream).await;
+            let flushed = down.flush(stream).await;
             Box::pin(release_after_client(pool, server, true)).await;
             flushed?;
         }
         Ok(RelayEnd::Idle) => {
             pool.checkin_at(server, now);
-            c.down.flush(stream).await?;
+            down.flush(stream).await?;
         }
         Ok(RelayEnd::ClientGone { server_clean: true }) => {
             let reset = c.client_side.pinned.is_some() || mode.reset_always;
@@ -736,12 +730,12 @@ async fn transaction(
         }) => {
             // Mid-transaction: closing the server makes Postgres roll back, and no other
             // client can ever see this transaction.
-            Box::pin(cancel::close_busy(app, pool, server, !c.tracker.is_idle())).await;
+            Box::pin(cancel::close_busy(app, pool, server, !tracker.is_idle())).await;
             return Ok(Step::End);
         }
         Ok(RelayEnd::ServerGone) => {
             pool.discard(server);
-            let _ = c.down.flush(stream).await;
+            let _ = down.flush(stream).await;
             return Err(PoolerError::ServerGone);
         }
         Err(e) => {

@@ -44,34 +44,52 @@ pub struct Watchdog<'a> {
     idle_timer: Option<Pin<Box<Sleep>>>,
 }
 
+/// The timeouts that watch this client, in microseconds (0: none). Every session holds them
+/// for as long as its client stays, idle or not: half the room of `Option<Duration>`s.
 #[derive(Clone, Copy, Default)]
 struct Timeouts {
-    client_idle: Option<Duration>,
-    idle_transaction: Option<Duration>,
-    query: Option<Duration>,
-    transaction: Option<Duration>,
+    client_idle: Limit,
+    idle_transaction: Limit,
+    query: Limit,
+    transaction: Limit,
+}
+
+/// A timeout in microseconds; 0 for none.
+#[derive(Clone, Copy, Default)]
+struct Limit(u64);
+
+impl Limit {
+    fn of(timeout: Option<Duration>) -> Limit {
+        Limit(timeout.map_or(0, |t| {
+            u64::try_from(t.as_micros()).unwrap_or(u64::MAX).max(1)
+        }))
+    }
+
+    fn get(self) -> Option<Duration> {
+        (self.0 > 0).then(|| Duration::from_micros(self.0))
+    }
 }
 
 impl Timeouts {
     fn of(config: &Config, user: &str) -> Timeouts {
         let p = &config.pooler;
         Timeouts {
-            client_idle: config.user_timeout(
+            client_idle: Limit::of(config.user_timeout(
                 user,
                 |u| u.client_idle_timeout,
                 p.client_idle_timeout,
-            ),
-            idle_transaction: config.user_timeout(
+            )),
+            idle_transaction: Limit::of(config.user_timeout(
                 user,
                 |u| u.idle_transaction_timeout,
                 p.idle_transaction_timeout,
-            ),
-            query: config.user_timeout(user, |u| u.query_timeout, p.query_timeout),
-            transaction: config.user_timeout(
+            )),
+            query: Limit::of(config.user_timeout(user, |u| u.query_timeout, p.query_timeout)),
+            transaction: Limit::of(config.user_timeout(
                 user,
                 |u| u.transaction_timeout,
                 p.transaction_timeout,
-            ),
+            )),
         }
     }
 
@@ -80,7 +98,7 @@ impl Timeouts {
     fn tick(&self) -> Option<Duration> {
         let shortest = [self.idle_transaction, self.query, self.transaction]
             .into_iter()
-            .flatten()
+            .filter_map(Limit::get)
             .min()?;
         Some((shortest / 4).max(Duration::from_millis(10)))
     }
@@ -152,7 +170,7 @@ impl<'a> Watchdog<'a> {
     /// the session's own, kept boxed and re-armed for each wait.
     pub async fn next_request(&mut self, stream: &TcpStream, up: &mut Flow) -> Result<bool> {
         self.refresh();
-        let mut timer = match self.timeouts.client_idle {
+        let mut timer = match self.timeouts.client_idle.get() {
             Some(t) => {
                 let deadline = Instant::now() + t;
                 let timer = self
@@ -303,6 +321,7 @@ impl<'a> Watchdog<'a> {
             } else if self
                 .timeouts
                 .transaction
+                .get()
                 .is_some_and(|t| outside_at.is_some_and(|at| at.elapsed() >= t))
             {
                 return Err(PoolerError::TransactionTimeout);
@@ -314,6 +333,7 @@ impl<'a> Watchdog<'a> {
                 && self
                     .timeouts
                     .query
+                    .get()
                     .is_some_and(|t| client_at.0.is_some_and(|at| at.elapsed() >= t))
             {
                 return Err(PoolerError::QueryTimeout);
@@ -323,6 +343,7 @@ impl<'a> Watchdog<'a> {
                     if self
                         .timeouts
                         .idle_transaction
+                        .get()
                         .is_some_and(|t| at.elapsed() >= t)
                     {
                         return Err(PoolerError::IdleTransactionTimeout);
@@ -346,5 +367,22 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_limit_keeps_its_timeout_to_the_microsecond() {
+        assert_eq!(Limit::of(None).get(), None);
+        let t = Duration::from_millis(1500);
+        assert_eq!(Limit::of(Some(t)).get(), Some(t));
+        // Shorter than a microsecond is still a timeout, not none.
+        assert_eq!(
+            Limit::of(Some(Duration::from_nanos(10))).get(),
+            Some(Duration::from_micros(1))
+        );
     }
 }
