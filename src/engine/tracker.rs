@@ -89,52 +89,6 @@ pub struct Tracker {
     copy_end_queued: bool,
 }
 
-/// Request queues of idle clients, kept per worker thread for the next active one (as
-/// `spare_buffers` keeps the relay's buffers).
-mod spare_queues {
-    use super::Expect;
-    use std::cell::RefCell;
-    use std::collections::VecDeque;
-
-    const KEEP: usize = 64;
-    /// A queue grown by a long pipeline is not worth keeping around.
-    const MAX_CAPACITY: usize = 64;
-
-    thread_local! {
-        static SPARE: RefCell<Vec<VecDeque<Expect>>> = const { RefCell::new(Vec::new()) };
-    }
-
-    pub(super) fn take() -> VecDeque<Expect> {
-        SPARE
-            .with(|s| s.borrow_mut().pop())
-            .unwrap_or_else(|| VecDeque::with_capacity(8))
-    }
-
-    pub(super) fn give(queue: VecDeque<Expect>) {
-        if !queue.is_empty() || queue.capacity() > MAX_CAPACITY {
-            return;
-        }
-        // `try_with`: a queue dropped while the thread's locals are torn down is freed.
-        let _ = SPARE.try_with(|s| {
-            if let Ok(mut s) = s.try_borrow_mut()
-                && s.len() < KEEP
-            {
-                s.push(queue);
-            }
-        });
-    }
-}
-
-impl Drop for Tracker {
-    /// A client that leaves gives its queue to the next one on this thread.
-    fn drop(&mut self) {
-        // (A queue with requests still in it is freed by `give`.)
-        if self.queue.capacity() > 0 {
-            spare_queues::give(std::mem::take(&mut self.queue));
-        }
-    }
-}
-
 impl Tracker {
     pub(crate) fn push(&mut self, e: Expect) {
         let is_sync = matches!(e, Expect::Pass(Request::Sync, _));
@@ -145,23 +99,21 @@ impl Tracker {
         if is_sync {
             self.skipping = false;
         }
-        if self.queue.capacity() == 0 {
-            // The queue replaced holds no memory: nothing to drop (its drop glue would run
-            // on every transaction's first request).
-            std::mem::forget(std::mem::replace(&mut self.queue, spare_queues::take()));
-        }
         self.queue.push_back(e);
-    }
-
-    /// Gives the queue's memory back when nothing is in flight: an idle client holds none.
-    pub fn release_if_idle(&mut self) {
-        if self.queue.is_empty() && self.queue.capacity() > 0 {
-            spare_queues::give(std::mem::take(&mut self.queue));
-        }
     }
 
     pub fn is_idle(&self) -> bool {
         self.queue.is_empty()
+    }
+
+    /// As a new tracker: nothing in flight and no state left from the last server.
+    pub fn is_pristine(&self) -> bool {
+        self.queue.is_empty()
+            && !self.skipping
+            && !self.failed_tx
+            && !self.in_copy_in
+            && self.unprepared.is_empty()
+            && !self.copy_end_queued
     }
 
     /// Whether the client's Parse of `name` is still unanswered with a Sync after it: whether
@@ -368,29 +320,5 @@ impl Tracker {
         if on_server && let Some(c) = cache.as_deref_mut() {
             c.remove(stmt.id);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// An idle client holds no request queue: the queue's memory goes back when nothing is
-    /// in flight, and the next request takes a kept one instead of allocating.
-    #[test]
-    fn an_idle_tracker_holds_no_queue() {
-        let mut t = Tracker::default();
-        t.push(Expect::Pass(Request::Query, None));
-        assert!(t.queue.capacity() > 0);
-        t.release_if_idle();
-        assert!(
-            t.queue.capacity() > 0,
-            "a request in flight keeps its queue"
-        );
-        t.queue.pop_front();
-        t.release_if_idle();
-        assert_eq!(t.queue.capacity(), 0);
-        t.push(Expect::Pass(Request::Sync, None));
-        assert_eq!(t.queue.len(), 1);
     }
 }

@@ -7,6 +7,7 @@
 
 mod auth_query;
 mod cancel;
+mod parts;
 pub mod relay;
 mod settings;
 pub mod watchdog;
@@ -21,7 +22,7 @@ use crate::app::App;
 use crate::auth::hba::{Method, Origin};
 use crate::auth::{self, Secret, User};
 use crate::config::{AuthType, Config, PoolMode, secs};
-use crate::engine::{self, ClientSide, Flow, ServerSide, Statements, Tracker};
+use crate::engine::{self, ClientSide, Flow, ServerSide, Statements};
 use crate::error::{PoolerError, Result};
 use crate::pool::{Pool, PooledServer};
 use crate::prepared::ClientStatements;
@@ -563,10 +564,10 @@ async fn transaction(
     asked: u64,
 ) -> Result<Step> {
     let pool = &session.pool;
-    // The server's side of the relay and the requests in flight on it live only as long as
-    // the transaction (an idle client holds neither): it ends with both flushed and empty.
-    let mut down = Flow::default();
-    let mut tracker = Tracker::default();
+    // The server's side of the relay and the requests in flight on it are the transaction's
+    // (an idle client holds neither): it ends with both flushed and empty.
+    let mut lease = parts::Lease::take();
+    let parts::Parts { down, tracker } = &mut *lease;
     let Some((mut server, attached)) = watchdog.checkout(pool, stream, asked).await? else {
         // The client left while queued: what it asked for never runs.
         return Ok(Step::End);
@@ -608,10 +609,10 @@ async fn transaction(
         client: stream,
         server: server_stream,
         up: &mut c.up,
-        down: &mut down,
+        down,
         client_side: &mut c.client_side,
         server_side: &mut server_side,
-        tracker: &mut tracker,
+        tracker,
         statements,
         client_info: Some(&session.client.info),
     };
