@@ -99,6 +99,59 @@ async fn startup_values_are_checked_at_login_as_by_postgres() {
     assert_eq!(first_value(&c, "SELECT 1").await, "1");
 }
 
+/// The ParameterStatus messages a login is greeted with are Postgres's for that login's own
+/// startup values, whatever the logins before it asked for: the pooler encodes the greeting
+/// once for its pool's shared values and must not hand that copy to a client with others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_login_is_greeted_with_its_own_parameter_values() {
+    use common::*;
+    use std::net::SocketAddr;
+    let pg = PgServer::shared();
+    let db = pg.create_db("diff_greeting").await;
+    let pooler = Pooler::start(
+        pg,
+        &db,
+        "pool_mode = \"transaction\"\ndefault_pool_size = 1",
+    )
+    .await;
+    let direct = SocketAddr::from(([127, 0, 0, 1], pg.port));
+    let pooled = SocketAddr::from(([127, 0, 0, 1], pooler.port()));
+    let logins: [&[(&str, &str)]; 7] = [
+        &[],
+        &[],
+        &[("application_name", "alpha")],
+        &[],
+        &[("application_name", "alpha")],
+        &[("TimeZone", "Asia/Tokyo"), ("DateStyle", "SQL, DMY")],
+        &[],
+    ];
+    let shown = [
+        "application_name",
+        "TimeZone",
+        "DateStyle",
+        "client_encoding",
+    ];
+    for (i, params) in logins.into_iter().enumerate() {
+        let greeted = |status: Vec<(String, String)>| {
+            let mut seen: Vec<(String, String)> = status
+                .into_iter()
+                .filter(|(n, _)| shown.contains(&n.as_str()))
+                .collect();
+            seen.sort();
+            seen
+        };
+        let (_, d) = wire::login_params(direct, APP_USER, APP_PASSWORD, &db, params)
+            .await
+            .unwrap();
+        let (_, p) = wire::login_params(pooled, APP_USER, APP_PASSWORD, &db, params)
+            .await
+            .unwrap();
+        let (d, p) = (greeted(d), greeted(p));
+        assert_eq!(d.len(), shown.len(), "login {i}: Postgres reports {d:?}");
+        assert_eq!(d, p, "login {i} with {params:?}");
+    }
+}
+
 /// Issue 13: settings changed by SET, set_config, startup parameters and `options` follow each
 /// client with Postgres's transaction semantics while clients share one server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

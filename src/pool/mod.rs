@@ -184,6 +184,8 @@ struct SharedValues {
     params: Option<Arc<Params>>,
     /// The session state of `params` with no other settings (`shared_state`).
     state: Option<Arc<crate::server::SessionState>>,
+    /// The ParameterStatus messages a login with `params` is greeted with (`greeting`).
+    greeting: Option<bytes::Bytes>,
     startup: Option<Arc<[(String, String)]>>,
     /// The last names shared, at most `SHARED_NAMES`.
     names: Vec<Arc<str>>,
@@ -401,9 +403,40 @@ impl Pool {
                 let params = Arc::new(Arc::unwrap_or_clone(params).shrunk());
                 shared.params = Some(params.clone());
                 shared.state = None;
+                shared.greeting = None;
                 params
             }
         }
+    }
+
+    /// Appends the ParameterStatus messages that greet a client with `params` (the server's
+    /// defaults, with the client's values where it has them): encoded once for the pool's
+    /// shared values and copied for every login that has them, as PgBouncer keeps its
+    /// welcome message.
+    pub fn greeting(&self, params: &Arc<Params>, out: &mut bytes::BytesMut) {
+        let encode = |out: &mut bytes::BytesMut| {
+            for (name, value) in self.defaults().map(|d| &d.0[..]).unwrap_or_default() {
+                let value = params.get(name).unwrap_or(value);
+                crate::wire::parameter_status(out, name, value);
+            }
+        };
+        let mut shared = self.shared_values.lock().unwrap_or_else(|e| e.into_inner());
+        if !shared
+            .params
+            .as_ref()
+            .is_some_and(|p| Arc::ptr_eq(p, params))
+        {
+            drop(shared);
+            return encode(out);
+        }
+        if let Some(greeting) = &shared.greeting {
+            out.extend_from_slice(greeting);
+            return;
+        }
+        let mut greeting = bytes::BytesMut::new();
+        encode(&mut greeting);
+        out.extend_from_slice(&greeting);
+        shared.greeting = Some(greeting.freeze());
     }
 
     /// The session state of a client whose values are the pool's shared ones and who has no

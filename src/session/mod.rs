@@ -405,13 +405,11 @@ async fn login(
     for (name, value) in &startup_settings.0 {
         requested.set(name, value);
     }
+    let params = pool.share(session_params);
     let mut out = BytesMut::with_capacity(512);
     wire::auth_ok(&mut out);
-    for (name, value) in &defaults.0 {
-        let value = session_params.get(name).unwrap_or(value);
-        wire::parameter_status(&mut out, name, value);
-    }
-    let app_name = session_params.get("application_name").unwrap_or_default();
+    pool.greeting(&params, &mut out);
+    let app_name = params.get("application_name").unwrap_or_default();
     let client = app.clients_registry.register(
         stream.get_ref(),
         &user_name,
@@ -423,7 +421,6 @@ async fn login(
     wire::backend_key_data(&mut out, pid, secret);
     wire::ready_for_query(&mut out, wire::STATUS_IDLE);
     stream.write_all(&out).await?;
-    let params = pool.share(session_params);
     let startup = pool.share_startup(requested.0);
     let mut up = Flow::default();
     if !stream.buffer().is_empty() {
