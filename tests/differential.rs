@@ -45,17 +45,7 @@ async fn statement_names_and_error_recovery_as_postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn startup_values_are_checked_at_login_as_by_postgres() {
     use common::*;
-    use std::net::SocketAddr;
-    let pg = PgServer::shared();
-    let db = pg.create_db("diff_login").await;
-    let pooler = Pooler::start(
-        pg,
-        &db,
-        "pool_mode = \"transaction\"\ndefault_pool_size = 1",
-    )
-    .await;
-    let direct = SocketAddr::from(([127, 0, 0, 1], pg.port));
-    let pooled = SocketAddr::from(([127, 0, 0, 1], pooler.port()));
+    let (pooler, db, direct, pooled) = direct_and_pooled("diff_login").await;
     for params in [
         &[("TimeZone", "nowhere/at_all")][..],
         &[("DateStyle", "bogus")],
@@ -105,17 +95,7 @@ async fn startup_values_are_checked_at_login_as_by_postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_login_is_greeted_with_its_own_parameter_values() {
     use common::*;
-    use std::net::SocketAddr;
-    let pg = PgServer::shared();
-    let db = pg.create_db("diff_greeting").await;
-    let pooler = Pooler::start(
-        pg,
-        &db,
-        "pool_mode = \"transaction\"\ndefault_pool_size = 1",
-    )
-    .await;
-    let direct = SocketAddr::from(([127, 0, 0, 1], pg.port));
-    let pooled = SocketAddr::from(([127, 0, 0, 1], pooler.port()));
+    let (_pooler, db, direct, pooled) = direct_and_pooled("diff_greeting").await;
     let logins: [&[(&str, &str)]; 7] = [
         &[],
         &[],
@@ -157,4 +137,28 @@ async fn each_login_is_greeted_with_its_own_parameter_values() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_settings_follow_each_client() {
     scenario::session_settings_follow_each_client(Via::Pooler).await;
+}
+
+/// A fresh database, a transaction-mode pooler with one server in front of it, and the
+/// addresses to log in to it directly and through the pooler.
+async fn direct_and_pooled(
+    prefix: &str,
+) -> (
+    common::Pooler,
+    String,
+    std::net::SocketAddr,
+    std::net::SocketAddr,
+) {
+    use std::net::SocketAddr;
+    let pg = common::PgServer::shared();
+    let db = pg.create_db(prefix).await;
+    let pooler = common::Pooler::start(
+        pg,
+        &db,
+        "pool_mode = \"transaction\"\ndefault_pool_size = 1",
+    )
+    .await;
+    let direct = SocketAddr::from(([127, 0, 0, 1], pg.port));
+    let pooled = SocketAddr::from(([127, 0, 0, 1], pooler.port()));
+    (pooler, db, direct, pooled)
 }
