@@ -114,6 +114,9 @@ pub(crate) mod spare_buffers {
     /// Enough for the clients one worker switches between; beyond it, memory goes back.
     const KEEP: usize = 64;
 
+    /// A buffer grown past this by a large message is not worth keeping around.
+    pub(crate) const MAX_KEPT: usize = 4 * READ_CHUNK;
+
     thread_local! {
         static SPARE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
     }
@@ -130,8 +133,7 @@ pub(crate) mod spare_buffers {
         // past the read position. Reserving on an empty, unshared buffer moves that position
         // back to the start without allocating, so the whole buffer is kept instead of freed.
         buf.reserve(READ_CHUNK);
-        // Buffers grown by a large message are not worth keeping around.
-        if buf.capacity() < READ_CHUNK || buf.capacity() > 4 * READ_CHUNK {
+        if buf.capacity() < READ_CHUNK || buf.capacity() > MAX_KEPT {
             return;
         }
         // `try_with`: a flow dropped while the thread's locals are torn down frees its buffer.

@@ -7,13 +7,12 @@
 use std::cell::RefCell;
 use std::ops::{Deref, DerefMut};
 
-use crate::engine::{Flow, READ_CHUNK, Tracker};
+use crate::engine::{Flow, Tracker, spare_buffers};
 
 /// Enough for the transactions one worker runs at once; beyond it, memory goes back.
 const KEEP: usize = 64;
 
-/// Buffers grown by a large message, a queue grown by a long pipeline: not worth keeping.
-const MAX_BUFFER: usize = 4 * READ_CHUNK;
+/// A queue grown by a long pipeline is not worth keeping (buffers: as `spare_buffers`).
 const MAX_QUEUE: usize = 64;
 
 thread_local! {
@@ -42,7 +41,7 @@ impl Parts {
     /// Lets go of memory a large transaction grew.
     fn trim(&mut self) {
         for buf in [&mut self.down.inbuf, &mut self.down.out] {
-            if buf.capacity() > MAX_BUFFER {
+            if buf.capacity() > spare_buffers::MAX_KEPT {
                 *buf = bytes::BytesMut::new();
             }
         }
