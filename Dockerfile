@@ -6,6 +6,9 @@
 # POOLER_<KEY>=value (e.g. POOLER_DEFAULT_POOL_SIZE=30), see `pooler --help`.
 FROM rust:1-slim-bookworm AS build
 WORKDIR /src
+# make: jemalloc (the allocator, a C library) is built with it.
+RUN apt-get update && apt-get install -y --no-install-recommends make \
+ && rm -rf /var/lib/apt/lists/*
 COPY . .
 RUN cargo build --release --locked
 

@@ -11,6 +11,14 @@ use pooler::config::{self, Config, env};
 use pooler::listener::Running;
 use pooler::{logging, supervisor};
 
+/// jemalloc, not glibc's malloc: a login's allocations (tokio's cache-aligned task cell and
+/// I/O registration, the startup strings) cost about 6,400 instructions in glibc, a sixth of
+/// the login, most of it in `memalign` and in `free`'s consolidation; jemalloc takes 3,000
+/// of them off (callgrind, `pgbench -S -C`). It also keeps 10,000 idle clients in 7-12 % less
+/// memory. (mimalloc was as fast but held 40-60 % more memory per idle client.)
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     version,
