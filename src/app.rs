@@ -43,7 +43,9 @@ pub struct App {
     users: RwLock<Arc<AuthFile>>,
     /// `auth_hba_file`'s rules, read with the auth file (and again by RELOAD).
     hba: RwLock<Arc<Hba>>,
-    pools: Mutex<HashMap<(String, String), Arc<Pool>>>,
+    /// By database name, then by server user: looked up with the login's names as they are,
+    /// no key built per login.
+    pools: Mutex<HashMap<String, HashMap<String, Arc<Pool>>>>,
     /// `max_db_connections` by database name, `max_user_connections` by user name.
     conn_limits: Mutex<ConnLimits>,
     clients: AtomicUsize,
@@ -306,12 +308,15 @@ impl App {
 
     /// The pool for a database entry and client user; created on first use.
     pub fn pool(&self, db_name: &str, db: &DatabaseConfig, client_user: &User) -> Arc<Pool> {
-        let server_user = db.user.clone().unwrap_or_else(|| client_user.name.clone());
-        let key = (db_name.to_string(), server_user.clone());
+        let server_user = db.user.as_deref().unwrap_or(&client_user.name);
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(pool) = pools.get(&key) {
+        if let Some(pool) = pools
+            .get(db_name)
+            .and_then(|by_user| by_user.get(server_user))
+        {
             return pool.clone();
         }
+        let server_user = server_user.to_string();
         let config = self.config();
         let credential = credential_for(db, &self.users(), Some(&client_user.secret));
         let stats = self.metrics.pool_stats();
@@ -329,13 +334,16 @@ impl App {
         if self.control.is_paused(db_name) {
             pool.pause();
         }
-        pools.insert(key, pool.clone());
+        pools
+            .entry(db_name.to_string())
+            .or_default()
+            .insert(server_user, pool.clone());
         pool
     }
 
     pub fn pools(&self) -> Vec<Arc<Pool>> {
         let pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
-        let mut list: Vec<_> = pools.values().cloned().collect();
+        let mut list: Vec<_> = pools.values().flat_map(|u| u.values().cloned()).collect();
         list.sort_by(|a, b| (&a.database, &a.user).cmp(&(&b.database, &b.user)));
         list
     }
@@ -415,39 +423,45 @@ impl App {
             }
         }
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
-        let before = pools.len();
-        pools.retain(|(db_name, _), pool| {
+        let count = |pools: &HashMap<String, HashMap<String, Arc<Pool>>>| {
+            pools.values().map(HashMap::len).sum::<usize>()
+        };
+        let before = count(&pools);
+        pools.retain(|db_name, by_user| {
             let Some(db) = new.database(db_name) else {
                 return false;
             };
-            let db = &*db;
-            let old_db = old.database(db_name);
-            let old_db = old_db.as_deref();
-            let settings = settings_for(&new, db, &pool.user);
-            let target = target_for(db_name, db, &pool.user, None);
-            let same_server = old_db.map(|d| &d.user) == Some(&db.user)
-                && target.hosts == pool.target.hosts
-                && policy_for(db) == pool.hosts.as_ref().map(|h| h.policy.clone())
-                && target.dbname == pool.target.dbname
-                && db.user.as_deref().is_none_or(|u| u == pool.user)
-                && settings.mode == pool.settings.mode
-                && settings.reset_query == pool.settings.reset_query
-                && settings.session_state == pool.settings.session_state;
-            if !same_server {
-                return false;
-            }
-            pool.set_limits(limits_for(&new, db, &pool.user));
-            let secret = |users: &AuthFile| users.get(&pool.user).map(|u| u.secret.clone());
-            let password_changed = old_db.map(|d| (&d.user, &d.password))
-                != Some((&db.user, &db.password))
-                || secret(&old_users) != secret(&users);
-            if password_changed {
-                let client_secret = users.get(&pool.user).map(|u| u.secret.clone());
-                pool.set_credential(credential_for(db, &users, client_secret.as_ref()));
-            }
-            true
+            by_user.retain(|_, pool| {
+                let db = &*db;
+                let old_db = old.database(db_name);
+                let old_db = old_db.as_deref();
+                let settings = settings_for(&new, db, &pool.user);
+                let target = target_for(db_name, db, &pool.user, None);
+                let same_server = old_db.map(|d| &d.user) == Some(&db.user)
+                    && target.hosts == pool.target.hosts
+                    && policy_for(db) == pool.hosts.as_ref().map(|h| h.policy.clone())
+                    && target.dbname == pool.target.dbname
+                    && db.user.as_deref().is_none_or(|u| u == pool.user)
+                    && settings.mode == pool.settings.mode
+                    && settings.reset_query == pool.settings.reset_query
+                    && settings.session_state == pool.settings.session_state;
+                if !same_server {
+                    return false;
+                }
+                pool.set_limits(limits_for(&new, db, &pool.user));
+                let secret = |users: &AuthFile| users.get(&pool.user).map(|u| u.secret.clone());
+                let password_changed = old_db.map(|d| (&d.user, &d.password))
+                    != Some((&db.user, &db.password))
+                    || secret(&old_users) != secret(&users);
+                if password_changed {
+                    let client_secret = users.get(&pool.user).map(|u| u.secret.clone());
+                    pool.set_credential(credential_for(db, &users, client_secret.as_ref()));
+                }
+                true
+            });
+            !by_user.is_empty()
         });
-        report.retired_pools = before - pools.len();
+        report.retired_pools = before - count(&pools);
         Ok(report)
     }
 }

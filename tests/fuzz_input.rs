@@ -379,7 +379,7 @@ fn fuzz_startup_packet_roundtrip() {
                 .unwrap();
             match wire::parse_startup(&pkt[4..]) {
                 Ok(wire::StartupRequest::Startup { params: got }) => {
-                    prop_assert_eq!(got, params);
+                    prop_assert_eq!(got, pairs);
                 }
                 other => prop_assert!(false, "{:?}", other),
             }

@@ -167,6 +167,10 @@ pub struct Pool {
     /// Parameters the first server reported: what a new client is told at login, and what a
     /// client that did not ask for another value gets on every server.
     defaults: OnceLock<Params>,
+    /// `defaults`' value of each tracked parameter, in the App's order of them (None where
+    /// the server reports none, as for `search_path`): a login looks its values up by
+    /// position instead of by name in `defaults`.
+    tracked_defaults: OnceLock<Vec<(String, Option<String>)>>,
     /// Startup settings a login already had a server of this pool accept, (name, value as
     /// the client gave it) → Postgres's spelling: a later login with the same pairs (every
     /// pgjdbc connection sends `extra_float_digits`) needs no server to check them.
@@ -240,6 +244,7 @@ impl Pool {
                 expiry_parked: false,
             }),
             defaults: OnceLock::new(),
+            tracked_defaults: OnceLock::new(),
             accepted_settings: Mutex::new(HashMap::new()),
             shared_values: Mutex::new(SharedValues::default()),
             expiry_wake: Arc::new(Wakeup::new()),
@@ -543,6 +548,19 @@ impl Pool {
 
     pub fn defaults(&self) -> Option<&Params> {
         self.defaults.get()
+    }
+
+    /// Each of `tracked` (the App's tracked parameters, the same list on every call) with its
+    /// default, once the defaults are known.
+    pub fn tracked_defaults(&self, tracked: &[String]) -> Option<&[(String, Option<String>)]> {
+        let defaults = self.defaults()?;
+        let made = self.tracked_defaults.get_or_init(|| {
+            tracked
+                .iter()
+                .map(|name| (name.clone(), defaults.get(name).map(str::to_string)))
+                .collect()
+        });
+        Some(made)
     }
 
     pub fn counts(&self) -> PoolCounts {

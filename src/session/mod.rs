@@ -212,16 +212,19 @@ async fn login(
     // half the pooler's). Anything the client sent past the login goes to the session.
     let mut reader = tokio::io::BufReader::with_capacity(LOGIN_READ, socket);
     let stream = &mut reader;
+    let mut packet = wire::read_startup(stream).await?;
     let params = loop {
-        match wire::read_startup(stream).await? {
-            // No TLS yet: 'N' tells the client to go on in cleartext (or give up if it insists).
-            StartupRequest::Ssl | StartupRequest::GssEnc => stream.write_all(b"N").await?,
+        match wire::parse_startup(&packet)? {
+            StartupRequest::Startup { params } => break params,
             StartupRequest::Cancel { pid, secret } => {
                 cancel::forward_cancel(app, pid, secret).await;
                 return Ok(None);
             }
-            StartupRequest::Startup { params } => break params,
+            // No TLS yet: 'N' tells the client to go on in cleartext (or give up if it insists).
+            StartupRequest::Ssl | StartupRequest::GssEnc => {}
         }
+        stream.write_all(b"N").await?;
+        packet = wire::read_startup(stream).await?;
     };
     let config = app.config();
     if client_count > config.pooler.max_client_conn {
@@ -240,22 +243,22 @@ async fn login(
         }
     };
     for (name, value) in params {
-        match name.as_str() {
+        match name {
             "user" => user_name = Some(value),
             "database" => database = Some(value),
             "options" if !app.is_ignored("options") => {
-                for (name, value) in settings::parse_options(&value)? {
+                for (name, value) in settings::parse_options(value)? {
                     take_setting(&name, &value);
                 }
             }
             // Not settings: a replication connection or a protocol extension the pooler does
             // not speak.
             _ if name == "replication" || name.starts_with("_pq_.") => {
-                if !app.is_ignored(&name) {
-                    return Err(PoolerError::UnsupportedStartupParameter(name));
+                if !app.is_ignored(name) {
+                    return Err(PoolerError::UnsupportedStartupParameter(name.to_string()));
                 }
             }
-            _ => take_setting(&name, &value),
+            _ => take_setting(name, value),
         }
     }
     settings::check_bounds(&startup_settings)?;
@@ -268,12 +271,10 @@ async fn login(
     let user_name = user_name
         .filter(|u| !u.is_empty())
         .ok_or_else(|| PoolerError::protocol("no user name specified in startup packet"))?;
-    let database = database
-        .filter(|d| !d.is_empty())
-        .unwrap_or_else(|| user_name.clone());
+    let database = database.filter(|d| !d.is_empty()).unwrap_or(user_name);
 
-    let auth_type = auth_method(app, &config, origin, &database, &user_name)?;
-    let mut user = app.users().get(&user_name);
+    let auth_type = auth_method(app, &config, origin, database, user_name)?;
+    let mut user = app.users().get(user_name);
     // Only a password method needs the secret; trust and cert logins do not look it up.
     let needs_secret = matches!(
         auth_type,
@@ -281,43 +282,43 @@ async fn login(
     );
     if user.is_none()
         && needs_secret
-        && !admin::is_console(&database)
-        && auth_query::settings(&config, &database).is_some()
+        && !admin::is_console(database)
+        && auth_query::settings(&config, database).is_some()
     {
-        user = auth_query::lookup(app, &config, &database, &user_name).await?;
+        user = auth_query::lookup(app, &config, database, user_name).await?;
     }
     let keys = if auth_type == AuthType::Cert {
         // The certificate the TLS handshake verified must name this user.
-        if origin.cert_name.as_deref() != Some(user_name.as_str()) {
+        if origin.cert_name.as_deref() != Some(user_name) {
             return Err(PoolerError::CertAuthFailed);
         }
         None
     } else {
-        auth::authenticate_client(stream, auth_type, &user_name, user.as_deref()).await?
+        auth::authenticate_client(stream, auth_type, user_name, user.as_deref()).await?
     };
     let user = match user {
         Some(u) => u,
         // trust: a user not in the auth file may still log in; the server decides.
-        None => Arc::new(User::new(&user_name, Secret::Plain(String::new()))),
+        None => Arc::new(User::new(user_name, Secret::Plain(String::new()))),
     };
-    if admin::is_console(&database) {
+    if admin::is_console(database) {
         if !stream.buffer().is_empty() {
             return Err(PoolerError::protocol(
                 "data sent before the login completed",
             ));
         }
-        let console = Console::login(app, stream.get_mut(), &user_name, &database).await?;
+        let console = Console::login(app, stream.get_mut(), user_name, database).await?;
         return Ok(Some(Login::Console(console)));
     }
     // Authenticated: from here on, telling which databases exist reveals nothing.
-    let Some(db) = config.database(&database) else {
-        return Err(PoolerError::NoSuchDatabase(database));
+    let Some(db) = config.database(database) else {
+        return Err(PoolerError::NoSuchDatabase(database.to_string()));
     };
     // The console's DISABLE: refused after authentication, like an unknown database.
-    if app.control.is_disabled(&database) {
-        return Err(PoolerError::DatabaseDisabled(database));
+    if app.control.is_disabled(database) {
+        return Err(PoolerError::DatabaseDisabled(database.to_string()));
     }
-    let pool = app.pool(&database, &db, &user);
+    let pool = app.pool(database, &db, &user);
     if let Some(keys) = keys
         && db.user.is_none()
     {
@@ -333,11 +334,16 @@ async fn login(
 
     // The client's values of the tracked parameters: the pool's shared copy when the last
     // client had the same (the common case: nothing to build), else built here.
-    let wanted = app.tracked.iter().filter_map(|name| {
-        Some((
-            name.as_str(),
-            requested.get(name).or_else(|| defaults.get(name))?,
-        ))
+    let no_tracked_defaults: Vec<(String, Option<String>)>;
+    let tracked = match pool.tracked_defaults(&app.tracked) {
+        Some(tracked) => tracked,
+        None => {
+            no_tracked_defaults = app.tracked.iter().map(|n| (n.clone(), None)).collect();
+            &no_tracked_defaults
+        }
+    };
+    let wanted = tracked.iter().filter_map(|(name, default)| {
+        Some((name.as_str(), requested.get(name).or(default.as_deref())?))
     });
     let mut session_params = match pool.shared_params_equal_to(wanted.clone()) {
         Some(shared) => shared,
@@ -412,8 +418,8 @@ async fn login(
     let app_name = params.get("application_name").unwrap_or_default();
     let client = app.clients_registry.register(
         stream.get_ref(),
-        &user_name,
-        &database,
+        user_name,
+        database,
         app_name,
         Some(pool.clone()),
     );

@@ -27,17 +27,19 @@ const SSL_REQUEST: i32 = 80_877_103;
 const GSSENC_REQUEST: i32 = 80_877_104;
 const CANCEL_REQUEST: i32 = 80_877_102;
 
-/// What a client can send before it is logged in.
+/// What a client can send before it is logged in. A startup's parameters are borrowed from
+/// the packet: a login copies only what it keeps.
 #[derive(Debug)]
-pub enum StartupRequest {
-    Startup { params: Vec<(String, String)> },
+pub enum StartupRequest<'a> {
+    Startup { params: Vec<(&'a str, &'a str)> },
     Ssl,
     GssEnc,
     Cancel { pid: i32, secret: i32 },
 }
 
-/// Reads one startup-phase packet: length, code, body.
-pub async fn read_startup<R: AsyncRead + Unpin>(r: &mut R) -> Result<StartupRequest> {
+/// Reads one startup-phase packet (length, code, body) and returns what follows the length
+/// word, for `parse_startup`.
+pub async fn read_startup<R: AsyncRead + Unpin>(r: &mut R) -> Result<Vec<u8>> {
     let len = r.read_i32().await?;
     if !(8..=MAX_STARTUP_LEN as i32).contains(&len) {
         return Err(PoolerError::protocol(format!(
@@ -46,11 +48,11 @@ pub async fn read_startup<R: AsyncRead + Unpin>(r: &mut R) -> Result<StartupRequ
     }
     let mut body = vec![0u8; len as usize - 4];
     r.read_exact(&mut body).await?;
-    parse_startup(&body)
+    Ok(body)
 }
 
 /// Parses a startup packet body (after the length word).
-pub fn parse_startup(mut body: &[u8]) -> Result<StartupRequest> {
+pub fn parse_startup(mut body: &[u8]) -> Result<StartupRequest<'_>> {
     if body.len() < 4 {
         return Err(PoolerError::protocol("startup packet too short"));
     }
@@ -66,11 +68,11 @@ pub fn parse_startup(mut body: &[u8]) -> Result<StartupRequest> {
         PROTOCOL_3_0 => {
             let mut params = Vec::new();
             loop {
-                let name = take_cstr(&mut body)?;
+                let name = take_str(&mut body)?;
                 if name.is_empty() {
                     break;
                 }
-                let value = take_cstr(&mut body)?;
+                let value = take_str(&mut body)?;
                 params.push((name, value));
             }
             if !body.is_empty() {
@@ -88,14 +90,19 @@ pub fn parse_startup(mut body: &[u8]) -> Result<StartupRequest> {
 
 /// Takes one NUL-terminated UTF-8 string off the front of `buf`.
 pub fn take_cstr(buf: &mut &[u8]) -> Result<String> {
-    let end = buf
+    take_str(buf).map(str::to_string)
+}
+
+/// `take_cstr`, borrowed from `buf`.
+pub fn take_str<'a>(buf: &mut &'a [u8]) -> Result<&'a str> {
+    let whole: &'a [u8] = buf;
+    let end = whole
         .iter()
         .position(|&b| b == 0)
         .ok_or_else(|| PoolerError::protocol("missing string terminator"))?;
-    let s = std::str::from_utf8(&buf[..end])
-        .map_err(|_| PoolerError::protocol("invalid UTF-8 in string"))?
-        .to_string();
-    *buf = &buf[end + 1..];
+    let s = std::str::from_utf8(&whole[..end])
+        .map_err(|_| PoolerError::protocol("invalid UTF-8 in string"))?;
+    *buf = &whole[end + 1..];
     Ok(s)
 }
 
@@ -376,10 +383,7 @@ mod tests {
         .unwrap();
         match parse_startup(&pkt[4..]).unwrap() {
             StartupRequest::Startup { params } => {
-                assert_eq!(
-                    params,
-                    vec![("user".into(), "u".into()), ("database".into(), "d".into())]
-                )
+                assert_eq!(params, vec![("user", "u"), ("database", "d")])
             }
             other => panic!("{other:?}"),
         }
