@@ -36,6 +36,11 @@ pub const TRACKED_PARAMETERS: &[&str] = &[
     "search_path",
 ];
 
+/// Pools by database, then server user. Hashed with foldhash, not SipHash (two string hashes
+/// per login): only an authenticated login adds a pool, so no client can flood it.
+type PoolMap = HashMap<String, HashMap<String, Arc<Pool>, FoldHash>, FoldHash>;
+type FoldHash = foldhash::fast::RandomState;
+
 pub struct App {
     config: RwLock<Arc<Config>>,
     /// Bumped by each RELOAD: sessions re-read their timeouts when it moves.
@@ -45,7 +50,7 @@ pub struct App {
     hba: RwLock<Arc<Hba>>,
     /// By database name, then by server user: looked up with the login's names as they are,
     /// no key built per login.
-    pools: Mutex<HashMap<String, HashMap<String, Arc<Pool>>>>,
+    pools: Mutex<PoolMap>,
     /// `max_db_connections` by database name, `max_user_connections` by user name.
     conn_limits: Mutex<ConnLimits>,
     clients: AtomicUsize,
@@ -222,7 +227,7 @@ impl App {
             generation: AtomicU64::new(0),
             users: RwLock::new(Arc::new(users)),
             hba: RwLock::new(Arc::new(hba)),
-            pools: Mutex::new(HashMap::new()),
+            pools: Mutex::new(PoolMap::default()),
             conn_limits: Mutex::default(),
             clients: AtomicUsize::new(0),
             tracked,
@@ -423,9 +428,7 @@ impl App {
             }
         }
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
-        let count = |pools: &HashMap<String, HashMap<String, Arc<Pool>>>| {
-            pools.values().map(HashMap::len).sum::<usize>()
-        };
+        let count = |pools: &PoolMap| pools.values().map(HashMap::len).sum::<usize>();
         let before = count(&pools);
         pools.retain(|db_name, by_user| {
             let Some(db) = new.database(db_name) else {

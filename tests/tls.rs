@@ -388,3 +388,93 @@ async fn cert_auth_takes_the_user_from_the_certificate() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The local ports of established IPv4 connections to `port` on this host (/proc/net/tcp).
+fn ports_connected_to(port: u16) -> Vec<u16> {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let port_of = |addr: &str| {
+        addr.rsplit(':')
+            .next()
+            .and_then(|p| u16::from_str_radix(p, 16).ok())
+    };
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (local, remote, state) = (fields.get(1)?, fields.get(2)?, fields.get(3)?);
+            (*state == "01" && port_of(remote)? == port).then(|| port_of(local))?
+        })
+        .collect()
+}
+
+/// SHOW CLIENTS names a TLS client by its own address and port, not by the loopback pair the
+/// session reads the decrypted stream through (it did, before the login passed the client's
+/// address to the registry).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn show_clients_names_a_tls_client_by_its_own_port() {
+    let pg = PgServer::shared();
+    let db = pg.create_db("tls_client_port").await;
+    let dir = temp_dir("client_port");
+    let (_ca, cert, key) = write_pki(&pki(), &dir);
+    let pooler = Pooler::start(
+        pg,
+        &db,
+        &format!(
+            "pool_mode = \"transaction\"\nclient_tls_sslmode = \"allow\"\n\
+             admin_users = \"postgres\"\n\
+             client_tls_cert_file = \"{}\"\nclient_tls_key_file = \"{}\"",
+            cert.display(),
+            key.display()
+        ),
+    )
+    .await;
+    let conninfo = format!(
+        "host=127.0.0.1 port={} user={APP_USER} password={APP_PASSWORD} dbname={db} \
+         sslmode=require",
+        pooler.port()
+    );
+    // A TLS client that stays connected while SHOW CLIENTS is read; killed at the end.
+    let mut held = Command::new("psql")
+        .env("PGCONNECT_TIMEOUT", "30")
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-d",
+            &conninfo,
+            "-c",
+            "SELECT pg_sleep(60)",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("run psql");
+    let console = connect(&pooler.console_url("postgres", SUPERUSER_PASSWORD)).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let shown = loop {
+        let clients = show(&console, "SHOW CLIENTS").await;
+        let shown: Vec<String> = clients
+            .iter()
+            .filter(|c| c["database"] == db)
+            .map(|c| c["port"].clone())
+            .collect();
+        if !shown.is_empty() {
+            break shown;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the TLS client never logged in"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let client_ports = ports_connected_to(pooler.port());
+    let _ = held.kill();
+    let _ = held.wait();
+    assert_eq!(shown.len(), 1, "{shown:?}");
+    let port: u16 = shown[0].parse().expect("a port number");
+    assert!(
+        client_ports.contains(&port),
+        "SHOW CLIENTS says port {port}; the connections to the pooler come from {client_ports:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

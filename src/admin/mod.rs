@@ -81,9 +81,14 @@ impl Console {
         wire::backend_key_data(&mut out, 0, 0);
         wire::ready_for_query(&mut out, b'I');
         stream.write_all(&out).await?;
-        let client = app
-            .clients_registry
-            .register(stream, user, database, "", None);
+        let client = app.clients_registry.register(
+            stream,
+            stream.peer_addr().ok(),
+            user,
+            database,
+            "",
+            None,
+        );
         Ok(Console { access, client })
     }
 

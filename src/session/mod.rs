@@ -418,6 +418,8 @@ async fn login(
     let app_name = params.get("application_name").unwrap_or_default();
     let client = app.clients_registry.register(
         stream.get_ref(),
+        // The client's own address, also behind TLS (where the stream is the bridge's).
+        Some(origin.addr),
         user_name,
         database,
         app_name,

@@ -66,16 +66,26 @@ pub fn parse_startup(mut body: &[u8]) -> Result<StartupRequest<'_>> {
             Ok(StartupRequest::Cancel { pid, secret })
         }
         PROTOCOL_3_0 => {
-            let mut params = Vec::new();
+            // One UTF-8 check for the whole packet (NUL is UTF-8 too), then splits at each NUL.
+            let mut rest = std::str::from_utf8(body)
+                .map_err(|_| PoolerError::protocol("invalid UTF-8 in string"))?;
+            let mut take = || {
+                let (s, after) = rest
+                    .split_once('\0')
+                    .ok_or_else(|| PoolerError::protocol("missing string terminator"))?;
+                rest = after;
+                Ok::<_, PoolerError>(s)
+            };
+            // Drivers send three to six parameters: one allocation for the list.
+            let mut params = Vec::with_capacity(8);
             loop {
-                let name = take_str(&mut body)?;
+                let name = take()?;
                 if name.is_empty() {
                     break;
                 }
-                let value = take_str(&mut body)?;
-                params.push((name, value));
+                params.push((name, take()?));
             }
-            if !body.is_empty() {
+            if !rest.is_empty() {
                 return Err(PoolerError::protocol("trailing bytes after startup packet"));
             }
             Ok(StartupRequest::Startup { params })
@@ -90,19 +100,14 @@ pub fn parse_startup(mut body: &[u8]) -> Result<StartupRequest<'_>> {
 
 /// Takes one NUL-terminated UTF-8 string off the front of `buf`.
 pub fn take_cstr(buf: &mut &[u8]) -> Result<String> {
-    take_str(buf).map(str::to_string)
-}
-
-/// `take_cstr`, borrowed from `buf`.
-pub fn take_str<'a>(buf: &mut &'a [u8]) -> Result<&'a str> {
-    let whole: &'a [u8] = buf;
-    let end = whole
+    let end = buf
         .iter()
         .position(|&b| b == 0)
         .ok_or_else(|| PoolerError::protocol("missing string terminator"))?;
-    let s = std::str::from_utf8(&whole[..end])
-        .map_err(|_| PoolerError::protocol("invalid UTF-8 in string"))?;
-    *buf = &whole[end + 1..];
+    let s = std::str::from_utf8(&buf[..end])
+        .map_err(|_| PoolerError::protocol("invalid UTF-8 in string"))?
+        .to_string();
+    *buf = &buf[end + 1..];
     Ok(s)
 }
 
