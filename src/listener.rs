@@ -214,7 +214,7 @@ async fn serve_tls(app: Arc<App>, stream: TcpStream, peer: SocketAddr) {
         }
         Ok(None) => {}
         Err(e) => {
-            tracing::info!(%peer, error = %e, "TLS negotiation failed");
+            tracing::info!(peer = %crate::logging::Addr(peer), error = %e, "TLS negotiation failed");
             app.metrics.error(&e);
         }
     }

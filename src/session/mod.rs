@@ -24,6 +24,7 @@ use crate::auth::{self, Secret, User};
 use crate::config::{AuthType, Config, PoolMode, secs};
 use crate::engine::{self, ClientSide, Flow, ServerSide, Statements};
 use crate::error::{PoolerError, Result};
+use crate::logging::Addr;
 use crate::pool::{Pool, PooledServer};
 use crate::prepared::ClientStatements;
 use crate::recycled::RecycledBox;
@@ -118,14 +119,14 @@ async fn admit(
         }
         Ok(None) => return None,
         Err(e) => {
-            tracing::info!(%peer, error = %e, "login refused");
+            tracing::info!(peer = %Addr(peer), error = %e, "login refused");
             app.metrics.error(&e);
             refuse(&mut stream, &e).await;
             return None;
         }
     };
     if config.pooler.log_connections {
-        tracing::info!(%peer, db = %session.client.info.database, user = %session.client.info.user, "login");
+        tracing::info!(peer = %Addr(peer), db = %session.client.info.database, user = %session.client.info.user, "login");
     }
     Some((
         Admitted {
@@ -168,7 +169,7 @@ impl Admitted {
             .addr
             .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
         if let Err(e) = &result {
-            tracing::debug!(%peer, error = %e, kind = e.kind(), "session ended with an error");
+            tracing::debug!(peer = %Addr(peer), error = %e, kind = e.kind(), "session ended with an error");
             app.metrics.error(e);
             refuse(stream, e).await;
         }
@@ -179,7 +180,7 @@ impl Admitted {
                 Err(e) => e.to_string(),
             };
             tracing::info!(
-                %peer, db = %session.client.info.database, user = %session.client.info.user,
+                peer = %Addr(peer), db = %session.client.info.database, user = %session.client.info.user,
                 age_s = crate::clock::between(info.connected_us, crate::clock::now_us()).as_secs_f64(),
                 %reason, "closing"
             );
