@@ -127,8 +127,11 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
+        use tracing_log::NormalizeEvent;
         CachedTime.format_time(&mut writer)?;
-        let meta = event.metadata();
+        // A `log` crate record (rustls logs so) as tracing shows it: its own target.
+        let normalized = event.normalized_metadata();
+        let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
         let level = match *meta.level() {
             tracing::Level::TRACE => " TRACE ",
             tracing::Level::DEBUG => " DEBUG ",
@@ -173,12 +176,16 @@ impl Visit for PlainFields<'_, '_> {
         if self.result.is_err() {
             return;
         }
+        let name = field.name();
+        // A `log` record's metadata, already in the line's target.
+        if name.starts_with("log.") {
+            return;
+        }
         let pad = if std::mem::take(&mut self.first) {
             ""
         } else {
             " "
         };
-        let name = field.name();
         self.result = match name {
             "message" => self
                 .writer
@@ -394,6 +401,15 @@ mod tests {
             tracing::error!(r#type = 1i64, age_s = 0.25f64, "closing");
             tracing::debug!("no fields");
             tracing::trace!(only = "field");
+            let record = log::Record::builder()
+                .level(log::Level::Warn)
+                .target("rustls::client")
+                .module_path(Some("rustls::client"))
+                .file(Some("client.rs"))
+                .line(Some(7))
+                .args(format_args!("from the log crate"))
+                .build();
+            tracing_log::format_trace(&record).unwrap();
         });
         let out = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
         out.lines()
@@ -409,7 +425,8 @@ mod tests {
                 .with_timer(CachedTime),
         );
         let ours = lines(Plain);
-        assert_eq!(ours.len(), 7, "{ours:?}");
+        assert_eq!(ours.len(), 8, "{ours:?}");
+        assert_eq!(ours[7], " WARN rustls::client: from the log crate");
         assert_eq!(ours, theirs);
         // The message's control characters are escaped, not written.
         assert!(ours[2].contains("a \\x1b[2J \\u{9b}x\\x07"), "{}", ours[2]);
