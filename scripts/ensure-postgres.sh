@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Makes sure what the quick start and the tests need is installed: PostgreSQL's server
-# binaries (initdb, pg_ctl), psql and pgbench (and ss for the tests), from Debian's packages
+# binaries (initdb, pg_ctl), psql and pgbench (and ss for the tests, make for jemalloc), from Debian's packages
 # when missing (as root, or through sudo), and, when running as root, a `postgres` user to
 # run the server as (Postgres refuses to run as root). Used by scripts/quickstart.sh, scripts/test.sh and .ci/run,
 # so the README's two commands work on a machine that has only Rust.
@@ -43,6 +43,12 @@ fi
 if ! command -v ss >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
   echo "installing ss (Debian package iproute2) for the tests" >&2
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q iproute2
+fi
+# jemalloc, the pooler's allocator, is a C library whose build runs make (the C compiler is
+# there already: Rust links with it).
+if ! command -v make >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  echo "installing make (Debian package make) to build jemalloc" >&2
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q make
 fi
 if [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1; then
   run useradd --system --create-home --shell /bin/bash postgres
