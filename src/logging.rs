@@ -247,34 +247,12 @@ impl fmt::Display for Addr {
         let std::net::SocketAddr::V4(v4) = self.0 else {
             return self.0.fmt(f);
         };
-        // "255.255.255.255:65535": 21 bytes at most.
-        let mut text = [0u8; 21];
-        let mut len = 0;
-        fn put(text: &mut [u8; 21], len: &mut usize, n: u32) {
-            let mut digits = [0u8; 5];
-            let mut k = digits.len();
-            let mut n = n;
-            loop {
-                k -= 1;
-                digits[k] = b'0' + (n % 10) as u8;
-                n /= 10;
-                if n == 0 {
-                    break;
-                }
-            }
-            for &d in &digits[k..] {
-                text[*len] = d;
-                *len += 1;
-            }
-        }
+        let mut digits = itoa::Buffer::new();
         for (i, octet) in v4.ip().octets().into_iter().enumerate() {
-            put(&mut text, &mut len, u32::from(octet));
-            text[len] = if i < 3 { b'.' } else { b':' };
-            len += 1;
+            f.write_str(digits.format(octet))?;
+            f.write_str(if i < 3 { "." } else { ":" })?;
         }
-        put(&mut text, &mut len, u32::from(v4.port()));
-        // Digits and punctuation only.
-        f.write_str(std::str::from_utf8(&text[..len]).map_err(|_| fmt::Error)?)
+        f.write_str(digits.format(v4.port()))
     }
 }
 
