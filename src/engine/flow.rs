@@ -83,6 +83,25 @@ impl Flow {
         }
     }
 
+    /// Moves a waiting client's request out of its read buffer into a small one when it
+    /// fits. Thousands of clients can be queued on a pool of 150, each holding its request
+    /// meanwhile; a read buffer each (16 KiB, a page or more of it touched) was most of their
+    /// memory. A copy of a few hundred bytes, on the waiting path only.
+    pub fn shrink_to_request(&mut self) {
+        if self.inbuf.len() > spare_buffers::SMALL
+            || self.inbuf.capacity() <= spare_buffers::SMALL
+            || !self.out.is_empty()
+        {
+            return;
+        }
+        let mut small = spare_buffers::take_small();
+        small.extend_from_slice(&self.inbuf);
+        spare_buffers::give(std::mem::replace(&mut self.inbuf, small));
+        if self.out.capacity() > 0 {
+            spare_buffers::give(std::mem::take(&mut self.out));
+        }
+    }
+
     /// Gives `out` a buffer from the cache before anything is written to it.
     pub(crate) fn ready_out(&mut self) {
         if self.out.capacity() == 0 {
@@ -117,8 +136,17 @@ pub(crate) mod spare_buffers {
     /// A buffer grown past this by a large message is not worth keeping around.
     pub(crate) const MAX_KEPT: usize = 4 * READ_CHUNK;
 
+    /// The buffer of a queued client's request (`Flow::shrink_to_request`): most requests
+    /// fit, and four share a page.
+    pub(crate) const SMALL: usize = 1024;
+
+    /// Small buffers are taken and given back once per waited transaction, by as many clients
+    /// as wait at once: the cache evens out bursts without a malloc for each.
+    const KEEP_SMALL: usize = 256;
+
     thread_local! {
         static SPARE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+        static SPARE_SMALL: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
     }
 
     pub(crate) fn take() -> BytesMut {
@@ -127,19 +155,32 @@ pub(crate) mod spare_buffers {
             .unwrap_or_else(|| BytesMut::with_capacity(READ_CHUNK))
     }
 
+    pub(crate) fn take_small() -> BytesMut {
+        SPARE_SMALL
+            .with(|s| s.borrow_mut().pop())
+            .unwrap_or_else(|| BytesMut::with_capacity(SMALL))
+    }
+
     pub(crate) fn give(mut buf: BytesMut) {
-        buf.clear();
-        // A buffer that was read from has been advanced: its capacity counts only what lies
-        // past the read position. Reserving on an empty, unshared buffer moves that position
-        // back to the start without allocating, so the whole buffer is kept instead of freed.
-        buf.reserve(READ_CHUNK);
-        if buf.capacity() < READ_CHUNK || buf.capacity() > MAX_KEPT {
+        if buf.capacity() == 0 {
             return;
         }
+        buf.clear();
+        // A buffer that was read from has been advanced: its capacity counts only what lies
+        // past the read position. Reclaiming on an empty, unshared buffer moves that position
+        // back to the start (never allocating), so the whole buffer is kept instead of freed.
+        if !buf.try_reclaim(READ_CHUNK) {
+            let _ = buf.try_reclaim(SMALL);
+        }
+        let (cache, keep) = match buf.capacity() {
+            c if (READ_CHUNK..=MAX_KEPT).contains(&c) => (&SPARE, KEEP),
+            c if (SMALL..2 * SMALL).contains(&c) => (&SPARE_SMALL, KEEP_SMALL),
+            _ => return,
+        };
         // `try_with`: a flow dropped while the thread's locals are torn down frees its buffer.
-        let _ = SPARE.try_with(|s| {
+        let _ = cache.try_with(|s| {
             if let Ok(mut s) = s.try_borrow_mut()
-                && s.len() < KEEP
+                && s.len() < keep
             {
                 s.push(buf);
             }
@@ -150,6 +191,12 @@ pub(crate) mod spare_buffers {
     #[cfg(test)]
     pub(crate) fn kept() -> usize {
         SPARE.with(|s| s.borrow().len())
+    }
+
+    /// How many small buffers this thread keeps.
+    #[cfg(test)]
+    pub(crate) fn kept_small() -> usize {
+        SPARE_SMALL.with(|s| s.borrow().len())
     }
 
     #[cfg(test)]
@@ -166,6 +213,38 @@ pub(crate) mod spare_buffers {
             give(buf);
             assert_eq!(kept(), before + 1);
             assert!(take().capacity() >= READ_CHUNK);
+        }
+
+        #[test]
+        fn a_waiting_request_moves_to_a_small_buffer_and_both_are_kept() {
+            let mut flow = crate::engine::Flow::default();
+            flow.inbuf = take();
+            flow.inbuf.extend_from_slice(b"Q\0\0\0\x0dselect 1\0");
+            let (large, small) = (kept(), kept_small());
+            flow.shrink_to_request();
+            assert_eq!(&flow.inbuf[..], b"Q\0\0\0\x0dselect 1\0");
+            assert!(
+                flow.inbuf.capacity() < READ_CHUNK,
+                "{}",
+                flow.inbuf.capacity()
+            );
+            assert_eq!(kept(), large + 1, "the read buffer went back");
+            // Relayed (here: consumed), then given back: to the small cache.
+            flow.inbuf.advance(flow.inbuf.len());
+            flow.shrink_if_empty();
+            assert_eq!(kept_small(), small + 1);
+            assert!(take_small().capacity() >= SMALL);
+        }
+
+        #[test]
+        fn a_request_too_large_for_a_small_buffer_stays_where_it_is() {
+            let mut flow = crate::engine::Flow::default();
+            flow.inbuf = take();
+            flow.inbuf.extend_from_slice(&[b'x'; SMALL + 1]);
+            let ptr = flow.inbuf.as_ptr();
+            flow.shrink_to_request();
+            assert_eq!(flow.inbuf.as_ptr(), ptr);
+            assert_eq!(flow.inbuf.len(), SMALL + 1);
         }
 
         #[test]

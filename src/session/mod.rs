@@ -570,14 +570,17 @@ async fn transaction(
     asked: u64,
 ) -> Result<Step> {
     let pool = &session.pool;
-    // The server's side of the relay and the requests in flight on it are the transaction's
-    // (an idle client holds neither): it ends with both flushed and empty.
-    let mut lease = parts::Lease::take();
-    let parts::Parts { down, tracker } = &mut *lease;
-    let Some((mut server, attached)) = watchdog.checkout(pool, stream, asked).await? else {
+    let Some((mut server, attached)) = watchdog.checkout(pool, stream, &mut c.up, asked).await?
+    else {
         // The client left while queued: what it asked for never runs.
         return Ok(Step::End);
     };
+    // The server's side of the relay and the requests in flight on it are the transaction's
+    // (an idle client holds neither, nor does a queued one: with thousands of clients on a
+    // pool of 150, taken before the checkout they held a set and its buffers per waiting
+    // client): it ends with both flushed and empty.
+    let mut lease = parts::Lease::take();
+    let parts::Parts { down, tracker } = &mut *lease;
     session.client.attached(&server);
     if c.state.is_none() {
         c.state = pool.shared_state(&c.params, &c.settings);

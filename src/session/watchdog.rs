@@ -224,6 +224,7 @@ impl<'a> Watchdog<'a> {
         &self,
         pool: &Arc<Pool>,
         stream: &mut TcpStream,
+        up: &mut Flow,
         asked: u64,
     ) -> Result<Option<(PooledServer, u64)>> {
         let checkout = pool.checkout_in(&self.wait_slot, asked);
@@ -239,6 +240,8 @@ impl<'a> Watchdog<'a> {
         {
             return r.map(|server| Some((server, asked)));
         }
+        // Queued: the request waits in a buffer its size, not in a read buffer.
+        up.shrink_to_request();
         // `query_wait_notify`: once per wait, as PgBouncer does; the pool's expiry task says
         // when (a wait arms no timer of its own).
         let server = loop {
