@@ -2650,9 +2650,11 @@ fn real_main() {
             .collect()
     };
     if !mission_plan.is_empty() {
-        // Both mission pools full (pool + reserve each), superuser slots and a margin; the
-        // main rows' targets are stopped before the mission rows start.
-        let need = 2 * (MISSION_POOL.size + MISSION_POOL.reserve) + 60;
+        // Every mission target's pool full (pool + reserve each: PgBouncer, the pooler and
+        // pooler-b when there is one), superuser slots and a margin; the main rows' targets are
+        // stopped before the mission rows start.
+        let targets = 2 + u32::from(pooler_b.is_some());
+        let need = targets * (MISSION_POOL.size + MISSION_POOL.reserve) + 60;
         if opts.pg_max_connections < need {
             println!(
                 "(PG_MAX_CONNECTIONS {} is too small for the mission rows: using {need})",
