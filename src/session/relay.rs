@@ -258,6 +258,10 @@ impl Flow {
     fn read_from(&mut self, stream: &TcpStream) -> io::Result<Option<usize>> {
         if self.inbuf.capacity() == 0 {
             self.inbuf = spare_buffers::take();
+        } else if self.inbuf.is_empty() && !self.inbuf.try_reclaim(READ_CHUNK) {
+            // A queued request's small buffer, come back from `out` by a swap: traded for a
+            // read buffer, not grown into one (an allocation and a free each time).
+            spare_buffers::give(std::mem::replace(&mut self.inbuf, spare_buffers::take()));
         }
         self.inbuf.reserve(READ_CHUNK);
         let spare = self.inbuf.capacity() - self.inbuf.len();
@@ -341,5 +345,45 @@ pub fn client_left(stream: &TcpStream) -> bool {
         Some(Ok(ready)) => ready.is_read_closed(),
         Some(Err(_)) => true,
         None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// After a waited checkout the request sits in a small buffer, which the relay's swaps
+    /// can bring back to `inbuf`: the next read trades it for a read buffer instead of
+    /// growing it (tpcb went from 0.4 to 2.1 allocations per transaction when it grew).
+    #[tokio::test]
+    async fn a_read_into_a_small_buffer_trades_it_for_a_read_buffer() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let mut writer = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (reader, _) = listener.accept().await.expect("accept");
+        writer.write_all(b"hello").await.expect("write");
+        let mut flow = Flow::default();
+        flow.inbuf = spare_buffers::take_small();
+        let small = flow.inbuf.as_ptr();
+        let kept_small = spare_buffers::kept_small();
+        let got = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            loop {
+                reader.readable().await.expect("readable");
+                if let Some(n) = flow.read_from(&reader).expect("read") {
+                    return n;
+                }
+            }
+        })
+        .await
+        .expect("the bytes arrive");
+        assert_eq!(got, 5);
+        assert_eq!(&flow.inbuf[..], b"hello");
+        assert!(flow.inbuf.capacity() >= READ_CHUNK);
+        assert_ne!(flow.inbuf.as_ptr(), small, "the small buffer was grown");
+        assert_eq!(spare_buffers::kept_small(), kept_small + 1);
     }
 }
