@@ -86,12 +86,25 @@ pub fn pg_bindir() -> PathBuf {
     dir
 }
 
+/// A loopback port nothing listens on, for a process this test starts. The port is released
+/// before that process binds it, so the kernel may hand it to the next caller too: a test
+/// starting poolers in parallel with another could give two of them one port, and the one
+/// that lost the bind exits while a readiness probe on that port is answered by the other.
+/// So this never returns a port it returned before in this process.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 fn run(cmd: &mut Command, what: &str) {
