@@ -213,7 +213,7 @@ async fn login(
     // half the pooler's). Anything the client sent past the login goes to the session.
     let mut reader = tokio::io::BufReader::with_capacity(LOGIN_READ, socket);
     let stream = &mut reader;
-    let mut packet = wire::read_startup(stream).await?;
+    let mut packet = wire::read_startup_buffered(stream).await?;
     let params = loop {
         match wire::parse_startup(&packet)? {
             StartupRequest::Startup { params } => break params,
@@ -225,7 +225,7 @@ async fn login(
             StartupRequest::Ssl | StartupRequest::GssEnc => {}
         }
         stream.write_all(b"N").await?;
-        packet = wire::read_startup(stream).await?;
+        packet = wire::read_startup_buffered(stream).await?;
     };
     let config = app.config();
     if client_count > config.pooler.max_client_conn {
