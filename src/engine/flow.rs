@@ -97,9 +97,8 @@ impl Flow {
         let mut small = spare_buffers::take_small();
         small.extend_from_slice(&self.inbuf);
         spare_buffers::give(std::mem::replace(&mut self.inbuf, small));
-        if self.out.capacity() > 0 {
-            spare_buffers::give(std::mem::take(&mut self.out));
-        }
+        // `out` is empty (checked above): its buffer goes back too.
+        self.shrink_if_empty();
     }
 
     /// Gives `out` a buffer from the cache before anything is written to it.
