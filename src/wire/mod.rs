@@ -37,11 +37,14 @@ pub enum StartupRequest<'a> {
     Cancel { pid: i32, secret: i32 },
 }
 
+/// The lengths a startup-phase packet may have (the length word counts itself and the code).
+const STARTUP_LENS: std::ops::RangeInclusive<i32> = 8..=MAX_STARTUP_LEN as i32;
+
 /// Reads one startup-phase packet (length, code, body) and returns what follows the length
 /// word, for `parse_startup`.
 pub async fn read_startup<R: AsyncRead + Unpin>(r: &mut R) -> Result<Vec<u8>> {
     let len = r.read_i32().await?;
-    if !(8..=MAX_STARTUP_LEN as i32).contains(&len) {
+    if !STARTUP_LENS.contains(&len) {
         return Err(PoolerError::protocol(format!(
             "invalid startup packet length {len}"
         )));
@@ -58,7 +61,7 @@ pub async fn read_startup_buffered<R: AsyncBufRead + Unpin>(r: &mut R) -> Result
     if let Some(len) = buf
         .get(..4)
         .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-        && (8..=MAX_STARTUP_LEN as i32).contains(&len)
+        && STARTUP_LENS.contains(&len)
         && buf.len() >= len as usize
     {
         let body = buf[4..len as usize].to_vec();
