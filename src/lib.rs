@@ -31,3 +31,4 @@ pub mod supervisor;
 pub mod tls;
 pub mod wakeup;
 pub mod wire;
+pub mod workers;

@@ -20,6 +20,7 @@ use crate::lifecycle::Phase;
 use crate::session;
 use crate::supervisor;
 use crate::tls;
+use crate::workers::Workers;
 
 /// A listener that could not be opened, naming what it was for.
 fn listen_error(what: &str, addr: impl std::fmt::Display, e: std::io::Error) -> std::io::Error {
@@ -127,7 +128,7 @@ fn bind_unix(dir: &Path, port: u16) -> std::io::Result<(UnixListener, PathBuf)> 
 /// Accepts clients until the task is dropped or SHUTDOWN. `max_client_conn` is enforced
 /// inside each session, after the startup packet, so the refusal reaches the client as an
 /// ErrorResponse.
-pub async fn accept_loop(app: Arc<App>, listener: TcpListener) {
+pub async fn accept_loop(app: Arc<App>, listener: TcpListener, workers: Option<Arc<Workers>>) {
     let mut phase = app.control.phase_signal();
     let mut errors = AcceptErrors::new("clients");
     loop {
@@ -135,7 +136,7 @@ pub async fn accept_loop(app: Arc<App>, listener: TcpListener) {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     errors.accepted();
-                    tokio::spawn(serve(app.clone(), stream, peer));
+                    start_session(&app, workers.as_deref(), stream, peer);
                     continue;
                 }
                 // EMFILE and friends: the connection stays in the backlog and the next accept
@@ -157,14 +158,52 @@ pub async fn accept_loop(app: Arc<App>, listener: TcpListener) {
     if let Ok(listener) = listener.into_std() {
         while let Ok((stream, peer)) = listener.accept() {
             // Accepted sockets do not inherit the listener's non-blocking mode.
-            if stream.set_nonblocking(true).is_ok()
-                && let Ok(stream) = tokio::net::TcpStream::from_std(stream)
-            {
-                tokio::spawn(serve(app.clone(), stream, peer));
+            if stream.set_nonblocking(true).is_ok() {
+                start_session_std(&app, workers.as_deref(), stream, peer);
             }
         }
     }
     app.control.set_listening(false);
+}
+
+/// Starts an accepted connection's session: on a worker thread when there are workers (the
+/// socket moves to that thread's I/O driver), else on this runtime.
+fn start_session(app: &Arc<App>, workers: Option<&Workers>, stream: TcpStream, peer: SocketAddr) {
+    if workers.is_none() {
+        tokio::spawn(serve(app.clone(), stream, peer));
+        return;
+    }
+    match stream.into_std() {
+        Ok(stream) => start_session_std(app, workers, stream, peer),
+        Err(e) => {
+            tracing::warn!(peer = %crate::logging::Addr(peer), error = %e, "accepted socket lost")
+        }
+    }
+}
+
+fn start_session_std(
+    app: &Arc<App>,
+    workers: Option<&Workers>,
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+) {
+    let app = app.clone();
+    let make = move || {
+        use tokio_util::either::Either;
+        match TcpStream::from_std(stream) {
+            Ok(stream) => Either::Left(serve(app, stream, peer)),
+            Err(e) => {
+                tracing::warn!(peer = %crate::logging::Addr(peer), error = %e, "accepted socket lost");
+                Either::Right(std::future::ready(()))
+            }
+        }
+    };
+    match workers {
+        Some(workers) => workers.spawn_session(make),
+        None => {
+            tokio::spawn(async move { make().await });
+        }
+    }
 }
 
 /// Serves an accepted TCP connection: TLS negotiation first when client TLS is on (see
@@ -302,6 +341,9 @@ pub struct Running {
     /// The shutdown supervisor: it ends when a shutdown is complete.
     supervisor: Option<tokio::task::JoinHandle<()>>,
     background: Vec<tokio::task::JoinHandle<()>>,
+    /// The session threads (None: sessions run on the caller's runtime); they stop when this
+    /// is dropped, after the accept loops.
+    workers: Option<Arc<Workers>>,
 }
 
 impl Running {
@@ -338,10 +380,18 @@ impl Running {
             metrics_addr = Some(http.local_addr()?);
             background.push(tokio::spawn(http::serve_http(app.clone(), http)));
         }
+        // `workers = 1`: sessions run on the runtime this is called on (the main thread's, in
+        // the binary); more: on worker threads of their own (`workers.rs`).
+        let workers = match p.workers {
+            1 => None,
+            0 => Some(std::thread::available_parallelism().map_or(1, |n| n.get())),
+            n => Some(n),
+        };
+        let workers = workers.map(Workers::start).transpose()?.map(Arc::new);
         app.control.set_listening(true);
         let mut tasks: Vec<_> = listeners
             .into_iter()
-            .map(|l| tokio::spawn(accept_loop(app.clone(), l)))
+            .map(|l| tokio::spawn(accept_loop(app.clone(), l, workers.clone())))
             .collect();
         let unix_socket = unix.map(|(listener, path)| {
             tasks.push(tokio::spawn(accept_unix(
@@ -361,7 +411,13 @@ impl Running {
             tasks,
             supervisor: Some(supervisor),
             background,
+            workers,
         })
+    }
+
+    /// How many threads run sessions (0: the caller's runtime).
+    pub fn workers(&self) -> usize {
+        self.workers.as_ref().map_or(0, |w| w.len())
     }
 
     /// Starts a graceful shutdown (as SIGTERM does).

@@ -139,7 +139,7 @@ fn main() -> ExitCode {
         println!("pooler: {} is valid", cli.config.display());
         return ExitCode::SUCCESS;
     }
-    let runtime = match runtime(app.config().pooler.workers) {
+    let runtime = match runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("pooler: cannot start runtime: {e}");
@@ -152,20 +152,13 @@ fn main() -> ExitCode {
     code
 }
 
-/// One worker runs everything on the main thread (tokio's current-thread runtime: a session's
-/// client and server readiness and the pool's hand-offs never cross threads); more share the
-/// sessions among that many threads; 0 is one per core.
-fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    if workers == 1 {
-        return tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build();
-    }
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if workers > 1 {
-        builder.worker_threads(workers);
-    }
-    builder.enable_all().build()
+/// The main thread's runtime: accept loops, signals, the supervisor, HTTP. With `workers = 1`
+/// it runs the sessions too (everything on one thread, as PgBouncer); with more, sessions run
+/// on that many worker threads of their own (`workers.rs`, started by `Running::start`).
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
 }
 
 async fn serve(app: App) -> ExitCode {

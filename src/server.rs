@@ -173,6 +173,9 @@ pub struct ServerConn {
     /// against its host's share (`pool::HostTicket`; opaque here, so that the server does not
     /// depend on the pool).
     pub host_ticket: Option<Box<dyn std::any::Any + Send + Sync>>,
+    /// The worker thread whose I/O driver the socket is registered with (None: not a
+    /// worker's; see `adopt`).
+    home: Option<u32>,
 }
 
 impl std::fmt::Debug for ServerConn {
@@ -272,6 +275,7 @@ impl ServerConn {
             query_bound: Duration::from_secs(15),
             host: 0,
             host_ticket: None,
+            home: crate::workers::current(),
         };
         // An IO error here is the server's, not the client's: the client gets 08006.
         conn.login(target, credential).await.map_err(|e| match e {
@@ -489,6 +493,19 @@ impl ServerConn {
     pub fn is_alive(&self) -> bool {
         let mut probe = [0u8; 1];
         matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+
+    /// Moves the socket to the I/O driver of the worker thread this runs on, when it is
+    /// registered with another's (a server opened or last used by a session of another
+    /// thread): its readiness then wakes this thread's session directly, instead of another
+    /// thread's driver waking it across threads on every reply.
+    pub fn adopt(&mut self) -> std::io::Result<()> {
+        crate::workers::adopt(&mut self.stream, &mut self.home)
+    }
+
+    /// The worker thread whose I/O driver the socket is registered with (see `adopt`).
+    pub fn home(&self) -> Option<u32> {
+        self.home
     }
 
     /// Says goodbye politely; errors do not matter, the socket is dropped either way.

@@ -232,6 +232,40 @@ async fn waiters_get_the_server_in_arrival_order() {
     assert_eq!(order, vec![0, 1, 2, 3, 4]);
 }
 
+/// With two worker threads, two clients land on different threads and take turns on the one
+/// server: the server's socket moves to each client's thread at checkout (`workers::adopt`),
+/// and every reply still reaches the client that asked, on the same backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_on_two_worker_threads_take_turns_on_one_server() {
+    let pg = PgServer::shared();
+    let db = pg.create_db("two_workers").await;
+    let pooler = Pooler::start(
+        pg,
+        &db,
+        "pool_mode = \"transaction\"\ndefault_pool_size = 1\nworkers = 2",
+    )
+    .await;
+    assert_eq!(pooler.running.workers(), 2);
+    let a = pooler.client().await;
+    let b = pooler.client().await;
+    let mut pids = std::collections::HashSet::new();
+    for i in 0..40i32 {
+        let (c, tag) = if i % 2 == 0 { (&a, "a") } else { (&b, "b") };
+        let row = c
+            .query_one(
+                "SELECT $1::int + 1, $2::text, pg_backend_pid()",
+                &[&i, &tag],
+            )
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, i32>(0), i + 1);
+        assert_eq!(row.get::<_, String>(1), tag);
+        pids.insert(row.get::<_, i32>(2));
+    }
+    assert_eq!(pids.len(), 1, "one server served both: {pids:?}");
+    assert_eq!(pooler.server_pids(pg).await.len(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_client_conn_refuses_with_53300() {
     let pg = PgServer::shared();

@@ -146,8 +146,9 @@ pub struct PoolerSettings {
     /// the kernel spreads connections among them (rolling restarts, more cores).
     #[serde(deserialize_with = "pg_bool")]
     pub so_reuseport: bool,
-    /// Threads that run sessions (Odyssey's and PgDog's `workers`); 0: one per core. With 1
-    /// everything runs on one thread, as in PgBouncer: no cross-thread wake-ups at all.
+    /// Threads that run sessions (Odyssey's and PgDog's `workers`), each a single-threaded
+    /// runtime of its own (`workers.rs`); 0: one per core. With 1 everything runs on the main
+    /// thread, as in PgBouncer.
     pub workers: usize,
 }
 

@@ -626,7 +626,7 @@ impl Pool {
             let mut evict = false;
             let idle = {
                 let mut st = self.lock();
-                match st.idle.pop() {
+                match take_idle(&mut st.idle) {
                     Some(server) if !st.paused => {
                         let now = if waited { clock::now_us() } else { start };
                         let check = st
@@ -643,8 +643,8 @@ impl Pool {
                     None => None,
                 }
             };
-            if let Some((server, check)) = idle {
-                if !server.is_alive() {
+            if let Some((mut server, check)) = idle {
+                if !server.is_alive() || server.adopt().is_err() {
                     self.close(server, CloseReason::Dead);
                     continue;
                 }
@@ -708,8 +708,8 @@ impl Pool {
                 }
             };
             match grant {
-                Grant::Server(server) => {
-                    if !server.is_alive() {
+                Grant::Server(mut server) => {
+                    if !server.is_alive() || server.adopt().is_err() {
                         self.close(server, CloseReason::Dead);
                     } else if !self.host_ok(&server) {
                         self.close(server, CloseReason::HostUnusable);
@@ -920,6 +920,23 @@ impl Drop for Connecting<'_> {
     fn drop(&mut self) {
         self.0.lock().connecting -= 1;
     }
+}
+
+/// The idle server to hand out: the most recently used, or one of the few below it that is
+/// already registered with this worker thread's I/O driver (no move, see
+/// `ServerConn::adopt`). Only the top few are looked at: the stack stays about LIFO.
+#[allow(clippy::vec_box)]
+fn take_idle(idle: &mut Vec<Box<ServerConn>>) -> Option<Box<ServerConn>> {
+    const LOOK: usize = 4;
+    let here = crate::workers::current();
+    let top = idle.len().checked_sub(1)?;
+    if here.is_some() && idle[top].home() != here {
+        let from = idle.len().saturating_sub(LOOK);
+        if let Some(i) = idle[from..top].iter().rposition(|s| s.home() == here) {
+            return Some(idle.remove(from + i));
+        }
+    }
+    idle.pop()
 }
 
 /// `server_login_retry`: the error for a client of a pool with no servers whose last login
