@@ -167,41 +167,40 @@ pub async fn accept_loop(app: Arc<App>, listener: TcpListener, workers: Option<A
 }
 
 /// Starts an accepted connection's session: on a worker thread when there are workers (the
-/// socket moves to that thread's I/O driver), else on this runtime.
+/// socket moves from this thread's I/O driver to the worker's), else on this runtime.
 fn start_session(app: &Arc<App>, workers: Option<&Workers>, stream: TcpStream, peer: SocketAddr) {
-    if workers.is_none() {
+    let Some(workers) = workers else {
         tokio::spawn(serve(app.clone(), stream, peer));
         return;
-    }
+    };
     match stream.into_std() {
-        Ok(stream) => start_session_std(app, workers, stream, peer),
+        Ok(stream) => start_session_std(app, Some(workers), stream, peer),
         Err(e) => {
             tracing::warn!(peer = %crate::logging::Addr(peer), error = %e, "accepted socket lost")
         }
     }
 }
 
+/// `start_session` for a socket no I/O driver has yet.
 fn start_session_std(
     app: &Arc<App>,
     workers: Option<&Workers>,
     stream: std::net::TcpStream,
     peer: SocketAddr,
 ) {
-    let app = app.clone();
-    let make = move || {
-        use tokio_util::either::Either;
-        match TcpStream::from_std(stream) {
-            Ok(stream) => Either::Left(serve(app, stream, peer)),
-            Err(e) => {
-                tracing::warn!(peer = %crate::logging::Addr(peer), error = %e, "accepted socket lost");
-                Either::Right(std::future::ready(()))
-            }
-        }
+    let registered = match workers {
+        Some(workers) => workers.register(stream),
+        None => TcpStream::from_std(stream).map(|s| (s, None)),
     };
-    match workers {
-        Some(workers) => workers.spawn_session(make),
-        None => {
-            tokio::spawn(async move { make().await });
+    match registered {
+        Ok((stream, None)) => {
+            tokio::spawn(serve(app.clone(), stream, peer));
+        }
+        Ok((stream, Some(worker))) => {
+            worker.spawn(serve(app.clone(), stream, peer));
+        }
+        Err(e) => {
+            tracing::warn!(peer = %crate::logging::Addr(peer), error = %e, "accepted socket lost")
         }
     }
 }

@@ -11,11 +11,10 @@
 //! transaction's reads, writes and wake-ups stay on one thread, as in PgBouncer; the threads
 //! meet only in the pools' shared state.
 //!
-//! A new session goes to the thread with the fewest live sessions.
+//! New sessions go to the threads in turn; their sockets are registered with the chosen
+//! thread's driver by the accepting thread, so a session's task holds nothing but the session.
 
 use std::cell::Cell;
-use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use tokio::net::TcpStream;
@@ -62,8 +61,6 @@ struct Worker {
     /// need to, and a drop inside a runtime must not block).
     #[cfg_attr(not(test), allow(dead_code))]
     thread: Option<std::thread::JoinHandle<()>>,
-    /// Sessions spawned here and not yet ended.
-    sessions: Arc<AtomicUsize>,
 }
 
 /// The session threads. Dropped, they stop: each drops its runtime and with it every task
@@ -71,6 +68,8 @@ struct Worker {
 pub struct Workers {
     workers: Vec<Worker>,
     stop: CancellationToken,
+    /// The thread the next session goes to (modulo their number).
+    next: AtomicUsize,
 }
 
 impl Workers {
@@ -96,10 +95,13 @@ impl Workers {
             workers.push(Worker {
                 handle,
                 thread: Some(thread),
-                sessions: Arc::default(),
             });
         }
-        Ok(Workers { workers, stop })
+        Ok(Workers {
+            workers,
+            stop,
+            next: AtomicUsize::new(0),
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -110,25 +112,18 @@ impl Workers {
         self.workers.is_empty()
     }
 
-    /// Runs a session's future on the least busy thread; `make` builds it there, so what it
-    /// registers (the client's socket) belongs to that thread's I/O driver.
-    pub fn spawn_session<F, Fut>(&self, make: F)
-    where
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = ()> + 'static + Send,
-    {
-        let Some(worker) = self
-            .workers
-            .iter()
-            .min_by_key(|w| w.sessions.load(Ordering::Relaxed))
-        else {
-            return;
+    /// Registers a new session's socket with the next thread's I/O driver (in turn), and
+    /// gives the thread to spawn the session on.
+    pub fn register(
+        &self,
+        stream: std::net::TcpStream,
+    ) -> std::io::Result<(TcpStream, Option<&Handle>)> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.workers.len().max(1);
+        let Some(worker) = self.workers.get(i) else {
+            return TcpStream::from_std(stream).map(|s| (s, None));
         };
-        let live = Live::new(&worker.sessions);
-        worker.handle.spawn(async move {
-            let _live = live;
-            make().await
-        });
+        let _there = worker.handle.enter();
+        TcpStream::from_std(stream).map(|s| (s, Some(&worker.handle)))
     }
 }
 
@@ -136,22 +131,6 @@ impl Drop for Workers {
     /// Not joined: this may run inside a runtime, which must not block.
     fn drop(&mut self) {
         self.stop.cancel();
-    }
-}
-
-/// One live session on a thread, for the least-busy choice.
-struct Live(Arc<AtomicUsize>);
-
-impl Live {
-    fn new(count: &Arc<AtomicUsize>) -> Live {
-        count.fetch_add(1, Ordering::Relaxed);
-        Live(count.clone())
-    }
-}
-
-impl Drop for Live {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -235,23 +214,33 @@ mod tests {
     }
 
     #[test]
-    fn sessions_go_to_the_worker_with_fewest() {
+    fn sessions_go_to_the_threads_in_turn_and_their_sockets_with_them() {
         let workers = Workers::start(2).unwrap();
-        let (hold, held) = tokio::sync::oneshot::channel::<()>();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let first = tx.clone();
-        workers.spawn_session(move || async move {
-            let _ = first.send(current());
-            let _ = held.await;
-        });
-        let a = rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
-        workers.spawn_session(move || async move {
-            let _ = tx.send(current());
-        });
-        let b = rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
-        assert!(a.is_some() && b.is_some());
-        assert_ne!(a, b, "the second session goes to the idle worker");
-        drop(hold);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            let client = std::net::TcpStream::connect(addr).unwrap();
+            let (accepted, _) = listener.accept().unwrap();
+            accepted.set_nonblocking(true).unwrap();
+            let (stream, handle) = workers.register(accepted).unwrap();
+            let (tx, rx) = std::sync::mpsc::channel();
+            handle.expect("a worker's").spawn(async move {
+                let mut stream = stream;
+                let mut buf = [0u8; 2];
+                // Readiness comes from this thread's own driver: it was registered there.
+                let read = stream.read_exact(&mut buf).await.map(|_| buf);
+                let _ = tx.send((current(), read.ok()));
+            });
+            use std::io::Write;
+            (&client).write_all(b"hi").unwrap();
+            seen.push(rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap());
+        }
+        let threads: Vec<_> = seen.iter().map(|(t, _)| t.expect("on a worker")).collect();
+        assert_eq!(threads[0], threads[2]);
+        assert_eq!(threads[1], threads[3]);
+        assert_ne!(threads[0], threads[1]);
+        assert!(seen.iter().all(|(_, read)| read == &Some(*b"hi")));
         workers.join();
     }
 }
