@@ -941,7 +941,10 @@ const SAME_TIME: Duration = Duration::from_millis(1);
 /// (`ServerConn::adopt`), a third more CPU per transaction when every checkout waits. Waiters
 /// that arrived further apart are served strictly in order.
 fn next_waiter(waiters: &VecDeque<Waiter>, here: Option<u32>) -> usize {
-    const LOOK: usize = 8;
+    const LOOK: usize = 32;
+    // A worker queues its sessions in runs (one batch of readiness events after another):
+    // at 64 clients on a pool of 20, eight places found none on this thread in 17 % of
+    // check-ins, 32 places in 1.6 %.
     let Some(first) = waiters.front() else {
         return 0;
     };
@@ -1019,7 +1022,7 @@ mod tests {
 
     #[test]
     fn a_server_goes_to_the_first_waiter_or_one_on_its_thread_that_came_at_the_same_time() {
-        let slots: Vec<WaitSlot> = (0..10).map(|_| WaitSlot::new()).collect();
+        let slots: Vec<WaitSlot> = (0..40).map(|_| WaitSlot::new()).collect();
         let t = Instant::now();
         let us = |n: u64| t + Duration::from_micros(n);
         let queue = |spec: &[(u64, u32)]| -> VecDeque<Waiter> {
@@ -1034,8 +1037,8 @@ mod tests {
         assert_eq!(next_waiter(&queue(&[(0, 0), (5, 0), (10, 1)]), Some(1)), 2);
         // ... but not one that came a millisecond or more after the first.
         assert_eq!(next_waiter(&queue(&[(0, 0), (1_001, 1)]), Some(1)), 0);
-        // ... nor one further back than the first eight.
-        let far: Vec<(u64, u32)> = (0..8).map(|i| (i, 0)).chain([(9, 1)]).collect();
+        // ... nor one further back than the first 32.
+        let far: Vec<(u64, u32)> = (0..32).map(|i| (i, 0)).chain([(33, 1)]).collect();
         assert_eq!(next_waiter(&queue(&far), Some(1)), 0);
         // Nobody on this thread, or not on a worker thread at all: the first.
         assert_eq!(next_waiter(&queue(&[(0, 0), (10, 0)]), Some(1)), 0);
