@@ -4,8 +4,8 @@
 //!
 //! Why: on tokio's multi-threaded runtime, a worker that finds more than one task ready
 //! wakes a sleeping one to steal (a `futex` and an `epoll_wait` on another core), and a
-//! session's two sockets are read wherever its task happens to run; that cost 15-25 % more
-//! CPU per transaction than one thread at the same load. Here a session stays on the thread
+//! session's two sockets are read wherever its task happens to run; that cost 10-20 % more
+//! CPU per transaction than one thread at the same load (`docs/benchmarks.md`). Here a session stays on the thread
 //! it was given at accept, its client socket is registered with that thread's I/O driver, and
 //! a server it checks out is moved to the same driver (`ServerConn::adopt`), so a
 //! transaction's reads, writes and wake-ups stay on one thread, as in PgBouncer; the threads
