@@ -13,6 +13,8 @@
 //!
 //! New sessions go to the threads in turn; their sockets are registered with the chosen
 //! thread's driver by the accepting thread, so a session's task holds nothing but the session.
+//! Unix-socket clients stay on the main thread's runtime (their loopback bridge lives there);
+//! the servers they check out are not moved (`adopt` moves only onto a worker thread).
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
