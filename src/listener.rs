@@ -189,16 +189,14 @@ fn start_session_std(
     peer: SocketAddr,
 ) {
     let registered = match workers {
-        Some(workers) => workers.register(stream),
+        Some(workers) => workers
+            .register(stream)
+            .map(|(s, worker)| (s, Some(worker))),
         None => TcpStream::from_std(stream).map(|s| (s, None)),
     };
     match registered {
-        Ok((stream, None)) => {
-            tokio::spawn(serve(app.clone(), stream, peer));
-        }
-        Ok((stream, Some(worker))) => {
-            worker.spawn(serve(app.clone(), stream, peer));
-        }
+        Ok((stream, Some(worker))) => drop(worker.spawn(serve(app.clone(), stream, peer))),
+        Ok((stream, None)) => drop(tokio::spawn(serve(app.clone(), stream, peer))),
         Err(e) => {
             tracing::warn!(peer = %crate::logging::Addr(peer), error = %e, "accepted socket lost")
         }

@@ -116,16 +116,12 @@ impl Workers {
 
     /// Registers a new session's socket with the next thread's I/O driver (in turn), and
     /// gives the thread to spawn the session on.
-    pub fn register(
-        &self,
-        stream: std::net::TcpStream,
-    ) -> std::io::Result<(TcpStream, Option<&Handle>)> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.workers.len().max(1);
-        let Some(worker) = self.workers.get(i) else {
-            return TcpStream::from_std(stream).map(|s| (s, None));
-        };
+    pub fn register(&self, stream: std::net::TcpStream) -> std::io::Result<(TcpStream, &Handle)> {
+        // `start` makes at least one worker, so the index is always in range.
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.workers.len();
+        let worker = &self.workers[i];
         let _there = worker.handle.enter();
-        TcpStream::from_std(stream).map(|s| (s, Some(&worker.handle)))
+        TcpStream::from_std(stream).map(|s| (s, &worker.handle))
     }
 }
 
@@ -227,7 +223,7 @@ mod tests {
             accepted.set_nonblocking(true).unwrap();
             let (stream, handle) = workers.register(accepted).unwrap();
             let (tx, rx) = std::sync::mpsc::channel();
-            handle.expect("a worker's").spawn(async move {
+            handle.spawn(async move {
                 let mut stream = stream;
                 let mut buf = [0u8; 2];
                 // Readiness comes from this thread's own driver: it was registered there.
