@@ -65,7 +65,7 @@ async fn listen_addrs(listen_addr: &str, port: u16) -> std::io::Result<Vec<Socke
 /// One TCP listener. IPv6 ones are IPv6-only, so `*` can hold `0.0.0.0` and `::` on one port.
 /// With `reuse_port` (`so_reuseport`) other processes may bind the same port: the kernel
 /// spreads connections among the listeners of one user.
-fn bind_tcp(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
+fn bind_tcp(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     if addr.is_ipv6() {
@@ -78,21 +78,42 @@ fn bind_tcp(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> 
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket.into())
 }
 
-/// Binds every address of `listen_addr`. With `listen_port = 0` (tests) the first gets an
-/// ephemeral port and the others the same one.
-pub async fn bind(app: &App) -> std::io::Result<Vec<TcpListener>> {
+/// `copies` listeners on one address, one per accepting thread. More than one share the port
+/// as an `SO_REUSEPORT` group: the kernel hashes each new connection to one of them, so the
+/// thread that accepts it is the one that serves it, and only that thread wakes (one
+/// listener handing its connections to the threads cost the accepting thread a wake-up and
+/// a hand-over per login). A process that does not set `SO_REUSEPORT` still cannot bind the
+/// port; with `so_reuseport` off, one that does could join the group.
+fn bind_tcp_group(
+    mut addr: SocketAddr,
+    reuse_port: bool,
+    copies: usize,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let first = bind_tcp(addr, reuse_port || copies > 1)?;
+    // With port 0 (tests) the others take the port the first was given.
+    addr.set_port(first.local_addr()?.port());
+    let mut group = vec![first];
+    for _ in 1..copies {
+        group.push(bind_tcp(addr, true)?);
+    }
+    Ok(group)
+}
+
+/// Binds every address of `listen_addr`, `copies` listeners each (`bind_tcp_group`). With
+/// `listen_port = 0` (tests) the first gets an ephemeral port and the others the same one.
+pub async fn bind(app: &App, copies: usize) -> std::io::Result<Vec<Vec<std::net::TcpListener>>> {
     let config = app.config();
     let p = &config.pooler;
     let mut port = p.listen_port;
-    let mut listeners = Vec::new();
+    let mut groups = Vec::new();
     let wildcard = p.listen_addr.split(',').any(|a| a.trim() == "*");
     for mut addr in listen_addrs(&p.listen_addr, port).await? {
         addr.set_port(port);
-        let listener = match bind_tcp(addr, p.so_reuseport) {
-            Ok(l) => l,
+        let group = match bind_tcp_group(addr, p.so_reuseport, copies.max(1)) {
+            Ok(g) => g,
             // `*` on a host without IPv6: IPv4 alone, as PgBouncer does.
             Err(e) if wildcard && addr.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED) => {
                 tracing::warn!(error = %e, "listen_addr = *: no IPv6, listening on IPv4 only");
@@ -100,10 +121,12 @@ pub async fn bind(app: &App) -> std::io::Result<Vec<TcpListener>> {
             }
             Err(e) => return Err(listen_error("clients", addr, e)),
         };
-        port = listener.local_addr()?.port();
-        listeners.push(listener);
+        if let Some(first) = group.first() {
+            port = first.local_addr()?.port();
+        }
+        groups.push(group);
     }
-    Ok(listeners)
+    Ok(groups)
 }
 
 /// The Unix socket PgBouncer would open: `<unix_socket_dir>/.s.PGSQL.<port>`. A socket file
@@ -125,10 +148,20 @@ fn bind_unix(dir: &Path, port: u16) -> std::io::Result<(UnixListener, PathBuf)> 
     Ok((listener, path))
 }
 
-/// Accepts clients until the task is dropped or SHUTDOWN. `max_client_conn` is enforced
-/// inside each session, after the startup packet, so the refusal reaches the client as an
-/// ErrorResponse.
-pub async fn accept_loop(app: Arc<App>, listener: TcpListener, workers: Option<Arc<Workers>>) {
+/// Accepts clients until the task is dropped or SHUTDOWN, and runs their sessions on the
+/// runtime it runs on (a worker thread's with `workers` above one: each accepts on a
+/// listener of its own, see `bind_tcp_group`). `max_client_conn` is enforced inside each
+/// session, after the startup packet, so the refusal reaches the client as an ErrorResponse.
+pub async fn accept_loop(app: Arc<App>, listener: std::net::TcpListener) {
+    // Registered here, with this thread's I/O driver: the sockets it accepts are too.
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            // Its socket closes with it, so the kernel hashes no connection to it.
+            tracing::error!(error = %e, "a client listener could not be polled");
+            return;
+        }
+    };
     let mut phase = app.control.phase_signal();
     let mut errors = AcceptErrors::new("clients");
     loop {
@@ -136,7 +169,7 @@ pub async fn accept_loop(app: Arc<App>, listener: TcpListener, workers: Option<A
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     errors.accepted();
-                    start_session(&app, workers.as_deref(), stream, peer);
+                    tokio::spawn(serve(app.clone(), stream, peer));
                     continue;
                 }
                 // EMFILE and friends: the connection stays in the backlog and the next accept
@@ -151,56 +184,25 @@ pub async fn accept_loop(app: Arc<App>, listener: TcpListener, workers: Option<A
         }
     }
     // Closing the socket takes it out of the kernel's list, and with so_reuseport out of the
-    // port's group, so new connections are refused or go to the other poolers. The ones the
+    // port's group, so new connections are refused or go to the other listeners. The ones the
     // kernel has already queued here would be reset by the close: accept them first (a
     // non-blocking sweep, then the close at once), so they get what every client of a
     // draining pooler gets, 57P01 (reconnect), instead of a reset.
     if let Ok(listener) = listener.into_std() {
         while let Ok((stream, peer)) = listener.accept() {
             // Accepted sockets do not inherit the listener's non-blocking mode.
-            if stream.set_nonblocking(true).is_ok() {
-                start_session_std(&app, workers.as_deref(), stream, peer);
+            let registered = stream
+                .set_nonblocking(true)
+                .and_then(|()| TcpStream::from_std(stream));
+            match registered {
+                Ok(stream) => drop(tokio::spawn(serve(app.clone(), stream, peer))),
+                Err(e) => tracing::warn!(
+                    peer = %crate::logging::Addr(peer), error = %e, "accepted socket lost"
+                ),
             }
         }
     }
     app.control.set_listening(false);
-}
-
-/// Starts an accepted connection's session: on a worker thread when there are workers (the
-/// socket moves from this thread's I/O driver to the worker's), else on this runtime.
-fn start_session(app: &Arc<App>, workers: Option<&Workers>, stream: TcpStream, peer: SocketAddr) {
-    let Some(workers) = workers else {
-        tokio::spawn(serve(app.clone(), stream, peer));
-        return;
-    };
-    match stream.into_std() {
-        Ok(stream) => start_session_std(app, Some(workers), stream, peer),
-        Err(e) => {
-            tracing::warn!(peer = %crate::logging::Addr(peer), error = %e, "accepted socket lost")
-        }
-    }
-}
-
-/// `start_session` for a socket no I/O driver has yet.
-fn start_session_std(
-    app: &Arc<App>,
-    workers: Option<&Workers>,
-    stream: std::net::TcpStream,
-    peer: SocketAddr,
-) {
-    let registered = match workers {
-        Some(workers) => workers
-            .register(stream)
-            .map(|(s, worker)| (s, Some(worker))),
-        None => TcpStream::from_std(stream).map(|s| (s, None)),
-    };
-    match registered {
-        Ok((stream, Some(worker))) => drop(worker.spawn(serve(app.clone(), stream, peer))),
-        Ok((stream, None)) => drop(tokio::spawn(serve(app.clone(), stream, peer))),
-        Err(e) => {
-            tracing::warn!(peer = %crate::logging::Addr(peer), error = %e, "accepted socket lost")
-        }
-    }
 }
 
 /// Serves an accepted TCP connection: TLS negotiation first when client TLS is on (see
@@ -346,13 +348,22 @@ pub struct Running {
 impl Running {
     pub async fn start(app: App) -> std::io::Result<Running> {
         let app = Arc::new(app);
-        let listeners = bind(&app).await?;
-        let addrs = listeners
-            .iter()
-            .map(|l| l.local_addr())
-            .collect::<std::io::Result<Vec<_>>>()?;
         let config = app.config();
         let p = &config.pooler;
+        // `workers = 1`: sessions run on the runtime this is called on (the main thread's, in
+        // the binary); more: on worker threads of their own (`workers.rs`).
+        let workers = match p.workers {
+            1 => None,
+            0 => Some(std::thread::available_parallelism().map_or(1, |n| n.get())),
+            n => Some(n),
+        };
+        let workers = workers.map(Workers::start).transpose()?.map(Arc::new);
+        let groups = bind(&app, workers.as_ref().map_or(1, |w| w.len())).await?;
+        let addrs = groups
+            .iter()
+            .filter_map(|g| g.first())
+            .map(|l| l.local_addr())
+            .collect::<std::io::Result<Vec<_>>>()?;
         let unix = match p.unix_socket_dir.trim() {
             "" => None,
             dir => {
@@ -377,19 +388,18 @@ impl Running {
             metrics_addr = Some(http.local_addr()?);
             background.push(tokio::spawn(http::serve_http(app.clone(), http)));
         }
-        // `workers = 1`: sessions run on the runtime this is called on (the main thread's, in
-        // the binary); more: on worker threads of their own (`workers.rs`).
-        let workers = match p.workers {
-            1 => None,
-            0 => Some(std::thread::available_parallelism().map_or(1, |n| n.get())),
-            n => Some(n),
-        };
-        let workers = workers.map(Workers::start).transpose()?.map(Arc::new);
         app.control.set_listening(true);
-        let mut tasks: Vec<_> = listeners
-            .into_iter()
-            .map(|l| tokio::spawn(accept_loop(app.clone(), l, workers.clone())))
-            .collect();
+        // Each worker accepts on its own listener of every group and serves what it accepts.
+        let mut tasks = Vec::new();
+        for group in groups {
+            for (i, listener) in group.into_iter().enumerate() {
+                let accept = accept_loop(app.clone(), listener);
+                tasks.push(match &workers {
+                    Some(w) => w.handle(i).spawn(accept),
+                    None => tokio::spawn(accept),
+                });
+            }
+        }
         let unix_socket = unix.map(|(listener, path)| {
             tasks.push(tokio::spawn(accept_unix(
                 app.clone(),
@@ -448,6 +458,39 @@ impl Drop for Running {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A group of listeners on one port: the kernel spreads connections over all of them
+    /// (each worker accepts its own), and a process that does not set SO_REUSEPORT still
+    /// cannot bind the port, as with one listener.
+    #[test]
+    fn a_listener_group_shares_one_port_and_each_listener_gets_connections() {
+        let group =
+            bind_tcp_group("127.0.0.1:0".parse().expect("addr"), false, 2).expect("a group");
+        let addr = group[0].local_addr().expect("addr");
+        assert_eq!(group[1].local_addr().expect("addr"), addr);
+        let plain = std::net::TcpListener::bind(addr)
+            .map(|_| ())
+            .map_err(|e| e.kind());
+        assert_eq!(plain, Err(std::io::ErrorKind::AddrInUse));
+        const N: usize = 32;
+        let clients: Vec<_> = (0..N)
+            .map(|_| std::net::TcpStream::connect(addr).expect("connect"))
+            .collect();
+        let mut accepted = [0usize; 2];
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while accepted.iter().sum::<usize>() < N && std::time::Instant::now() < deadline {
+            for (i, l) in group.iter().enumerate() {
+                while l.accept().is_ok() {
+                    accepted[i] += 1;
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(accepted.iter().sum::<usize>(), N, "{accepted:?}");
+        // Hashed per connection: all 32 on one listener has odds 2^-31.
+        assert!(accepted.iter().all(|&n| n > 0), "{accepted:?}");
+        drop(clients);
+    }
 
     /// Every connected client holds one session future for as long as it stays connected,
     /// idle or not: its size is most of the pooler's memory per idle client (PgBouncer's is

@@ -11,13 +11,15 @@
 //! transaction's reads, writes and wake-ups stay on one thread, as in PgBouncer; the threads
 //! meet only in the pools' shared state.
 //!
-//! New sessions go to the threads in turn; their sockets are registered with the chosen
-//! thread's driver by the accepting thread, so a session's task holds nothing but the session.
+//! Each thread accepts new sessions itself, on a listener of its own (`listener.rs`: one
+//! `SO_REUSEPORT` group per address, the kernel hashing each connection to one listener),
+//! so a session's client socket is registered with its thread's driver from the start and
+//! no thread wakes another to hand a connection over.
 //! Unix-socket clients stay on the main thread's runtime (their loopback bridge lives there);
 //! the servers they check out are not moved (`adopt` moves only onto a worker thread).
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use tokio::net::TcpStream;
 use tokio::runtime::Handle;
@@ -70,8 +72,6 @@ struct Worker {
 pub struct Workers {
     workers: Vec<Worker>,
     stop: CancellationToken,
-    /// The thread the next session goes to (modulo their number).
-    next: AtomicUsize,
 }
 
 impl Workers {
@@ -99,11 +99,7 @@ impl Workers {
                 thread: Some(thread),
             });
         }
-        Ok(Workers {
-            workers,
-            stop,
-            next: AtomicUsize::new(0),
-        })
+        Ok(Workers { workers, stop })
     }
 
     pub fn len(&self) -> usize {
@@ -114,14 +110,10 @@ impl Workers {
         self.workers.is_empty()
     }
 
-    /// Registers a new session's socket with the next thread's I/O driver (in turn), and
-    /// gives the thread to spawn the session on.
-    pub fn register(&self, stream: std::net::TcpStream) -> std::io::Result<(TcpStream, &Handle)> {
+    /// Worker `i`'s runtime (modulo their number).
+    pub fn handle(&self, i: usize) -> &Handle {
         // `start` makes at least one worker, so the index is always in range.
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.workers.len();
-        let worker = &self.workers[i];
-        let _there = worker.handle.enter();
-        TcpStream::from_std(stream).map(|s| (s, &worker.handle))
+        &self.workers[i % self.workers.len()].handle
     }
 }
 
@@ -209,36 +201,5 @@ mod tests {
         assert_eq!(echoed.unwrap().unwrap(), *b"pong");
         peer.join().unwrap();
         second.join();
-    }
-
-    #[test]
-    fn sessions_go_to_the_threads_in_turn_and_their_sockets_with_them() {
-        let workers = Workers::start(2).unwrap();
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut seen = Vec::new();
-        for _ in 0..4 {
-            let client = std::net::TcpStream::connect(addr).unwrap();
-            let (accepted, _) = listener.accept().unwrap();
-            accepted.set_nonblocking(true).unwrap();
-            let (stream, handle) = workers.register(accepted).unwrap();
-            let (tx, rx) = std::sync::mpsc::channel();
-            handle.spawn(async move {
-                let mut stream = stream;
-                let mut buf = [0u8; 2];
-                // Readiness comes from this thread's own driver: it was registered there.
-                let read = stream.read_exact(&mut buf).await.map(|_| buf);
-                let _ = tx.send((current(), read.ok()));
-            });
-            use std::io::Write;
-            (&client).write_all(b"hi").unwrap();
-            seen.push(rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap());
-        }
-        let threads: Vec<_> = seen.iter().map(|(t, _)| t.expect("on a worker")).collect();
-        assert_eq!(threads[0], threads[2]);
-        assert_eq!(threads[1], threads[3]);
-        assert_ne!(threads[0], threads[1]);
-        assert!(seen.iter().all(|(_, read)| read == &Some(*b"hi")));
-        workers.join();
     }
 }

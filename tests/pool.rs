@@ -235,9 +235,11 @@ async fn waiters_get_the_server_in_arrival_order() {
     assert_eq!(order, vec![0, 1, 2, 3, 4]);
 }
 
-/// With two worker threads, two clients land on different threads and take turns on the one
-/// server: the server's socket moves to each client's thread at checkout (`workers::adopt`),
-/// and every reply still reaches the client that asked, on the same backend.
+/// With two worker threads, clients on both threads take turns on the one server: the
+/// server's socket moves to each client's thread at checkout (`workers::adopt`), and every
+/// reply still reaches the client that asked, on the same backend. Each thread accepts on its
+/// own listener and the kernel hashes connections to them: all sixteen clients on one thread
+/// has odds 2^-15.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_on_two_worker_threads_take_turns_on_one_server() {
     let pg = PgServer::shared();
@@ -249,11 +251,14 @@ async fn clients_on_two_worker_threads_take_turns_on_one_server() {
     )
     .await;
     assert_eq!(pooler.running.workers(), 2);
-    let a = pooler.client().await;
-    let b = pooler.client().await;
+    let mut clients = Vec::new();
+    for _ in 0..16 {
+        clients.push(pooler.client().await);
+    }
     let mut pids = std::collections::HashSet::new();
-    for i in 0..40i32 {
-        let (c, tag) = if i % 2 == 0 { (&a, "a") } else { (&b, "b") };
+    for i in 0..48i32 {
+        let c = &clients[i as usize % clients.len()];
+        let tag = format!("client {}", i as usize % clients.len());
         let row = c
             .query_one(
                 "SELECT $1::int + 1, $2::text, pg_backend_pid()",
@@ -265,7 +270,7 @@ async fn clients_on_two_worker_threads_take_turns_on_one_server() {
         assert_eq!(row.get::<_, String>(1), tag);
         pids.insert(row.get::<_, i32>(2));
     }
-    assert_eq!(pids.len(), 1, "one server served both: {pids:?}");
+    assert_eq!(pids.len(), 1, "one server served them all: {pids:?}");
     assert_eq!(pooler.server_pids(pg).await.len(), 1);
 }
 
