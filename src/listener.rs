@@ -152,7 +152,13 @@ fn bind_unix(dir: &Path, port: u16) -> std::io::Result<(UnixListener, PathBuf)> 
 /// runtime it runs on (a worker thread's with `workers` above one: each accepts on a
 /// listener of its own, see `bind_tcp_group`). `max_client_conn` is enforced inside each
 /// session, after the startup packet, so the refusal reaches the client as an ErrorResponse.
-pub async fn accept_loop(app: Arc<App>, listener: std::net::TcpListener) {
+/// The loops of one address share `errors`: at the descriptor limit they all fail at once,
+/// and the log gets one line for them, not one per loop.
+pub async fn accept_loop(
+    app: Arc<App>,
+    listener: std::net::TcpListener,
+    errors: Arc<std::sync::Mutex<AcceptErrors>>,
+) {
     // Registered here, with this thread's I/O driver: the sockets it accepts are too.
     let listener = match TcpListener::from_std(listener) {
         Ok(l) => l,
@@ -162,19 +168,31 @@ pub async fn accept_loop(app: Arc<App>, listener: std::net::TcpListener) {
             return;
         }
     };
+    let errors = || {
+        errors
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    };
+    // Whether this loop's last accept failed: only then does a success touch the shared
+    // record (the common accept takes no lock).
+    let mut failing = false;
     let mut phase = app.control.phase_signal();
-    let mut errors = AcceptErrors::new("clients");
     loop {
         let pause = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    errors.accepted();
+                    if std::mem::take(&mut failing) {
+                        errors().accepted();
+                    }
                     tokio::spawn(serve(app.clone(), stream, peer));
                     continue;
                 }
                 // EMFILE and friends: the connection stays in the backlog and the next accept
                 // would fail at once; wait (see `accept`), a shutdown still ends the wait.
-                Err(e) => errors.failed(&e),
+                Err(e) => {
+                    failing = true;
+                    errors().failed(&e)
+                }
             },
             _ = phase.wait_for(|p| *p >= Phase::Draining) => break,
         };
@@ -392,8 +410,9 @@ impl Running {
         // Each worker accepts on its own listener of every group and serves what it accepts.
         let mut tasks = Vec::new();
         for group in groups {
+            let errors = Arc::new(std::sync::Mutex::new(AcceptErrors::new("clients")));
             for (i, listener) in group.into_iter().enumerate() {
-                let accept = accept_loop(app.clone(), listener);
+                let accept = accept_loop(app.clone(), listener, errors.clone());
                 tasks.push(match &workers {
                     Some(w) => w.handle(i).spawn(accept),
                     None => tokio::spawn(accept),
