@@ -81,9 +81,9 @@ fn bind_tcp(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::Tcp
     Ok(socket.into())
 }
 
-/// `copies` listeners on one address, one per accepting thread. More than one share the port
-/// as an `SO_REUSEPORT` group: the kernel hashes each new connection to one of them, so the
-/// thread that accepts it is the one that serves it, and only that thread wakes (one
+/// `copies` listeners on one address (at least one: the first is always bound), one per
+/// accepting thread. More than one share the port as an `SO_REUSEPORT` group: the kernel
+/// hashes each new connection to one of them, so the thread that accepts it serves it, and only that thread wakes (one
 /// listener handing its connections to the threads cost the accepting thread a wake-up and
 /// a hand-over per login). A process that does not set `SO_REUSEPORT` still cannot bind the
 /// port; with `so_reuseport` off, one that does could join the group.
@@ -112,7 +112,7 @@ pub async fn bind(app: &App, copies: usize) -> std::io::Result<Vec<Vec<std::net:
     let wildcard = p.listen_addr.split(',').any(|a| a.trim() == "*");
     for mut addr in listen_addrs(&p.listen_addr, port).await? {
         addr.set_port(port);
-        let group = match bind_tcp_group(addr, p.so_reuseport, copies.max(1)) {
+        let group = match bind_tcp_group(addr, p.so_reuseport, copies) {
             Ok(g) => g,
             // `*` on a host without IPv6: IPv4 alone, as PgBouncer does.
             Err(e) if wildcard && addr.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED) => {
