@@ -83,10 +83,11 @@ fn bind_tcp(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::Tcp
 
 /// `copies` listeners on one address (at least one: the first is always bound), one per
 /// accepting thread. More than one share the port as an `SO_REUSEPORT` group: the kernel
-/// hashes each new connection to one of them, so the thread that accepts it serves it, and only that thread wakes (one
-/// listener handing its connections to the threads cost the accepting thread a wake-up and
-/// a hand-over per login). A process that does not set `SO_REUSEPORT` still cannot bind the
-/// port; with `so_reuseport` off, one that does could join the group.
+/// hashes each new connection to one of them, so the thread that accepts it serves it, and
+/// only that thread wakes (one listener handing its connections to the threads cost the
+/// accepting thread a wake-up and a hand-over per login). A process that does not set
+/// `SO_REUSEPORT` still cannot bind the port; with `so_reuseport` off, one that does could
+/// join the group.
 fn bind_tcp_group(
     mut addr: SocketAddr,
     reuse_port: bool,
