@@ -63,11 +63,27 @@ static ALLOC_BYTES: AtomicU64 = AtomicU64::new(0);
 static POOLER_LIVE: AtomicI64 = AtomicI64::new(0);
 
 thread_local! {
-    static POOLER_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Whether this thread is one of the in-process pooler's: its runtime's (tagged at start)
+    /// or its session workers (named `pooler-worker-N`, started by the pooler itself). None
+    /// until first asked.
+    static POOLER_THREAD: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
 }
 
 fn pooler_thread() -> bool {
-    POOLER_THREAD.try_with(|t| t.get()).unwrap_or(false)
+    POOLER_THREAD
+        .try_with(|t| {
+            t.get().unwrap_or_else(|| {
+                // Asking for the name may allocate (a handle for a thread std did not start):
+                // those allocations count as another thread's.
+                t.set(Some(false));
+                let ours = std::thread::current()
+                    .name()
+                    .is_some_and(|n| n.starts_with("pooler-worker"));
+                t.set(Some(ours));
+                ours
+            })
+        })
+        .unwrap_or(false)
 }
 
 unsafe impl GlobalAlloc for Counting {
@@ -1296,7 +1312,7 @@ fn inprocess_allocs(
     let config = write_pooler_config(&ctx.state, "pooler-inprocess", port, pg_port, MAIN_POOL);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
-        .on_thread_start(|| POOLER_THREAD.with(|t| t.set(true)))
+        .on_thread_start(|| POOLER_THREAD.with(|t| t.set(Some(true))))
         .enable_all()
         .build()
         .expect("runtime");
