@@ -577,7 +577,7 @@ impl Config {
         }
         if p.workers > MAX_WORKERS {
             return Err(invalid(format!(
-                "workers: must be between 0 (one per core) and {MAX_WORKERS}"
+                "workers: must be between 0 (one per two cores) and {MAX_WORKERS}"
             )));
         }
         if p.peer_id > MAX_PEER_ID {

@@ -369,14 +369,13 @@ impl Running {
         let app = Arc::new(app);
         let config = app.config();
         let p = &config.pooler;
-        // `workers = 1`: sessions run on the runtime this is called on (the main thread's, in
-        // the binary); more: on worker threads of their own (`workers.rs`).
-        let workers = match p.workers {
-            1 => None,
-            0 => Some(std::thread::available_parallelism().map_or(1, |n| n.get())),
-            n => Some(n),
-        };
-        let workers = workers.map(Workers::start).transpose()?.map(Arc::new);
+        // One session thread: sessions run on the runtime this is called on (the main
+        // thread's, in the binary); more: on worker threads of their own (`workers.rs`).
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let workers = crate::workers::session_threads(p.workers, cores)
+            .map(Workers::start)
+            .transpose()?
+            .map(Arc::new);
         let groups = bind(&app, workers.as_ref().map_or(1, |w| w.len())).await?;
         let addrs = groups
             .iter()

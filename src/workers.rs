@@ -25,6 +25,19 @@ use tokio::net::TcpStream;
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
+/// How many worker threads `workers` starts on a machine of `cores`: None runs the sessions
+/// on the caller's runtime (one thread). 0 picks one per two cores: on a machine shared with
+/// Postgres or the app, a second thread that sleeps and wakes between nearly every event
+/// cost 5-17 % more CPU per transaction on every row of the load bench at 2 cores, with no
+/// more throughput (`docs/benchmarks.md`, "The default `workers`").
+pub fn session_threads(workers: usize, cores: usize) -> Option<usize> {
+    match workers {
+        0 => Some(cores / 2).filter(|n| *n > 1),
+        1 => None,
+        n => Some(n),
+    }
+}
+
 /// Worker ids are unique in the process (tests run several poolers in one).
 static NEXT_ID: AtomicU32 = AtomicU32::new(0);
 
@@ -154,6 +167,17 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn workers_zero_starts_one_thread_per_two_cores() {
+        assert_eq!(session_threads(0, 1), None);
+        assert_eq!(session_threads(0, 2), None);
+        assert_eq!(session_threads(0, 3), None);
+        assert_eq!(session_threads(0, 4), Some(2));
+        assert_eq!(session_threads(0, 9), Some(4));
+        assert_eq!(session_threads(1, 8), None);
+        assert_eq!(session_threads(2, 1), Some(2));
     }
 
     #[test]

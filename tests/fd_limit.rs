@@ -45,7 +45,7 @@ impl Limited {
                  auth_file = \"userlist.txt\"\nmetrics_port = 0\npool_mode = \"transaction\"\n\
                  default_pool_size = 2\nclient_login_timeout = 120\n\
                  log_connections = false\nlog_disconnections = false\n\
-                 [databases.{db}]\nhost = \"127.0.0.1\"\nport = {}\n",
+                 workers = 2\n[databases.{db}]\nhost = \"127.0.0.1\"\nport = {}\n",
                 pg.port
             ),
         )

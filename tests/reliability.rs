@@ -173,7 +173,7 @@ async fn garbage_on_the_port_while_real_clients_work() {
         pg,
         &db,
         "pool_mode = \"transaction\"\ndefault_pool_size = 4\nmax_client_conn = 2000\n\
-         client_login_timeout = 10",
+         client_login_timeout = 10\nworkers = 2",
     )
     .await;
     let setup = pooler.client().await;

@@ -154,7 +154,7 @@ async fn isolation_soak_1000_clients_over_a_pool_of_20() {
     let pooler = Pooler::start(
         pg,
         &db,
-        "pool_mode = \"transaction\"\ndefault_pool_size = 20\nmax_client_conn = 2000",
+        "pool_mode = \"transaction\"\ndefault_pool_size = 20\nmax_client_conn = 2000\nworkers = 2",
     )
     .await;
     let setup = pooler.client().await;

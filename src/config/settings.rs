@@ -147,8 +147,8 @@ pub struct PoolerSettings {
     #[serde(deserialize_with = "pg_bool")]
     pub so_reuseport: bool,
     /// Threads that run sessions (Odyssey's and PgDog's `workers`), each a single-threaded
-    /// runtime of its own (`workers.rs`); 0: one per core. With 1 everything runs on the main
-    /// thread, as in PgBouncer.
+    /// runtime of its own (`workers.rs`); 0: one per two cores (so one, on the main thread,
+    /// up to three cores). With 1 everything runs on the main thread, as in PgBouncer.
     pub workers: usize,
 }
 
