@@ -118,6 +118,23 @@ impl Pool {
     /// limit kept waiting. While the last attempt to reach the server failed, or idle servers
     /// were found dead, tries one connection a tick: that is how `/readyz` learns the server
     /// is back (or gone) without waiting for a client to try.
+    /// A slot to open one more server in, while the pool is below `min_pool_size`, nobody
+    /// waits (a waiter would take the slot first) and a login place is free.
+    fn min_pool_slot(self: &Arc<Self>) -> Option<Slot> {
+        let mut st = self.lock();
+        let min = st.limits.min_pool_size.min(st.limits.pool_size);
+        if st.paused
+            || !st.waiters.is_empty()
+            || st.total >= min
+            || st.connecting >= MAX_CONNECTING
+            || !self.add_slot(&mut st)
+        {
+            return None;
+        }
+        st.connecting += 1;
+        Some(Slot::opening(self))
+    }
+
     pub(super) fn maintain(self: &Arc<Self>) {
         let mut closing: Vec<(Box<ServerConn>, CloseReason)> = Vec::new();
         let mut dead = 0;
@@ -175,8 +192,10 @@ impl Pool {
                 {
                     to_open = 1;
                 }
+                let to_open = to_open.min(MAX_CONNECTING.saturating_sub(st.connecting));
                 while slots.len() < to_open && self.add_slot(&mut st) {
-                    slots.push(Slot::counted(self));
+                    st.connecting += 1;
+                    slots.push(Slot::opening(self));
                 }
                 self.grant_waiters(&mut st);
                 evict = !st.waiters.is_empty()
@@ -200,8 +219,15 @@ impl Pool {
         for slot in slots {
             let pool = self.clone();
             tokio::spawn(async move {
-                if let Ok(server) = pool.open(slot).await {
+                // Logins are `MAX_CONNECTING` at a time: the next one starts when this ends,
+                // not at the next tick.
+                let mut next = Some(slot);
+                while let Some(slot) = next.take() {
+                    let Ok(server) = pool.open(slot).await else {
+                        break;
+                    };
                     pool.checkin(server);
+                    next = pool.min_pool_slot();
                 }
             });
         }

@@ -26,6 +26,9 @@ pub(super) enum Grant {
 pub(super) struct Slot {
     pub(super) pool: Arc<Pool>,
     pub(super) armed: bool,
+    /// Given out to open a server, and counted in the pool's `connecting` until the login
+    /// ends (`Pool::open` clears it then) or the slot is dropped unused.
+    pub(super) connecting: bool,
 }
 
 impl Slot {
@@ -34,20 +37,31 @@ impl Slot {
         Slot {
             pool: pool.clone(),
             armed: true,
+            connecting: false,
+        }
+    }
+
+    /// For a unit just counted, and in `connecting` too: the right to open a server.
+    pub(super) fn opening(pool: &Arc<Pool>) -> Slot {
+        Slot {
+            pool: pool.clone(),
+            armed: true,
+            connecting: true,
         }
     }
 
     /// The unit stays counted with nobody holding it: it is accounted for under a lock the
-    /// caller holds (which dropping the guard would need too).
+    /// caller holds (which dropping the guard would need too), `connecting` included.
     pub(super) fn detach(mut self) {
         self.armed = false;
+        self.connecting = false;
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         if self.armed {
-            self.pool.release_slot();
+            self.pool.release_slot(self.connecting);
         }
     }
 }

@@ -114,7 +114,8 @@ struct PoolState {
     waiters: VecDeque<Waiter>,
     /// Servers that exist or are being opened: idle + checked out + connecting.
     total: usize,
-    /// Servers being opened right now.
+    /// Slots given out to open a server whose login has not ended (the opener may not have
+    /// started yet): at most `MAX_CONNECTING`.
     connecting: usize,
     /// PAUSE: no server is handed out, servers that come back are closed.
     paused: bool,
@@ -358,9 +359,10 @@ impl Pool {
             } else {
                 st.limits.pool_size
             };
-            if st.total >= limit || !self.add_slot(st) {
+            if st.total >= limit || st.connecting >= MAX_CONNECTING || !self.add_slot(st) {
                 break;
             }
+            st.connecting += 1;
             let w = st.waiters.pop_front().expect("front exists");
             if st.total > st.limits.pool_size {
                 tracing::info!(
@@ -368,13 +370,14 @@ impl Pool {
                     "taking a reserve pool connection (waited past reserve_pool_timeout)"
                 );
             }
-            if let Err(grant) = w.tx.send(Grant::Slot(Slot::counted(self))) {
+            if let Err(grant) = w.tx.send(Grant::Slot(Slot::opening(self))) {
                 // The waiter gave up (its client left): the slot goes to the next one.
                 match grant {
                     Grant::Slot(slot) => slot.detach(),
                     Grant::Server(server) => st.idle.push(server.detach()),
                     Grant::Failed(_) => {}
                 }
+                st.connecting -= 1;
                 self.remove_slots(st, 1);
             }
         }
@@ -680,7 +683,12 @@ impl Pool {
                     {
                         return Err(e);
                     }
-                    if self.add_slot(&mut st) {
+                    if st.connecting >= MAX_CONNECTING {
+                        // Enough logins under way: the first of them to end serves this
+                        // waiter or lets it open the next.
+                        Some(self.enqueue(&mut st, start, reserve_after, slot))
+                    } else if self.add_slot(&mut st) {
+                        st.connecting += 1;
                         None
                     } else if !tried_eviction {
                         evict = true;
@@ -702,7 +710,7 @@ impl Pool {
             }
             let grant = match waiter {
                 // Counted by `add_slot` above, with no await in between.
-                None => Grant::Slot(Slot::counted(self)),
+                None => Grant::Slot(Slot::opening(self)),
                 // The deadlines (reserve_pool_timeout, query_wait_timeout) are the expiry
                 // task's: a wait arms no timer of its own.
                 Some(rx) => {
@@ -773,18 +781,17 @@ impl Pool {
         }
     }
 
-    /// Opens a server in `slot`. Dropped before it ends, the slot and the `connecting` count
-    /// give themselves back.
-    async fn open(&self, slot: Slot) -> Result<PooledServer> {
+    /// Opens a server in `slot` (a `Slot::opening`, counted in `connecting`). Dropped before
+    /// it ends, the slot and the `connecting` count give themselves back.
+    async fn open(self: &Arc<Self>, mut slot: Slot) -> Result<PooledServer> {
+        debug_assert!(slot.connecting, "open needs a slot counted in connecting");
         let (connect_timeout, query_bound) = {
-            let mut st = self.lock();
-            st.connecting += 1;
+            let st = self.lock();
             (
                 st.limits.connect_timeout,
                 st.limits.internal_query_timeout(),
             )
         };
-        let connecting = Connecting(self);
         let credential = self.credential();
         let result = self
             .connect_server(&credential, connect_timeout)
@@ -795,9 +802,9 @@ impl Pool {
             });
         {
             // Uncounted here, under the same lock as the outcome.
-            std::mem::forget(connecting);
             let mut st = self.lock();
             st.connecting -= 1;
+            slot.connecting = false;
             st.login_failed = match &result {
                 Ok(_) => None,
                 Err(e) => Some((Instant::now(), e.to_string())),
@@ -819,6 +826,10 @@ impl Pool {
                 && st.stale(server)
             {
                 st.close_needed += 1;
+            }
+            // A login place is free: the next waiter may open a server in it.
+            if result.is_ok() {
+                self.grant_waiters(&mut st);
             }
         }
         match result {
@@ -913,23 +924,26 @@ impl Pool {
         drop(server);
     }
 
-    /// A server slot is free again: hand it to the first waiter allowed to use it.
-    fn release_slot(self: &Arc<Self>) {
+    /// A server slot is free again (and a login place, if it was `connecting`): hand it to
+    /// the first waiter allowed to use it.
+    fn release_slot(self: &Arc<Self>, connecting: bool) {
         let mut st = self.lock();
+        if connecting {
+            st.connecting -= 1;
+        }
         self.remove_slots(&mut st, 1);
         self.grant_waiters(&mut st);
     }
 }
 
-/// A server being opened: counted in `connecting` until the attempt ends, or its future is
-/// dropped.
-struct Connecting<'a>(&'a Pool);
-
-impl Drop for Connecting<'_> {
-    fn drop(&mut self) {
-        self.0.lock().connecting -= 1;
-    }
-}
+/// At most this many servers of a pool log in at once: one, as PgBouncer. Opening up to
+/// `pool_size` at once (a cold pool meeting a burst of clients) has Postgres fork them all
+/// together while it serves the first transactions; logins then slow the transactions,
+/// more clients queue, and more logins start: 2,000 clients at 6,000 tps on a cold pool of
+/// 150 waited 4-112 ms a transaction on average in their first second (max 330-540 ms),
+/// against PgBouncer's 0.6-8 ms. One at a time, the pool grows only while clients still
+/// queue when a login ends: 1.0-2.8 ms (2 or 4 at a time: 12-270 ms; `docs/benchmarks.md`).
+const MAX_CONNECTING: usize = 1;
 
 /// Waiters this close in arrival time count as arriving together (see `next_waiter`).
 const SAME_TIME: Duration = Duration::from_millis(1);
