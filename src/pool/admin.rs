@@ -112,12 +112,6 @@ impl Pool {
 
 /// The janitor's work.
 impl Pool {
-    /// Closes servers idle past `server_idle_timeout` (down to `min_pool_size`), past
-    /// `server_lifetime`, beyond the pool size (after RELOAD shrank it), and idle servers
-    /// Postgres has closed; opens servers up to `min_pool_size`; serves waiters whom a shared
-    /// limit kept waiting. While the last attempt to reach the server failed, or idle servers
-    /// were found dead, tries one connection a tick: that is how `/readyz` learns the server
-    /// is back (or gone) without waiting for a client to try.
     /// A slot to open one more server in, while the pool is below `min_pool_size`, nobody
     /// waits (a waiter would take the slot first) and a login place is free.
     fn min_pool_slot(self: &Arc<Self>) -> Option<Slot> {
@@ -135,6 +129,12 @@ impl Pool {
         Some(Slot::opening(self))
     }
 
+    /// Closes servers idle past `server_idle_timeout` (down to `min_pool_size`), past
+    /// `server_lifetime`, beyond the pool size (after RELOAD shrank it), and idle servers
+    /// Postgres has closed; opens servers up to `min_pool_size`; serves waiters whom a shared
+    /// limit kept waiting. While the last attempt to reach the server failed, or idle servers
+    /// were found dead, tries one connection a tick: that is how `/readyz` learns the server
+    /// is back (or gone) without waiting for a client to try.
     pub(super) fn maintain(self: &Arc<Self>) {
         let mut closing: Vec<(Box<ServerConn>, CloseReason)> = Vec::new();
         let mut dead = 0;
