@@ -117,16 +117,8 @@ impl Pool {
     fn min_pool_slot(self: &Arc<Self>) -> Option<Slot> {
         let mut st = self.lock();
         let min = st.limits.min_pool_size.min(st.limits.pool_size);
-        if st.paused
-            || !st.waiters.is_empty()
-            || st.total >= min
-            || st.connecting >= MAX_CONNECTING
-            || !self.add_slot(&mut st)
-        {
-            return None;
-        }
-        st.connecting += 1;
-        Some(Slot::opening(self))
+        (!st.paused && st.waiters.is_empty() && st.total < min && self.add_login(&mut st))
+            .then(|| Slot::opening(self))
     }
 
     /// Closes servers idle past `server_idle_timeout` (down to `min_pool_size`), past
@@ -192,9 +184,7 @@ impl Pool {
                 {
                     to_open = 1;
                 }
-                let to_open = to_open.min(MAX_CONNECTING.saturating_sub(st.connecting));
-                while slots.len() < to_open && self.add_slot(&mut st) {
-                    st.connecting += 1;
+                while slots.len() < to_open && self.add_login(&mut st) {
                     slots.push(Slot::opening(self));
                 }
                 self.grant_waiters(&mut st);

@@ -279,6 +279,16 @@ impl Pool {
         true
     }
 
+    /// Counts one more server and one more login under way, if a login place is free
+    /// (`MAX_CONNECTING`) and the shared limits allow: the slot for `Slot::opening`.
+    fn add_login(&self, st: &mut PoolState) -> bool {
+        if st.connecting >= MAX_CONNECTING || !self.add_slot(st) {
+            return false;
+        }
+        st.connecting += 1;
+        true
+    }
+
     /// Uncounts `n` servers that are gone.
     fn remove_slots(&self, st: &mut PoolState, n: usize) {
         st.total -= n;
@@ -359,10 +369,9 @@ impl Pool {
             } else {
                 st.limits.pool_size
             };
-            if st.total >= limit || st.connecting >= MAX_CONNECTING || !self.add_slot(st) {
+            if st.total >= limit || !self.add_login(st) {
                 break;
             }
-            st.connecting += 1;
             let w = st.waiters.pop_front().expect("front exists");
             if st.total > st.limits.pool_size {
                 tracing::info!(
@@ -687,8 +696,7 @@ impl Pool {
                         // Enough logins under way: the first of them to end serves this
                         // waiter or lets it open the next.
                         Some(self.enqueue(&mut st, start, reserve_after, slot))
-                    } else if self.add_slot(&mut st) {
-                        st.connecting += 1;
+                    } else if self.add_login(&mut st) {
                         None
                     } else if !tried_eviction {
                         evict = true;
@@ -827,7 +835,8 @@ impl Pool {
             {
                 st.close_needed += 1;
             }
-            // A login place is free: the next waiter may open a server in it.
+            // A login place is free: the next waiter may open a server in it (after a
+            // failure, the slot's drop below does that).
             if result.is_ok() {
                 self.grant_waiters(&mut st);
             }
