@@ -717,7 +717,7 @@ impl Pool {
                 continue;
             }
             let grant = match waiter {
-                // Counted by `add_slot` above, with no await in between.
+                // Counted by `add_login` above, with no await in between.
                 None => Grant::Slot(Slot::opening(self)),
                 // The deadlines (reserve_pool_timeout, query_wait_timeout) are the expiry
                 // task's: a wait arms no timer of its own.
