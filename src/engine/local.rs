@@ -50,11 +50,13 @@ pub fn answer_locally(
             }
             Some(Frontend::Parse) => {
                 let name = &body[..cstr_end(body, 0).unwrap_or(0)];
-                if parsed.contains(&name) {
+                // The unnamed statement goes to a server: refused before the push, which
+                // would allocate the list on every extended-protocol query.
+                if name.is_empty() || parsed.contains(&name) {
                     return false;
                 }
                 parsed.push(name);
-                !name.is_empty()
+                true
             }
             Some(Frontend::Close) => {
                 body.first() == Some(&wire::TARGET_STATEMENT)
