@@ -596,9 +596,15 @@ fn an_unnamed_statement_batch_goes_to_a_server_without_an_allocation() {
         (b'E', b"\0\0\0\0\0"),
         (b'S', b""),
     ] {
-        batch.extend_from_slice(&[tag]);
-        batch.extend_from_slice(&(4 + body.len() as i32).to_be_bytes());
-        batch.extend_from_slice(body);
+        let body = body.to_vec();
+        batch.extend_from_slice(
+            &Msg {
+                tag,
+                len: Length::Right,
+                body,
+            }
+            .bytes(),
+        );
     }
     up.inbuf.reserve(batch.len());
     down.out.reserve(64);
