@@ -12,8 +12,9 @@
 //!    (`VmHWM`, reset per run through `clear_refs`);
 //! 4. system calls per transaction (`strace -c -f -p PID`, a short separate run);
 //! 5. the pooler pinned to one core against two (`taskset`);
-//! 6. heap allocations per transaction of the pooler (run in this process, counted by a
-//!    counting global allocator, driven by an external pgbench);
+//! 6. heap allocations per transaction of the pooler (run in this process as the binary runs
+//!    it, counted by a counting global allocator, driven by an external pgbench), on the main
+//!    pool and on the mission's pool of 150 (256 and 2,000 clients, their logins taken out);
 //! 7. RSS with 10,000 idle logged-in clients, pooler against PgBouncer;
 //! 8. the mission rows (issue 15), on a fresh pooler and PgBouncer with pool 150 (+10 reserve
 //!    after 5 s): 2,000 and 8,000 `pgbench -S` clients, saturated and at a fixed offered rate
@@ -1303,52 +1304,88 @@ struct AllocResult {
     bytes_per_txn: f64,
 }
 
+/// The mission's shape for the allocation count: 2,000 clients queueing for pool 150.
+const ALLOC_MISSION_ROW: Row = Row {
+    id: "alloc_mission_c2000",
+    short: "-S c2000",
+    what: "`-S` simple",
+    args: &["-S"],
+    clients: 2000,
+};
+
+/// Heap allocations per transaction of a 3 s `row` against the in-process `target`; `label`
+/// is added to the row's name.
+fn count_allocs(ctx: &mut Ctx, target: &Target, row: &Row, label: &str) -> Option<AllocResult> {
+    let (a, b, run) = allocs_during(ctx, target, row, 3);
+    settle(ctx.opts.settle);
+    (run.txns > 0).then(|| AllocResult {
+        what: format!("{} c{}{label}", row.what, row.clients),
+        txns: run.txns,
+        tps: run.tps,
+        allocs_per_txn: a as f64 / run.txns as f64,
+        bytes_per_txn: b as f64 / run.txns as f64,
+    })
+}
+
+/// As `count_allocs`, without the clients' logins: a 2 s run's counts taken from a 5 s run's
+/// (both log the same clients in). With thousands of clients the logins would otherwise be
+/// most of what is counted (about 17 allocations each).
+fn count_allocs_after_login(
+    ctx: &mut Ctx,
+    target: &Target,
+    row: &Row,
+    label: &str,
+) -> Option<AllocResult> {
+    let (a_short, b_short, short) = allocs_during(ctx, target, row, 2);
+    settle(ctx.opts.settle);
+    let (a_long, b_long, long) = allocs_during(ctx, target, row, 5);
+    settle(ctx.opts.settle);
+    let txns = long
+        .txns
+        .checked_sub(short.txns)
+        .filter(|&n| n > 0 && short.txns > 0)?;
+    Some(AllocResult {
+        what: format!("{} c{}{label}", row.what, row.clients),
+        txns,
+        tps: long.tps,
+        allocs_per_txn: a_long.saturating_sub(a_short) as f64 / txns as f64,
+        bytes_per_txn: b_long.saturating_sub(b_short) as f64 / txns as f64,
+    })
+}
+
+/// Allocations and bytes allocated by the whole process during a `secs` run of `row`.
+fn allocs_during(ctx: &mut Ctx, target: &Target, row: &Row, secs: u64) -> (u64, u64, Run) {
+    let (a0, b0) = (
+        ALLOCS.load(Ordering::Relaxed),
+        ALLOC_BYTES.load(Ordering::Relaxed),
+    );
+    let run = pgbench(ctx, target, row, secs, "alloc");
+    let (a1, b1) = (
+        ALLOCS.load(Ordering::Relaxed),
+        ALLOC_BYTES.load(Ordering::Relaxed),
+    );
+    (a1 - a0, b1 - b0, run)
+}
+
 fn inprocess_allocs(
     ctx: &mut Ctx,
     pg_port: u16,
     idle_n: usize,
 ) -> (Vec<AllocResult>, Option<IdleResult>) {
-    let port = free_port();
-    let config = write_pooler_config(&ctx.state, "pooler-inprocess", port, pg_port, MAIN_POOL);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .on_thread_start(|| POOLER_THREAD.with(|t| t.set(Some(true))))
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let running = rt.block_on(async {
-        let app = pooler::app::App::new(pooler::config::Config::load(&config).expect("config"))
-            .expect("app");
-        pooler::listener::Running::start(app).await.expect("listen")
-    });
-    let target = Target {
-        kind: Kind::Pooler,
-        port: running.addr.port(),
-        pid: None,
-    };
+    let config = write_pooler_config(
+        &ctx.state,
+        "pooler-inprocess",
+        free_port(),
+        pg_port,
+        MAIN_POOL,
+    );
+    let main = InProcessPooler::start(config);
+    let target = main.target();
     let mut out = Vec::new();
     // Warm up: the pool opens its servers.
     pgbench(ctx, &target, &ROWS[1], 1, "alloc-warmup");
     for row in [&ROWS[0], &ROWS[1], &ROWS[4], &ROWS[7], &ROWS[8]] {
-        let (a0, b0) = (
-            ALLOCS.load(Ordering::Relaxed),
-            ALLOC_BYTES.load(Ordering::Relaxed),
-        );
-        let run = pgbench(ctx, &target, row, 3, "alloc");
-        let (a1, b1) = (
-            ALLOCS.load(Ordering::Relaxed),
-            ALLOC_BYTES.load(Ordering::Relaxed),
-        );
-        if run.txns > 0 {
-            out.push(AllocResult {
-                what: format!("{} c{}", row.what, row.clients),
-                txns: run.txns,
-                tps: run.tps,
-                allocs_per_txn: (a1 - a0) as f64 / run.txns as f64,
-                bytes_per_txn: (b1 - b0) as f64 / run.txns as f64,
-            });
-        }
-        settle(ctx.opts.settle);
+        out.extend(count_allocs(ctx, &target, row, ""));
     }
     // Live heap of the pooler's threads with idle clients (this process holds both ends of
     // every connection, hence fewer clients than the RSS test).
@@ -1357,9 +1394,92 @@ fn inprocess_allocs(
         let live_kb = || (POOLER_LIVE.load(Ordering::Relaxed).max(0) / 1024) as u64;
         idle_clients(target.port, idle_n, &live_kb)
     });
-    drop(running);
-    rt.shutdown_timeout(Duration::from_secs(5));
+    drop(main);
+    // The mission's pool (150): more transactions at once than the main pool's 20, so more
+    // buffers in use at once (a per-thread cache that held 64 made 0.55 allocations of 16 KiB
+    // per transaction at 256 clients here, invisible on pool 20).
+    let config = write_pooler_config(
+        &ctx.state,
+        "pooler-inprocess-mission",
+        free_port(),
+        pg_port,
+        MISSION_POOL,
+    );
+    let mission = InProcessPooler::start(config);
+    let target = mission.target();
+    let on_pool = format!(", pool {}", MISSION_POOL.size);
+    for row in [&ROWS[2], &ALLOC_MISSION_ROW] {
+        // Warm up: the pool opens its servers.
+        pgbench(ctx, &target, row, 2, "alloc-warmup");
+        out.extend(count_allocs_after_login(ctx, &target, row, &on_pool));
+    }
     (out, idle)
+}
+
+/// A pooler run in this process as the binary runs it with `workers = 1` (the default on two
+/// cores): one current-thread runtime on a thread of its own. Its threads are tagged, so
+/// their live heap counts as the pooler's; per-thread caches behave as in the binary (a
+/// work-stealing runtime would move sessions between threads, and their buffers with them).
+struct InProcessPooler {
+    port: u16,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl InProcessPooler {
+    fn start(config: PathBuf) -> InProcessPooler {
+        let (port_tx, port_rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("bench-inprocess-pooler".into())
+            .spawn(move || {
+                POOLER_THREAD.with(|t| t.set(Some(true)));
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .on_thread_start(|| POOLER_THREAD.with(|t| t.set(Some(true))))
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                rt.block_on(async {
+                    let app = pooler::app::App::new(
+                        pooler::config::Config::load(&config).expect("config"),
+                    )
+                    .expect("app");
+                    let running = pooler::listener::Running::start(app).await.expect("listen");
+                    let _ = port_tx.send(running.addr.port());
+                    let _ = stopped.await;
+                    drop(running);
+                });
+                rt.shutdown_timeout(Duration::from_secs(5));
+            })
+            .expect("in-process pooler thread");
+        let port = port_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the in-process pooler listens");
+        InProcessPooler {
+            port,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    fn target(&self) -> Target {
+        Target {
+            kind: Kind::Pooler,
+            port: self.port,
+            pid: None,
+        }
+    }
+}
+
+impl Drop for InProcessPooler {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -86,8 +86,12 @@ impl<F: Future> Future for RecycledBox<F> {
 mod blocks {
     use super::*;
 
-    /// Enough for the sessions one worker switches between; beyond it, memory goes back.
-    const KEEP: usize = 64;
+    /// Enough for the transactions one worker has under way at once, queued ones included
+    /// (each holds its boxed future while it waits for a server); beyond it, memory goes back.
+    /// At 64, 256 clients on a pool of 150 made 0.40 mallocs of the ~1 KiB transaction future
+    /// per transaction, 2,000 clients 0.15 (at 1,024: none). The cache only holds blocks that
+    /// were all in use at once.
+    pub(super) const KEEP: usize = 1024;
 
     struct Cache(Vec<(Layout, NonNull<u8>)>);
 
@@ -205,9 +209,19 @@ mod tests {
     }
 
     #[test]
-    fn the_cache_is_bounded() {
-        let boxes: Vec<_> = (0..200).map(|i| RecycledBox::new([i as u32; 3])).collect();
+    fn a_thousand_transactions_under_way_at_once_all_give_their_blocks_back() {
+        // Each test has a thread, and so a cache, of its own.
+        let boxes: Vec<_> = (0..1000).map(|i| RecycledBox::new([i as u32; 3])).collect();
         drop(boxes);
-        assert!(blocks::kept() <= 64);
+        assert_eq!(blocks::kept(), 1000);
+    }
+
+    #[test]
+    fn the_cache_is_bounded() {
+        let boxes: Vec<_> = (0..blocks::KEEP + 200)
+            .map(|i| RecycledBox::new([i as u32; 3]))
+            .collect();
+        drop(boxes);
+        assert_eq!(blocks::kept(), blocks::KEEP);
     }
 }

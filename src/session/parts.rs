@@ -9,8 +9,10 @@ use std::ops::{Deref, DerefMut};
 
 use crate::engine::{Flow, Tracker, spare_buffers};
 
-/// Enough for the transactions one worker runs at once; beyond it, memory goes back.
-const KEEP: usize = 64;
+/// Enough for the transactions one worker runs at once on a pool of 150 (+ reserve); beyond
+/// it, memory goes back. (At 64, the sets of a pool of 150 overflowed it: see
+/// `spare_buffers::KEEP`.)
+const KEEP: usize = 256;
 
 /// A queue grown by a long pipeline is not worth keeping (buffers: as `spare_buffers`).
 const MAX_QUEUE: usize = 64;
@@ -102,6 +104,14 @@ impl Drop for Lease {
 mod tests {
     use super::*;
     use crate::engine::READ_CHUNK;
+
+    #[test]
+    fn the_sets_of_a_pool_of_150_busy_at_once_all_go_back_to_the_cache() {
+        // This thread's cache starts empty (each test has a thread of its own).
+        let busy: Vec<Lease> = (0..160).map(|_| Lease::take()).collect();
+        drop(busy);
+        assert_eq!(SPARE.with(|s| s.borrow().len()), 160);
+    }
 
     #[test]
     fn a_clean_set_is_kept_with_its_buffers_and_a_used_one_is_not() {
