@@ -1599,6 +1599,21 @@ struct MissionRun {
     /// The whole machine's busy CPU time inside the window, % of all cores (`/proc/stat`).
     machine_busy_pct: Option<f64>,
     hwm_kb: Option<u64>,
+    /// The window's latencies (µs, sorted), kept for fixed-rate runs only: their p99 is pooled
+    /// over every repetition (`pooled_quantile`).
+    latencies_us: Vec<i64>,
+}
+
+/// The `q` quantile (ms) over the transactions of every run together. A run's p99 at a fixed
+/// rate is decided by its few slowest bursts, machine-wide stalls both targets see (4.5 to
+/// 27 ms across runs minutes apart): pooled, each target's figure weighs every stall it met.
+fn pooled_quantile(runs: &[MissionRun], q: f64) -> Option<f64> {
+    let mut all: Vec<i64> = runs
+        .iter()
+        .flat_map(|r| r.latencies_us.iter().copied())
+        .collect();
+    all.sort_unstable();
+    quantile(&all, q).map(|us| us / 1000.0)
 }
 
 impl MissionRun {
@@ -1838,6 +1853,7 @@ fn mission_pgbench(
         let mut service: Vec<i64> = txns.iter().map(|t| t.latency_us - t.lag_us).collect();
         service.sort_unstable();
         run.p99_service_ms = ms(quantile(&service, 0.99));
+        run.latencies_us = lat;
     }
     // Transactions per client inside the window (a client with none counts as 0).
     let mut per: BTreeMap<u32, u64> = BTreeMap::new();
@@ -2244,6 +2260,35 @@ fn mission_report(md: &mut String, res: &MissionResults, opts: &MissionOpts) {
             each(&res.rate, n, &|r| opt(r.p99_ms, 2)),
             pair(&b, &q, &|r| r.pgbench_cpu_us_per_txn(), 1),
             pair(&b, &q, &|r| r.machine_busy_pct, 0),
+        );
+    }
+
+    let _ = writeln!(
+        md,
+        "\nThe same, pooled: p99 and p99.9 over the transactions of every run together (each \
+         run's window), so that no single run decides.\n\n\
+         | clients | runs PgB / pooler | p99 ms PgB / pooler | p99 pooler / PgB | p99.9 ms PgB / pooler | p99.9 pooler / PgB |\n|---|---|---|---|---|---|"
+    );
+    for &n in &counts {
+        let runs = |k: Kind| res.rate.get(&(n, k)).map(Vec::as_slice).unwrap_or(&[]);
+        let (b, q) = (runs(Kind::PgBouncer), runs(Kind::Pooler));
+        if b.is_empty() && q.is_empty() {
+            continue;
+        }
+        let figures = |x: f64| {
+            let (fb, fq) = (pooled_quantile(b, x), pooled_quantile(q, x));
+            let ratio = match (fb, fq) {
+                (Some(fb), Some(fq)) if fb > 0.0 => format!("**{:.2}**", fq / fb),
+                _ => "—".into(),
+            };
+            (format!("{} / {}", opt(fb, 2), opt(fq, 2)), ratio)
+        };
+        let ((p99, r99), (p999, r999)) = (figures(0.99), figures(0.999));
+        let _ = writeln!(
+            md,
+            "| {n} | {} / {} | {p99} | {r99} | {p999} | {r999} |",
+            b.len(),
+            q.len()
         );
     }
 
