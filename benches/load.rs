@@ -1373,14 +1373,7 @@ fn inprocess_allocs(
     pg_port: u16,
     idle_n: usize,
 ) -> (Vec<AllocResult>, Option<IdleResult>) {
-    let config = write_pooler_config(
-        &ctx.state,
-        "pooler-inprocess",
-        free_port(),
-        pg_port,
-        MAIN_POOL,
-    );
-    let main = InProcessPooler::start(config);
+    let main = InProcessPooler::start(&ctx.state, "pooler-inprocess", pg_port, MAIN_POOL);
     let target = main.target();
     let mut out = Vec::new();
     // Warm up: the pool opens its servers.
@@ -1401,14 +1394,12 @@ fn inprocess_allocs(
     // The mission's pool (150): more transactions at once than the main pool's 20, so more
     // buffers in use at once (a per-thread cache that held 64 made 0.55 allocations of 16 KiB
     // per transaction at 256 clients here, invisible on pool 20).
-    let config = write_pooler_config(
+    let mission = InProcessPooler::start(
         &ctx.state,
         "pooler-inprocess-mission",
-        free_port(),
         pg_port,
         MISSION_POOL,
     );
-    let mission = InProcessPooler::start(config);
     let target = mission.target();
     let on_pool = format!(", pool {}", MISSION_POOL.size);
     for row in [&ROWS[2], &ALLOC_MISSION_ROW] {
@@ -1430,7 +1421,10 @@ struct InProcessPooler {
 }
 
 impl InProcessPooler {
-    fn start(config: PathBuf) -> InProcessPooler {
+    /// Starts one with a generated config `name` (`write_pooler_config`) in front of the
+    /// Postgres on `pg_port`.
+    fn start(state: &Path, name: &str, pg_port: u16, pool: PoolCfg) -> InProcessPooler {
+        let config = write_pooler_config(state, name, free_port(), pg_port, pool);
         let (port_tx, port_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
@@ -1603,20 +1597,21 @@ struct MissionRun {
     machine_busy_pct: Option<f64>,
     hwm_kb: Option<u64>,
     /// The window's latencies (µs, sorted), kept for fixed-rate runs only: their p99 is pooled
-    /// over every repetition (`pooled_quantile`).
+    /// over every repetition (`pooled_latencies`).
     latencies_us: Vec<i64>,
 }
 
-/// The `q` quantile (ms) over the transactions of every run together. A run's p99 at a fixed
-/// rate is decided by its few slowest bursts, machine-wide stalls both targets see (4.5 to
-/// 27 ms across runs minutes apart): pooled, each target's figure weighs every stall it met.
-fn pooled_quantile(runs: &[MissionRun], q: f64) -> Option<f64> {
+/// The latencies (µs, sorted) of every run's transactions together, for quantiles over all
+/// of them. A run's p99 at a fixed rate is decided by its few slowest bursts, machine-wide
+/// stalls both targets see (4.5 to 27 ms across runs minutes apart): pooled, each target's
+/// figure weighs every stall it met.
+fn pooled_latencies(runs: &[MissionRun]) -> Vec<i64> {
     let mut all: Vec<i64> = runs
         .iter()
         .flat_map(|r| r.latencies_us.iter().copied())
         .collect();
     all.sort_unstable();
-    quantile(&all, q).map(|us| us / 1000.0)
+    all
 }
 
 impl MissionRun {
@@ -2278,8 +2273,10 @@ fn mission_report(md: &mut String, res: &MissionResults, opts: &MissionOpts) {
         if b.is_empty() && q.is_empty() {
             continue;
         }
+        let (all_b, all_q) = (pooled_latencies(b), pooled_latencies(q));
         let figures = |x: f64| {
-            let (fb, fq) = (pooled_quantile(b, x), pooled_quantile(q, x));
+            let ms = |all: &[i64]| quantile(all, x).map(|us| us / 1000.0);
+            let (fb, fq) = (ms(&all_b), ms(&all_q));
             let ratio = match (fb, fq) {
                 (Some(fb), Some(fq)) if fb > 0.0 => format!("**{:.2}**", fq / fb),
                 _ => "—".into(),
