@@ -40,7 +40,9 @@
 //! Mission rows: MISSION=0 skips them; MISSION_CLIENTS (2000,8000; the idle run goes with the
 //! smallest), MISSION_DURATION (s measured per run, 15), MISSION_WARMUP (s excluded at the
 //! start, 5), MISSION_REPEAT (1), MISSION_RATE_PCT (60), MISSION_IDLE (10000; 0 skips the idle
-//! run), MISSION_PER_PGBENCH (clients per pgbench process, 8000). In ROWS, `mission_cN` selects
+//! run), MISSION_PER_PGBENCH (clients per pgbench process, 8000), MISSION_WIRE_SECS (seconds of
+//! loopback capture with tcpdump in one more fixed-rate run per target, 5; 0 or no tcpdump skips
+//! it), KEEP_TXN_LOGS=1 keeps pgbench's per-transaction logs in raw/. In ROWS, `mission_cN` selects
 //! N clients and `mission_idle_cN` the same plus the idle run; ROWS naming only mission rows
 //! runs only those (no taskset, allocation or idle-RSS runs).
 
@@ -54,6 +56,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+#[path = "load/wire.rs"]
+mod wire;
 
 // ---------------------------------------------------------------------------------------------
 // Counting allocator (for the in-process allocation count of step 6).
@@ -174,6 +179,9 @@ struct MissionOpts {
     idle: usize,
     /// MISSION_PER_PGBENCH: at most this many clients per pgbench process (8000).
     per_pgbench: u32,
+    /// MISSION_WIRE_SECS: seconds of loopback capture (tcpdump) in one more fixed-rate run per
+    /// target, to split the latency between pgbench, the target and Postgres (5; 0 skips).
+    wire_secs: u64,
 }
 
 impl Opts {
@@ -210,6 +218,7 @@ impl Opts {
                 rate_pct: env_or("MISSION_RATE_PCT", 60.0),
                 idle: env_or("MISSION_IDLE", 10_000),
                 per_pgbench: env_or("MISSION_PER_PGBENCH", 8000u32).max(1),
+                wire_secs: env_or("MISSION_WIRE_SECS", 5),
             },
         }
     }
@@ -1791,7 +1800,11 @@ fn mission_pgbench(
     });
 
     let mut txns = parse_txn_logs(&logdir, procs, rate.is_some());
-    let _ = fs::remove_dir_all(&logdir);
+    if std::env::var("KEEP_TXN_LOGS").is_ok_and(|v| v == "1") {
+        let _ = fs::rename(&logdir, ctx.raw.join(format!("txnlog-{name}")));
+    } else {
+        let _ = fs::remove_dir_all(&logdir);
+    }
     let mut run = MissionRun {
         clients,
         rate,
@@ -1812,8 +1825,15 @@ fn mission_pgbench(
     // The window: from the later of (every client has completed a transaction) and
     // (start + warm-up), to the end: saturated, the first client's last completion (pgbench's
     // timer has expired and the clients are draining, so the load is no longer the full
-    // client count); at a fixed rate, the last completion (clients wait for their schedule,
-    // so a client's last transaction can be seconds before the end).
+    // client count); at a fixed rate, the moment a tenth of the clients have completed their
+    // last transaction. Why not the last completion: near its end pgbench disconnects each
+    // client whose next scheduled transaction falls past it, so the last few tenths of a
+    // second (a client's mean gap between transactions and more: 0.3 s at 2,000 clients,
+    // 1.2 s at 8,000) carry a storm of 2,000 logouts on top of the load; a 2026-12-07 run had
+    // its pooler runs' p99 at 31 and 57 ms from that alone (every transaction of the last
+    // 0.4 s was slow), against 6-7 ms before it. The login storm at the start is left out
+    // for the same reason. A client's last transaction can also come early (its gaps are
+    // random), hence a tenth rather than the first.
     let mut first: BTreeMap<u32, i64> = BTreeMap::new();
     let mut last: BTreeMap<u32, i64> = BTreeMap::new();
     for t in &txns {
@@ -1829,6 +1849,10 @@ fn mission_pgbench(
     }
     let end = if rate.is_none() && run.never == 0 {
         last.values().copied().min().unwrap_or(start_us)
+    } else if rate.is_some() && run.never == 0 {
+        let mut lasts: Vec<i64> = last.values().copied().collect();
+        lasts.sort_unstable();
+        lasts[lasts.len() / 10]
     } else {
         txns.iter().map(|t| t.end_us).max().unwrap_or(start_us)
     };
@@ -1887,6 +1911,108 @@ fn mission_pgbench(
     run
 }
 
+/// A fixed-rate run with a loopback capture in its middle (`wire`): pgbench's view of it and
+/// the capture's.
+struct WireRun {
+    run: MissionRun,
+    /// Transactions whose four packets were matched.
+    trips: usize,
+    /// (p50, p99, p99.9) in µs of the round trip on the wire, the time inside the target and
+    /// Postgres's time.
+    round_trip: [Option<f64>; 3],
+    inside: [Option<f64>; 3],
+    postgres: [Option<f64>; 3],
+}
+
+const WIRE_QUANTILES: [f64; 3] = [0.50, 0.99, 0.999];
+
+/// One more fixed-rate run of `clients` at `rate`, with `wire_secs` of `tcpdump` on loopback
+/// after the warm-up and the login storm. None (with the reason printed) when the capture
+/// could not be made or read.
+fn wire_run(
+    ctx: &mut Ctx,
+    tcpdump: &Path,
+    target: &Target,
+    pg_port: u16,
+    clients: u32,
+    rate: f64,
+) -> Option<WireRun> {
+    let m = &ctx.opts.mission;
+    let start_after = m.warmup + 2;
+    // The capture ends well before pgbench does.
+    let secs = m
+        .wire_secs
+        .min((m.warmup + m.duration).saturating_sub(start_after + 2))
+        .max(1);
+    let name = format!("wire_c{clients}_{}", target.kind.name());
+    let pcap = ctx.state.join(format!("{name}.pcap"));
+    let log = ctx.raw.join(format!("{name}_tcpdump.txt"));
+    let _ = fs::remove_file(&pcap);
+    let mut cmd = Command::new(tcpdump);
+    // Segments with data only (PSH set: every message write here), not the ACKs between
+    // them: half the packets, so that the capture takes less of the CPU it measures. -s 160
+    // keeps the headers and a pgbench -S query whole; -B: no drops at 30,000 packets a second.
+    cmd.args(["-i", "lo", "-n", "-s", "160", "-B", "131072", "-w"])
+        .arg(&pcap)
+        .arg(format!(
+            "(tcp port {} or tcp port {pg_port}) and (tcp[13] & 8 != 0)",
+            target.port
+        ));
+    let capture = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(start_after));
+        let pid = spawn(&mut cmd, "tcpdump", libc::SIGINT, &log);
+        std::thread::sleep(Duration::from_secs(secs));
+        stop(pid);
+    });
+    let run = mission_pgbench(ctx, target, clients, Some(rate), 0, "wire");
+    if capture.join().is_err() {
+        println!("  (tcpdump could not be started: no capture)");
+        return None;
+    }
+    let data = fs::read(&pcap);
+    let _ = fs::remove_file(&pcap);
+    // tcpdump's start stalls the machine for a few ms: the first 100 ms are left out.
+    let trips = match data
+        .map_err(|e| format!("{}: {e}", pcap.display()))
+        .and_then(|d| wire::trips(&d, target.port, pg_port, 100_000.0))
+    {
+        Ok(t) if !t.is_empty() => t,
+        Ok(_) => {
+            println!("  (the capture matched no transaction)");
+            return None;
+        }
+        Err(e) => {
+            println!("  (capture unreadable: {e})");
+            return None;
+        }
+    };
+    let figures = |f: &dyn Fn(&wire::Trip) -> f64| {
+        let mut v: Vec<i64> = trips.iter().map(|t| f(t).round() as i64).collect();
+        v.sort_unstable();
+        WIRE_QUANTILES.map(|q| quantile(&v, q))
+    };
+    Some(WireRun {
+        trips: trips.len(),
+        round_trip: figures(&wire::Trip::round_trip),
+        inside: figures(&wire::Trip::inside),
+        postgres: figures(&wire::Trip::postgres),
+        run,
+    })
+}
+
+fn print_wire_run(kind: Kind, w: &WireRun) {
+    let us = |v: &[Option<f64>; 3]| v.iter().map(|x| opt(*x, 0)).collect::<Vec<_>>().join(" / ");
+    println!(
+        "  {:<10} pgbench p99 {} ms; captured {} transactions, p50 / p99 / p99.9 µs: round trip on the wire {}, inside the target {}, Postgres {}",
+        kind.name(),
+        opt(w.run.p99_ms, 2),
+        w.trips,
+        us(&w.round_trip),
+        us(&w.inside),
+        us(&w.postgres)
+    );
+}
+
 fn print_mission_run(kind: Kind, r: &MissionRun) {
     println!(
         "  {:<10} {:>5} clients{}{} {:>9} tps  p50 {} p99 {} p99.9 {} ms  cpu {} µs/txn (pgbench {}, machine busy {} %)  per client {}  all served once after {} s  window {:.1} s{}",
@@ -1929,6 +2055,8 @@ struct MissionResults {
     saturated: BTreeMap<(u32, Kind), Vec<MissionRun>>,
     rate: BTreeMap<(u32, Kind), Vec<MissionRun>>,
     idle: BTreeMap<(u32, Kind), (MissionRun, IdleResult)>,
+    /// The fixed-rate run with a packet capture, per (clients, kind).
+    wire: BTreeMap<(u32, Kind), WireRun>,
     /// The offered rate per client count.
     offered: BTreeMap<u32, f64>,
 }
@@ -2047,6 +2175,19 @@ fn run_mission(
                 settle(settle_s);
             }
         }
+        if let Some(tcpdump) = which("tcpdump").filter(|_| ctx.opts.mission.wire_secs > 0) {
+            println!(
+                "mission: {n} clients at {} tps, with a packet capture",
+                fmt_num(rate)
+            );
+            for t in &targets {
+                if let Some(w) = wire_run(ctx, &tcpdump, t, pg_port, n, rate) {
+                    print_wire_run(t.kind, &w);
+                    res.wire.insert((n, t.kind), w);
+                }
+                settle(settle_s);
+            }
+        }
         let idle_n = ctx.opts.mission.idle;
         if with_idle && idle_n > 0 {
             println!(
@@ -2080,6 +2221,61 @@ fn run_mission(
     res
 }
 
+/// The capture table: where a fixed-rate transaction's time goes.
+fn wire_report(md: &mut String, res: &MissionResults, counts: &[u32]) {
+    if res.wire.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "\n### Where the time goes at the fixed rate: a packet capture\n\n\
+         One more fixed-rate run per target, with `tcpdump` on loopback for a few seconds after \
+         the warm-up. Each `pgbench -S` query is followed by its packets: leaving pgbench, \
+         leaving the target for Postgres, Postgres's reply, and the reply leaving the target for \
+         pgbench. *Round trip on the wire* is first to last; *inside the target* is the time \
+         between a packet reaching the target and the target sending it on, both ways; \
+         *Postgres* is from the query reaching Postgres to its reply. What pgbench reports \
+         beyond the round trip is pgbench's own delay in sending and in noticing replies.\n\n\
+         | clients | target | transactions captured | pgbench p99 ms (this run) | round trip µs p50 / p99 / p99.9 | inside the target µs p50 / p99 / p99.9 | Postgres µs p50 / p99 / p99.9 |\n|---|---|---|---|---|---|---|"
+    );
+    let us = |v: &[Option<f64>; 3]| v.iter().map(|x| opt(*x, 0)).collect::<Vec<_>>().join(" / ");
+    for &n in counts {
+        for kind in [Kind::PgBouncer, Kind::Pooler, Kind::PoolerB] {
+            let Some(w) = res.wire.get(&(n, kind)) else {
+                continue;
+            };
+            let _ = writeln!(
+                md,
+                "| {n} | {} | {} | {} | {} | {} | {} |",
+                kind.name(),
+                fmt_num(w.trips as f64),
+                opt(w.run.p99_ms, 2),
+                us(&w.round_trip),
+                us(&w.inside),
+                us(&w.postgres)
+            );
+        }
+        let inside = |k: Kind, i: usize| res.wire.get(&(n, k)).and_then(|w| w.inside[i]);
+        let ratios: Vec<String> = WIRE_QUANTILES
+            .iter()
+            .enumerate()
+            .map(
+                |(i, q)| match (inside(Kind::PgBouncer, i), inside(Kind::Pooler, i)) {
+                    (Some(b), Some(p)) if b > 0.0 => format!("p{} **{:.2}**", q * 100.0, p / b),
+                    _ => format!("p{} —", q * 100.0),
+                },
+            )
+            .collect();
+        if inside(Kind::PgBouncer, 1).is_some() && inside(Kind::Pooler, 1).is_some() {
+            let _ = writeln!(
+                md,
+                "| {n} | inside the target, pooler / PgBouncer | | | | {} | |",
+                ratios.join(", ")
+            );
+        }
+    }
+}
+
 /// The mission tables for `results.md`.
 fn mission_report(md: &mut String, res: &MissionResults, opts: &MissionOpts) {
     let p = MISSION_POOL;
@@ -2096,8 +2292,10 @@ fn mission_report(md: &mut String, res: &MissionResults, opts: &MissionOpts) {
          (`-l`). Figures are over the measurement window: from the later of (every client has \
          completed its first transaction, i.e. the login storm is over) and (start + {} s \
          warm-up), to the end: saturated, the first client's last transaction (after that \
-         pgbench's timer has expired and the clients drain); at a fixed rate, the last \
-         transaction. tps = transactions in the window / its length; CPU \
+         pgbench's timer has expired and the clients drain); at a fixed rate, the moment a \
+         tenth of the clients have had their last transaction (after it pgbench disconnects \
+         each client whose next transaction is scheduled past its end: a logout storm, left out \
+         as the login storm is). tps = transactions in the window / its length; CPU \
          per transaction = the target process's CPU time in the window (sampled every 250 ms, \
          interpolated) / those transactions; peak RSS = VmHWM over the whole run, login storm \
          included. Latency is pgbench's per-transaction `time`; with `--rate` it is measured from \
@@ -2291,6 +2489,8 @@ fn mission_report(md: &mut String, res: &MissionResults, opts: &MissionOpts) {
             q.len()
         );
     }
+
+    wire_report(md, res, &counts);
 
     let _ = writeln!(
         md,

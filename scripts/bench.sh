@@ -11,7 +11,7 @@ if [ "${1:-}" = --install ]; then
   shift
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q
-  apt-get install -y -q postgresql postgresql-client pgbouncer strace fonts-dejavu-core
+  apt-get install -y -q postgresql postgresql-client pgbouncer strace tcpdump fonts-dejavu-core
 fi
 # 10,000 idle clients need more than 10,000 file descriptors (the bench raises soft to hard).
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
