@@ -182,6 +182,8 @@ struct MissionOpts {
     /// MISSION_WIRE_SECS: seconds of loopback capture (tcpdump) in one more fixed-rate run per
     /// target, to split the latency between pgbench, the target and Postgres (5; 0 skips).
     wire_secs: u64,
+    /// KEEP_TXN_LOGS=1: pgbench's per-transaction logs are kept in raw/ (off).
+    keep_txn_logs: bool,
 }
 
 impl Opts {
@@ -219,6 +221,7 @@ impl Opts {
                 idle: env_or("MISSION_IDLE", 10_000),
                 per_pgbench: env_or("MISSION_PER_PGBENCH", 8000u32).max(1),
                 wire_secs: env_or("MISSION_WIRE_SECS", 5),
+                keep_txn_logs: std::env::var("KEEP_TXN_LOGS").is_ok_and(|v| v == "1"),
             },
         }
     }
@@ -1800,7 +1803,7 @@ fn mission_pgbench(
     });
 
     let mut txns = parse_txn_logs(&logdir, procs, rate.is_some());
-    if std::env::var("KEEP_TXN_LOGS").is_ok_and(|v| v == "1") {
+    if ctx.opts.mission.keep_txn_logs {
         let _ = fs::rename(&logdir, ctx.raw.join(format!("txnlog-{name}")));
     } else {
         let _ = fs::remove_dir_all(&logdir);
@@ -1847,14 +1850,14 @@ fn mission_pgbench(
     if run.never == 0 {
         run.all_in_secs = Some((all_in - start_us) as f64 / 1e6);
     }
-    let end = if rate.is_none() && run.never == 0 {
-        last.values().copied().min().unwrap_or(start_us)
-    } else if rate.is_some() && run.never == 0 {
-        let mut lasts: Vec<i64> = last.values().copied().collect();
-        lasts.sort_unstable();
-        lasts[lasts.len() / 10]
-    } else {
-        txns.iter().map(|t| t.end_us).max().unwrap_or(start_us)
+    let end = match (rate, run.never) {
+        (None, 0) => last.values().copied().min().unwrap_or(start_us),
+        (Some(_), 0) => {
+            let mut lasts: Vec<i64> = last.values().copied().collect();
+            lasts.sort_unstable();
+            lasts.get(lasts.len() / 10).copied().unwrap_or(start_us)
+        }
+        _ => txns.iter().map(|t| t.end_us).max().unwrap_or(start_us),
     };
     let from =
         (start_us + warmup as i64 * 1_000_000).max(if run.never == 0 { all_in } else { start_us });
@@ -2002,16 +2005,20 @@ fn wire_run(
 }
 
 fn print_wire_run(kind: Kind, w: &WireRun) {
-    let us = |v: &[Option<f64>; 3]| v.iter().map(|x| opt(*x, 0)).collect::<Vec<_>>().join(" / ");
     println!(
         "  {:<10} pgbench p99 {} ms; captured {} transactions, p50 / p99 / p99.9 µs: round trip on the wire {}, inside the target {}, Postgres {}",
         kind.name(),
         opt(w.run.p99_ms, 2),
         w.trips,
-        us(&w.round_trip),
-        us(&w.inside),
-        us(&w.postgres)
+        micros3(&w.round_trip),
+        micros3(&w.inside),
+        micros3(&w.postgres)
     );
+}
+
+/// p50 / p99 / p99.9 in whole µs.
+fn micros3(v: &[Option<f64>; 3]) -> String {
+    v.iter().map(|x| opt(*x, 0)).collect::<Vec<_>>().join(" / ")
 }
 
 fn print_mission_run(kind: Kind, r: &MissionRun) {
@@ -2240,7 +2247,6 @@ fn wire_report(md: &mut String, res: &MissionResults, counts: &[u32]) {
          beyond the round trip is pgbench's own delay in sending and in noticing replies.\n\n\
          | clients | target | transactions captured | pgbench p99 ms (this run) | round trip µs p50 / p99 / p99.9 | inside the target µs p50 / p99 / p99.9 | Postgres µs p50 / p99 / p99.9 |\n|---|---|---|---|---|---|---|"
     );
-    let us = |v: &[Option<f64>; 3]| v.iter().map(|x| opt(*x, 0)).collect::<Vec<_>>().join(" / ");
     for &n in counts {
         for kind in [Kind::PgBouncer, Kind::Pooler, Kind::PoolerB] {
             let Some(w) = res.wire.get(&(n, kind)) else {
@@ -2252,9 +2258,9 @@ fn wire_report(md: &mut String, res: &MissionResults, counts: &[u32]) {
                 kind.name(),
                 fmt_num(w.trips as f64),
                 opt(w.run.p99_ms, 2),
-                us(&w.round_trip),
-                us(&w.inside),
-                us(&w.postgres)
+                micros3(&w.round_trip),
+                micros3(&w.inside),
+                micros3(&w.postgres)
             );
         }
         let inside = |k: Kind, i: usize| res.wire.get(&(n, k)).and_then(|w| w.inside[i]);
