@@ -5,7 +5,8 @@
 //!    we are root), `pgbench -i` at scale 10;
 //! 2. the pooler's release binary and, when installed, PgBouncer (as `postgres`), both with a
 //!    generated config: transaction mode, pool 20 (+5 reserve after 3 s), md5, a plain
-//!    password in the auth file;
+//!    password in the auth file, and a second role (`select_connect_scram_c64`) whose secret
+//!    in Postgres and in the auth file is SCRAM's, so both poolers log its clients in with SCRAM;
 //! 3. the pgbench rows against direct Postgres, PgBouncer and the pooler back to back
 //!    (target order rotated per repetition), each repeated, the median reported, with the
 //!    pooler's and PgBouncer's CPU time per transaction (`/proc/PID/stat`) and peak RSS
@@ -568,6 +569,21 @@ struct Target {
 
 const USER: &str = "app";
 const PASSWORD: &str = "app";
+/// A second role whose secret, in Postgres and in both poolers' auth files, is SCRAM's (as
+/// `pg_authid` holds it): with `auth_type = md5` both poolers ask its clients for SCRAM.
+const SCRAM_USER: &str = "app_scram";
+
+/// `SCRAM_USER`'s secret, read back from `pg_authid` once Postgres has made it.
+static SCRAM_SECRET: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The auth file both poolers get: the md5 role's plain password, the SCRAM role's secret.
+fn userlist() -> String {
+    let mut list = format!("\"{USER}\" \"{PASSWORD}\"\n");
+    if let Some(secret) = SCRAM_SECRET.get() {
+        let _ = writeln!(list, "\"{SCRAM_USER}\" \"{secret}\"");
+    }
+    list
+}
 const DB: &str = "bench";
 
 struct Pg {
@@ -650,6 +666,31 @@ fn start_postgres(opts: &Opts, bindir: &Path, state: &Path) -> Pg {
             .args(["-p", &port.to_string(), "-U", USER, DB]),
         "pgbench -i",
     );
+    // The SCRAM role: its secret made by Postgres (password_encryption is md5 for the rest).
+    for sql in [
+        format!(
+            "SET password_encryption = 'scram-sha-256'; CREATE ROLE {SCRAM_USER} LOGIN PASSWORD '{PASSWORD}'"
+        ),
+        format!("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {SCRAM_USER}"),
+    ] {
+        let out = psql(DB, &sql).expect("psql");
+        assert!(
+            out.status.success(),
+            "{sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = psql(
+        "postgres",
+        &format!("SELECT rolpassword FROM pg_authid WHERE rolname = '{SCRAM_USER}'"),
+    )
+    .expect("psql");
+    let secret = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        secret.starts_with("SCRAM-SHA-256$"),
+        "{SCRAM_USER}'s secret is not SCRAM's: {secret:?}"
+    );
+    let _ = SCRAM_SECRET.set(secret);
     Pg { port, pid }
 }
 
@@ -686,11 +727,7 @@ fn write_pooler_config(
     pg_port: u16,
     pool: PoolCfg,
 ) -> PathBuf {
-    fs::write(
-        state.join("userlist.txt"),
-        format!("\"{USER}\" \"{PASSWORD}\"\n"),
-    )
-    .expect("userlist");
+    fs::write(state.join("userlist.txt"), userlist()).expect("userlist");
     let path = state.join(format!("{name}.toml"));
     fs::write(
         &path,
@@ -784,11 +821,7 @@ fn start_pgbouncer(bin: &Path, state: &Path, name: &str, pg_port: u16, pool: Poo
     let dir = state.join(name);
     fs::create_dir_all(&dir).expect("mkdir");
     let port = free_port();
-    fs::write(
-        dir.join("userlist.txt"),
-        format!("\"{USER}\" \"{PASSWORD}\"\n"),
-    )
-    .expect("userlist");
+    fs::write(dir.join("userlist.txt"), userlist()).expect("userlist");
     let ini = dir.join("pgbouncer.ini");
     fs::write(
         &ini,
@@ -840,6 +873,8 @@ struct Row {
     what: &'static str,
     args: &'static [&'static str],
     clients: u32,
+    /// The role pgbench logs in as: `USER` (an md5 secret in the auth files) or `SCRAM_USER`.
+    user: &'static str,
 }
 
 const SELECT1: &str = "@select1";
@@ -851,6 +886,7 @@ const ROWS: &[Row] = &[
         what: "`-S` simple",
         args: &["-S"],
         clients: 16,
+        user: USER,
     },
     Row {
         id: "select_simple_c64",
@@ -858,6 +894,7 @@ const ROWS: &[Row] = &[
         what: "`-S` simple",
         args: &["-S"],
         clients: 64,
+        user: USER,
     },
     Row {
         id: "select_simple_c256",
@@ -865,6 +902,7 @@ const ROWS: &[Row] = &[
         what: "`-S` simple",
         args: &["-S"],
         clients: 256,
+        user: USER,
     },
     Row {
         id: "select_simple_c1000",
@@ -872,6 +910,7 @@ const ROWS: &[Row] = &[
         what: "`-S` simple",
         args: &["-S"],
         clients: 1000,
+        user: USER,
     },
     Row {
         id: "select_extended_c64",
@@ -879,6 +918,7 @@ const ROWS: &[Row] = &[
         what: "`-S -M extended`",
         args: &["-S", "-M", "extended"],
         clients: 64,
+        user: USER,
     },
     Row {
         id: "select_extended_c256",
@@ -886,6 +926,7 @@ const ROWS: &[Row] = &[
         what: "`-S -M extended`",
         args: &["-S", "-M", "extended"],
         clients: 256,
+        user: USER,
     },
     Row {
         id: "select_prepared_c64",
@@ -893,6 +934,7 @@ const ROWS: &[Row] = &[
         what: "`-S -M prepared`",
         args: &["-S", "-M", "prepared"],
         clients: 64,
+        user: USER,
     },
     Row {
         id: "tpcb_c64",
@@ -900,6 +942,7 @@ const ROWS: &[Row] = &[
         what: "tpcb-like (default)",
         args: &[],
         clients: 64,
+        user: USER,
     },
     Row {
         id: "select_connect_c64",
@@ -907,6 +950,7 @@ const ROWS: &[Row] = &[
         what: "`-S -C` (login per txn)",
         args: &["-S", "-C"],
         clients: 64,
+        user: USER,
     },
     Row {
         id: "select1_c256",
@@ -914,6 +958,15 @@ const ROWS: &[Row] = &[
         what: "`SELECT 1`",
         args: &["-f", SELECT1],
         clients: 256,
+        user: USER,
+    },
+    Row {
+        id: "select_connect_scram_c64",
+        short: "-C scram",
+        what: "`-S -C`, SCRAM login",
+        args: &["-S", "-C"],
+        clients: 64,
+        user: SCRAM_USER,
     },
 ];
 
@@ -991,7 +1044,7 @@ fn pgbench(ctx: &mut Ctx, target: &Target, row: &Row, secs: u64, tag: &str) -> R
             "-p",
             &target.port.to_string(),
             "-U",
-            USER,
+            row.user,
         ])
         .env("PGPASSWORD", PASSWORD);
     for a in row.args {
@@ -1323,6 +1376,7 @@ const ALLOC_MISSION_ROW: Row = Row {
     what: "`-S` simple",
     args: &["-S"],
     clients: 2000,
+    user: USER,
 };
 
 /// Heap allocations per transaction of a 3 s `row` against the in-process `target`; `label`
@@ -2129,6 +2183,7 @@ fn run_mission(
         what: "",
         args: &["-S"],
         clients: MISSION_POOL.size + MISSION_POOL.reserve,
+        user: USER,
     };
     for t in &targets {
         pgbench(ctx, t, &warm, 3, "mission-warmup");
