@@ -873,7 +873,8 @@ struct Row {
     what: &'static str,
     args: &'static [&'static str],
     clients: u32,
-    /// The role pgbench logs in as: `USER` (an md5 secret in the auth files) or `SCRAM_USER`.
+    /// The role pgbench logs in as: `USER` (a plain password in the auth files, asked for with md5)
+    /// or `SCRAM_USER`.
     user: &'static str,
 }
 
