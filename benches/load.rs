@@ -576,6 +576,8 @@ const SCRAM_USER: &str = "app_scram";
 /// `SCRAM_USER`'s secret, read back from `pg_authid` once Postgres has made it.
 static SCRAM_SECRET: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
+const DB: &str = "bench";
+
 /// The auth file both poolers get: the md5 role's plain password, the SCRAM role's secret.
 fn userlist() -> String {
     let mut list = format!("\"{USER}\" \"{PASSWORD}\"\n");
@@ -584,7 +586,6 @@ fn userlist() -> String {
     }
     list
 }
-const DB: &str = "bench";
 
 struct Pg {
     port: u16,
@@ -647,17 +648,21 @@ fn start_postgres(opts: &Opts, bindir: &Path, state: &Path) -> Pg {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    for sql in [
-        format!("CREATE ROLE {USER} LOGIN PASSWORD '{PASSWORD}'"),
-        format!("CREATE DATABASE {DB} OWNER {USER}"),
-    ] {
-        let out = psql("postgres", &sql).expect("psql");
+    // A statement that must succeed; its output.
+    let sql_ok = |db: &str, sql: &str| -> String {
+        let out = psql(db, sql).expect("psql");
         assert!(
             out.status.success(),
             "{sql}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-    }
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    sql_ok(
+        "postgres",
+        &format!("CREATE ROLE {USER} LOGIN PASSWORD '{PASSWORD}'"),
+    );
+    sql_ok("postgres", &format!("CREATE DATABASE {DB} OWNER {USER}"));
     println!("pgbench -i -s {} ...", opts.scale);
     run(
         Command::new(bindir.join("pgbench"))
@@ -667,25 +672,20 @@ fn start_postgres(opts: &Opts, bindir: &Path, state: &Path) -> Pg {
         "pgbench -i",
     );
     // The SCRAM role: its secret made by Postgres (password_encryption is md5 for the rest).
-    for sql in [
-        format!(
+    sql_ok(
+        DB,
+        &format!(
             "SET password_encryption = 'scram-sha-256'; CREATE ROLE {SCRAM_USER} LOGIN PASSWORD '{PASSWORD}'"
         ),
-        format!("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {SCRAM_USER}"),
-    ] {
-        let out = psql(DB, &sql).expect("psql");
-        assert!(
-            out.status.success(),
-            "{sql}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let out = psql(
+    );
+    sql_ok(
+        DB,
+        &format!("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {SCRAM_USER}"),
+    );
+    let secret = sql_ok(
         "postgres",
         &format!("SELECT rolpassword FROM pg_authid WHERE rolname = '{SCRAM_USER}'"),
-    )
-    .expect("psql");
-    let secret = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    );
     assert!(
         secret.starts_with("SCRAM-SHA-256$"),
         "{SCRAM_USER}'s secret is not SCRAM's: {secret:?}"
