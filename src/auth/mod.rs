@@ -62,6 +62,9 @@ pub struct User {
     pub secret: Secret,
     /// A SCRAM secret derived once from a plain password: PBKDF2 is too slow to run per login.
     scram_from_plain: OnceLock<ScramSecret>,
+    /// md5(password || user) of a plain password, hashed once: it is the same every login,
+    /// and an md5 login then hashes once (the salted response) instead of twice.
+    md5_from_plain: OnceLock<[u8; MD5_HEX_LEN]>,
 }
 
 impl User {
@@ -70,6 +73,19 @@ impl User {
             name: name.to_string(),
             secret,
             scram_from_plain: OnceLock::new(),
+            md5_from_plain: OnceLock::new(),
+        }
+    }
+
+    /// The 32 hex digits of md5(password || user) that an md5 response is salted from.
+    fn md5_inner_hex(&self) -> Option<&[u8]> {
+        match &self.secret {
+            Secret::Plain(p) => Some(
+                self.md5_from_plain
+                    .get_or_init(|| md5_hex(&[p.as_bytes(), self.name.as_bytes()])),
+            ),
+            Secret::Md5(m) => m.as_bytes().get(3..),
+            Secret::Scram(_) => None,
         }
     }
 
@@ -175,21 +191,42 @@ fn quoted(s: &str) -> Option<(String, &str)> {
     None
 }
 
-/// `md5` followed by the hex digest of `parts`: one allocation (a `format!` per byte cost
-/// some forty per md5 login).
-fn md5_prefixed_hex(parts: &[&[u8]]) -> String {
+/// The length of an md5 digest in hex.
+const MD5_HEX_LEN: usize = 32;
+
+/// The hex digest of `parts`, on the stack.
+fn md5_hex(parts: &[&[u8]]) -> [u8; MD5_HEX_LEN] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut h = Md5::new();
     for p in parts {
         h.update(p);
     }
-    let mut out = String::with_capacity(35);
-    out.push_str("md5");
-    for b in h.finalize() {
-        out.push(char::from(HEX[usize::from(b >> 4)]));
-        out.push(char::from(HEX[usize::from(b & 0xf)]));
+    let mut out = [0u8; MD5_HEX_LEN];
+    for (i, b) in h.finalize().into_iter().enumerate() {
+        out[2 * i] = HEX[usize::from(b >> 4)];
+        out[2 * i + 1] = HEX[usize::from(b & 0xf)];
     }
     out
+}
+
+/// `md5` followed by the hex digest of `parts`.
+fn md5_prefixed_hex(parts: &[&[u8]]) -> String {
+    let hex = md5_hex(parts);
+    let mut out = String::with_capacity(3 + MD5_HEX_LEN);
+    out.push_str("md5");
+    // The digits are ASCII.
+    out.extend(hex.iter().map(|&b| char::from(b)));
+    out
+}
+
+/// Whether `given` is the client's md5 response, `md5` || md5(inner || salt), to `salt` for a
+/// user whose inner hash is `inner_hex` (hex digits). Compared on the stack: no allocation.
+fn md5_response_matches(inner_hex: &[u8], salt: [u8; 4], given: &[u8]) -> bool {
+    let expected = md5_hex(&[inner_hex, &salt]);
+    match given.strip_prefix(b"md5") {
+        Some(digits) => constant_time_eq(&expected, digits),
+        None => false,
+    }
 }
 
 /// `md5` || md5(md5(password || user) || salt) given the inner `md5…` hash.
@@ -305,13 +342,8 @@ pub async fn authenticate_client<S: AsyncRead + AsyncWrite + Unpin>(
     send(stream, &mut out).await?;
     let body = read_password(stream).await?;
     let given = body.strip_suffix(&[0]).unwrap_or(&body);
-    let expected = match user.map(|u| &u.secret) {
-        Some(Secret::Plain(p)) => Some(md5_response(&md5_secret(name, p), salt)),
-        Some(Secret::Md5(m)) => Some(md5_response(m, salt)),
-        _ => None,
-    };
-    match expected {
-        Some(e) if constant_time_eq(e.as_bytes(), given) => Ok(None),
+    match user.and_then(User::md5_inner_hex) {
+        Some(inner) if md5_response_matches(inner, salt, given) => Ok(None),
         _ => Err(failed()),
     }
 }
@@ -343,5 +375,39 @@ mod tests {
             md5_secret("u", "p"),
             postgres_protocol::password::md5(b"p", "u")
         );
+    }
+
+    /// The login's check, with the inner hash cached for a plain password or read from an
+    /// `md5…` secret, accepts what libpq's md5 sends and nothing else.
+    #[test]
+    fn md5_login_check_matches_postgres_protocol() {
+        let salt = [9, 8, 7, 6];
+        let response = postgres_protocol::authentication::md5_hash(b"alice", b"s3cret", salt);
+        let plain = User::new("alice", Secret::Plain("s3cret".into()));
+        let stored = User::new("alice", Secret::parse(&md5_secret("alice", "s3cret")));
+        for user in [&plain, &stored] {
+            let inner = user.md5_inner_hex().unwrap();
+            // Twice: the second check reads the cached hash.
+            for _ in 0..2 {
+                assert!(md5_response_matches(inner, salt, response.as_bytes()));
+            }
+            assert!(!md5_response_matches(
+                inner,
+                [0, 0, 0, 0],
+                response.as_bytes()
+            ));
+            assert!(!md5_response_matches(
+                inner,
+                salt,
+                &response.as_bytes()[3..]
+            ));
+            assert!(!md5_response_matches(inner, salt, b""));
+        }
+        let other = User::new("bob", Secret::Plain("s3cret".into()));
+        assert!(!md5_response_matches(
+            other.md5_inner_hex().unwrap(),
+            salt,
+            response.as_bytes()
+        ));
     }
 }
