@@ -178,8 +178,14 @@ pub async fn accept_loop(
     // record (the common accept takes no lock).
     let mut failing = false;
     let mut phase = app.control.phase_signal();
+    // One wait for the drain, made once: a new one per accept cost a watch-channel
+    // registration each time. Polled first, so a stream of connections cannot hold it off.
+    let draining = phase.wait_for(|p| *p >= Phase::Draining);
+    tokio::pin!(draining);
     loop {
         let pause = tokio::select! {
+            biased;
+            _ = &mut draining => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     if std::mem::take(&mut failing) {
@@ -195,11 +201,10 @@ pub async fn accept_loop(
                     errors().failed(&e)
                 }
             },
-            _ = phase.wait_for(|p| *p >= Phase::Draining) => break,
         };
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
-            _ = phase.wait_for(|p| *p >= Phase::Draining) => break,
+            _ = &mut draining => break,
         }
     }
     // Closing the socket takes it out of the kernel's list, and with so_reuseport out of the

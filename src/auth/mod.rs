@@ -13,7 +13,7 @@ use rand::RngExt;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncBufRead, AsyncWrite, AsyncWriteExt};
 
 use crate::config::{AuthType, ConfigError};
 use crate::error::{PoolerError, Result};
@@ -104,7 +104,9 @@ impl User {
 /// The users of the auth file, by name.
 #[derive(Debug, Default)]
 pub struct AuthFile {
-    users: HashMap<String, Arc<User>>,
+    /// Looked up once per login by the name the client sent: foldhash, not SipHash (the
+    /// names are the file's, so no client can choose what collides).
+    users: HashMap<String, Arc<User>, foldhash::fast::RandomState>,
 }
 
 impl AuthFile {
@@ -122,7 +124,7 @@ impl AuthFile {
     /// PgBouncer's format: `"user" "secret"` per line, `""` for a quote inside; lines that do
     /// not start with a quote are comments.
     pub fn parse(text: &str) -> std::result::Result<AuthFile, String> {
-        let mut users = HashMap::new();
+        let mut users = HashMap::default();
         for (lineno, line) in text.lines().enumerate() {
             let line = line.trim();
             if !line.starts_with('"') {
@@ -250,23 +252,36 @@ async fn send<S: AsyncWrite + Unpin>(stream: &mut S, buf: &mut BytesMut) -> Resu
     Ok(())
 }
 
-async fn read_password<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Vec<u8>> {
-    let (tag, body) = wire::read_message(stream, wire::MAX_LOGIN_MESSAGE_LEN).await?;
-    if tag != b'p' {
-        return Err(PoolerError::protocol(format!(
+/// The body of the client's next message, which must be a password message ('p'), handed
+/// to `take` (read in place when it arrived whole: see `wire::with_message_buffered`).
+async fn with_password<S, T>(stream: &mut S, take: impl FnOnce(&[u8]) -> T) -> Result<T>
+where
+    S: AsyncBufRead + Unpin,
+{
+    let taken = wire::with_message_buffered(stream, wire::MAX_LOGIN_MESSAGE_LEN, |tag, body| {
+        (tag == b'p').then(|| take(body)).ok_or(tag)
+    })
+    .await?;
+    taken.map_err(|tag| {
+        PoolerError::protocol(format!(
             "expected password response, got message type '{}'",
             tag.escape_ascii()
-        )));
-    }
-    Ok(body)
+        ))
+    })
+}
+
+async fn read_password<S: AsyncBufRead + Unpin>(stream: &mut S) -> Result<Vec<u8>> {
+    with_password(stream, <[u8]>::to_vec).await
 }
 
 /// Runs the login exchange with the client up to (not including) AuthenticationOk.
 /// `user` is `None` when the name is not in the auth file: the exchange still runs, so an
 /// outsider cannot tell an unknown user from a wrong password.
-/// Returns the client's SCRAM keys when SCRAM was used.
-pub async fn authenticate_client<S: AsyncRead + AsyncWrite + Unpin>(
+/// Returns the client's SCRAM keys when SCRAM was used. `out` is the login's write buffer,
+/// left empty.
+pub async fn authenticate_client<S: AsyncBufRead + AsyncWrite + Unpin>(
     stream: &mut S,
+    out: &mut BytesMut,
     auth_type: AuthType,
     name: &str,
     user: Option<&User>,
@@ -275,7 +290,6 @@ pub async fn authenticate_client<S: AsyncRead + AsyncWrite + Unpin>(
     // An empty secret in the auth file is no password at all: as in Postgres and PgBouncer,
     // it never logs in under a password method (it fails like an unknown user).
     let user = user.filter(|u| !matches!(&u.secret, Secret::Plain(p) if p.is_empty()));
-    let mut out = BytesMut::with_capacity(128);
     let use_scram = match auth_type {
         AuthType::Trust => return Ok(None),
         AuthType::ScramSha256 => true,
@@ -293,8 +307,8 @@ pub async fn authenticate_client<S: AsyncRead + AsyncWrite + Unpin>(
                 &decoy
             }
         };
-        wire::auth_sasl(&mut out, scram::MECHANISM);
-        send(stream, &mut out).await?;
+        wire::auth_sasl(out, scram::MECHANISM);
+        send(stream, out).await?;
         let initial = read_password(stream).await?;
         let mut body = &initial[..];
         let mechanism = wire::take_cstr(&mut body)?;
@@ -308,44 +322,49 @@ pub async fn authenticate_client<S: AsyncRead + AsyncWrite + Unpin>(
         }
         let data = &body[4..];
         let (server, server_first) = scram::ScramServer::start(data, secret)?;
-        wire::auth_sasl_continue(&mut out, server_first.as_bytes());
-        send(stream, &mut out).await?;
+        wire::auth_sasl_continue(out, server_first.as_bytes());
+        send(stream, out).await?;
         let client_final = read_password(stream).await?;
         return match server.finish(&client_final, secret)? {
             Some((server_final, keys)) if user.is_some() => {
-                wire::auth_sasl_final(&mut out, server_final.as_bytes());
-                send(stream, &mut out).await?;
+                wire::auth_sasl_final(out, server_final.as_bytes());
+                send(stream, out).await?;
                 Ok(Some(keys))
             }
             _ => Err(failed()),
         };
     }
     if auth_type == AuthType::Plain {
-        wire::auth_cleartext(&mut out);
-        send(stream, &mut out).await?;
-        let body = read_password(stream).await?;
-        let given = body.strip_suffix(&[0]).unwrap_or(&body);
-        let given = std::str::from_utf8(given).map_err(|_| failed())?;
-        let ok = match user.map(|u| &u.secret) {
-            Some(Secret::Plain(p)) => constant_time_eq(p.as_bytes(), given.as_bytes()),
-            Some(Secret::Md5(m)) => {
-                constant_time_eq(m.as_bytes(), md5_secret(name, given).as_bytes())
+        wire::auth_cleartext(out);
+        send(stream, out).await?;
+        let ok = with_password(stream, |body| {
+            let given = body.strip_suffix(&[0]).unwrap_or(body);
+            let Ok(given) = std::str::from_utf8(given) else {
+                return false;
+            };
+            match user.map(|u| &u.secret) {
+                Some(Secret::Plain(p)) => constant_time_eq(p.as_bytes(), given.as_bytes()),
+                Some(Secret::Md5(m)) => {
+                    constant_time_eq(m.as_bytes(), md5_secret(name, given).as_bytes())
+                }
+                Some(Secret::Scram(s)) => scram::verify_password(s, given),
+                None => false,
             }
-            Some(Secret::Scram(s)) => scram::verify_password(s, given),
-            None => false,
-        };
+        })
+        .await?;
         return if ok { Ok(None) } else { Err(failed()) };
     }
     // md5
     let salt: [u8; 4] = rand::rng().random();
-    wire::auth_md5(&mut out, salt);
-    send(stream, &mut out).await?;
-    let body = read_password(stream).await?;
-    let given = body.strip_suffix(&[0]).unwrap_or(&body);
-    match user.and_then(User::md5_inner_hex) {
-        Some(inner) if md5_response_matches(inner, salt, given) => Ok(None),
-        _ => Err(failed()),
-    }
+    wire::auth_md5(out, salt);
+    send(stream, out).await?;
+    let inner = user.and_then(User::md5_inner_hex);
+    let ok = with_password(stream, |body| {
+        let given = body.strip_suffix(&[0]).unwrap_or(body);
+        inner.is_some_and(|inner| md5_response_matches(inner, salt, given))
+    })
+    .await?;
+    if ok { Ok(None) } else { Err(failed()) }
 }
 
 #[cfg(test)]

@@ -288,6 +288,8 @@ async fn login(
     {
         user = auth_query::lookup(app, &config, database, user_name).await?;
     }
+    // The login's one write buffer: the password exchange's messages, then the greeting.
+    let mut out = BytesMut::with_capacity(512);
     let keys = if auth_type == AuthType::Cert {
         // The certificate the TLS handshake verified must name this user.
         if origin.cert_name.as_deref() != Some(user_name) {
@@ -295,7 +297,7 @@ async fn login(
         }
         None
     } else {
-        auth::authenticate_client(stream, auth_type, user_name, user.as_deref()).await?
+        auth::authenticate_client(stream, &mut out, auth_type, user_name, user.as_deref()).await?
     };
     let user = match user {
         Some(u) => u,
@@ -413,7 +415,6 @@ async fn login(
         requested.set(name, value);
     }
     let params = pool.share(session_params);
-    let mut out = BytesMut::with_capacity(512);
     wire::auth_ok(&mut out);
     pool.greeting(&params, &mut out);
     let app_name = params.get("application_name").unwrap_or_default();

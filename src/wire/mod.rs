@@ -153,6 +153,33 @@ pub async fn read_message<R: AsyncRead + Unpin>(
     Ok((tag, body))
 }
 
+/// Reads one message through a buffered reader and hands its tag and body to `take`: a
+/// message that arrived whole (a password or SASL message, in one segment) is read in place
+/// from the buffer, with no copy and none of `read_message`'s three read futures; one split
+/// across reads goes through `read_message`, with its checks and errors.
+pub async fn with_message_buffered<R, T>(
+    r: &mut R,
+    max_len: usize,
+    take: impl FnOnce(u8, &[u8]) -> T,
+) -> Result<T>
+where
+    R: AsyncBufRead + Unpin,
+{
+    let buf = r.fill_buf().await?;
+    if let Some((tag, len)) = header(buf)
+        && len >= 4
+        && len as usize - 4 <= max_len
+        && buf.len() > len as usize
+    {
+        let end = 1 + len as usize;
+        let taken = take(tag, &buf[5..end]);
+        r.consume(end);
+        return Ok(taken);
+    }
+    let (tag, body) = read_message(r, max_len).await?;
+    Ok(take(tag, &body))
+}
+
 /// A 5-byte message header: tag and the length of the body that follows.
 #[inline]
 pub fn header(buf: &[u8]) -> Option<(u8, i32)> {
@@ -449,6 +476,39 @@ mod tests {
             e.to_string().contains("invalid startup packet length 3"),
             "{e}"
         );
+    }
+
+    /// A login message whole in one read, a byte per read, or followed by the next one: the
+    /// same tag and body, and what follows stays in the buffer; a length out of bounds is
+    /// `read_message`'s error, and nothing is handed over.
+    #[tokio::test]
+    async fn a_buffered_message_read_takes_a_whole_message_or_its_pieces() {
+        let msg = b"p\0\0\0\x08pw\0\0".to_vec();
+        let mut whole = msg.clone();
+        whole.extend_from_slice(b"Q\0");
+        let mut r = tokio::io::BufReader::new(&whole[..]);
+        let got = with_message_buffered(&mut r, 100, |tag, body| (tag, body.to_vec()));
+        assert_eq!(got.await.unwrap(), (b'p', b"pw\0\0".to_vec()));
+        assert_eq!(r.buffer(), b"Q\0");
+
+        let (mut w, rd) = tokio::io::duplex(1);
+        let sent = msg.clone();
+        let writer =
+            tokio::spawn(async move { tokio::io::AsyncWriteExt::write_all(&mut w, &sent).await });
+        let mut r = tokio::io::BufReader::new(rd);
+        let got = with_message_buffered(&mut r, 100, |tag, body| (tag, body.to_vec()));
+        assert_eq!(got.await.unwrap(), (b'p', b"pw\0\0".to_vec()));
+        writer.await.unwrap().unwrap();
+
+        for (bytes, max) in [(&b"p\0\0\0\x03"[..], 100), (&msg[..], 3)] {
+            let mut r = tokio::io::BufReader::new(bytes);
+            let mut called = false;
+            let e = with_message_buffered(&mut r, max, |_, _| called = true)
+                .await
+                .unwrap_err();
+            assert!(e.to_string().contains("invalid message length"), "{e}");
+            assert!(!called);
+        }
     }
 
     #[test]
