@@ -34,6 +34,8 @@
 //! STRACE_SECS (3; 0 skips), TASKSET=0 skips the pinning runs, ALLOCS=0 skips the allocation
 //! count, IDLE_CLIENTS (10000; 0 skips), PGBOUNCER=0 skips PgBouncer, DIRECT=0 skips direct
 //! Postgres, RESULTS_DIR, UPDATE_DOCS=1 copies the chart and the report to docs/,
+//! POOLER_BIN=/path/to/pooler measures that binary as `pooler` (`scripts/bench.sh` with PGO=1
+//! builds the profile-guided one, `scripts/build-pgo.sh`, and names it here),
 //! POOLER_BIN_B=/path/to/pooler adds a second pooler build as a fourth target (compare a change
 //! in the same run), WORKERS / WORKERS_B set `workers` of the pooler / pooler-b (WORKERS_B alone
 //! makes pooler-b this build), CHART_FONT=/path/to/font.ttf (DejaVu Sans is found by default).
@@ -778,15 +780,20 @@ fn workers_line(name: &str) -> String {
         .unwrap_or_default()
 }
 
+/// The binary of the `pooler` target: `POOLER_BIN` (`scripts/bench.sh` with `PGO=1` names the
+/// profile-guided build), else this build's.
+fn pooler_bin() -> PathBuf {
+    std::env::var("POOLER_BIN")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .map_or_else(
+            || PathBuf::from(env!("CARGO_BIN_EXE_pooler")),
+            PathBuf::from,
+        )
+}
+
 fn start_pooler(state: &Path, name: &str, pg_port: u16, pool: PoolCfg) -> Target {
-    start_pooler_bin(
-        Path::new(env!("CARGO_BIN_EXE_pooler")),
-        Kind::Pooler,
-        state,
-        name,
-        pg_port,
-        pool,
-    )
+    start_pooler_bin(&pooler_bin(), Kind::Pooler, state, name, pg_port, pool)
 }
 
 fn start_pooler_bin(
@@ -3124,6 +3131,10 @@ fn real_main() {
         "machine: {} CPUs ({}), kernel {}; {}; PgBouncer: {}; pooler commit {}",
         m.nproc, m.cpu, m.kernel, m.postgres, m.pgbouncer, m.commit
     );
+    let _ = writeln!(header, "pooler binary: {}", pooler_bin().display());
+    if let Some(b) = &pooler_b {
+        let _ = writeln!(header, "pooler-b binary: {}", b.display());
+    }
     let _ = writeln!(
         header,
         "settings: DURATION={}s REPEAT={} JOBS={} SCALE={} pool 20 (+5 reserve), transaction mode, md5; \

@@ -57,9 +57,10 @@ fn installed_postgres_is_left_alone() {
     assert!(!text.contains("apt-get"), "{text}");
 }
 
+/// The README's commands, and the PGO build that starts a throwaway Postgres of its own.
 #[test]
 fn both_readme_commands_ensure_postgres_first() {
-    for name in ["quickstart.sh", "test.sh"] {
+    for name in ["quickstart.sh", "test.sh", "build-pgo.sh"] {
         let text = std::fs::read_to_string(script(name)).expect("read script");
         // Line numbers of the commands (comments left out).
         let line_of = |needle: &str| {
@@ -77,6 +78,36 @@ fn both_readme_commands_ensure_postgres_first() {
             }
         }
     }
+}
+
+/// Every script parses (`bash -n`): the ones no test runs whole (the PGO build, the bench)
+/// would otherwise fail first for whoever needs them.
+#[test]
+fn every_script_parses() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).expect("read scripts/") {
+        let path = entry.expect("dir entry").path();
+        if path.extension().is_some_and(|e| e == "sh") {
+            let out = std::process::Command::new("bash")
+                .arg("-n")
+                .arg(&path)
+                .output()
+                .expect("run bash -n");
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 5,
+        "only {checked} scripts found in {}",
+        dir.display()
+    );
 }
 
 /// The frameworks suite's stacks are installed before the tests run: by the README's test
