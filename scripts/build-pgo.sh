@@ -40,8 +40,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Paths in RUSTFLAGS are part of cargo's fingerprint: a fixed one keeps the instrumented
+# build incremental, and the merged profile is named by its hash, so the optimized build is
+# made again exactly when the counts changed.
+OUT=$PWD/target/pgo
+PROFILES=$OUT/profiles
+mkdir -p "$OUT"
+rm -rf "$PROFILES"
 echo "build-pgo: instrumented build (target/pgo-gen)" >&2
-RUSTFLAGS="-Cprofile-generate=$DIR/profiles" CARGO_TARGET_DIR=target/pgo-gen \
+RUSTFLAGS="-Cprofile-generate=$PROFILES" CARGO_TARGET_DIR=target/pgo-gen \
   cargo build --release --locked --bin pooler
 
 asuser "$BIN/initdb" -D "$DIR/data" -U postgres --auth-local=trust --auth-host=scram-sha-256 \
@@ -92,10 +99,12 @@ kill -TERM "$POOLER_PID"
 wait "$POOLER_PID" || true
 POOLER_PID=
 
-"$PROFDATA" merge -o "$DIR/merged.profdata" "$DIR"/profiles/*.profraw
+"$PROFDATA" merge -o "$DIR/merged.profdata" "$PROFILES"/*.profraw
+rm -f "$OUT"/merged-*.profdata
+MERGED=$OUT/merged-$(sha256sum "$DIR/merged.profdata" | cut -c1-16).profdata
+cp "$DIR/merged.profdata" "$MERGED"
 echo "build-pgo: optimized build (target/pgo-use)" >&2
-RUSTFLAGS="-Cprofile-use=$DIR/merged.profdata" CARGO_TARGET_DIR=target/pgo-use \
+RUSTFLAGS="-Cprofile-use=$MERGED" CARGO_TARGET_DIR=target/pgo-use \
   cargo build --release --locked --bin pooler
-mkdir -p target/pgo
-cp target/pgo-use/release/pooler target/pgo/pooler
+cp target/pgo-use/release/pooler "$OUT/pooler"
 echo "build-pgo: target/pgo/pooler" >&2
