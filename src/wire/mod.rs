@@ -445,6 +445,19 @@ mod tests {
         }
     }
 
+    /// A buffered reader that gets `bytes` one at a time, and the task writing them.
+    fn a_byte_per_read(
+        bytes: Vec<u8>,
+    ) -> (
+        tokio::io::BufReader<tokio::io::DuplexStream>,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    ) {
+        let (mut w, rd) = tokio::io::duplex(1);
+        let writer =
+            tokio::spawn(async move { tokio::io::AsyncWriteExt::write_all(&mut w, &bytes).await });
+        (tokio::io::BufReader::new(rd), writer)
+    }
+
     /// Whole in one read, a byte per read, or followed by the next message: the same body,
     /// and what follows stays in the buffer; a bad length is the general path's error.
     #[tokio::test]
@@ -461,11 +474,7 @@ mod tests {
         assert_eq!(read_startup_buffered(&mut r).await.unwrap(), &pkt[4..]);
         assert_eq!(r.buffer(), b"Q");
 
-        let (mut w, rd) = tokio::io::duplex(1);
-        let sent = pkt.to_vec();
-        let writer =
-            tokio::spawn(async move { tokio::io::AsyncWriteExt::write_all(&mut w, &sent).await });
-        let mut r = tokio::io::BufReader::new(rd);
+        let (mut r, writer) = a_byte_per_read(pkt.to_vec());
         assert_eq!(read_startup_buffered(&mut r).await.unwrap(), &pkt[4..]);
         writer.await.unwrap().unwrap();
 
@@ -491,11 +500,7 @@ mod tests {
         assert_eq!(got.await.unwrap(), (b'p', b"pw\0\0".to_vec()));
         assert_eq!(r.buffer(), b"Q\0");
 
-        let (mut w, rd) = tokio::io::duplex(1);
-        let sent = msg.clone();
-        let writer =
-            tokio::spawn(async move { tokio::io::AsyncWriteExt::write_all(&mut w, &sent).await });
-        let mut r = tokio::io::BufReader::new(rd);
+        let (mut r, writer) = a_byte_per_read(msg.clone());
         let got = with_message_buffered(&mut r, 100, |tag, body| (tag, body.to_vec()));
         assert_eq!(got.await.unwrap(), (b'p', b"pw\0\0".to_vec()));
         writer.await.unwrap().unwrap();
