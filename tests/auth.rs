@@ -21,17 +21,32 @@ async fn scram_secret_in_auth_file_logs_in_with_the_clients_keys() {
         .get(0);
     assert!(secret.starts_with("SCRAM-SHA-256$"));
     // The pooler never sees the password: only Postgres's own secret.
+    let admin_secret = postgres_protocol::password::scram_sha_256(b"admin-pw");
     for auth in ["scram-sha-256", "md5"] {
-        let userlist = format!("\"{APP_USER}\" \"{secret}\"\n");
+        let userlist = format!("\"{APP_USER}\" \"{secret}\"\n\"admin\" \"{admin_secret}\"\n");
         let pooler = Pooler::start_with_userlist(
             pg,
             &db,
-            &format!("auth_type = \"{auth}\"\npool_mode = \"transaction\""),
+            &format!(
+                "auth_type = \"{auth}\"\npool_mode = \"transaction\"\nadmin_users = \"admin\""
+            ),
             &userlist,
         )
         .await;
         let c = pooler.client().await;
         assert_eq!(first_value(&c, "SELECT current_user").await, APP_USER);
+        // The console greets a SCRAM login itself: the client (which checks the server's
+        // signature in SASLFinal) gets in and is answered.
+        let console = connect(&pooler.console_url("admin", "admin-pw")).await;
+        let rows = console
+            .simple_query("SHOW VERSION")
+            .await
+            .expect("SHOW VERSION");
+        assert!(
+            rows.iter()
+                .any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_))),
+            "SHOW VERSION returned no row"
+        );
         let err = try_connect(&pooler.url(APP_USER, "wrong"))
             .await
             .unwrap_err();

@@ -278,7 +278,7 @@ async fn read_password<S: AsyncBufRead + Unpin>(stream: &mut S) -> Result<Vec<u8
 /// `user` is `None` when the name is not in the auth file: the exchange still runs, so an
 /// outsider cannot tell an unknown user from a wrong password.
 /// Returns the client's SCRAM keys when SCRAM was used. `out` is the login's write buffer,
-/// left empty.
+/// left holding what is still to send with the greeting (SCRAM's SASLFinal), else empty.
 pub async fn authenticate_client<S: AsyncBufRead + AsyncWrite + Unpin>(
     stream: &mut S,
     out: &mut BytesMut,
@@ -326,9 +326,10 @@ pub async fn authenticate_client<S: AsyncBufRead + AsyncWrite + Unpin>(
         send(stream, out).await?;
         let client_final = read_password(stream).await?;
         return match server.finish(&client_final, secret)? {
+            // SASLFinal stays in `out`: it goes out with AuthenticationOk and the greeting,
+            // one write instead of two (the client reads on to AuthenticationOk anyway).
             Some((server_final, keys)) if user.is_some() => {
                 wire::auth_sasl_final(out, server_final.as_bytes());
-                send(stream, out).await?;
                 Ok(Some(keys))
             }
             _ => Err(failed()),
@@ -394,6 +395,53 @@ mod tests {
             md5_secret("u", "p"),
             postgres_protocol::password::md5(b"p", "u")
         );
+    }
+
+    /// A SCRAM login against a libpq-like client (postgres-protocol's): the exchange
+    /// verifies, and SASLFinal is left in `out` for the greeting's write rather than sent
+    /// alone (one write a login fewer); the client accepts the server signature in it.
+    #[tokio::test]
+    async fn scram_exchange_leaves_sasl_final_for_the_greeting() {
+        use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+        use tokio::io::{AsyncWriteExt, BufReader};
+        let user = User::new("alice", Secret::Plain("s3cret".into()));
+        let (pooler_end, mut client_end) = tokio::io::duplex(4096);
+        let mut pooler_end = BufReader::new(pooler_end);
+        let client = async move {
+            let (tag, body) = wire::read_message(&mut client_end, 1024).await.unwrap();
+            assert_eq!((tag, &body[..4]), (b'R', &10i32.to_be_bytes()[..]));
+            let mut scram = ScramSha256::new(b"s3cret", ChannelBinding::unsupported());
+            let mut msg = BytesMut::new();
+            postgres_protocol::message::frontend::sasl_initial_response(
+                scram::MECHANISM,
+                scram.message(),
+                &mut msg,
+            )
+            .unwrap();
+            client_end.write_all(&msg).await.unwrap();
+            let (tag, body) = wire::read_message(&mut client_end, 1024).await.unwrap();
+            assert_eq!((tag, &body[..4]), (b'R', &11i32.to_be_bytes()[..]));
+            scram.update(&body[4..]).unwrap();
+            msg.clear();
+            postgres_protocol::message::frontend::sasl_response(scram.message(), &mut msg).unwrap();
+            client_end.write_all(&msg).await.unwrap();
+            (scram, client_end)
+        };
+        let mut out = BytesMut::new();
+        let server = authenticate_client(
+            &mut pooler_end,
+            &mut out,
+            AuthType::ScramSha256,
+            "alice",
+            Some(&user),
+        );
+        let ((mut scram, _client_end), keys) = tokio::join!(client, server);
+        assert!(keys.unwrap().is_some(), "the right password logs in");
+        // What is left in `out` is SASLFinal, whole, with a signature the client accepts.
+        let (tag, len) = wire::header(&out).unwrap();
+        assert_eq!((tag, len as usize + 1), (b'R', out.len()));
+        assert_eq!(&out[5..9], &12i32.to_be_bytes());
+        scram.finish(&out[9..]).unwrap();
     }
 
     /// The login's check, with the inner hash cached for a plain password or read from an

@@ -310,6 +310,10 @@ async fn login(
                 "data sent before the login completed",
             ));
         }
+        // The console greets the client itself: SCRAM's SASLFinal goes first.
+        if !out.is_empty() {
+            stream.write_all(&out).await?;
+        }
         let console = Console::login(app, stream.get_mut(), user_name, database).await?;
         return Ok(Some(Login::Console(console)));
     }
