@@ -6,7 +6,8 @@
 //! 2. the pooler's release binary and, when installed, PgBouncer (as `postgres`), both with a
 //!    generated config: transaction mode, pool 20 (+5 reserve after 3 s), md5, a plain
 //!    password in the auth file, and a second role (`select_connect_scram_c64`) whose secret
-//!    in Postgres and in the auth file is SCRAM's, so both poolers log its clients in with SCRAM;
+//!    in Postgres and in the auth file is SCRAM's (of SCRAM_ITERATIONS rounds, 16, so that
+//!    pgbench's PBKDF2 does not decide the row), so both poolers log its clients in with SCRAM;
 //! 3. the pgbench rows against direct Postgres, PgBouncer and the pooler back to back
 //!    (target order rotated per repetition), each repeated, the median reported, with the
 //!    pooler's and PgBouncer's CPU time per transaction (`/proc/PID/stat`) and peak RSS
@@ -575,8 +576,46 @@ const PASSWORD: &str = "app";
 /// `pg_authid` holds it): with `auth_type = md5` both poolers ask its clients for SCRAM.
 const SCRAM_USER: &str = "app_scram";
 
-/// `SCRAM_USER`'s secret, read back from `pg_authid` once Postgres has made it.
+/// `SCRAM_USER`'s secret, read back from `pg_authid` once Postgres has stored it.
 static SCRAM_SECRET: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// A SCRAM-SHA-256 secret for `password` with `iterations` rounds of PBKDF2, in
+/// `pg_authid`'s format. The bench's SCRAM role gets few rounds (SCRAM_ITERATIONS, 16): with
+/// Postgres's 4,096 pgbench spends a core on PBKDF2 for every login, holds the row to ~300
+/// logins/s and decides its figures (their runs split in two modes by pgbench's speed). Neither
+/// pooler runs PBKDF2 at a login (both verify from StoredKey/ServerKey), so the rounds change
+/// only what the client pays.
+fn scram_secret(password: &str, iterations: u32) -> String {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD as B64;
+    use hmac::{Hmac, KeyInit, Mac};
+    use sha2::{Digest, Sha256};
+    let hmac = |key: &[u8], data: &[u8]| -> [u8; 32] {
+        let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key");
+        mac.update(data);
+        mac.finalize().into_bytes().into()
+    };
+    let salt: [u8; 16] = rand::random();
+    // PBKDF2-HMAC-SHA-256, one block (RFC 8018, 5.2): U1 = HMAC(P, salt || 1), Ui = HMAC(P, Ui-1).
+    let mut u = hmac(
+        password.as_bytes(),
+        &[&salt[..], &1u32.to_be_bytes()].concat(),
+    );
+    let mut salted = u;
+    for _ in 1..iterations {
+        u = hmac(password.as_bytes(), &u);
+        salted.iter_mut().zip(u).for_each(|(s, b)| *s ^= b);
+    }
+    let client_key = hmac(&salted, b"Client Key");
+    let stored_key: [u8; 32] = Sha256::digest(client_key).into();
+    let server_key = hmac(&salted, b"Server Key");
+    format!(
+        "SCRAM-SHA-256${iterations}:{}${}:{}",
+        B64.encode(salt),
+        B64.encode(stored_key),
+        B64.encode(server_key)
+    )
+}
 
 const DB: &str = "bench";
 
@@ -673,11 +712,14 @@ fn start_postgres(opts: &Opts, bindir: &Path, state: &Path) -> Pg {
             .args(["-p", &port.to_string(), "-U", USER, DB]),
         "pgbench -i",
     );
-    // The SCRAM role: its secret made by Postgres (password_encryption is md5 for the rest).
+    // The SCRAM role: a SCRAM secret of few rounds (see `scram_secret`), which Postgres
+    // stores as given (password_encryption is md5 for the rest).
+    let iterations = env_or("SCRAM_ITERATIONS", 16u32).max(1);
     sql_ok(
         DB,
         &format!(
-            "SET password_encryption = 'scram-sha-256'; CREATE ROLE {SCRAM_USER} LOGIN PASSWORD '{PASSWORD}'"
+            "CREATE ROLE {SCRAM_USER} LOGIN PASSWORD '{}'",
+            scram_secret(PASSWORD, iterations)
         ),
     );
     sql_ok(
