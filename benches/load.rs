@@ -34,7 +34,7 @@
 //! JOBS (pgbench -j, 2), ROWS (comma list of row ids), SCALE (10), PG_MAX_CONNECTIONS (400),
 //! STRACE_SECS (3; 0 skips), TASKSET=0 skips the pinning runs, ALLOCS=0 skips the allocation
 //! count, IDLE_CLIENTS (10000; 0 skips), PGBOUNCER=0 skips PgBouncer, DIRECT=0 skips direct
-//! Postgres, RESULTS_DIR, UPDATE_DOCS=1 copies the chart and the report to docs/,
+//! Postgres, SCRAM_ITERATIONS (the SCRAM role's PBKDF2 rounds, 16), RESULTS_DIR, UPDATE_DOCS=1 copies the chart and the report to docs/,
 //! POOLER_BIN=/path/to/pooler measures that binary as `pooler` (`scripts/bench.sh` with PGO=1
 //! builds the profile-guided one, `scripts/build-pgo.sh`, and names it here),
 //! POOLER_BIN_B=/path/to/pooler adds a second pooler build as a fourth target (compare a change
