@@ -23,7 +23,7 @@
 //!    after 5 s): 2,000 and 8,000 `pgbench -S` clients, saturated and at a fixed offered rate
 //!    (60 % of PgBouncer's saturated tps in the same run), p50/p99/p99.9 latency and
 //!    transactions per client from pgbench's per-transaction logs (`-l`), CPU per transaction
-//!    and peak RSS, and the fixed-rate run again with 10,000 idle clients connected;
+//!    and peak RSS, and the fixed-rate runs again (as many) with 10,000 idle clients connected;
 //! 9. `results.md`, `results.csv` (`mission.csv`), raw pgbench output and `chart.png` in the
 //!    results directory.
 //!
@@ -2166,7 +2166,9 @@ struct MissionResults {
     /// (clients, kind) -> runs, for "saturated", "rate" and "rate+idle".
     saturated: BTreeMap<(u32, Kind), Vec<MissionRun>>,
     rate: BTreeMap<(u32, Kind), Vec<MissionRun>>,
-    idle: BTreeMap<(u32, Kind), (MissionRun, IdleResult)>,
+    /// The fixed-rate runs with the idle clients connected (all MISSION_REPEAT of them under
+    /// one set of idle clients), and those clients' logins.
+    idle: BTreeMap<(u32, Kind), (Vec<MissionRun>, IdleResult)>,
     /// The fixed-rate run with a packet capture, per (clients, kind).
     wire: BTreeMap<(u32, Kind), WireRun>,
     /// The offered rate per client count.
@@ -2307,24 +2309,44 @@ fn run_mission(
                 "mission: {n} clients at {} tps with {idle_n} idle clients alongside",
                 fmt_num(rate)
             );
-            for t in &targets {
-                let pid = t.pid.expect("pid");
-                let mut run = None;
-                let idle = idle_clients_during(t.port, idle_n, &rss_kb(pid), &mut || {
-                    run = Some(mission_pgbench(ctx, t, n, Some(rate), idle_n, "rate-idle"));
-                });
-                let mut run = run.expect("run");
-                run.idle = idle.clients;
-                print_mission_run(t.kind, &run);
-                if idle.errors > 0 {
-                    println!(
-                        "    idle clients: {} errors: {}",
-                        idle.errors,
-                        idle.first_error.as_deref().unwrap_or("?")
-                    );
+            // As many runs as without them, the targets' order rotated per repetition as in
+            // the other rows, so the machine's slow minutes fall on all alike; the idle clients
+            // are connected afresh for each run (the bench cannot hold two targets' at once).
+            for rep in 0..repeat {
+                for i in 0..targets.len() {
+                    let t = targets[(i + rep) % targets.len()];
+                    let pid = t.pid.expect("pid");
+                    let mut run = None;
+                    let label = format!("rate-idle-r{rep}");
+                    let idle = idle_clients_during(t.port, idle_n, &rss_kb(pid), &mut || {
+                        run = Some(mission_pgbench(ctx, &t, n, Some(rate), idle_n, &label));
+                    });
+                    let mut run = run.expect("run");
+                    run.idle = idle.clients;
+                    print_mission_run(t.kind, &run);
+                    if idle.errors > 0 {
+                        println!(
+                            "    idle clients: {} errors: {}",
+                            idle.errors,
+                            idle.first_error.as_deref().unwrap_or("?")
+                        );
+                    }
+                    // The first repetition's RSS stands for the target's; errors add up.
+                    match res.idle.entry((n, t.kind)) {
+                        std::collections::btree_map::Entry::Vacant(e) => {
+                            e.insert((vec![run], idle));
+                        }
+                        std::collections::btree_map::Entry::Occupied(mut e) => {
+                            let (runs, first) = e.get_mut();
+                            runs.push(run);
+                            first.errors += idle.errors;
+                            if first.first_error.is_none() {
+                                first.first_error = idle.first_error;
+                            }
+                        }
+                    }
+                    settle(settle_s);
                 }
-                res.idle.insert((n, t.kind), (run, idle));
-                settle(settle_s);
             }
         }
     }
@@ -2477,8 +2499,10 @@ fn mission_report(md: &mut String, res: &MissionResults, opts: &MissionOpts) {
             }
         }
     }
-    for ((n, k), (r, _)) in &res.idle {
-        note(&format!("{n} clients with {} idle", r.idle), *k, r);
+    for ((n, k), (runs, _)) in &res.idle {
+        for r in runs {
+            note(&format!("{n} clients with {} idle", r.idle), *k, r);
+        }
     }
 
     let tps = |r: &MissionRun| Some(r.tps);
@@ -2641,21 +2665,33 @@ fn mission_report(md: &mut String, res: &MissionResults, opts: &MissionOpts) {
     if !res.idle.is_empty() {
         let _ = writeln!(
             md,
-            "\n### Idle clients alongside the load\n\nThe fixed-rate run again, while {} more \
+            "\n### Idle clients alongside the load\n\nThe fixed-rate runs again, while {} more \
              clients are connected to the same target (logged in with md5, one `SELECT 1` each, \
-             then idle for the whole run). p99 of the active clients without and with them.\n",
+             then idle for the run; connected afresh for each run, the targets' order rotated per \
+             repetition). p99 of the active clients without and with them: the median run by \
+             p99, and pooled over every run. RSS: the first repetition's; errors: all of them.\n",
             opts.idle
         );
         let _ = writeln!(
             md,
-            "| clients | target | idle clients | achieved tps with idle | p99 ms without (median run) / with idle | with / without | p99 ms of each run without idle | p99.9 ms without / with | CPU µs/txn without / with | RSS MiB with the idle clients (before load) | peak RSS MiB during the load |\n|---|---|---|---|---|---|---|---|---|---|---|"
+            "| clients | target | idle clients | achieved tps with idle | p99 ms without / with idle (median run) | with / without | p99 ms of each run without / with idle | pooled p99 ms without / with | pooled with / without | p99.9 ms without / with (median run) | CPU µs/txn without / with | RSS MiB with the idle clients (before load) | peak RSS MiB during the load |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|"
         );
-        for ((n, k), (r, idle)) in &res.idle {
+        let each_p99 = |runs: &[MissionRun]| {
+            runs.iter()
+                .map(|r| opt(r.p99_ms, 2))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let pooled_p99 =
+            |runs: &[MissionRun]| quantile(&pooled_latencies(runs), 0.99).map(|us| us / 1000.0);
+        for ((n, k), (runs, idle)) in &res.idle {
             let base = get(&res.rate, *n, *k);
-            let w = Some(r.clone());
+            let w = median_run(runs).cloned();
+            let without = res.rate.get(&(*n, *k)).map(Vec::as_slice).unwrap_or(&[]);
+            let (pooled_without, pooled_with) = (pooled_p99(without), pooled_p99(runs));
             let _ = writeln!(
                 md,
-                "| {n} | {} | {}{} | {} | {} | {} | {} | {} | {} | {:.1} | {} |",
+                "| {n} | {} | {}{} | {} | {} | {} | {} / {} | {} / {} | {} | {} | {} | {:.1} | {} |",
                 k.name(),
                 idle.clients,
                 if idle.errors > 0 {
@@ -2667,32 +2703,43 @@ fn mission_report(md: &mut String, res: &MissionResults, opts: &MissionOpts) {
                 } else {
                     String::new()
                 },
-                fmt_num(r.tps),
+                opt(w.as_ref().map(|r| r.tps), 0),
                 pair(&base, &w, &|r| r.p99_ms, 2),
                 ratio(&base, &w, &|r| r.p99_ms).replace("**", ""),
-                res.rate
-                    .get(&(*n, *k))
-                    .map(|v| v
-                        .iter()
-                        .map(|r| opt(r.p99_ms, 2))
-                        .collect::<Vec<_>>()
-                        .join(", "))
-                    .unwrap_or_default(),
+                each_p99(without),
+                each_p99(runs),
+                opt(pooled_without, 2),
+                opt(pooled_with, 2),
+                match (pooled_without, pooled_with) {
+                    (Some(a), Some(b)) if a > 0.0 => format!("{:.2}", b / a),
+                    _ => "—".into(),
+                },
                 pair(&base, &w, &|r| r.p999_ms, 2),
                 pair(&base, &w, &|r| r.cpu_us_per_txn(), 1),
                 idle.after_query_kb as f64 / 1024.0,
-                opt(r.hwm_kb.map(|k| k as f64 / 1024.0), 1),
+                opt(
+                    runs.iter()
+                        .filter_map(|r| r.hwm_kb)
+                        .max()
+                        .map(|k| k as f64 / 1024.0),
+                    1
+                ),
             );
         }
         // p99 with idle, pooler against PgBouncer.
         for &n in &counts {
-            let b = res.idle.get(&(n, Kind::PgBouncer)).map(|x| x.0.clone());
-            let q = res.idle.get(&(n, Kind::Pooler)).map(|x| x.0.clone());
-            if b.is_some() && q.is_some() {
+            let runs = |k: Kind| res.idle.get(&(n, k)).map(|x| x.0.as_slice());
+            if let (Some(b), Some(q)) = (runs(Kind::PgBouncer), runs(Kind::Pooler)) {
+                let pooled = match (pooled_p99(b), pooled_p99(q)) {
+                    (Some(b), Some(q)) if b > 0.0 => format!("**{:.2}**", q / b),
+                    _ => "—".into(),
+                };
                 let _ = writeln!(
                     md,
-                    "\nWith the idle clients at {n} active clients, p99 pooler / PgBouncer: {}.",
-                    ratio(&b, &q, &|r| r.p99_ms)
+                    "\nWith the idle clients at {n} active clients, p99 pooler / PgBouncer: {} \
+                     (median runs), {pooled} (pooled).",
+                    ratio(&median_run(b).cloned(), &median_run(q).cloned(), &|r| r
+                        .p99_ms)
                 );
             }
         }
@@ -2748,8 +2795,10 @@ fn mission_csv(res: &MissionResults) -> String {
             line("rate", *k, i, r);
         }
     }
-    for ((_, k), (r, _)) in &res.idle {
-        line("rate+idle", *k, 0, r);
+    for ((_, k), (runs, _)) in &res.idle {
+        for (i, r) in runs.iter().enumerate() {
+            line("rate+idle", *k, i, r);
+        }
     }
     csv
 }
@@ -3250,13 +3299,16 @@ fn real_main() {
         est.div_ceil(60)
     );
     if !mission_plan.is_empty() {
-        // Per client count: saturated and fixed-rate runs on two targets, the idle run; each
+        // Per client count: saturated and fixed-rate runs on two targets, the idle runs; each
         // run is its warm-up, its duration, the login storm and the settle time.
         let mo = &opts.mission;
         let per_run = mo.warmup + mo.duration + 10 + opts.settle.max(2);
         let runs: u64 = mission_plan
             .iter()
-            .map(|(_, idle)| 4 * mo.repeat as u64 + if *idle && mo.idle > 0 { 2 } else { 0 })
+            .map(|(_, idle)| {
+                let idle_runs = if *idle && mo.idle > 0 { 2 } else { 0 };
+                (4 + idle_runs) * mo.repeat as u64
+            })
             .sum();
         println!(
             "mission rows: {} runs, about {} min (plus {} s per idle run to connect the idle clients)",
