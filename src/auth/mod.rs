@@ -435,7 +435,12 @@ mod tests {
             "alice",
             Some(&user),
         );
-        let ((mut scram, _client_end), keys) = tokio::join!(client, server);
+        // Bounded: a pooler side that stopped early would leave the client reading forever.
+        let exchange = async { tokio::join!(client, server) };
+        let ((mut scram, _client_end), keys) =
+            tokio::time::timeout(std::time::Duration::from_secs(10), exchange)
+                .await
+                .expect("the exchange ends");
         assert!(keys.unwrap().is_some(), "the right password logs in");
         // What is left in `out` is SASLFinal, whole, with a signature the client accepts.
         let (tag, len) = wire::header(&out).unwrap();
