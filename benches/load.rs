@@ -34,7 +34,8 @@
 //! JOBS (pgbench -j, 2), ROWS (comma list of row ids), SCALE (10), PG_MAX_CONNECTIONS (400),
 //! STRACE_SECS (3; 0 skips), TASKSET=0 skips the pinning runs, ALLOCS=0 skips the allocation
 //! count, IDLE_CLIENTS (10000; 0 skips), PGBOUNCER=0 skips PgBouncer, DIRECT=0 skips direct
-//! Postgres, SCRAM_ITERATIONS (the SCRAM role's PBKDF2 rounds, 16), RESULTS_DIR, UPDATE_DOCS=1 copies the chart and the report to docs/,
+//! Postgres, SCRAM_ITERATIONS (the SCRAM role's PBKDF2 rounds, 16), RESULTS_DIR,
+//! UPDATE_DOCS=1 copies the chart and the report to docs/,
 //! POOLER_BIN=/path/to/pooler measures that binary as `pooler` (`scripts/bench.sh` with PGO=1
 //! builds the profile-guided one, `scripts/build-pgo.sh`, and names it here),
 //! POOLER_BIN_B=/path/to/pooler adds a second pooler build as a fourth target (compare a change
@@ -2166,8 +2167,8 @@ struct MissionResults {
     /// (clients, kind) -> runs, for "saturated", "rate" and "rate+idle".
     saturated: BTreeMap<(u32, Kind), Vec<MissionRun>>,
     rate: BTreeMap<(u32, Kind), Vec<MissionRun>>,
-    /// The fixed-rate runs with the idle clients connected (all MISSION_REPEAT of them under
-    /// one set of idle clients), and those clients' logins.
+    /// The fixed-rate runs with the idle clients connected (MISSION_REPEAT of them, the idle
+    /// clients connected afresh for each), and the first repetition's idle logins and RSS.
     idle: BTreeMap<(u32, Kind), (Vec<MissionRun>, IdleResult)>,
     /// The fixed-rate run with a packet capture, per (clients, kind).
     wire: BTreeMap<(u32, Kind), WireRun>,
@@ -2463,10 +2464,7 @@ fn mission_report(md: &mut String, res: &MissionResults, opts: &MissionOpts) {
     };
     let ratio =
         |b: &Option<MissionRun>, q: &Option<MissionRun>, f: &dyn Fn(&MissionRun) -> Option<f64>| {
-            match (b.as_ref().and_then(f), q.as_ref().and_then(f)) {
-                (Some(b), Some(q)) if b > 0.0 => format!("**{:.2}**", q / b),
-                _ => "—".into(),
-            }
+            bold_quotient(q.as_ref().and_then(f), b.as_ref().and_then(f))
         };
     let counts: Vec<u32> = res
         .saturated
@@ -2612,11 +2610,10 @@ fn mission_report(md: &mut String, res: &MissionResults, opts: &MissionOpts) {
         let figures = |x: f64| {
             let ms = |all: &[i64]| quantile(all, x).map(|us| us / 1000.0);
             let (fb, fq) = (ms(&all_b), ms(&all_q));
-            let ratio = match (fb, fq) {
-                (Some(fb), Some(fq)) if fb > 0.0 => format!("**{:.2}**", fq / fb),
-                _ => "—".into(),
-            };
-            (format!("{} / {}", opt(fb, 2), opt(fq, 2)), ratio)
+            (
+                format!("{} / {}", opt(fb, 2), opt(fq, 2)),
+                bold_quotient(fq, fb),
+            )
         };
         let ((p99, r99), (p999, r999)) = (figures(0.99), figures(0.999));
         let _ = writeln!(
@@ -2710,10 +2707,7 @@ fn mission_report(md: &mut String, res: &MissionResults, opts: &MissionOpts) {
                 each_p99(runs),
                 opt(pooled_without, 2),
                 opt(pooled_with, 2),
-                match (pooled_without, pooled_with) {
-                    (Some(a), Some(b)) if a > 0.0 => format!("{:.2}", b / a),
-                    _ => "—".into(),
-                },
+                quotient(pooled_with, pooled_without),
                 pair(&base, &w, &|r| r.p999_ms, 2),
                 pair(&base, &w, &|r| r.cpu_us_per_txn(), 1),
                 idle.after_query_kb as f64 / 1024.0,
@@ -2730,10 +2724,7 @@ fn mission_report(md: &mut String, res: &MissionResults, opts: &MissionOpts) {
         for &n in &counts {
             let runs = |k: Kind| res.idle.get(&(n, k)).map(|x| x.0.as_slice());
             if let (Some(b), Some(q)) = (runs(Kind::PgBouncer), runs(Kind::Pooler)) {
-                let pooled = match (pooled_p99(b), pooled_p99(q)) {
-                    (Some(b), Some(q)) if b > 0.0 => format!("**{:.2}**", q / b),
-                    _ => "—".into(),
-                };
+                let pooled = bold_quotient(pooled_p99(q), pooled_p99(b));
                 let _ = writeln!(
                     md,
                     "\nWith the idle clients at {n} active clients, p99 pooler / PgBouncer: {} \
@@ -2822,6 +2813,22 @@ fn fmt_num(v: f64) -> String {
 fn opt(v: Option<f64>, prec: usize) -> String {
     v.map(|x| format!("{x:.prec$}"))
         .unwrap_or_else(|| "—".into())
+}
+
+/// `x / base` to two places; "—" without both figures or with a zero base.
+fn quotient(x: Option<f64>, base: Option<f64>) -> String {
+    match (x, base) {
+        (Some(x), Some(b)) if b > 0.0 => format!("{:.2}", x / b),
+        _ => "—".into(),
+    }
+}
+
+/// [`quotient`], in bold when there is one.
+fn bold_quotient(x: Option<f64>, base: Option<f64>) -> String {
+    match quotient(x, base) {
+        q if q == "—" => q,
+        q => format!("**{q}**"),
+    }
 }
 
 /// Median figures of one (row, target).
@@ -3599,13 +3606,10 @@ fn real_main() {
             "—".into()
         };
         let pooler = notes.tps(get(Kind::Pooler), "pooler", row);
-        let ratio = match (
+        let ratio = bold_quotient(
             get(Kind::Pooler).and_then(|c| c.tps),
             get(Kind::PgBouncer).and_then(|c| c.tps),
-        ) {
-            (Some(p), Some(b)) if b > 0.0 => format!("**{:.2}**", p / b),
-            _ => "—".into(),
-        };
+        );
         let f =
             |k: Kind, g: &dyn Fn(&Cell) -> Option<f64>, prec: usize| opt(get(k).and_then(g), prec);
         let sc = |k: Kind| opt(syscalls.get(&(row.id, k)).and_then(Syscalls::per_txn), 1);
@@ -3648,10 +3652,6 @@ fn real_main() {
         for row in &rows {
             let get = |k: Kind| cells.get(&(row.id, k));
             let tps = |k: Kind| get(k).and_then(|c| c.tps);
-            let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
-                (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
-                _ => "—".into(),
-            };
             let sc = |k: Kind| opt(syscalls.get(&(row.id, k)).and_then(Syscalls::per_txn), 1);
             let _ = writeln!(
                 md,
@@ -3662,8 +3662,8 @@ fn real_main() {
                 tps(Kind::PoolerB)
                     .map(fmt_num)
                     .unwrap_or_else(|| "—".into()),
-                ratio(tps(Kind::PoolerB), tps(Kind::Pooler)),
-                ratio(tps(Kind::PoolerB), tps(Kind::PgBouncer)),
+                quotient(tps(Kind::PoolerB), tps(Kind::Pooler)),
+                quotient(tps(Kind::PoolerB), tps(Kind::PgBouncer)),
                 opt(get(Kind::Pooler).and_then(|c| c.cpu_us), 1),
                 opt(get(Kind::PoolerB).and_then(|c| c.cpu_us), 1),
                 sc(Kind::Pooler),
@@ -3750,10 +3750,7 @@ fn real_main() {
         for pair in pinning.chunks(2) {
             let one = cell(&pair[0].2);
             let two = cell(&pair[1].2);
-            let ratio = match (one.tps, two.tps) {
-                (Some(a), Some(b)) if a > 0.0 => format!("{:.2}", b / a),
-                _ => "—".into(),
-            };
+            let ratio = quotient(two.tps, one.tps);
             for (label, c) in [(pair[0].1, &one), (pair[1].1, &two)] {
                 let _ = writeln!(
                     md,
